@@ -1,0 +1,34 @@
+"""artcache: a compiled-artifact cache and safe serializer for ``torch.compile``.
+
+Public surface: :class:`Cache` (``Cache(store=...).backend()``), the ``artcache``
+torch.compile backend (entry point), :func:`artcache.store.open_store`, and the error
+hierarchy in :mod:`artcache.errors`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .cache import Cache, CacheStats, LoadedEntry, NewBlob  # noqa: E402
+from .errors import (  # noqa: E402
+    ArtcacheError,
+    CorruptEntryError,
+    IncompatibleEntryError,
+    StoreError,
+    Uncacheable,
+    UntrustedEntryError,
+)
+
+__all__ = [
+    "ArtcacheError",
+    "Cache",
+    "CacheStats",
+    "CorruptEntryError",
+    "IncompatibleEntryError",
+    "LoadedEntry",
+    "NewBlob",
+    "StoreError",
+    "Uncacheable",
+    "UntrustedEntryError",
+    "__version__",
+]

@@ -1,0 +1,40 @@
+"""The one error hierarchy of artcache.
+
+Stores and the serializer *raise*; only :mod:`artcache.cache` decides what degrades
+to a miss (see ``Cache._degrade``).  Nothing else in the package catches these.
+"""
+
+from __future__ import annotations
+
+
+class ArtcacheError(Exception):
+    """Base class of every error artcache raises on purpose."""
+
+
+class StoreError(ArtcacheError):
+    """A store could not complete an operation (I/O error, timeout, full disk, bad URL)."""
+
+
+class CorruptEntryError(ArtcacheError):
+    """Stored bytes failed a check: digest mismatch, truncation, malformed encoding,
+    or a type the loader does not allow."""
+
+
+class IncompatibleEntryError(ArtcacheError):
+    """A well-formed entry written for another format version or environment."""
+
+
+class UntrustedEntryError(ArtcacheError):
+    """Trust is configured and the entry lacks a valid signature from a trusted key."""
+
+
+class Uncacheable(ArtcacheError):
+    """This graph or object cannot be cached; it is compiled normally instead.
+
+    ``reason`` is a short stable string used as a stats bucket.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,86 @@
+"""Stores: where blobs and manifests live.  :func:`open_store` turns URLs into a ``Store``.
+
+URLs (comma-separated for tiers, fastest first)::
+
+    file:///abs/path[?ro=1][&fsync=0]   local directory (LocalStore)
+    memory://[name][?ro=1]             in-process (MemoryStore)
+    redis://host:port/db[?ro=1]         Redis (RedisStore, needs the ``redis`` extra)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import StoreError
+from .base import KeyInfo, Store, ac_key, cas_key, check_key
+from .local import LocalStore
+from .memory import MemoryStore
+from .tiered import ErrorHandler, TieredStore, WritePolicy, log_tier_error
+
+__all__ = [
+    "KeyInfo",
+    "LocalStore",
+    "MemoryStore",
+    "Store",
+    "TieredStore",
+    "WritePolicy",
+    "ac_key",
+    "cas_key",
+    "check_key",
+    "open_store",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _options(query: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+def _flag(options: dict[str, str], name: str, default: bool) -> bool:
+    if name not in options:
+        return default
+    return options[name].strip().lower() in _TRUE
+
+
+def open_one(url: str, *, max_size: int | None = None) -> Store:
+    """One store from one URL.  ``max_size`` applies to a local directory store."""
+    parts = urlsplit(url.strip())
+    options = _options(parts.query)
+    read_only = _flag(options, "ro", False)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StoreError(f"{url}: file URLs take an absolute path (file:///path)")
+        path = unquote(parts.path)
+        if not path:
+            raise StoreError(f"{url}: no path")
+        return LocalStore(path, max_size=max_size, durable=_flag(options, "fsync", True), read_only=read_only)
+    if parts.scheme == "memory":
+        return MemoryStore(read_only=read_only, name=parts.netloc + parts.path)
+    if parts.scheme in ("redis", "rediss"):
+        from .redis import RedisStore  # optional dependency: import only when asked for
+
+        return RedisStore.from_url(url)
+    raise StoreError(f"unsupported store URL {url!r} (use file:///path, memory://, redis://host:port/db)")
+
+
+def open_store(
+    urls: str | Sequence[str],
+    *,
+    max_size: int | None = None,
+    write_policy: WritePolicy = WritePolicy.ANY,
+    on_error: ErrorHandler = log_tier_error,
+) -> Store:
+    """A store for one URL, or a :class:`TieredStore` for several (first is local).
+
+    ``max_size`` caps the first tier only: it is the local disk budget.
+    """
+    if isinstance(urls, str):
+        urls = [u for u in urls.split(",") if u.strip()]
+    if not urls:
+        raise StoreError("no store URL given")
+    stores = [open_one(u, max_size=max_size if i == 0 else None) for i, u in enumerate(urls)]
+    if len(stores) == 1:
+        return stores[0]
+    return TieredStore(stores, write_policy=write_policy, on_error=on_error)

@@ -1,0 +1,44 @@
+"""Shared fixtures.  Tests run artcache for real: real stores on disk, real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def store_url(store_dir: Path) -> str:
+    return "file://" + str(store_dir)
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (warm-start claims are only proven there)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ARTCACHE_")}
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``artcache`` command as a user runs it, in its own process."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ARTCACHE_")}
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "artcache.cli", *args], env=full_env, capture_output=True, text=True, timeout=300
+    )

@@ -1,0 +1,158 @@
+"""The Cache facade: entries round-trip, and every failure is a clean miss (or raises
+under strict mode)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from artcache import Cache, CorruptEntryError, NewBlob, StoreError
+from artcache.config import Settings
+from artcache.entry import MAGIC, encode_body, decode_manifest
+from artcache.store import LocalStore, MemoryStore, ac_key, cas_key
+
+from .conftest import run_python
+
+KEY = "12" * 32
+OTHER = "34" * 32
+SETTINGS = Settings(store_urls=("memory://",))
+
+
+def save_demo(cache: Cache, key: str = KEY, payload: bytes = b"weights" * 1000) -> None:
+    manifest = cache.save(
+        key,
+        [NewBlob("code", b"def f(x): return x"), NewBlob("constant", payload, "w")],
+        factors={"graph": "g" * 64},
+        environment={"torch": "test"},
+        summary={"title": "demo"},
+    )
+    assert manifest is not None
+
+
+def test_entry_reloads_in_a_fresh_process(store_url: str) -> None:
+    save_demo(Cache(store_url, settings=SETTINGS, strict=True))
+    proc = run_python(
+        "import artcache\n"
+        f"e = artcache.Cache({store_url!r}, strict=True).lookup({KEY!r})\n"
+        "print(e.blob('code').decode(), len(e.blob('constant')), e.manifest.summary['title'])\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["def", "f(x):", "return", "x", "7000", "demo"]
+
+
+def test_identical_blobs_are_stored_once(store_dir: Path) -> None:
+    cache = Cache(LocalStore(store_dir), settings=SETTINGS, strict=True)
+    save_demo(cache, KEY)
+    save_demo(cache, OTHER)
+    assert len(list(cache.store.iterate("cas/"))) == 2
+    assert len(list(cache.store.iterate("ac/"))) == 2
+
+
+class RecordingStore(MemoryStore):
+    """A real memory store that also remembers the order of writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def put(self, key: str, data: bytes) -> None:
+        self.writes.append(key)
+        super().put(key, data)
+
+
+def test_manifest_is_written_last() -> None:
+    store = RecordingStore()
+    save_demo(Cache(store, settings=SETTINGS, strict=True))
+    assert store.writes[-1] == ac_key(KEY)
+    assert all(k.startswith("cas/") for k in store.writes[:-1]) and len(store.writes) == 3
+
+
+def test_absent_is_a_miss() -> None:
+    cache = Cache(MemoryStore(), settings=SETTINGS, strict=True)
+    assert cache.lookup(KEY) is None
+    assert cache.stats().misses == {"absent": 1}
+
+
+def test_missing_blob_is_a_miss_even_when_strict() -> None:
+    store = MemoryStore()
+    cache = Cache(store, settings=SETTINGS, strict=True)
+    save_demo(cache)
+    manifest = decode_manifest(store.get(ac_key(KEY)) or b"")
+    store.delete(cas_key(manifest.blob("constant").digest))
+    assert cache.lookup(KEY) is None
+    assert cache.stats().misses == {"missing-blob": 1}
+
+
+def _corrupt_manifest(store: MemoryStore) -> None:
+    store.put(ac_key(KEY), msgpack.packb([MAGIC, 1, b"\xc1garbage", None, None], use_bin_type=True))
+
+
+def test_corrupt_manifest_is_a_miss_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    _corrupt_manifest(store)
+    cache = Cache(store, settings=SETTINGS, strict=False)
+    with caplog.at_level(logging.WARNING, logger="artcache"):
+        assert cache.lookup(KEY) is None
+    assert cache.stats().misses == {"corrupt": 1}
+    assert "continuing without the cache" in caplog.text
+
+
+def test_corrupt_manifest_raises_when_strict() -> None:
+    store = MemoryStore()
+    _corrupt_manifest(store)
+    with pytest.raises(CorruptEntryError):
+        Cache(store, settings=SETTINGS, strict=True).lookup(KEY)
+
+
+def test_future_format_version_is_incompatible_miss() -> None:
+    store = MemoryStore()
+    cache = Cache(store, settings=SETTINGS)
+    save_demo(cache)
+    manifest = decode_manifest(store.get(ac_key(KEY)) or b"")
+    store.put(ac_key(KEY), msgpack.packb([MAGIC, 99, encode_body(manifest), None, None], use_bin_type=True))
+    assert cache.lookup(KEY) is None
+    assert cache.stats().misses == {"incompatible": 1}
+
+
+def test_blob_size_lie_is_corrupt() -> None:
+    store = MemoryStore()
+    cache = Cache(store, settings=SETTINGS)
+    save_demo(cache)
+    digest = decode_manifest(store.get(ac_key(KEY)) or b"").blob("code").digest
+    store.put(cas_key(digest), b"short")
+    assert cache.lookup(KEY) is None
+    assert cache.stats().misses == {"corrupt": 1}
+
+
+def test_manifest_under_wrong_key_is_corrupt() -> None:
+    store = MemoryStore()
+    cache = Cache(store, settings=SETTINGS)
+    save_demo(cache)
+    store.put(ac_key(OTHER), store.get(ac_key(KEY)) or b"")
+    assert cache.lookup(OTHER) is None
+    assert cache.stats().misses == {"corrupt": 1}
+
+
+def test_write_failure_degrades_or_raises(store_dir: Path) -> None:
+    read_only = LocalStore(store_dir, read_only=True)
+    assert Cache(read_only, settings=SETTINGS).save(KEY, [NewBlob("code", b"x")], factors={}, environment={}) is None
+    with pytest.raises(StoreError):
+        Cache(read_only, settings=SETTINGS, strict=True).save(KEY, [NewBlob("code", b"x")], factors={}, environment={})
+
+
+def test_bitflipped_blob_on_disk_is_a_miss_and_quarantined(store_dir: Path) -> None:
+    cache = Cache(LocalStore(store_dir), settings=SETTINGS, strict=True)
+    save_demo(cache)
+    blob = next(p for p in (store_dir / "cas").rglob("*") if p.is_file() and p.stat().st_size > 5000)
+    raw = bytearray(blob.read_bytes())
+    raw[100] ^= 0x01
+    blob.write_bytes(bytes(raw))
+    assert cache.lookup(KEY) is None
+    assert cache.stats().misses == {"missing-blob": 1}
+    assert len(os.listdir(store_dir / "quarantine")) == 1
+    save_demo(cache)  # the entry is rebuilt
+    assert cache.lookup(KEY) is not None
