@@ -101,6 +101,17 @@ class StoreConformance:
         assert got == data
         assert store.has(key)
 
+    def test_peek_reads_like_get(self, store: Store) -> None:
+        key, data = blob(payload_for("peek", 3000))
+        assert store.peek(key) is None
+        store.put(key, data)
+        assert store.peek(key) == data
+        assert type(store.peek(key)) is bytes
+        store.delete(key)
+        assert store.peek(key) is None
+        with pytest.raises(StoreError):
+            store.peek("cas/nope")
+
     def test_all_byte_values_and_trailer_lookalike(self, store: Store) -> None:
         # Bytes that look like the local store's trailer must come back verbatim.
         data = bytes(range(256)) * 3 + b"ACF1" + b"\x00" * 24 + b"ACF1"

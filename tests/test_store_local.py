@@ -242,6 +242,18 @@ def test_lru_recently_read_keys_survive(tmp_path: Path) -> None:
     assert survivors == keys[len(keys) - len(survivors) :]
 
 
+def test_peek_does_not_refresh_lru(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    key, data = blob(b"inspected, not used")
+    store.put(key, data)
+    backdate(on_disk(store, key), 7200)
+    before = on_disk(store, key).stat().st_mtime
+    assert store.peek(key) == data
+    assert on_disk(store, key).stat().st_mtime == before
+    assert store.get(key) == data
+    assert on_disk(store, key).stat().st_mtime > before + 7000
+
+
 def test_cas_put_of_present_blob_refreshes_lru(tmp_path: Path) -> None:
     store = LocalStore(tmp_path, max_size=30_000)
     old_key, old_data = blob(payload_for("refreshed", 5000))

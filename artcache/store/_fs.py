@@ -64,8 +64,7 @@ def write_atomic(final: Path, tmp_dir: Path, payload: bytes, *, durable: bool) -
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
-            _write_all(fd, payload)
-            _write_all(fd, frame(payload))
+            _write_all(fd, payload, frame(payload))
             # mtime is the LRU clock.  The kernel stamps writes with a coarse clock (a few
             # ms), so files written in a burst would tie and evict in directory order;
             # stamping the precise time keeps eviction in true write order.
@@ -129,11 +128,15 @@ def payload_size(file_size: int) -> int:
     return max(0, file_size - TRAILER_SIZE)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_all(fd: int, payload: bytes | memoryview, trailer: bytes) -> None:
+    # One writev for payload and trailer: one syscall, and no copy to concatenate them.
+    # Then loop for the short writes POSIX allows (signals, quotas, a full disk).
+    written = os.writev(fd, [payload, trailer])
+    for part in (payload, trailer):
+        view = memoryview(part)[written:] if written < len(part) else memoryview(b"")
+        written = max(0, written - len(part))
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _read_exact(fd: int, length: int, inode: int) -> bytes:

@@ -30,6 +30,13 @@ class MemoryStore(Store):
             self._data.move_to_end(key)
             return item[0]
 
+    def peek(self, key: str) -> bytes | None:
+        # No move_to_end: inspecting the store must not reorder its LRU.
+        check_key(key)
+        with self._lock:
+            item = self._data.get(key)
+            return None if item is None else item[0]
+
     def put(self, key: str, data: bytes) -> None:
         check_key(key)
         self._check_writable()

@@ -99,6 +99,21 @@ class TieredStore(Store):
                 missing = [k for k in missing if k not in hits]
         return found
 
+    def peek(self, key: str) -> bytes | None:
+        """A read that neither counts as a use nor backfills (for ls, verify, gc plans)."""
+        check_key(key)
+        for index, tier in enumerate(self.tiers):
+            if not self._available(index):
+                continue
+            try:
+                data = tier.peek(key)
+            except StoreError as exc:
+                self._failed(index, "peek", exc)
+                continue
+            if data is not None and (index == 0 or self._content_ok(index, key, data)):
+                return data
+        return None
+
     def _content_ok(self, index: int, key: str, data: bytes) -> bool:
         space, name = check_key(key)
         if space != "cas" or content_digest(data) == name:
@@ -117,6 +132,7 @@ class TieredStore(Store):
                 self._failed(index, "backfill", exc)
 
     def has(self, key: str) -> bool:
+        check_key(key)  # a caller's bad key is its bug, not a tier failure to bench
         for index, tier in enumerate(self.tiers):
             if not self._available(index):
                 continue
@@ -145,6 +161,10 @@ class TieredStore(Store):
         self.put_many({key: data})
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
+        # Validate first: a bad key raised by a tier would otherwise be taken for a
+        # failing tier, benching every tier (the whole cache) for the cool-down.
+        for key in items:
+            check_key(key)
         self._check_writable()
         accepted = 0
         errors: list[StoreError] = []
@@ -164,6 +184,7 @@ class TieredStore(Store):
             raise StoreError(f"write to {self.url} failed under policy {self.write_policy.value}: {errors[0]}")
 
     def delete(self, key: str) -> bool:
+        check_key(key)
         self._check_writable()
         removed = False
         for index, tier in enumerate(self.tiers):
