@@ -1,13 +1,132 @@
-"""The ``artcache`` torch.compile backend (entry point ``torch_dynamo_backends``).
+"""The ``artcache`` torch.compile backend: key -> hit (load) or miss (compile, capture, save).
 
-Compile integration lands with the warm-start issue; until then the backend refuses
-clearly instead of silently compiling without a cache.
+``torch.compile(model, backend="artcache", mode=..., options=...)`` reaches
+:func:`artcache_backend` through the ``torch_dynamo_backends`` entry point; explicit users
+call ``artcache.Cache(store=...).backend()``.  ``mode`` and ``options`` are applied to
+Inductor's config exactly as the default backend applies them, and are part of the key.
+
+Policy: a hit never compiles; a miss compiles with Inductor as usual and saves the result;
+a graph artcache cannot cache is compiled normally and its reason counted; any error in
+the cache path is handed to ``Cache.degrade`` (a warning and a miss, or a raise in strict
+mode).  The user's compile is never lost to a cache problem.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 
-def artcache_backend(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("artcache: the torch.compile backend is not implemented yet")
+from . import _torch_compat as compat
+from . import keys, pickler
+from .cache import Cache
+from .environment import fingerprint
+from .errors import ArtcacheError, CorruptEntryError, IncompatibleEntryError, Uncacheable
+from .output_code import CompiledGraph
+
+log = logging.getLogger(__name__)
+
+
+class ArtcacheBackend:
+    """A torch.compile backend bound to one :class:`Cache` and one mode/options pair."""
+
+    def __init__(self, cache: Cache, *, mode: str | None = None, options: Mapping[str, Any] | None = None) -> None:
+        self.cache = cache
+        self.mode = mode
+        self.options = dict(options or {})
+        self._environment: dict[frozenset[str], dict[str, str]] = {}
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        with torch._inductor.config.patch(compat.mode_options(self.mode, self.options)):
+            if self.cache.settings.disabled:
+                return compat.compile_fx(gm, example_inputs)
+            return self._compile(gm, example_inputs)
+
+    # -- the path ------------------------------------------------------------------------
+    def _compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        try:
+            key, specs = self._key(gm, example_inputs)
+        except Uncacheable as exc:
+            return self._uncacheable(exc, gm, example_inputs)
+        hit = self._load(key.key, example_inputs)
+        if hit is not None:
+            return hit
+        start = time.perf_counter()
+        with compat.capture_compile() as capture:
+            compiled = compat.compile_fx(gm, example_inputs)
+        compile_s = time.perf_counter() - start
+        self._save(key, CompiledGraph(capture.entry, dict(capture.cpp_kernels)), gm, specs, compile_s)
+        return compiled
+
+    def _key(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[keys.CacheKey, list[str]]:
+        specs = keys.input_specs(gm, example_inputs)
+        if torch._inductor.config.freezing:
+            # Freezing bakes parameter values into the graph through a compiler path that
+            # AOTAutograd's result capture does not cover.
+            raise Uncacheable("freezing", "inductor config freezing=True")
+        cache_key = keys.graph_key(
+            graph_digest=pickler.hash_object(gm),
+            inputs=specs,
+            custom_ops=keys.custom_op_factor_value(gm),
+            configs=compat.config_snapshots(),
+            numerics=compat.numerics_flags(),
+            environment=self._fingerprint(example_inputs),
+            compile_options={"mode": self.mode, "options": sorted(self.options)},
+        )
+        cache_key.log()
+        return cache_key, specs
+
+    def _fingerprint(self, example_inputs: Sequence[Any]) -> dict[str, str]:
+        devices = frozenset(x.device.type for x in example_inputs if isinstance(x, torch.Tensor))
+        if devices not in self._environment:
+            self._environment[devices] = fingerprint(devices)
+        return self._environment[devices]
+
+    def _load(self, key: str, example_inputs: Sequence[Any]) -> Callable[..., Any] | None:
+        loaded = self.cache.lookup(key)
+        if loaded is None:
+            return None
+        try:
+            graph = CompiledGraph.from_loaded(loaded)
+            if not graph.guards_hold(example_inputs):
+                self.cache.reject("guards")
+                return None
+            return graph.load(example_inputs, cudagraphs=bool(torch._inductor.config.triton.cudagraphs))
+        except (CorruptEntryError, IncompatibleEntryError, Uncacheable) as exc:
+            # A stored entry that cannot be rebuilt is a miss: compile and overwrite it.
+            self.cache.degrade("load", exc if isinstance(exc, ArtcacheError) else CorruptEntryError(str(exc)))
+            self.cache.reject("unloadable")
+            return None
+
+    def _save(
+        self, key: keys.CacheKey, graph: CompiledGraph, gm: torch.fx.GraphModule, specs: list[str], compile_s: float
+    ) -> None:
+        try:
+            blobs = graph.to_blobs()
+            summary = graph.summary(gm, specs)
+        except Uncacheable as exc:
+            self.cache.record_uncacheable(exc.reason)
+            log.info("artcache: graph not cached (%s)", exc)
+            return
+        summary["compile_seconds"] = round(compile_s, 3)
+        environment = self._fingerprint([])
+        self.cache.save(key.key, blobs, factors=key.digests(), environment=environment, summary=summary)
+
+    def _uncacheable(self, exc: Uncacheable, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        self.cache.record_uncacheable(exc.reason)
+        log.info("artcache: compiling without the cache (%s)", exc)
+        return compat.compile_fx(gm, example_inputs)
+
+
+def artcache_backend(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    mode: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """``torch.compile(backend="artcache")``: a Cache configured from the environment."""
+    return ArtcacheBackend(Cache(), mode=mode, options=options)(gm, example_inputs)

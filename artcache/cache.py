@@ -1,7 +1,7 @@
 """The ``Cache`` facade: lookup and save of entries, the error policy, and stats.
 
 This module is the *one* place that decides what an error means for the user's job
-(:meth:`Cache._degrade`): by default a read error is a warning and a miss, a write
+(:meth:`Cache.degrade`): by default a read error is a warning and a miss, a write
 error a warning (the store's write policy already decided whether it *is* an error),
 and under ``strict`` every error raises.  Stores and the serializer only raise.
 """
@@ -101,7 +101,7 @@ class Cache:
         self._warned: set[str] = set()
 
     # -- error policy (the one place) ------------------------------------------------
-    def _degrade(self, operation: str, error: ArtcacheError) -> None:
+    def degrade(self, operation: str, error: ArtcacheError) -> None:
         """Count ``error``; raise it under strict mode, else warn once per kind."""
         kind = f"{operation}:{type(error).__name__}"
         self._errors[kind] += 1
@@ -114,7 +114,7 @@ class Cache:
     def _tier_error(self, store: Store, operation: str, error: Exception) -> None:
         # A tiered store reports each tier failure here; it has already skipped the tier.
         wrapped = error if isinstance(error, ArtcacheError) else StoreError(str(error))
-        self._degrade(f"{operation} on {store.url}", wrapped)
+        self.degrade(f"{operation} on {store.url}", wrapped)
 
     # -- lookup ------------------------------------------------------------------------
     def lookup(self, key: str) -> LoadedEntry | None:
@@ -123,16 +123,16 @@ class Cache:
         try:
             entry, reason = self._fetch(key)
         except UntrustedEntryError as exc:
-            self._degrade("lookup", exc)
+            self.degrade("lookup", exc)
             entry, reason = None, "untrusted"
         except IncompatibleEntryError as exc:
-            self._degrade("lookup", exc)
+            self.degrade("lookup", exc)
             entry, reason = None, "incompatible"
         except CorruptEntryError as exc:
-            self._degrade("lookup", exc)
+            self.degrade("lookup", exc)
             entry, reason = None, "corrupt"
         except StoreError as exc:
-            self._degrade("lookup", exc)
+            self.degrade("lookup", exc)
             entry, reason = None, "store-error"
         finally:
             self._lookup_seconds += time.perf_counter() - start
@@ -198,13 +198,19 @@ class Cache:
             self.store.put_many(payload)
             self.store.put(ac_key(key), envelope)
         except (StoreError, CorruptEntryError) as exc:
-            self._degrade("save", exc)
+            self.degrade("save", exc)
             return None
         self._saves += 1
         self._bytes_written += len(envelope) + sum(len(b) for b in payload.values())
         return manifest
 
     # -- bookkeeping -------------------------------------------------------------------
+    def reject(self, reason: str) -> None:
+        """The caller could not use an entry that ``lookup`` returned (its shape guards
+        reject the inputs, or it cannot be rebuilt): count that lookup as a miss."""
+        self._misses[reason] += 1
+        self._hits -= 1
+
     def record_uncacheable(self, reason: str) -> None:
         self._uncacheable[reason] += 1
 
@@ -219,6 +225,12 @@ class Cache:
             bytes_written=self._bytes_written,
             lookup_seconds=self._lookup_seconds,
         )
+
+    def backend(self, *, mode: str | None = None, options: Mapping[str, Any] | None = None) -> Any:
+        """A ``torch.compile(backend=...)`` callable that uses this cache."""
+        from .backend import ArtcacheBackend  # imports torch internals only when compiling
+
+        return ArtcacheBackend(self, mode=mode, options=options)
 
     def close(self) -> None:
         self.store.close()

@@ -1,7 +1,7 @@
 """The one error hierarchy of artcache.
 
 Stores and the serializer *raise*; only :mod:`artcache.cache` decides what degrades
-to a miss (see ``Cache._degrade``).  Nothing else in the package catches these.
+to a miss (see ``Cache.degrade``).  Nothing else in the package catches these.
 """
 
 from __future__ import annotations

@@ -1,0 +1,235 @@
+"""Cache keys: a digest of named factors, each kept so that a miss can be explained.
+
+A key is a pure function of the :class:`Factor` values passed in; nothing here reads
+global state.  The compile path (``backend.py``) gathers each factor explicitly, once,
+through the ``*_factor`` helpers below, and stores every factor's digest in the manifest
+(``artcache explain`` diffs them).  Never in a key: paths, hostnames, pids, device
+indices, times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import torch
+
+from .errors import Uncacheable
+
+log = logging.getLogger(__name__)
+
+# Bump when the key derivation changes meaning, so old entries can never be hit.
+KEY_SCHEMA = 1
+
+# Inductor / functorch config entries that cannot change the compiled program, with why.
+# Everything else in the live config modules is part of the key (issue 5's fuzzer checks
+# that flipping any other entry changes the key).
+CONFIG_IGNORE: Mapping[str, str] = {
+    "compile_threads": "parallelism of compilation, not its result",
+    "worker_start_method": "how compile workers start",
+    "worker_log_path": "where compile workers log",
+    "fx_graph_cache": "torch's own cache switch; artcache bypasses it",
+    "fx_graph_remote_cache": "torch's own cache switch; artcache bypasses it",
+    "autotune_local_cache": "where autotune results are cached, not which are chosen",
+    "autotune_remote_cache": "where autotune results are cached, not which are chosen",
+    "remote_gemm_autotune_cache": "where autotune results are cached, not which are chosen",
+    "disable_progress": "progress bar display",
+    "verbose_progress": "progress bar display",
+    "precompilation_timeout_seconds": "time limit of a compile, not its output",
+    "pre_grad_pass_timing": "logging of pass timings",
+    "cuda.cutlass_dir": "a path (paths never enter keys); the CUTLASS version is an environment factor",
+    "cutlass.cutlass_dir": "a path (paths never enter keys); the CUTLASS version is an environment factor",
+    "xpu.cutlass_dir": "a path (paths never enter keys)",
+    "force_disable_cudagraph_TESTING_ONLY": "torch test hook",
+    "debug": "debug logging",
+    "trace.": "debug tracing and logging (prefix)",
+    "_save_config_ignore": "bookkeeping of torch's own cache",
+    "_cache_config_ignore_prefix": "bookkeeping of torch's own cache",
+    "_cache_config_factory_keys": "bookkeeping of torch's own cache",
+    "_profile_var": "profiling switch",
+    # functorch
+    "enable_autograd_cache": "torch's own AOTAutograd cache switch; artcache bypasses it",
+    "enable_remote_autograd_cache": "torch's own AOTAutograd cache switch; artcache bypasses it",
+    "bundled_autograd_cache": "torch's own AOTAutograd cache layout",
+    "debug_assert": "adds assertions, not different results",
+}
+
+# Config entries holding user passes: they change output, so they enter the key through
+# their ``uuid()`` (torch's CustomGraphPass protocol); a pass without one is uncacheable.
+_PASS_SUFFIX = "_pass"
+_PLAIN = (type(None), bool, int, float, str, bytes, list, tuple, dict, set, frozenset)
+
+
+def _ignored(name: str) -> bool:
+    return name in CONFIG_IGNORE or any(name.startswith(p) for p in CONFIG_IGNORE if p.endswith("."))
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One named input of the key: its digest and a short human-readable form."""
+
+    name: str
+    digest: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    key: str
+    factors: tuple[Factor, ...]
+
+    def digests(self) -> dict[str, str]:
+        return {f.name: f.digest for f in self.factors}
+
+    def log(self) -> None:
+        for f in self.factors:
+            log.debug("artcache key %s: factor %-12s %s %s", self.key[:16], f.name, f.digest[:16], f.detail)
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """Deterministic bytes of plain data (dicts sorted by key; floats by their repr)."""
+    return msgpack.packb(_canonical(value), use_bin_type=True)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return [[_canonical(k), _canonical(v)] for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))]
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) for v in value), key=repr)
+    if isinstance(value, float):
+        return repr(value) if (math.isnan(value) or math.isinf(value)) else value
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return value
+    raise Uncacheable("unhashable-factor", f"{type(value).__qualname__} is not plain data")
+
+
+def factor(name: str, value: Any, detail: str = "") -> Factor:
+    digest = hashlib.sha256(canonical_bytes([name, value])).hexdigest()
+    return Factor(name, digest, detail)
+
+
+def make_key(factors: Iterable[Factor]) -> CacheKey:
+    ordered = tuple(sorted(factors, key=lambda f: f.name))
+    names = [f.name for f in ordered]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate key factors: {names}")
+    h = hashlib.sha256(f"artcache-key-v{KEY_SCHEMA}\n".encode())
+    for f in ordered:
+        h.update(f"{f.name}={f.digest}\n".encode())
+    return CacheKey(h.hexdigest(), ordered)
+
+
+def config_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a config snapshot (``module.get_config_copy()``) that enter the key.
+
+    Custom passes are replaced by their ``uuid()``; a pass without one is uncacheable,
+    because nothing else identifies what it does.
+    """
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        if _ignored(name):
+            continue
+        if callable(value) or (name.endswith(_PASS_SUFFIX) and not isinstance(value, _PLAIN)):
+            uuid = getattr(value, "uuid", None)
+            if not callable(uuid):
+                raise Uncacheable("custom-pass", f"config {name} is set to a pass without uuid()")
+            value = ["custom-pass", str(uuid())]
+        try:
+            canonical_bytes(value)
+        except Uncacheable as exc:
+            raise Uncacheable("config-value", f"config {name}: {exc.detail}") from exc
+        out[name] = value
+    return out
+
+
+# -- the factors of a compiled graph ------------------------------------------------------
+# Op namespaces whose implementations ship with torch (covered by the torch version factor).
+_BUILTIN_NAMESPACES = frozenset({"aten", "prims", "higher_order", "inductor", "_c10d_functional", "c10d_functional",
+                                 "_dtensor", "quantized", "debugprims", "rngprims", "profiler"})
+
+
+def input_specs(gm: Any, example_inputs: Any) -> list[str]:
+    """One line per graph input: dtype, symbolic shape and stride, device type, grad.
+
+    Read from the placeholders' fake values, so a dynamic dimension appears as its symbol
+    (``s0``) and not as this call's size: one entry then serves every size its guards accept.
+    """
+    specs = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for index, value in enumerate(example_inputs):
+        meta = placeholders[index].meta.get("example_value") if index < len(placeholders) else None
+        value = meta if meta is not None else value
+        if hasattr(value, "dtype") and hasattr(value, "shape"):
+            stride = tuple(str(s) for s in value.stride()) if value.layout == torch.strided else ()
+            specs.append(
+                f"tensor {str(value.dtype).removeprefix('torch.')} {tuple(str(s) for s in value.shape)} "
+                f"stride={stride} {value.device.type} grad={bool(value.requires_grad)}"
+            )
+        elif isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            specs.append(f"{type(value).__name__} {value.node.expr}")
+        else:
+            specs.append(f"{type(value).__name__} {value!r}")
+    return specs
+
+
+def custom_op_factor_value(gm: Any) -> list[list[str]]:
+    """Schemas and implementation digests of non-torch ops the graph calls.
+
+    A custom op's implementation is user code the torch version does not pin; if artcache
+    cannot identify it, the graph is uncacheable rather than risk serving a stale kernel.
+    """
+    import inspect
+
+    out = []
+    seen = set()
+    for node in gm.graph.nodes:
+        target = node.target
+        namespace = getattr(target, "namespace", None)
+        if node.op != "call_function" or namespace is None or namespace in _BUILTIN_NAMESPACES:
+            continue
+        name = str(getattr(target, "_name", target))
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            from torch._library.custom_ops import OPDEFS
+
+            opdef = OPDEFS.get(name.split(".")[0])
+            impl = getattr(opdef, "_init_fn", None)
+            source = inspect.getsource(impl) if impl is not None else None
+        except (ImportError, OSError, TypeError):
+            source = None
+        if source is None:
+            raise Uncacheable("custom-op", f"cannot identify the implementation of {name}")
+        out.append([name, str(getattr(target, "_schema", "")), hashlib.sha256(source.encode()).hexdigest()])
+    return sorted(out)
+
+
+def graph_key(
+    *,
+    graph_digest: str,
+    inputs: list[str],
+    custom_ops: list[list[str]],
+    configs: Mapping[str, Mapping[str, Any]],
+    numerics: Mapping[str, Any],
+    environment: Mapping[str, str],
+    compile_options: Mapping[str, Any],
+) -> CacheKey:
+    """The key of one compiled graph: a pure function of what is passed in."""
+    factors = [
+        Factor("graph", graph_digest, "canonical FX graph"),
+        factor("inputs", inputs, f"{len(inputs)} inputs"),
+        factor("custom_ops", custom_ops, ", ".join(op[0] for op in custom_ops)),
+        factor("numerics", dict(numerics)),
+        factor("environment", dict(environment), f"torch {environment.get('torch', '?')}"),
+        factor("options", dict(compile_options)),
+    ]
+    factors += [factor(f"{name}_config", config_values(values)) for name, values in sorted(configs.items())]
+    return make_key(factors)
