@@ -7,9 +7,10 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0" -e .
 export ARTCACHE_STORE=${ARTCACHE_STORE:-file://$(mktemp -d)/artcache}
 echo "store: $ARTCACHE_STORE"
-cold=$("$PY" examples/mlp_demo.py --json | tail -n 1)
+# Fresh torch cache dirs for each process: the warm start must not lean on torch's caches.
+cold=$(TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) "$PY" examples/mlp_demo.py --json | tail -n 1)
 echo "cold: $cold"
-warm=$("$PY" examples/mlp_demo.py --json | tail -n 1)
+warm=$(TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) "$PY" examples/mlp_demo.py --json | tail -n 1)
 echo "warm: $warm"
 "$PY" - "$cold" "$warm" <<'PYEOF'
 import json, sys
