@@ -4,7 +4,9 @@ URLs (comma-separated for tiers, fastest first)::
 
     file:///abs/path[?ro=1][&fsync=0]   local directory (LocalStore)
     memory://[name][?ro=1]             in-process (MemoryStore)
-    redis://host:port/db[?ro=1]         Redis (RedisStore, needs the ``redis`` extra)
+    redis://host:port/db[?ro=1][&prefix=ns][&ttl=S][&timeout=S]
+                                        Redis (RedisStore, needs the ``redis`` extra);
+                                        ``timeout`` bounds connects and reads (default 2 s)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import StoreError
+from ..errors import CorruptEntryError, StoreError
 from .base import KeyInfo, Store, ac_key, cas_key, check_key
 from .local import LocalStore
 from .memory import MemoryStore
@@ -82,5 +84,12 @@ def open_store(
         raise StoreError("no store URL given")
     stores = [open_one(u, max_size=max_size if i == 0 else None) for i, u in enumerate(urls)]
     if len(stores) == 1:
-        return stores[0]
+        store = stores[0]
+        if getattr(store, "verifies_content", False):
+            # A lone shared store has no tiered store to report its rejected blobs to
+            # the caller's error policy: report them here.
+            store.on_corrupt = lambda key, why: on_error(  # type: ignore[attr-defined]
+                store, "get", CorruptEntryError(f"{key} from {store.url}: {why}")
+            )
+        return store
     return TieredStore(stores, write_policy=write_policy, on_error=on_error)

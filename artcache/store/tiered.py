@@ -4,9 +4,13 @@
   tiers above it.  A blob (``cas/``) fetched from a lower tier is checked against its
   SHA-256 address before it is served or backfilled: lower tiers are shared, and a
   shared store is where corruption and tampering come from.
+  A tier that checks its own blobs (``verifies_content = True``, e.g. Redis) is not
+  hashed a second time; it reports what it rejects through its ``on_corrupt`` hook,
+  which this class routes to ``on_error`` like its own digest failures.
 * Writes follow an explicit :class:`WritePolicy`.
 * A tier that raises is reported through ``on_error`` and skipped for ``cooldown_s``
-  seconds, so a dead remote costs one timeout, not one per lookup.
+  seconds, so a dead remote costs one timeout (the tier's own, bounded), not one per
+  lookup, and writes skip it too while it cools down.
 
 This class never decides whether an error is fatal: it reports each one to ``on_error``,
 which the ``Cache`` facade supplies (warn and continue, or raise under strict mode).
@@ -37,6 +41,11 @@ def log_tier_error(store: Store, operation: str, error: Exception) -> None:
     log.warning("artcache: %s on %s failed, skipping that tier for a while: %s", operation, store.url, error)
 
 
+def _self_verifying(store: Store) -> bool:
+    """Whether ``store`` checks ``cas/`` bytes against their address before returning them."""
+    return bool(getattr(store, "verifies_content", False))
+
+
 class TieredStore(Store):
     def __init__(
         self,
@@ -55,6 +64,15 @@ class TieredStore(Store):
         self.cooldown_s = cooldown_s
         self.on_error = on_error
         self._down_until = [0.0] * len(self.tiers)
+        for index, tier in enumerate(self.tiers):
+            if _self_verifying(tier):
+                tier.on_corrupt = self._corrupt_reporter(index)  # type: ignore[attr-defined]
+
+    def _corrupt_reporter(self, index: int) -> Callable[[str, str], None]:
+        def report(key: str, why: str) -> None:
+            self._failed(index, "get", CorruptEntryError(f"{key} from {self.tiers[index].url}: {why}"))
+
+        return report
 
     # -- health --------------------------------------------------------------------
     def _available(self, index: int) -> bool:
@@ -116,7 +134,7 @@ class TieredStore(Store):
 
     def _content_ok(self, index: int, key: str, data: bytes) -> bool:
         space, name = check_key(key)
-        if space != "cas" or content_digest(data) == name:
+        if space != "cas" or _self_verifying(self.tiers[index]) or content_digest(data) == name:
             return True
         self._failed(index, "get", CorruptEntryError(f"{key} from {self.tiers[index].url} fails its digest"))
         return False

@@ -1,0 +1,374 @@
+"""Redis store: the shared remote tier, on redis-py (hiredis parses replies when installed).
+
+URL::
+
+    redis://[:password@]host:port/db[?prefix=ci1][&ttl=86400][&timeout=2][&ro=1][&chunk=1048576]
+
+Layout under the namespace ``base = "artcache:v1:" [+ prefix + ":"]``::
+
+    {base}cas:<sha256>         a blob up to ``inline_max`` bytes, stored whole
+    {base}ac:<key>             a manifest, stored whole
+    {base}hdr:<space>:<name>   header of a chunked value: b"ACH1 <token> <count> <size>"
+    {base}chunk:<token>:<i>    its chunks, ``chunk_size`` bytes each
+
+Why this shape:
+
+* A chunked value is published by its header, written *after* all its chunks, so a reader
+  never sees a partial value.  Chunks are named by a random per-write token, never by the
+  key, so two writers of one ``ac/`` key cannot interleave their chunks; the header names
+  exactly one complete set.
+* The inline key and the header key of one store key are read with one ``MGET`` (atomic
+  in Redis, one round trip) and written in one ``MULTI`` that also deletes the other form,
+  so a reader sees the old value, the new one, or nothing.
+* Large replies are slow in redis-py (one 64 MiB GET costs ~4x the same bytes fetched as
+  1 MiB GETs here), so chunks are 1 MiB even though only values above 8 MiB are chunked.
+* Every ``cas/`` value is checked against its SHA-256 address before it is returned: this
+  store is shared, and shared stores are where corruption and tampering come from.  A value
+  that fails reads as a miss (``None``, as the ``Store`` protocol says of corrupt data),
+  is counted in ``corrupt`` and is reported to ``on_corrupt`` (the tiered store and
+  ``open_store`` route that to the ``Cache``'s error policy).
+* Every network call runs under connect and read timeouts (2 s by default) with no
+  retries, and every redis-py or socket error becomes ``StoreError``: a dead or stalled
+  server costs one bounded wait, and the tiered store then skips it for a cool-down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import StoreError
+from .base import KEYSPACES, KeyInfo, Store, check_key
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise StoreError("redis:// stores need the redis extra: pip install 'artcache[redis]' (and hiredis)") from exc
+
+CorruptHandler = Callable[[str, str], None]  # (key, why)
+
+DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_INLINE_MAX = 8 << 20
+# Chunks outlive their header by this much, so that with a TTL the header (the commit
+# point) always expires first and no reader finds a header whose chunks are gone.
+CHUNK_TTL_GRACE_S = 600
+_SCAN_COUNT = 1000
+_HEADER_MAGIC = b"ACH1"
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TOKEN_RE = re.compile(rb"[0-9a-f]{32}")
+_OUR_OPTIONS = ("prefix", "namespace", "ttl", "timeout", "ro", "chunk")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class _Header:
+    token: str
+    count: int
+    size: int
+
+    def encode(self) -> bytes:
+        return b"%s %s %d %d" % (_HEADER_MAGIC, self.token.encode(), self.count, self.size)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Header | None:
+        parts = raw.split(b" ")
+        if len(parts) != 4 or parts[0] != _HEADER_MAGIC or not _TOKEN_RE.fullmatch(parts[1]):
+            return None
+        try:
+            count, size = int(parts[2]), int(parts[3])
+        except ValueError:
+            return None
+        if count < 1 or size < 0:
+            return None
+        return cls(parts[1].decode(), count, size)
+
+
+class RedisStore(Store):
+    verifies_content = True  # the tiered store need not hash this tier's blobs again
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        url: str,
+        namespace: str = "",
+        ttl_s: int | None = None,
+        read_only: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        inline_max: int = DEFAULT_INLINE_MAX,
+    ) -> None:
+        if namespace and not _NAMESPACE_RE.fullmatch(namespace):
+            raise StoreError(f"{url}: namespace must match {_NAMESPACE_RE.pattern}, got {namespace!r}")
+        if chunk_size < 1 or inline_max < 0:
+            raise StoreError(f"{url}: chunk sizes must be positive")
+        if ttl_s is not None and ttl_s < 1:
+            raise StoreError(f"{url}: ttl must be at least 1 second")
+        self._client = client
+        self.url = url
+        self.read_only = read_only
+        self.ttl_s = ttl_s
+        self.chunk_size = chunk_size
+        self.inline_max = inline_max
+        self._base = f"artcache:v1:{namespace}:" if namespace else "artcache:v1:"
+        self.corrupt = 0  # cas values that failed their address and were not served
+        self.on_corrupt: CorruptHandler | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        parts = urlsplit(url.strip())
+        ours: dict[str, str] = {}
+        theirs: list[tuple[str, str]] = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name in _OUR_OPTIONS:
+                ours[name] = value
+            else:  # redis-py's own options (e.g. ssl_cert_reqs) pass through
+                theirs.append((name, value))
+        try:
+            timeout = float(ours.get("timeout", DEFAULT_TIMEOUT_S))
+            ttl = int(ours["ttl"]) if ours.get("ttl") else None
+            chunk = int(ours["chunk"]) if ours.get("chunk") else None
+        except ValueError as exc:
+            raise StoreError(f"{url}: bad option: {exc}") from exc
+        if timeout <= 0:
+            raise StoreError(f"{url}: timeout must be positive")
+        connection_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs), ""))
+        try:
+            client = redis.Redis.from_url(
+                connection_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # No retries: a retry would multiply the bounded wait of a dead server.
+                # The tiered store's cool-down is the recovery mechanism.
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        except (ValueError, redis.RedisError) as exc:
+            raise StoreError(f"bad redis URL {url!r}: {exc}") from exc
+        return cls(
+            client,
+            url=_redacted(parts.scheme, parts.hostname, parts.port, parts.path, parts.query),
+            namespace=ours.get("prefix") or ours.get("namespace") or "",
+            ttl_s=ttl,
+            read_only=ours.get("ro", "").strip().lower() in _TRUE,
+            chunk_size=chunk if chunk is not None else DEFAULT_CHUNK_SIZE,
+            inline_max=chunk if chunk is not None else DEFAULT_INLINE_MAX,
+        )
+
+    # -- names ----------------------------------------------------------------------
+    def _inline(self, key: str) -> str:
+        space, name = check_key(key)
+        return f"{self._base}{space}:{name}"
+
+    def _header(self, key: str) -> str:
+        space, name = check_key(key)
+        return f"{self._base}hdr:{space}:{name}"
+
+    def _chunk(self, token: str, index: int) -> str:
+        return f"{self._base}chunk:{token}:{index}"
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except (redis.RedisError, OSError) as exc:
+            # ConnectionError, TimeoutError (the bounded wait), ResponseError (e.g. OOM,
+            # READONLY replica), and raw socket errors: all are "this tier failed".
+            raise StoreError(f"{operation} on {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    # -- reads ----------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        return self.get_many([key])[key]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        wanted = list(dict.fromkeys(keys))
+        names = [self._inline(k) for k in wanted] + [self._header(k) for k in wanted]
+        result: dict[str, bytes | None] = {}
+        if not wanted:
+            return result
+        with self._errors("get"):
+            # One MGET: the inline and header forms of every key, as one atomic snapshot.
+            values: list[bytes | None] = self._client.mget(names)
+            for i, key in enumerate(wanted):
+                inline, header = values[i], values[len(wanted) + i]
+                if inline is not None:
+                    result[key] = self._verified(key, inline, None)
+                elif header is not None:
+                    result[key] = self._read_chunked(key, header)
+                else:
+                    result[key] = None
+        return result
+
+    def _read_chunked(self, key: str, raw_header: bytes) -> bytes | None:
+        header = _Header.decode(raw_header)
+        if header is None:
+            return self._reject(key, "malformed chunk header")
+        hasher = hashlib.sha256() if key.startswith("cas/") else None
+        parts: list[bytes] = []
+        for index in range(header.count):
+            # One GET per chunk rather than one pipeline: with hiredis, many large replies
+            # in one read buffer cost more than the extra round trips (measured here).
+            part = self._client.get(self._chunk(header.token, index))
+            if part is None:
+                # The value was overwritten or deleted after we read its header (its old
+                # chunks are removed after the new header is published): a miss, not an error.
+                return None
+            if hasher is not None:
+                hasher.update(part)  # hash as chunks arrive: no second pass over the value
+            parts.append(part)
+        data = b"".join(parts)
+        if len(data) != header.size:
+            return self._reject(key, f"chunks hold {len(data)} bytes, header says {header.size}")
+        return self._verified(key, data, hasher)
+
+    def _verified(self, key: str, data: bytes, hasher: hashlib._Hash | None) -> bytes | None:
+        if not key.startswith("cas/"):
+            return data
+        digest = hasher.hexdigest() if hasher is not None else hashlib.sha256(data).hexdigest()
+        if digest != key[4:]:
+            return self._reject(key, "bytes fail their sha256 address")
+        return data
+
+    def _reject(self, key: str, why: str) -> None:
+        self.corrupt += 1
+        if self.on_corrupt is not None:
+            self.on_corrupt(key, why)
+        return None
+
+    def has(self, key: str) -> bool:
+        with self._errors("has"):
+            return bool(self._client.exists(self._inline(key), self._header(key)))
+
+    def iterate(self, prefix: str = "") -> Iterator[KeyInfo]:
+        with self._errors("iterate"):
+            for space in KEYSPACES:
+                if not (space + "/").startswith(prefix[: len(space) + 1]):
+                    continue
+                yield from self._iterate_space(space, prefix)
+
+    def _iterate_space(self, space: str, prefix: str) -> Iterator[KeyInfo]:
+        inline_base, header_base = f"{self._base}{space}:", f"{self._base}hdr:{space}:"
+        for form_base, chunked in ((inline_base, False), (header_base, True)):
+            names = [n.decode() for n in self._client.scan_iter(match=form_base + "*", count=_SCAN_COUNT)]
+            # Another namespace may extend ours (``artcache:v1:`` vs ``artcache:v1:x:``):
+            # keep only names whose remainder is a valid key.
+            keys = {n: f"{space}/{n[len(form_base):]}" for n in names}
+            keys = {n: k for n, k in keys.items() if _is_key(k) and k.startswith(prefix)}
+            if not keys:
+                continue
+            pipe = self._client.pipeline(transaction=False)
+            for name in keys:
+                if chunked:
+                    pipe.get(name)
+                else:
+                    pipe.strlen(name)
+            for (name, key), value in zip(keys.items(), pipe.execute()):
+                if chunked:
+                    header = _Header.decode(value) if value is not None else None
+                    if header is None:
+                        continue  # deleted since the scan, or not ours
+                    yield KeyInfo(key, header.size, 0.0)
+                elif value or self._client.exists(name):  # STRLEN of a deleted key is 0 too
+                    yield KeyInfo(key, int(value), 0.0)
+
+    # -- writes ---------------------------------------------------------------------
+    def put(self, key: str, data: bytes) -> None:
+        self.put_many({key: data})
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        for key in items:
+            check_key(key)
+        self._check_writable()
+        with self._errors("put"):
+            small = {k: bytes(v) for k, v in items.items() if len(v) <= self.inline_max}
+            if small:
+                self._put_inline(small)
+            for key, data in items.items():
+                if len(data) > self.inline_max:
+                    self._put_chunked(key, bytes(data))
+
+    def _put_inline(self, items: Mapping[str, bytes]) -> None:
+        # MULTI: each value appears together with the removal of a chunked form of the
+        # same key, so no reader sees both (MGET prefers inline, but a stale header would
+        # otherwise outlive the overwrite and leak its chunks).
+        pipe = self._client.pipeline(transaction=True)
+        for key, data in items.items():
+            pipe.get(self._header(key))
+            pipe.set(self._inline(key), data, ex=self.ttl_s)
+            pipe.delete(self._header(key))
+        replies = pipe.execute()
+        self._drop_chunks([replies[i] for i in range(0, len(replies), 3)])
+
+    def _put_chunked(self, key: str, data: bytes) -> None:
+        token = secrets.token_hex(16)
+        count = max(1, -(-len(data) // self.chunk_size))
+        chunk_ttl = self.ttl_s + CHUNK_TTL_GRACE_S if self.ttl_s is not None else None
+        view = memoryview(data)
+        # Chunks first, in bounded batches (no 64 MiB request buffer); nothing names them
+        # until the header below is published, so a crash here leaves only orphans
+        # (reclaimed by their TTL when one is set).
+        batch = self._client.pipeline(transaction=False)
+        pending = 0
+        for index in range(count):
+            piece = view[index * self.chunk_size : (index + 1) * self.chunk_size]
+            batch.set(self._chunk(token, index), piece.tobytes(), ex=chunk_ttl)
+            pending += len(piece)
+            if pending >= 8 * self.chunk_size:
+                batch.execute()
+                pending = 0
+        batch.execute()
+        # The commit point: header set and inline form removed in one MULTI.
+        pipe = self._client.pipeline(transaction=True)
+        pipe.get(self._header(key))
+        pipe.set(self._header(key), _Header(token, count, len(data)).encode(), ex=self.ttl_s)
+        pipe.delete(self._inline(key))
+        old_header, _ok, _deleted = pipe.execute()
+        self._drop_chunks([old_header])
+
+    def _drop_chunks(self, headers: Sequence[bytes | None]) -> None:
+        """Delete the chunks of replaced or deleted headers.  A reader that read an old
+        header just before may then find a chunk gone: it reads that as a miss."""
+        names: list[str] = []
+        for raw in headers:
+            header = _Header.decode(raw) if raw is not None else None
+            if header is not None:
+                names += [self._chunk(header.token, i) for i in range(header.count)]
+        for start in range(0, len(names), 1000):
+            self._client.delete(*names[start : start + 1000])
+
+    def delete(self, key: str) -> bool:
+        check_key(key)
+        self._check_writable()
+        with self._errors("delete"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self._header(key))
+            pipe.delete(self._inline(key), self._header(key))
+            old_header, removed = pipe.execute()
+            self._drop_chunks([old_header])
+        return bool(removed)
+
+    def close(self) -> None:
+        with self._errors("close"):
+            self._client.close()
+
+
+def _redacted(scheme: str, host: str | None, port: int | None, path: str, query: str) -> str:
+    """The URL without its password: ``url`` is printed in warnings and listings."""
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if "password" not in k.lower()]
+    netloc = (host or "") + (f":{port}" if port else "")
+    return urlunsplit((scheme, netloc, path or "/0", urlencode(kept), ""))
+
+
+def _is_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except StoreError:
+        return False
+    return True

@@ -1,0 +1,827 @@
+"""Warm-start benchmark: first-call time of torch.compile with and without artcache.
+
+    python benchmarks/warm_start.py [--models mlp,gpt2,gpt2-train,resnet50] [--device cpu|cuda]
+        [--repeats 3] [--mode MODE] [--steps 50] [--remote URL] [--out FILE]
+
+Every measurement is one fresh ``python`` process (this same file, run with ``--child``),
+so nothing compiled, imported or cached in memory by one variant can help another.  Each
+model runs in these variants, side by side in one run:
+
+=================  ======================================================================
+floor              ``backend="eager"``: Dynamo tracing + an eager run, no compiler; the
+                   least any warm start can cost
+torch-cold         ``backend="inductor"`` with empty ``TORCHINDUCTOR_CACHE_DIR`` and
+                   ``TRITON_CACHE_DIR``
+torch-warm         the same, reusing the directories torch-cold just filled (torch's own
+                   FX-graph / AOTAutograd / kernel caches)
+artcache-cold      ``backend="artcache"`` with an empty ``ARTCACHE_STORE`` and empty torch dirs
+artcache-warm      the store artcache-cold filled, with *new* empty torch dirs, so torch's
+                   own caches cannot help
+artcache-remote    only with ``--remote URL``: artcache-cold's entries are copied to URL
+                   (untimed), then ``ARTCACHE_STORE=file://<empty>,URL`` with new empty
+                   torch dirs: a warm start from the shared tier alone
+=================  ======================================================================
+
+What each child measures (all in seconds, medians over ``--repeats``):
+
+* **first call**: from just before ``torch.compile(...)`` to the first result, synchronized
+  on CUDA.  Starting before ``torch.compile`` (not at the first call) keeps backend lookup
+  and its imports inside the window for every backend alike: ``"artcache"`` resolves through
+  an entry point at ``torch.compile`` time, Inductor imports its compiler at the first call.
+* **to first result**: from the parent's spawn of the child to that same point, i.e.
+  interpreter start, imports, model build, compile or load, first run: what a job waits for.
+* **whole child**: spawn to exit, including the steady-state loop below and teardown.
+* **steady step**: median of ``--steps`` timed calls after ``--warmup`` calls, each
+  synchronized on CUDA, to check that a loaded entry runs as fast as a fresh compile.
+
+Repeats are interleaved: within each repeat the variant groups (floor / torch / artcache)
+rotate, so drift and background load spread over all of them.  The benchmark asserts
+nothing about timings; it reports absolute numbers and ratios.  A model whose package
+(transformers, torchvision) is missing is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+THIS = Path(__file__).resolve()
+
+MODELS: dict[str, tuple[str, ...]] = {
+    # model -> the packages it needs beyond torch
+    "mlp": (),
+    "gpt2": ("transformers",),
+    "gpt2-train": ("transformers",),
+    "resnet50": ("torchvision",),
+}
+FLOOR, TORCH_COLD, TORCH_WARM = "floor", "torch-cold", "torch-warm"
+AC_COLD, AC_WARM, AC_REMOTE = "artcache-cold", "artcache-warm", "artcache-remote"
+ALL_VARIANTS = (FLOOR, TORCH_COLD, TORCH_WARM, AC_COLD, AC_WARM, AC_REMOTE)
+BACKENDS = {FLOOR: "eager", TORCH_COLD: "inductor", TORCH_WARM: "inductor", AC_COLD: "artcache", AC_WARM: "artcache", AC_REMOTE: "artcache"}
+
+
+# =========================================================================================
+# Child: one fresh process, one model, one variant
+# =========================================================================================
+
+
+@dataclass
+class Workload:
+    """A model and one step of work on it, given the callable to run (compiled or eager)."""
+
+    model: Any  # torch.nn.Module; typed loosely so the parent never has to import torch
+    step: Callable[[Callable[..., Any]], Any]  # returns the output tensor (or loss)
+    compare_to_eager: bool  # False where steps mutate state (training) or are random
+
+
+def _mlp(device: Any) -> Workload:
+    import torch
+    from torch import nn
+
+    # The model of examples/mlp_demo.py, repeated here so this file carries alone.
+    class Block(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(width)
+            self.up = nn.Linear(width, 4 * width)
+            self.down = nn.Linear(4 * width, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+
+    model = nn.Sequential(*[Block(256) for _ in range(4)]).to(device).eval()
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def step(fn: Callable[..., Any]) -> Any:
+        with torch.no_grad():
+            return fn(x)
+
+    return Workload(model, step, compare_to_eager=True)
+
+
+def _gpt2_model(device: Any, *, train: bool) -> tuple[Any, Any]:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    # GPT-2 small from its config, random weights: nothing downloaded.  use_cache=False:
+    # a single forward over the whole sequence has no use for a KV cache object.
+    config = GPT2Config(use_cache=False)
+    model = GPT2LMHeadModel(config).to(device)
+    model.train(train)
+    ids = torch.randint(0, config.vocab_size, (4, 256), generator=torch.Generator().manual_seed(1)).to(device)
+    return model, ids
+
+
+def _gpt2(device: Any) -> Workload:
+    import torch
+
+    model, ids = _gpt2_model(device, train=False)
+
+    def step(fn: Callable[..., Any]) -> Any:
+        with torch.no_grad():
+            return fn(ids).logits
+
+    return Workload(model, step, compare_to_eager=True)
+
+
+def _gpt2_train(device: Any) -> Workload:
+    import torch
+
+    model, ids = _gpt2_model(device, train=True)
+    # The optimizer step runs eagerly, outside the compiled region: only the model's
+    # forward (and, through AOTAutograd, its backward) is compiled.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(fn: Callable[..., Any]) -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        loss = fn(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    # Training mutates the weights and dropout draws random masks: no eager comparison.
+    return Workload(model, step, compare_to_eager=False)
+
+
+def _resnet50(device: Any) -> Workload:
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None).to(device).eval()
+    x = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def step(fn: Callable[..., Any]) -> Any:
+        with torch.no_grad():
+            return fn(x)
+
+    return Workload(model, step, compare_to_eager=True)
+
+
+BUILDERS: dict[str, Callable[[Any], Workload]] = {"mlp": _mlp, "gpt2": _gpt2, "gpt2-train": _gpt2_train, "resnet50": _resnet50}
+
+
+class _ArtcacheProbe:
+    """Collects every artcache ``Cache`` the backend creates, and artcache's log warnings,
+    so a child can report hits / misses / saves / errors.  Without this a warm run that
+    silently degraded to a miss (and compiled) would pass for a slow warm start."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from artcache.cache import Cache
+
+        self.caches: list[Any] = []
+        self.warnings: list[str] = []
+        original_init = Cache.__init__
+        caches = self.caches
+
+        def recording_init(cache: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(cache, *args, **kwargs)
+            caches.append(cache)
+
+        Cache.__init__ = recording_init  # type: ignore[method-assign]  # this process only
+
+        probe = self
+
+        class _Record(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                probe.warnings.append(record.getMessage()[:500])
+
+        logger = logging.getLogger("artcache")
+        logger.addHandler(_Record(level=logging.WARNING))
+        # Adding a handler disables Python's last-resort stderr printing: keep it visible.
+        logger.addHandler(logging.StreamHandler())
+
+    def summary(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"caches": len(self.caches), "hits": 0, "misses": {}, "saves": 0, "errors": {}, "uncacheable": {}, "bytes_read": 0, "bytes_written": 0, "lookup_s": 0.0}
+        for cache in self.caches:
+            stats = cache.stats()
+            total["hits"] += stats.hits
+            total["saves"] += stats.saves
+            total["bytes_read"] += stats.bytes_read
+            total["bytes_written"] += stats.bytes_written
+            total["lookup_s"] += stats.lookup_seconds
+            for name in ("misses", "errors", "uncacheable"):
+                for key, count in getattr(stats, name).items():
+                    total[name][key] = total[name].get(key, 0) + count
+        total["warnings"] = self.warnings
+        return total
+
+
+def artcache_entry_point_installed() -> bool:
+    """Whether ``backend="artcache"`` resolves through the installed entry point (the normal
+    way).  Asked by the parent: a scan in the child would warm importlib.metadata's caches
+    before the timed window and hide part of torch's own backend lookup."""
+    from importlib import metadata
+
+    return any(ep.name == "artcache" for ep in metadata.entry_points(group="torch_dynamo_backends"))
+
+
+def _register_artcache_backend() -> None:
+    """On a machine where artcache is carried but not installed: register the function the
+    entry point names under the same name."""
+    from torch._dynamo.backends.registry import register_backend
+
+    from artcache.backend import artcache_backend
+
+    register_backend(name="artcache")(artcache_backend)
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run one variant of one model and write its measurements as JSON to ``args.result``."""
+    t_import = time.perf_counter()
+    import torch
+
+    import_s = time.perf_counter() - t_import
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    backend = BACKENDS[args.variant]
+    result: dict[str, Any] = {"variant": args.variant, "model": args.model, "backend": backend, "import_torch_s": import_s}
+    if backend == "artcache":
+        result["artcache_backend_via"] = "registered" if args.register_backend else "entry-point"
+
+    t_build = time.perf_counter()
+    torch.manual_seed(0)
+    workload = BUILDERS[args.model](device)
+    sync()
+    result["build_s"] = time.perf_counter() - t_build
+
+    # mode= goes to compiling backends only: backend="eager" takes no mode.
+    compile_kwargs: dict[str, Any] = {"backend": backend}
+    if args.mode and backend != "eager":
+        compile_kwargs["mode"] = args.mode
+    torch.manual_seed(0)  # same RNG state for every variant's first step (dropout)
+    sync()
+    t_first = time.perf_counter()
+    # The probe imports artcache and the fallback registration its backend: imports that
+    # the backend lookup would do in this window anyway, so they are timed here too.
+    probe = _ArtcacheProbe() if backend == "artcache" else None
+    if backend == "artcache" and args.register_backend:
+        _register_artcache_backend()
+    compiled = torch.compile(workload.model, **compile_kwargs)
+    # torch.compile() itself imports Dynamo and resolves the backend (seconds on a small
+    # CPU); recorded apart so it can be compared with measurements that start after it.
+    result["compile_call_s"] = time.perf_counter() - t_first
+    out = workload.step(compiled)
+    sync()
+    result["first_call_s"] = time.perf_counter() - t_first
+    result["first_result_epoch"] = time.time()  # against the parent's spawn time
+    first = out.detach().float().cpu()
+    if probe is not None:
+        # Snapshot now: the steady-state loop must not be able to hide a first-call miss.
+        result["artcache_first_call"] = probe.summary()
+
+    t_warmup = time.perf_counter()
+    for _ in range(args.warmup):
+        workload.step(compiled)
+    sync()
+    # Seconds, not a per-call median: a recompile after the first call shows up here.
+    result["warmup_s"] = time.perf_counter() - t_warmup
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        workload.step(compiled)
+        sync()
+        times.append(time.perf_counter() - start)
+    result["steady_step_s"] = statistics.median(times) if times else None
+    result["steady_step_min_s"] = min(times) if times else None
+
+    if workload.compare_to_eager:
+        result["max_abs_err_vs_eager"] = float((first - workload.step(workload.model).detach().float().cpu()).abs().max())
+    else:
+        result["first_output"] = float(first.flatten()[0])  # the first step's loss
+    if probe is not None:
+        result["artcache"] = probe.summary()
+    result["end_epoch"] = time.time()  # the parent's exit time minus this: teardown
+    Path(args.result).write_text(json.dumps(result))
+
+
+def info_main(args: argparse.Namespace) -> None:
+    """Machine and versions, from a child (so the parent never initializes CUDA).  Also
+    the first process to import torch, which warms the page cache for all later ones."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+    }
+    for name in ("triton", "pytorch-triton", "transformers", "torchvision", "artcache"):
+        version = _dist_version(name)
+        if version:
+            info[name] = version
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+        info["gpu_capability"] = "sm_%d%d" % torch.cuda.get_device_capability(0)
+    Path(args.result).write_text(json.dumps(info))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# =========================================================================================
+# Parent: plan, spawn, collect, report
+# =========================================================================================
+
+
+@dataclass
+class Run:
+    """One child process: what it was, what it measured, how it ended."""
+
+    repeat: int
+    model: str
+    variant: str
+    ok: bool
+    wall_s: float  # spawn -> exit
+    to_first_result_s: float | None = None  # spawn -> first result
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """The caches one child sees."""
+
+    inductor: Path
+    triton: Path
+    store_url: str
+
+
+def _fresh_torch_dirs(root: Path) -> tuple[Path, Path]:
+    inductor, triton = root / "inductor", root / "triton"
+    inductor.mkdir(parents=True)
+    triton.mkdir(parents=True)
+    return inductor, triton
+
+
+def _child_env(dirs: Dirs) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTCACHE_")}
+    env.update(
+        TORCHINDUCTOR_CACHE_DIR=str(dirs.inductor),
+        TRITON_CACHE_DIR=str(dirs.triton),
+        # Set for every variant, so no child ever reads or fills the user's default store.
+        ARTCACHE_STORE=dirs.store_url,
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    if "ARTCACHE_STRICT" in os.environ:  # the one artcache setting passed through: raise, don't degrade
+        env["ARTCACHE_STRICT"] = os.environ["ARTCACHE_STRICT"]
+    return env
+
+
+def spawn(args: argparse.Namespace, repeat: int, model: str, variant: str, dirs: Dirs, scratch: Path) -> Run:
+    result_file = scratch / f"result-{repeat}-{model}-{variant}.json"
+    command = [sys.executable, str(THIS), "--child", "--model", model, "--variant", variant, "--device", args.device,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--result", str(result_file)]
+    if args.mode:
+        command += ["--mode", args.mode]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.register_backend:
+        command.append("--register-backend")
+    spawn_epoch = time.time()
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=_child_env(dirs), cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    exit_epoch = time.time()
+    if proc.returncode != 0 or not result_file.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        print(f"  {model} {variant}: FAILED (exit {proc.returncode})\n    " + "\n    ".join(tail), flush=True)
+        return Run(repeat, model, variant, ok=False, wall_s=wall, error="\n".join(tail))
+    data = json.loads(result_file.read_text())
+    data["teardown_s"] = exit_epoch - data["end_epoch"]
+    run = Run(repeat, model, variant, ok=True, wall_s=wall, to_first_result_s=data["first_result_epoch"] - spawn_epoch, data=data)
+    print(f"  {model:10s} {variant:16s} first call {data['first_call_s']:7.2f} s   to first result "
+          f"{run.to_first_result_s:7.2f} s   child {wall:7.2f} s   steady {_ms(data.get('steady_step_s'))} ms"
+          f"{_artcache_note(data)}", flush=True)
+    return run
+
+
+def _artcache_note(data: dict[str, Any]) -> str:
+    stats = data.get("artcache_first_call")
+    if not stats:
+        return ""
+    misses = sum(stats["misses"].values())
+    errors = sum(stats["errors"].values())
+    note = f"   artcache: {stats['hits']} hit, {misses} miss, {stats['saves']} saved"
+    if errors or stats["uncacheable"]:
+        note += f", errors {stats['errors']}, uncacheable {stats['uncacheable']}"
+    return note
+
+
+def copy_to_remote(local_url: str, remote_url: str) -> list[str]:
+    """Copy every key of the local store to the remote one, blobs before manifests (the
+    store's commit order).  Returns the keys the remote did not have, to remove later."""
+    from artcache.store import open_store
+
+    local, remote = open_store(local_url), open_store(remote_url)
+    added: list[str] = []
+    try:
+        for prefix in ("cas/", "ac/"):
+            for info in list(local.iterate(prefix)):
+                if remote.has(info.key):
+                    continue
+                data = local.get(info.key)
+                if data is not None:
+                    remote.put(info.key, data)
+                    added.append(info.key)
+    finally:
+        local.close()
+        remote.close()
+    return added
+
+
+def remove_from_remote(remote_url: str, keys: Iterable[str]) -> None:
+    from artcache.store import open_store
+
+    remote = open_store(remote_url)
+    try:
+        for key in sorted(keys, key=lambda k: not k.startswith("ac/")):  # manifests first
+            remote.delete(key)
+    finally:
+        remote.close()
+
+
+def run_model(args: argparse.Namespace, repeat: int, model: str, order: int, root: Path) -> list[Run]:
+    """All variants of one model for one repeat, in fresh directories under ``root``."""
+    scratch = root / f"r{repeat}-{model}"
+    scratch.mkdir(parents=True)
+
+    def dirs(name: str, store_url: str | None = None) -> Dirs:
+        inductor, triton = _fresh_torch_dirs(scratch / name)
+        # A store nobody fills, for variants that must not see one.
+        return Dirs(inductor, triton, store_url or "file://" + str(scratch / name / "unused-store"))
+
+    ac_store = "file://" + str(scratch / "artcache-store")
+    runs: list[Run] = []
+
+    def floor_group() -> None:
+        runs.append(spawn(args, repeat, model, FLOOR, dirs(FLOOR), scratch))
+
+    def torch_group() -> None:
+        cold = dirs(TORCH_COLD)
+        runs.append(spawn(args, repeat, model, TORCH_COLD, cold, scratch))
+        runs.append(spawn(args, repeat, model, TORCH_WARM, cold, scratch))  # the dirs cold filled
+
+    def artcache_group() -> None:
+        runs.append(spawn(args, repeat, model, AC_COLD, dirs(AC_COLD, ac_store), scratch))
+        runs.append(spawn(args, repeat, model, AC_WARM, dirs(AC_WARM, ac_store), scratch))
+        if args.remote:
+            added = copy_to_remote(ac_store, args.remote)  # untimed: stands in for a CI upload
+            try:
+                local = "file://" + str(scratch / "remote-local-tier")
+                runs.append(spawn(args, repeat, model, AC_REMOTE, dirs(AC_REMOTE, f"{local},{args.remote}"), scratch))
+            finally:
+                remove_from_remote(args.remote, added)
+
+    groups = [floor_group, torch_group, artcache_group]
+    shift = order % len(groups)  # rotate which group goes first, repeat by repeat
+    for group in groups[shift:] + groups[:shift]:
+        group()
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return runs
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _cell(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "-"
+    text = fmt.format(statistics.median(values))
+    if len(values) > 1:
+        text += " (" + fmt.format(min(values)) + "-" + fmt.format(max(values)) + ")"
+    return text
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+
+
+class Results:
+    def __init__(self, runs: list[Run]) -> None:
+        self.runs = runs
+
+    def values(self, model: str, variant: str, metric: Callable[[Run], float | None]) -> list[float]:
+        out = []
+        for run in self.runs:
+            if run.ok and run.model == model and run.variant == variant:
+                value = metric(run)
+                if value is not None:
+                    out.append(value)
+        return out
+
+    def median(self, model: str, variant: str, metric: Callable[[Run], float | None]) -> float | None:
+        return _median(self.values(model, variant, metric))
+
+
+def first_call(run: Run) -> float | None:
+    return run.data.get("first_call_s")
+
+
+def to_first_result(run: Run) -> float | None:
+    return run.to_first_result_s
+
+
+def whole_child(run: Run) -> float:
+    return run.wall_s
+
+
+def steady(run: Run) -> float | None:
+    return run.data.get("steady_step_s")
+
+
+def after_compile_call(run: Run) -> float | None:
+    if "first_call_s" not in run.data:
+        return None
+    return run.data["first_call_s"] - run.data["compile_call_s"]
+
+
+def steady_min(run: Run) -> float | None:
+    return run.data.get("steady_step_min_s")
+
+
+def render(args: argparse.Namespace, info: dict[str, Any], runs: list[Run], skipped: dict[str, str],
+           variants: Sequence[str], load: tuple[float, float], started: str, elapsed: float) -> str:
+    res = Results(runs)
+    models = [m for m in args.models if m not in skipped]
+    device = args.device
+    lines = [f"# Warm-start benchmark: artcache vs torch.compile ({device})", ""]
+    machine = (f"{info.get('gpu')} x{info.get('gpu_count')} ({info.get('gpu_capability')}, CUDA {info.get('cuda')}), "
+               if device == "cuda" else "")
+    machine += f"{info['cpu_count']} CPU cores ({info['cpu_model']}), {info['platform']}"
+    versions = [f"python {info['python']}", f"torch {info['torch']}"]
+    for name in ("triton", "pytorch-triton", "transformers", "torchvision", "artcache"):
+        if name in info:
+            versions.append(f"{name} {info[name]}")
+    lines += [
+        f"- date: {started} (took {elapsed / 60:.1f} min)",
+        f"- machine: {machine}; torch threads {info['torch_threads']}",
+        "- versions: " + ", ".join(versions) + f"; artcache tree {_git_rev()}",
+        "- command: `" + " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]) + "`",
+        f"- torch.compile mode: {args.mode or 'default'}; repeats: {args.repeats} (median, range in parentheses); "
+        f"steady step: median of {args.steps} calls after {args.warmup} warm-up calls"
+        + (f"; torch.set_num_threads({args.threads})" if args.threads else ""),
+        f"- 1-min load average at start / end: {load[0]:.2f} / {load[1]:.2f}",
+        "- `backend=\"artcache\"` resolved " + ("by registering it in each child (artcache not installed)"
+                                                if args.register_backend else "through the installed entry point"),
+    ]
+    if skipped:
+        lines.append("- skipped: " + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        lines.append(f"- **{len(failed)} child process(es) failed**; see the end of this file")
+    lines += [
+        "",
+        "Each number comes from its own fresh process. *first call*: `torch.compile(...)` + the first",
+        "step, to the result (synchronized on CUDA). *to first result*: from spawning the process to that",
+        "same point (interpreter, imports, model build included). torch-warm reuses the cache dirs",
+        "torch-cold filled; artcache-warm reuses artcache-cold's store with new empty torch dirs.",
+        "The `torch.compile()` call itself is inside *first call*: it imports Dynamo and resolves the",
+        "backend, and Inductor imports its compiler there. `examples/mlp_demo.py` starts its clock",
+        "after it; that window is the *after torch.compile() returned* table below.",
+        "",
+    ]
+    if not models:
+        lines.append("No model ran.")
+        return "\n".join(lines) + "\n"
+
+    header = "| model | " + " | ".join(variants) + " |"
+    rule = "|---|" + "---:|" * len(variants)
+
+    def table(title: str, metric: Callable[[Run], float | None], fmt: str = "{:.2f}", scale: float = 1.0) -> None:
+        lines.extend([f"## {title}", "", header, rule])
+        for model in models:
+            cells = [_cell([v * scale for v in res.values(model, variant, metric)], fmt) for variant in variants]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    table("First call (s)", first_call)
+    lines.extend(["## Ratios (of medians)", "",
+                  "| model | measure | artcache warm / floor | artcache warm / torch warm | artcache cold / torch cold |"
+                  + (" artcache remote / artcache warm |" if AC_REMOTE in variants else ""),
+                  "|---|---|---:|---:|---:|" + ("---:|" if AC_REMOTE in variants else "")])
+    for model in models:
+        for label, metric in (("first call", first_call), ("to first result", to_first_result)):
+            m = {v: res.median(model, v, metric) for v in variants}
+            row = (f"| {model} | {label} | {_ratio(m[AC_WARM], m[FLOOR])} | {_ratio(m[AC_WARM], m[TORCH_WARM])} | "
+                   f"{_ratio(m[AC_COLD], m[TORCH_COLD])} |")
+            if AC_REMOTE in variants:
+                row += f" {_ratio(m[AC_REMOTE], m[AC_WARM])} |"
+            lines.append(row)
+    lines.append("")
+    lines.extend(["## Steady-state step time (ms)", "",
+                  "Per-call time after warm-up, one process per variant; the check is artcache-warm (a loaded",
+                  "entry) against torch-cold (a fresh compile), target within 3%. floor is eager. Cells are the",
+                  "median over repeats of each process's median call; the *fastest call* ratio uses each process's",
+                  "fastest call instead, which background load on the machine cannot inflate.",
+                  "", "| model | artcache warm / torch cold | same, fastest call | " + " | ".join(variants) + " |",
+                  "|---|---:|---:|" + "---:|" * len(variants)])
+    for model in models:
+        ratio = _ratio(res.median(model, AC_WARM, steady), res.median(model, TORCH_COLD, steady))
+        ratio_min = _ratio(res.median(model, AC_WARM, steady_min), res.median(model, TORCH_COLD, steady_min))
+        cells = [_cell([v * 1e3 for v in res.values(model, variant, steady)]) for variant in variants]
+        lines.append(f"| {model} | {ratio} | {ratio_min} | " + " | ".join(cells) + " |")
+    lines.append("")
+    table("First call after torch.compile() returned (s)", after_compile_call)
+    table("To first result: spawn to first result (s)", to_first_result)
+    table("Whole child: spawn to exit, incl. the steady-state loop (s)", whole_child)
+
+    lines.extend(["## Cache events and correctness", "",
+                  "artcache counters are taken right after the first call (a warm run should show only hits).",
+                  "", "| model | variant | runs ok | artcache hits / misses / saves | errors, uncacheable, warnings | check |",
+                  "|---|---|---:|---|---|---|"])
+    for model in models:
+        for variant in variants:
+            mine = [r for r in runs if r.model == model and r.variant == variant]
+            ok = [r for r in mine if r.ok]
+            lines.append(f"| {model} | {variant} | {len(ok)}/{len(mine)} | {_events(ok)} | {_problems(ok)} | {_check(ok)} |")
+    lines.append("")
+
+    lines.extend(["## Every run", "", "| repeat | model | variant | first call s | of which torch.compile() s | to first result s | child s | warm-up calls s | steady ms (fastest) | exit s | import torch s |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"])
+    for r in runs:
+        d = r.data
+        if r.ok:
+            lines.append(f"| {r.repeat} | {r.model} | {r.variant} | {d['first_call_s']:.2f} | {d['compile_call_s']:.2f} | "
+                         f"{r.to_first_result_s:.2f} | {r.wall_s:.2f} | {d['warmup_s']:.2f} | {_ms(d.get('steady_step_s'))} "
+                         f"({_ms(d.get('steady_step_min_s'))}) | {d['teardown_s']:.2f} | {d['import_torch_s']:.2f} |")
+        else:
+            lines.append(f"| {r.repeat} | {r.model} | {r.variant} | failed | | | {r.wall_s:.2f} | | | | |")
+    if failed:
+        lines += ["", "## Failures", ""]
+        for r in failed:
+            lines += [f"repeat {r.repeat}, {r.model}, {r.variant}:", "", "```", r.error, "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _events(runs: list[Run]) -> str:
+    stats = [r.data["artcache_first_call"] for r in runs if "artcache_first_call" in r.data]
+    if not stats:
+        return "-"
+    return "; ".join(f"{s['hits']} / {sum(s['misses'].values())} / {s['saves']}" for s in stats)
+
+
+def _problems(runs: list[Run]) -> str:
+    found: list[str] = []
+    for r in runs:
+        stats = r.data.get("artcache") or {}
+        for name in ("errors", "uncacheable"):
+            for key, count in (stats.get(name) or {}).items():
+                found.append(f"{name} {key} x{count}")
+        found.extend(f"warning: {w}" for w in stats.get("warnings", []))
+    unique = list(dict.fromkeys(found))
+    return "<br>".join(text.replace("|", "\\|") for text in unique) or "-"
+
+
+def _check(runs: list[Run]) -> str:
+    errs = [r.data["max_abs_err_vs_eager"] for r in runs if "max_abs_err_vs_eager" in r.data]
+    if errs:
+        return f"max abs err vs eager {max(errs):.1e}"
+    losses = [r.data["first_output"] for r in runs if "first_output" in r.data]
+    return ("first loss " + ", ".join(f"{v:.4f}" for v in losses)) if losses else "-"
+
+
+def _git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "artcache"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return rev + (" + uncommitted changes in artcache/" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ",".join(MODELS))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh runs of every variant (median reported)")
+    parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune (default: none)")
+    parser.add_argument("--steps", type=int, default=50, help="timed steady-state calls per child")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before the steady-state ones")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every child (default: torch's)")
+    parser.add_argument("--remote", default=None, metavar="URL",
+                        help="also run artcache-remote: warm from this store with an empty local tier. "
+                             "The benchmark adds entries to it and removes those it added afterwards")
+    parser.add_argument("--out", default=None, help="markdown report path (default: print only)")
+    parser.add_argument("--workdir", default=None, help="where the fresh cache dirs go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the cache dirs of every run")
+    # Internal: the child process and the info probe.
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--info", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--register-backend", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    sys.path.insert(0, str(REPO))  # the working tree's artcache, installed or not
+    if args.child or args.info:
+        (child_main if args.child else info_main)(args)
+        return
+
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    t0 = time.perf_counter()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="artcache-warm-start-"))
+    root.mkdir(parents=True, exist_ok=True)
+    info_file = root / "info.json"
+    subprocess.run([sys.executable, str(THIS), "--info", "--device", args.device, "--result", str(info_file)], check=True, cwd=REPO)
+    info = json.loads(info_file.read_text())
+
+    skipped = {m: f"{', '.join(p for p in MODELS[m] if importlib.util.find_spec(p) is None)} not installed"
+               for m in args.models if any(importlib.util.find_spec(p) is None for p in MODELS[m])}
+    variants = [v for v in ALL_VARIANTS if v != AC_REMOTE or args.remote]
+    args.register_backend = not artcache_entry_point_installed()
+    if args.register_backend:
+        print("artcache is not installed (no torch_dynamo_backends entry point): children register it", flush=True)
+    runnable = [m for m in args.models if m not in skipped]
+    for model, why in skipped.items():
+        print(f"skipping {model}: {why}", flush=True)
+
+    load_before = os.getloadavg()[0]
+    runs: list[Run] = []
+    for repeat in range(args.repeats):
+        print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+        for index, model in enumerate(runnable):
+            runs.extend(run_model(args, repeat, model, repeat + index, root))
+    load = (load_before, os.getloadavg()[0])
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+    report = render(args, info, runs, skipped, variants, load, started, time.perf_counter() - t0)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+        print(f"wrote {args.out}")
+    else:
+        print(report)
+
+
+if __name__ == "__main__":
+    main()
