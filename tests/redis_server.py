@@ -92,6 +92,20 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def restart(self) -> None:
+        """Start again on the same port after a kill or stop (clients reconnect to it)."""
+        self.stop()
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        log = self.directory / f"redis-{self.port}-restart.log"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--logfile", str(log), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        if not self._wait_ready():
+            raise RuntimeError(f"redis-server did not restart on port {self.port}")
+
     def pause(self) -> None:
         """SIGSTOP: the port still accepts connections but nothing answers (a stalled server)."""
         os.kill(self.pid, signal.SIGSTOP)

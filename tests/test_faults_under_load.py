@@ -19,20 +19,22 @@ from typing import Any
 import pytest
 
 from .conftest import REPO, run_cli
+from .redis_server import RedisServer, fresh_redis_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 DISTINCT = ["views", "reductions", "conv2d", "where_mask", "int_math", "cat_stack", "shape_ops", "softmax_chain"]
 
 
-def _env(store: Path, ind: Path) -> dict[str, str]:
+def _env(store: Path | str, ind: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARTCACHE_")}
-    env.update(ARTCACHE_STORE=f"file://{store}", TORCHINDUCTOR_CACHE_DIR=str(ind), PYTHONPATH=str(REPO),
+    url = store if isinstance(store, str) else f"file://{store}"
+    env.update(ARTCACHE_STORE=url, TORCHINDUCTOR_CACHE_DIR=str(ind), PYTHONPATH=str(REPO),
                OMP_NUM_THREADS="1")
     return env
 
 
-def _worker(store: Path, ind: Path, programs: list[str], *extra: str) -> subprocess.Popen[str]:
+def _worker(store: Path | str, ind: Path, programs: list[str], *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.faults.worker", "--programs", ",".join(programs), *extra],
         cwd=REPO, env=_env(store, ind), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -45,13 +47,14 @@ def _result(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _verify_clean(store: Path) -> None:
-    proc = run_cli("--store", f"file://{store}", "verify", "--format", "json")
+def _verify_clean(store: Path | str) -> None:
+    url = store if isinstance(store, str) else f"file://{store}"
+    proc = run_cli("--store", url, "verify", "--format", "json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["ok"]
 
 
-def _warm_check(store: Path, tmp: Path, programs: list[str]) -> dict[str, Any]:
+def _warm_check(store: Path | str, tmp: Path, programs: list[str]) -> dict[str, Any]:
     """A fresh process over the same store: all outputs correct; hits never compile."""
     result = _result(_worker(store, tmp / "ind-warm", programs))
     assert all(result["ok"].values()), result
@@ -106,3 +109,23 @@ def test_disk_full_during_save(tmp_path: Path, limit: int) -> None:
     assert not list((store / "ac").rglob("*/*")), "no manifest may be published without its blobs"
     warm = _warm_check(store, tmp_path, ["mlp_infer"])
     assert warm["misses"] == {"absent": 1} and warm["saves"] == 1
+
+
+def test_redis_stopped_and_restarted_during_a_run(fresh_redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    programs = ["views", "where_mask", "int_math", "cat_stack"]
+    tiers = f"file://{tmp_path / 'local'},{fresh_redis_server.url}"
+    marker = tmp_path / "saving"
+    proc = _worker(tiers, tmp_path / "ind", programs, "--slow-save", str(marker))
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    fresh_redis_server.kill()  # mid-save of the first program
+    time.sleep(2.0)
+    fresh_redis_server.restart()  # empty again: the remote lost everything
+    result = _result(proc)
+    assert all(result["ok"].values()), result
+    _verify_clean(tmp_path / "local")
+    _verify_clean(fresh_redis_server.url)
+    # A second machine (empty local tier) over the restarted Redis: correct either way.
+    warm = _warm_check(f"file://{tmp_path / 'local-b'},{fresh_redis_server.url}", tmp_path, programs)
+    assert warm["hits"] + sum(warm["misses"].values()) == len(programs)
