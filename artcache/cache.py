@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__
 from .config import Settings, settings_from_env
 from .digest import content_digest, is_digest
-from .entry import BlobRef, Manifest, decode_body, decode_envelope, encode_body, encode_envelope
+from .entry import BlobRef, Manifest, decode_body, decode_envelope, encode_body
 from .errors import (
     ArtcacheError,
     CorruptEntryError,
@@ -26,6 +26,7 @@ from .errors import (
     StoreError,
     UntrustedEntryError,
 )
+from .signing import load_keys, sign_envelope
 from .store import Store, ac_key, cas_key, open_store
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ class Cache:
 
     ``store`` is a ``Store``, a URL, or a list of URLs (tiers, local first); ``None``
     takes ``settings.store_urls``.  ``settings`` defaults to the environment.
+
+    With ``settings.signing_key`` every saved manifest is signed; with
+    ``settings.trusted_keys`` a lookup refuses (miss ``"untrusted"``) any entry without a
+    valid signature by one of them.  A configured key that cannot be used raises here.
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class Cache:
     ) -> None:
         self.settings = settings if settings is not None else settings_from_env()
         self.strict = self.settings.strict if strict is None else strict
+        keys = load_keys(self.settings.signing_key, self.settings.trusted_keys)
+        self._signer, self._trust = keys.signer, keys.trust
         if isinstance(store, Store):
             self.store = store
         else:
@@ -147,6 +154,9 @@ class Cache:
         if raw is None:
             return None, "absent"
         envelope = decode_envelope(raw)
+        if self._trust is not None:
+            # Before decode_body: an untrusted body is never parsed, let alone its blobs.
+            self._trust.check(envelope)
         manifest = decode_body(envelope.body)
         if manifest.key != key:
             raise CorruptEntryError(f"manifest under {key[:16]} claims key {manifest.key[:16]}")
@@ -159,6 +169,10 @@ class Cache:
                 return None, "missing-blob"
             if len(data) != ref.size:
                 raise CorruptEntryError(f"blob {digest[:16]} is {len(data)} bytes, manifest says {ref.size}")
+            if self._trust is not None and content_digest(data) != digest:
+                # The signature covers blob *digests*; the local tier's read check is a
+                # non-cryptographic checksum, so under trust the address itself is checked.
+                raise CorruptEntryError(f"blob {digest[:16]} does not match its sha256 address")
             blobs[digest] = data
         self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())
         self._hits += 1
@@ -194,7 +208,7 @@ class Cache:
             summary=dict(summary or {}),
         )
         try:
-            envelope = encode_envelope(encode_body(manifest))
+            envelope = sign_envelope(encode_body(manifest), self._signer)
             self.store.put_many(payload)
             self.store.put(ac_key(key), envelope)
         except (StoreError, CorruptEntryError) as exc:

@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from . import __version__, catalog
+from . import __version__, bundle, catalog, signing
 from .config import parse_size, settings_from_env
 from .errors import ArtcacheError
 from .store import Store, open_store
@@ -125,6 +126,58 @@ def cmd_rm(args: argparse.Namespace, store: Store) -> int:
     return _run_plan(args, store, catalog.plan_rm(store, keys))
 
 
+def _progress(args: argparse.Namespace) -> bundle.Progress | None:
+    """A tqdm byte bar on stderr, or ``None``: no bar with --no-progress, when stderr is not
+    a terminal (CI logs) or when tqdm (the ``progress`` extra) is not installed."""
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+
+    @contextmanager
+    def bar(desc: str, total: int) -> Iterator[Callable[[int], None]]:
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                  leave=False) as t:
+            yield t.update
+
+    return bar
+
+
+def cmd_export(args: argparse.Namespace, store: Store) -> int:
+    keys = [catalog.find_entry(store, ref) for ref in args.keys] if args.keys else None
+    result = bundle.export_bundle(store, args.file, keys, progress=_progress(args))
+    rows = [[s.key[:16], s.reason] for s in result.skipped]
+    table = (_table(rows, ["SKIPPED", "REASON"]) + "\n") if rows else ""
+    table += f"exported {result.entries} entries, {result.blobs} blobs ({_human(result.bytes)}) to {result.path}"
+    _emit(args, asdict(result), table)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, store: Store) -> int:
+    # Under ARTCACHE_TRUSTED_KEYS a bundle holding any untrusted manifest is refused whole.
+    trust = signing.load_keys(None, settings_from_env().trusted_keys).trust
+    result = bundle.import_bundle(store, args.file, trust=trust, progress=_progress(args))
+    table = (
+        f"imported {result.entries} entries, {result.blobs_written} blobs "
+        f"({result.blobs_present} already present, {_human(result.bytes_written)} written) into {store.url}"
+    )
+    _emit(args, asdict(result), table)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, _store: Store | None) -> int:
+    pair = signing.generate(args.out, force=args.force)
+    table = (
+        f"private key: {pair.private_path} (keep secret; set ARTCACHE_SIGNING_KEY to it or its contents)\n"
+        f"public key:  {pair.public_path} (key id {pair.key_id}; readers add it to ARTCACHE_TRUSTED_KEYS)\n"
+        f"{pair.public_key}"
+    )
+    _emit(args, asdict(pair), table)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artcache", description="Inspect and manage an artcache store.")
@@ -132,9 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", help="store URL(s), comma-separated (default: $ARTCACHE_STORE)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_: str, *, fmt: bool = True, dry: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str, help_: str, *, fmt: bool = True, dry: bool = False, store: bool = True, progress: bool = False
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--store", default=argparse.SUPPRESS, help="store URL(s), comma-separated")
+        p.set_defaults(needs_store=store)
+        if store:
+            p.add_argument("--store", default=argparse.SUPPRESS, help="store URL(s), comma-separated")
+        if progress:
+            p.add_argument("--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)")
         if fmt:
             p.add_argument("--format", choices=("table", "json"), default="table")
         if dry:
@@ -153,12 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rm", "remove entries and the blobs only they use", dry=True)
     p.add_argument("entries", nargs="+", help="entry keys or unique prefixes")
     p.set_defaults(func=cmd_rm)
+    p = add("export", "write entries and their blobs to one self-verifying bundle file", progress=True)
+    p.add_argument("file", help="bundle file to write")
+    p.add_argument("--keys", nargs="+", metavar="K", help="entry keys or unique prefixes (default: every entry)")
+    p.set_defaults(func=cmd_export)
+    p = add("import", "verify a bundle file completely, then copy its entries into the store", progress=True)
+    p.add_argument("file", help="bundle file to read")
+    p.set_defaults(func=cmd_import)
+    p = add("keygen", "make an Ed25519 key pair for signing manifests", store=False)
+    p.add_argument("--out", default="artcache-signing", metavar="PREFIX",
+                   help="write PREFIX.key (mode 0600) and PREFIX.pub (default: ./artcache-signing)")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=cmd_keygen)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not args.needs_store:  # keygen: opening a store would create its directory
+            return int(args.func(args, None))
         with _open(args) as store:
             return int(args.func(args, store))
     except ArtcacheError as exc:

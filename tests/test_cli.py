@@ -49,7 +49,7 @@ def url(path: Path) -> str:
 def test_help_lists_commands() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for cmd in ("ls", "inspect", "stats", "verify", "gc", "rm"):
+    for cmd in ("ls", "inspect", "stats", "verify", "gc", "rm", "export", "import", "keygen"):
         assert cmd in proc.stdout
 
 
