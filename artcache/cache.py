@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -27,9 +28,17 @@ from .errors import (
     UntrustedEntryError,
 )
 from .signing import load_keys, sign_envelope
-from .store import Store, ac_key, cas_key, open_store
+from .activity import ActivityLog
+from .store import LocalStore, Store, TieredStore, ac_key, cas_key, open_store
 
 log = logging.getLogger(__name__)
+
+
+def local_root(store: Store) -> Path | None:
+    """The directory of the local (first) tier, where per-machine activity is kept."""
+    if isinstance(store, TieredStore):
+        store = store.tiers[0]
+    return store.root if isinstance(store, LocalStore) else None
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,8 @@ class Cache:
         self._bytes_written = 0
         self._lookup_seconds = 0.0
         self._warned: set[str] = set()
+        root = local_root(self.store)
+        self.activity = ActivityLog(root) if root is not None and not self.store.read_only else None
 
     # -- error policy (the one place) ------------------------------------------------
     def degrade(self, operation: str, error: ArtcacheError) -> None:
@@ -145,6 +156,8 @@ class Cache:
             self._lookup_seconds += time.perf_counter() - start
         if entry is None:
             self._misses[reason] += 1
+            if self.activity is not None:
+                self.activity.record("miss", key=key, reason=reason)
             return None
         return entry
 
@@ -215,18 +228,39 @@ class Cache:
             self.degrade("save", exc)
             return None
         self._saves += 1
-        self._bytes_written += len(envelope) + sum(len(b) for b in payload.values())
+        written = len(envelope) + sum(len(b) for b in payload.values())
+        self._bytes_written += written
+        if self.activity is not None:
+            self.activity.record("save", key=key, bytes=written,
+                                 compile_seconds=manifest.summary.get("compile_seconds", 0.0))
         return manifest
 
     # -- bookkeeping -------------------------------------------------------------------
-    def reject(self, reason: str) -> None:
+    def reject(self, key: str, reason: str) -> None:
         """The caller could not use an entry that ``lookup`` returned (its shape guards
         reject the inputs, or it cannot be rebuilt): count that lookup as a miss."""
         self._misses[reason] += 1
         self._hits -= 1
+        if self.activity is not None:
+            self.activity.record("miss", key=key, reason=reason)
+
+    def record_hit(self, entry: LoadedEntry, load_seconds: float) -> None:
+        """A looked-up entry was rebuilt and is in use: log the time it saved."""
+        if self.activity is not None:
+            compile_s = float(entry.manifest.summary.get("compile_seconds", 0.0) or 0.0)
+            self.activity.record("hit", key=entry.manifest.key, bytes=sum(len(b) for b in entry.blobs.values()),
+                                 load_seconds=round(load_seconds, 4),
+                                 saved_seconds=round(max(0.0, compile_s - load_seconds), 4))
+
+    def record_miss_details(self, key: str, details: Mapping[str, Any]) -> None:
+        """What a missed key was made of, for ``artcache explain``."""
+        if self.activity is not None:
+            self.activity.record_miss(key, details)
 
     def record_uncacheable(self, reason: str) -> None:
         self._uncacheable[reason] += 1
+        if self.activity is not None:
+            self.activity.record("uncacheable", reason=reason)
 
     def stats(self) -> CacheStats:
         return CacheStats(

@@ -18,6 +18,9 @@ from typing import Any
 from . import __version__, bundle, catalog, signing
 from .config import parse_size, settings_from_env
 from .errors import ArtcacheError
+from .activity import ActivityLog
+from .cache import local_root
+from .explain import explain
 from .store import Store, open_store
 from .summary_view import render_entry
 
@@ -88,8 +91,38 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
         "orphan_blobs": len(snap.orphan_blobs),
         "quarantined_files": snap.quarantined_files,
     }
+    root = local_root(store)
+    if root is not None:
+        # Activity of every process that used this local tier (hits, misses, time saved).
+        totals = ActivityLog(root).totals()
+        data.update(
+            hits=totals.hits,
+            misses=sum(totals.misses.values()),
+            misses_by_reason=dict(totals.misses),
+            saves=totals.saves,
+            uncacheable_by_reason=dict(totals.uncacheable),
+            loaded_bytes=totals.bytes_loaded,
+            saved_bytes=totals.bytes_saved,
+            seconds_saved=totals.seconds_saved,
+        )
     rows = [[k, _human(v) if k.endswith("bytes") else str(v)] for k, v in data.items()]
     _emit(args, data, _table(rows, ["STAT", "VALUE"]))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace, store: Store) -> int:
+    root = local_root(store)
+    result = explain(store, ActivityLog(root) if root is not None else None, args.key)
+    lines = [f"{result.source} {result.key[:16]}" + (" (stored now)" if result.stored else "")]
+    if not result.candidates:
+        lines.append("no stored entries to compare with")
+    for c in result.candidates:
+        lines.append(f"vs {c.key[:16]}  {c.title}  ({'same graph' if c.same_graph else 'different graph'}, "
+                     f"{len(c.differing)} factor(s) differ)")
+        for d in c.differing:
+            lines.append(f"  {d.factor}" + ("" if d.changes else "  (digest differs)"))
+            lines += [f"    {change}" for change in d.changes[:20]]
+    _emit(args, asdict(result), "\n".join(lines))
     return 0
 
 
@@ -206,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
     add("stats", "store totals").set_defaults(func=cmd_stats)
     add("verify", "check every manifest and blob (exit 1 on problems)").set_defaults(func=cmd_verify)
+    p = add("explain", "why a key missed: the nearest stored entries and the factors that differ")
+    p.add_argument("key", nargs="?", help="a missed key or entry key (prefix); default: the last recorded miss")
+    p.set_defaults(func=cmd_explain)
     p = add("gc", "remove broken entries, old orphan blobs, and LRU entries over a size", dry=True)
     p.add_argument("--max-size", help="shrink the store to this size (e.g. 20G); default $ARTCACHE_MAX_SIZE")
     p.set_defaults(func=cmd_gc)
