@@ -216,10 +216,13 @@ def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
     if not expr:
         return True
     ac = _autograd_cache()
-    from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
+    try:
+        from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw as hint
+    except ImportError:  # torch 2.11: the same hint under its older name
+        from torch.fx.experimental.symbolic_shapes import size_hint as hint
 
     symints = ac.AOTAutogradCache._filter_backed_symints(list(example_inputs))
-    hints = [guarding_hint_or_throw(s) for s in symints]
+    hints = [hint(s) for s in symints]
     return bool(ac.AOTAutogradCache.evaluate_guards(expr, hints))
 
 
@@ -316,6 +319,9 @@ _ENTRY_CLASSES = (
     ("torch._functorch._aot_autograd.schemas", "PlainTensorMeta"),
     ("torch._functorch._aot_autograd.schemas", "MemoryFormatMeta"),
     ("torch._functorch._aot_autograd.schemas", "CacheableAOTConfig"),
+    # torch 2.11 stores the sanitized AOTConfig itself (compilers and decompositions
+    # emptied); 2.13 stores a CacheableAOTConfig instead.
+    ("torch._functorch._aot_autograd.schemas", "AOTConfig"),
     ("torch._functorch._aot_autograd.schemas", "MutationType"),
     ("torch._functorch._aot_autograd.schemas", "OutputType"),
     ("torch._functorch._aot_autograd.schemas", "SubclassCreationMeta"),
@@ -346,6 +352,8 @@ _ENTRY_CLASSES = (
     ("torch._inductor.cudagraph_utils", "CudagraphCachedInfo"),
     ("torch._inductor.cudagraph_utils", "PlaceholderInfo"),
     ("torch._inductor.cudagraph_utils", "WrappedFunction"),
+    # Graph partitions (CUDA graphs around partitions; "reduce-overhead", "max-autotune").
+    ("torch._inductor.utils", "GraphPartitionMap"),
     ("torch.fx.experimental.symbolic_shapes", "SymIntEqByExpr"),
     ("torch._dynamo.source", "LocalSource"),
     ("torch._dynamo.source", "AttrSource"),
@@ -473,6 +481,10 @@ def entry_allowlist() -> Any:
         if isinstance(cls, type):
             allow.register(cls, _strategy(cls))
     _register_view_metas(allow)
+    # GPU entries: Triton kernel bundles (static launchers, configs); a no-op without Triton.
+    from ._triton_compat import register_triton_classes
+
+    register_triton_classes(allow)
     # Counter (CompiledFxGraph.counter_deltas) is a dict subclass: rebuilt from a plain dict.
     allow.register(collections.Counter, "custom", encode=dict, decode=_counter)
     for module, name in _ENTRY_CALLABLES:
@@ -480,3 +492,14 @@ def entry_allowlist() -> Any:
         if obj is not None:
             allow.register_callable(obj, f"{module}:{name}")
     return allow.freeze()
+
+
+def config_overrides() -> dict[str, dict[str, Any]]:
+    """Config entries that differ from their defaults, per module (for ``artcache explain``:
+    a key factor names only a digest; these name the values behind it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, module in (("inductor", torch._inductor.config), ("functorch", torch._functorch.config)):
+        is_default = getattr(module, "_is_default", None)
+        values = module.get_config_copy()
+        out[name] = {k: v for k, v in values.items() if is_default is not None and not is_default(k)}
+    return out

@@ -55,12 +55,13 @@ class ArtcacheBackend:
     # -- the path ------------------------------------------------------------------------
     def _compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         try:
-            key, specs = self._key(gm, example_inputs)
+            key, specs, values = self._key(gm, example_inputs)
         except Uncacheable as exc:
             return self._uncacheable(exc, gm, example_inputs)
         hit = self._load(key.key, example_inputs)
         if hit is not None:
             return hit
+        self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
         on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
         if on_gpu:
             # Multi-config kernels tune at their first run, after this returns: record it.
@@ -70,14 +71,14 @@ class ArtcacheBackend:
             compiled = compat.compile_fx(gm, example_inputs)
         compile_s = time.perf_counter() - start
         graph = CompiledGraph(capture.entry, dict(capture.cpp_kernels))
-        self._save(key, graph, gm, specs, compile_s)
+        self._save(key, graph, gm, specs, values, compile_s)
         if on_gpu and graph.kernel_files():
-            return self._resave_after_tuning(compiled, key, graph, gm, specs, compile_s)
+            return self._resave_after_tuning(compiled, key, graph, gm, specs, values, compile_s)
         return compiled
 
     def _resave_after_tuning(
         self, compiled: Callable[..., Any], key: keys.CacheKey, graph: CompiledGraph,
-        gm: torch.fx.GraphModule, specs: list[str], compile_s: float,
+        gm: torch.fx.GraphModule, specs: list[str], values: dict[str, Any], compile_s: float,
     ) -> Callable[..., Any]:
         """Two-phase write for GPU entries: the entry saved above holds the compiled kernels;
         autotuning winners appear at the first forward (and backward) run.  Whenever the
@@ -96,7 +97,7 @@ class ArtcacheBackend:
                 if tuning == state["saved"]:
                     return
                 state["saved"] = tuning
-            self._save(key, graph.with_tuning(*tuning), gm, specs, compile_s)
+            self._save(key, graph.with_tuning(*tuning), gm, specs, values, compile_s)
 
         atexit.register(resave)
 
@@ -112,23 +113,39 @@ class ArtcacheBackend:
 
         return run
 
-    def _key(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[keys.CacheKey, list[str]]:
+    def _key(
+        self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
+    ) -> tuple[keys.CacheKey, list[str], dict[str, Any]]:
+        """The key, the input specs, and the readable values behind the factors (kept in
+        the manifest and in miss records so ``artcache explain`` can name what differs)."""
         specs = keys.input_specs(gm, example_inputs)
         if torch._inductor.config.freezing:
             # Freezing bakes parameter values into the graph through a compiler path that
             # AOTAutograd's result capture does not cover.
             raise Uncacheable("freezing", "inductor config freezing=True")
+        numerics = compat.numerics_flags()
+        environment = self._fingerprint(example_inputs)
+        options = {"mode": self.mode, "options": sorted(self.options)}
         cache_key = keys.graph_key(
             graph_digest=pickler.hash_object(gm),
             inputs=specs,
             custom_ops=keys.custom_op_factor_value(gm),
             configs=compat.config_snapshots(),
-            numerics=compat.numerics_flags(),
-            environment=self._fingerprint(example_inputs),
-            compile_options={"mode": self.mode, "options": sorted(self.options)},
+            numerics=numerics,
+            environment=environment,
+            compile_options=options,
         )
         cache_key.log()
-        return cache_key, specs
+        overrides = compat.config_overrides()
+        values = {
+            "inputs": specs,
+            "numerics": numerics,
+            "environment": environment,
+            "options": options,
+            "inductor_config": {k: repr(v) for k, v in overrides["inductor"].items()},
+            "functorch_config": {k: repr(v) for k, v in overrides["functorch"].items()},
+        }
+        return cache_key, specs, values
 
     def _fingerprint(self, example_inputs: Sequence[Any]) -> dict[str, str]:
         devices = frozenset(x.device.type for x in example_inputs if isinstance(x, torch.Tensor))
@@ -137,15 +154,18 @@ class ArtcacheBackend:
         return self._environment[devices]
 
     def _load(self, key: str, example_inputs: Sequence[Any]) -> Callable[..., Any] | None:
+        start = time.perf_counter()
         loaded = self.cache.lookup(key)
         if loaded is None:
             return None
         try:
             graph = CompiledGraph.from_loaded(loaded)
             if not graph.guards_hold(example_inputs):
-                self.cache.reject("guards")
+                self.cache.reject(key, "guards")
                 return None
-            return graph.load(example_inputs, cudagraphs=bool(torch._inductor.config.triton.cudagraphs))
+            compiled = graph.load(example_inputs, cudagraphs=bool(torch._inductor.config.triton.cudagraphs))
+            self.cache.record_hit(loaded, time.perf_counter() - start)
+            return compiled
         except ArtcacheError as exc:
             error: ArtcacheError = exc
         except Exception as exc:  # noqa: BLE001 - the one boundary, see below
@@ -155,11 +175,17 @@ class ArtcacheBackend:
             error = CorruptEntryError(f"entry {key[:16]} could not be rebuilt: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
         self.cache.degrade("load", error)
-        self.cache.reject("unloadable")
+        self.cache.reject(key, "unloadable")
         return None
 
     def _save(
-        self, key: keys.CacheKey, graph: CompiledGraph, gm: torch.fx.GraphModule, specs: list[str], compile_s: float
+        self,
+        key: keys.CacheKey,
+        graph: CompiledGraph,
+        gm: torch.fx.GraphModule,
+        specs: list[str],
+        values: dict[str, Any],
+        compile_s: float,
     ) -> None:
         try:
             blobs = graph.to_blobs()
@@ -173,6 +199,7 @@ class ArtcacheBackend:
             self.cache.degrade("save", CorruptEntryError(f"cannot serialize: {type(exc).__name__}: {exc}"))
             return
         summary["compile_seconds"] = round(compile_s, 3)
+        summary["factor_values"] = values
         environment = self._fingerprint([])
         self.cache.save(key.key, blobs, factors=key.digests(), environment=environment, summary=summary)
 

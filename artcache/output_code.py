@@ -8,6 +8,9 @@ An entry's blobs (roles):
 ``data``     out-of-band bytes of that document (tensor storages, large byte strings),
              named by digest
 ``kernel``   a C++ kernel library, named ``<CppCodeCache class>:<input digest>``
+``tuning``   (GPU, optional) autotuning done at the first runs after the compile: winning
+             configs per kernel and compiled coordinate-descent winners (pickled like
+             ``object``; its large byte strings are ``data`` blobs too)
 
 Loading builds only allowlisted types (``_torch_compat.entry_allowlist``), then
 :meth:`CompiledGraph.load` runs torch's post-compile steps (wrapper module load, input
@@ -17,16 +20,20 @@ the entry: nothing is traced, lowered, compiled or tuned.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from . import _torch_compat as compat
+from . import _triton_compat as triton_compat
 from . import pickler
 from .cache import LoadedEntry, NewBlob
 from .errors import CorruptEntryError, Uncacheable
+
+log = logging.getLogger(__name__)
 
 # Graph text shown by `artcache inspect` is capped: it is for reading, not for rebuilding.
 MAX_GRAPH_TEXT = 64 * 1024
@@ -36,6 +43,24 @@ MAX_GRAPH_TEXT = 64 * 1024
 class CompiledGraph:
     entry: Any  # torch's BundledAOTAutogradResult
     cpp_kernels: Mapping[str, compat.CppKernel]
+    # "<kernel file>:<configs hash>" -> best config data (AutotuneCache.save's fields)
+    winners: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # "<kernel file>" -> compiled winners found by coordinate descent (StaticTritonCompileResult)
+    tuned_results: Mapping[str, list[Any]] = field(default_factory=dict)
+
+    # -- GPU tuning --------------------------------------------------------------------
+    def kernel_files(self) -> set[str]:
+        """Source-file names of the entry's statically launchable Triton kernels."""
+        return {
+            triton_compat.kernel_file_key(getattr(sa.kernel, "filename", None))
+            for sa in triton_compat.static_autotuners(self.entry)
+        } - {""}
+
+    def tuning_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
+        return dict(self.winners), {k: list(v) for k, v in self.tuned_results.items()}
+
+    def with_tuning(self, winners: Mapping[str, dict[str, Any]], tuned: Mapping[str, list[Any]]) -> CompiledGraph:
+        return replace(self, winners=dict(winners), tuned_results=dict(tuned))
 
     # -- saving ------------------------------------------------------------------------
     def to_blobs(self) -> list[NewBlob]:
@@ -48,6 +73,12 @@ class CompiledGraph:
         blobs += [
             NewBlob("kernel", k.library, f"{k.cache_class}:{k.key}") for k in sorted(self.cpp_kernels.values(), key=lambda k: k.key)
         ]
+        if self.winners or self.tuned_results:
+            tuning = {"winners": dict(sorted(self.winners.items())), "results": dict(sorted(self.tuned_results.items()))}
+            tdoc = pickler.dumps(tuning, allow=compat.entry_allowlist())
+            blobs.append(NewBlob("tuning", tdoc.data))
+            known = {b.name for b in blobs if b.role == "data"}
+            blobs += [NewBlob("data", data, digest) for digest, data in sorted(tdoc.blobs.items()) if digest not in known]
         return blobs
 
     # -- loading -----------------------------------------------------------------------
@@ -66,14 +97,27 @@ class CompiledGraph:
             if not sep or not cache_class.isidentifier():
                 raise CorruptEntryError(f"bad kernel blob name {ref.name!r}")
             kernels[key] = compat.CppKernel(key, cache_class, loaded.blobs[ref.digest])
-        return cls(entry, kernels)
+        winners: dict[str, dict[str, Any]] = {}
+        tuned: dict[str, list[Any]] = {}
+        if any(ref.role == "tuning" for ref in manifest.blobs):
+            tuning = pickler.loads(loaded.blob("tuning"), data, allow=compat.entry_allowlist(), verify=False)
+            if type(tuning) is not dict or type(tuning.get("winners")) is not dict or type(tuning.get("results")) is not dict:
+                raise CorruptEntryError("bad tuning record")
+            winners, tuned = tuning["winners"], tuning["results"]
+        return cls(entry, kernels, winners, tuned)
 
     def guards_hold(self, example_inputs: Sequence[Any]) -> bool:
         return compat.guards_hold(self.entry, example_inputs)
 
     def load(self, example_inputs: Sequence[Any], *, cudagraphs: bool) -> Callable[..., Any]:
         """The compiled callable (runs torch's post-compile steps; compiles nothing)."""
-        with compat.serve_cpp_kernels(self.cpp_kernels, compat.kernel_library_dir()):
+        library_dir = compat.kernel_library_dir()
+        tuned = triton_compat.select_tuned(self.entry, self.winners, self.tuned_results)
+        if tuned:
+            log.info("artcache: autotuning served from the entry: %s", sorted(tuned.items()))
+        with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
+            self.winners, triton_compat.private_triton_dir(library_dir)
+        ):
             return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)
 
     # -- inspect ---------------------------------------------------------------------------
@@ -89,14 +133,29 @@ class CompiledGraph:
             bundle = getattr(graph, "_triton_bundle", None)
             for artifacts in getattr(bundle, "kernel_artifacts", None) or ():
                 files = getattr(artifacts, "artifacts", ())
+                names = sorted({f.filename.rsplit(".", 1)[0] for f in files if f.filename.endswith((".cubin", ".hsaco"))})
                 kernels.append({
-                    "name": str(getattr(artifacts, "kernel_hash", ""))[:16],
+                    "name": ",".join(names) or str(getattr(artifacts, "kernel_hash", ""))[:16],
                     "kind": "triton",
+                    "hash": str(getattr(artifacts, "kernel_hash", ""))[:16],
                     "device": str(getattr(artifacts, "device", "")),
                     "bytes": sum(len(getattr(f, "payload", b"")) for f in files),
                 })
-            for tuner in getattr(bundle, "static_autotuners", None) or ():
-                autotune.append({"kernel": str(getattr(tuner, "kernel_name", "")), "kind": "static-launcher"})
+            for sa in getattr(bundle, "static_autotuners", None) or ():
+                tuner = sa.kernel
+                file_key = triton_compat.kernel_file_key(getattr(tuner, "filename", None))
+                configs = [triton_compat.config_summary(r.config) for r in getattr(tuner, "compile_results", ())]
+                chosen = [
+                    {k: v for k, v in data.items() if k not in ("configs_hash",)}
+                    for key, data in sorted(self.winners.items()) if key.partition(":")[0] == file_key
+                ]
+                autotune.append({
+                    "kernel": str(getattr(sa, "kernel_name", "")),
+                    "kind": "triton",
+                    "configs": len(configs),
+                    "choice": chosen[0] if chosen else (configs[0] if len(configs) == 1 else "tuned at first run"),
+                    "coordesc_compiled": len(self.tuned_results.get(file_key, ())),
+                })
         constants = []
         for graph in graphs:
             for name, value in (getattr(graph, "constants", None) or {}).items():

@@ -1,0 +1,534 @@
+"""Reach into Inductor's Triton runtime (kernel bundles, static launchers, autotuning).
+
+Kept apart from ``_torch_compat`` because it only matters on GPU and touches a second set
+of internals (``torch._inductor.runtime`` and Triton itself).  Verified on torch 2.11 +
+Triton 3.6 (H100); on a CPU-only torch none of this runs.  What we touch and why:
+
+* **Kernel objects in the entry.**  With ``bundle_triton_into_fx_graph_cache`` each
+  ``CompiledFxGraph`` carries a ``TritonBundle``: the cubin/json files of every kernel and,
+  with the static CUDA launcher (the default), the pickled ``CachingAutotuner`` of each
+  kernel holding ``StaticTritonCompileResult``s.  torch stores those with ``pickle``; we
+  store them through artcache's allowlisted pickler, so each class is registered below
+  with the state its own ``__getstate__``/``__setstate__`` define.
+* **Where cubins go on a hit.**  ``TritonBundler.read_and_emit`` writes the stored files into
+  ``triton_cache_dir(device)`` (``$TRITON_CACHE_DIR``, shared with Triton's own compile
+  cache) and the static launchers load them from there.  We point it at an
+  artcache-private directory for the duration of the rebuild, so a hit never writes into
+  (or reads from) Triton's cache: the cubins come from the entry alone.
+* **Autotuning winners.**  Multi-config pointwise/reduction kernels and coordinate-descent
+  tuning (``mode="max-autotune"``) benchmark at the *first run*, after the compile-time
+  bundle was taken.  Torch remembers the winner in ``<kernel>.best_config`` files through
+  ``AutotuneCache.save``, keyed with ``torch_key()`` (a hash of torch's sources, ~0.2-0.5 s).
+  :class:`TuningRecorder` wraps ``AutotuneCache.save`` in the compiling process to keep the
+  winners (and, for coordinate descent, the compiled winner itself, which may be a config
+  no compile-time kernel has); the backend then re-saves the entry with them.  On a hit
+  ``AutotuneCache.create`` answers from the entry (no file, no ``torch_key``), so each
+  kernel comes up with its single winning launcher and nothing is benchmarked.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptEntryError, Uncacheable
+
+
+def _heuristics() -> Any:
+    from torch._inductor.runtime import triton_heuristics
+
+    return triton_heuristics
+
+
+def _autotune_cache_module() -> Any:
+    from torch._inductor.runtime import autotune_cache
+
+    return autotune_cache
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- entry contents ------------------------------------------------------------------------
+def bundles(entry: Any) -> list[Any]:
+    """The TritonBundles of an entry's forward and backward graphs."""
+    out = []
+    for part in (getattr(entry, "compiled_fw", None), getattr(entry, "compiled_bw", None)):
+        graph = getattr(part, "result", None)
+        bundle = getattr(graph, "_triton_bundle", None)
+        if bundle is not None:
+            out.append(bundle)
+    return out
+
+
+def static_autotuners(entry: Any) -> list[Any]:
+    return [sa for bundle in bundles(entry) for sa in (getattr(bundle, "static_autotuners", None) or ())]
+
+
+def kernel_file_key(filename: str | None) -> str:
+    """A kernel's identity across processes: the basename of its source file, which
+    Inductor names by a hash of the kernel source (the directory differs per process)."""
+    return os.path.basename(filename or "")
+
+
+def config_summary(cfg: Any) -> dict[str, Any]:
+    """A Triton ``Config`` as plain data (for ``inspect``)."""
+    out: dict[str, Any] = dict(getattr(cfg, "kwargs", {}) or {})
+    for name in ("num_warps", "num_stages"):
+        if hasattr(cfg, name):
+            out[name] = getattr(cfg, name)
+    return out
+
+
+# -- the miss: record what the first runs tune ----------------------------------------------
+@dataclass
+class TuningRecorder:
+    """Process-wide record of autotuning done by kernels this process compiled.
+
+    ``winners``: ``"<kernel file>:<configs hash>"`` -> the data ``AutotuneCache.save`` stores
+    (config kwargs, warps, stages, ``configs_hash``, ``found_by_coordesc``).
+    ``extra_results``: ``"<kernel file>"`` -> compiled launch results for winning configs that
+    were compiled during tuning (coordinate descent), copied with their cubin bytes.
+    """
+
+    winners: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_results: dict[str, list[Any]] = field(default_factory=dict)
+    version: int = 0  # bumped on every new record: lets the backend re-save only when needed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_kernels(self, files: set[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
+        with self.lock:
+            winners = {k: dict(v) for k, v in self.winners.items() if k.partition(":")[0] in files}
+            extra = {k: list(v) for k, v in self.extra_results.items() if k in files}
+        return winners, extra
+
+
+_RECORDER = TuningRecorder()
+_INSTALLED = False
+_INSTALL_LOCK = threading.Lock()
+_CURRENT = threading.local()  # the CachingAutotuner whose tuning is running on this thread
+
+
+def recorder() -> TuningRecorder:
+    return _RECORDER
+
+
+def install_tuning_recorder() -> None:
+    """Wrap the three tuning entry points, once per process (tuning happens at the first run,
+    after the backend returned, so the wrappers cannot be scoped to a compile)."""
+    global _INSTALLED
+    with _INSTALL_LOCK:
+        if _INSTALLED or not triton_available():
+            return
+        th = _heuristics()
+        ac = _autotune_cache_module()
+        tuner_cls = th.CachingAutotuner
+        original_save = ac.AutotuneCache.save
+        original_one = tuner_cls.autotune_to_one_config
+        original_coordesc = getattr(tuner_cls, "coordinate_descent_tuning", None)
+        original_precompile_config = tuner_cls._precompile_config
+
+        def autotune_to_one_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with _tuning(self):
+                return original_one(self, *args, **kwargs)
+
+        def coordinate_descent_tuning(self: Any, launcher: Any, *args: Any, **kwargs: Any) -> Any:
+            with _tuning(self):
+                winner = original_coordesc(self, launcher, *args, **kwargs)
+                _record_compiled_winner(self, winner)
+                return winner
+
+        def precompile_config(self: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original_precompile_config(self, cfg, *args, **kwargs)
+            compiled = getattr(_CURRENT, "compiled", None)
+            if compiled is not None and getattr(_CURRENT, "tuner", None) is self:
+                compiled[_config_key(cfg)] = result
+            return result
+
+        def save(self: Any, config: Any, time_taken_ns: int, *args: Any, **kwargs: Any) -> Any:
+            out = original_save(self, config, time_taken_ns, *args, **kwargs)
+            tuner = getattr(_CURRENT, "tuner", None)
+            found = bool(kwargs.get("found_by_coordesc", args[0] if args else False))
+            if tuner is not None and getattr(tuner, "filename", None):
+                _record_winner(tuner, self.configs_hash, config, found)
+            return out
+
+        ac.AutotuneCache.save = save
+        tuner_cls.autotune_to_one_config = autotune_to_one_config
+        if original_coordesc is not None:
+            tuner_cls.coordinate_descent_tuning = coordinate_descent_tuning
+        tuner_cls._precompile_config = precompile_config
+        _INSTALLED = True
+
+
+@contextlib.contextmanager
+def _tuning(tuner: Any) -> Iterator[None]:
+    outer = (getattr(_CURRENT, "tuner", None), getattr(_CURRENT, "compiled", None))
+    _CURRENT.tuner, _CURRENT.compiled = tuner, {}
+    try:
+        yield
+    finally:
+        _CURRENT.tuner, _CURRENT.compiled = outer
+
+
+def _config_key(cfg: Any) -> Any:
+    return _heuristics().triton_config_to_hashable(cfg)
+
+
+def _record_winner(tuner: Any, configs_hash: str, cfg: Any, found_by_coordesc: bool) -> None:
+    # The same fields AutotuneCache.save writes to a .best_config file, read back by
+    # torch's own _load_cached_autotuning on the hit.
+    data: dict[str, Any] = {
+        **cfg.kwargs,
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+        "configs_hash": configs_hash,
+        "found_by_coordesc": found_by_coordesc,
+    }
+    if getattr(_autotune_cache_module(), "HAS_WARP_SPEC", False):
+        data["num_consumer_groups"] = getattr(cfg, "num_consumer_groups", 0)
+        data["num_buffers_warp_spec"] = getattr(cfg, "num_buffers_warp_spec", 0)
+    key = f"{kernel_file_key(tuner.filename)}:{configs_hash}"
+    with _RECORDER.lock:
+        if _RECORDER.winners.get(key) != data:
+            _RECORDER.winners[key] = data
+            _RECORDER.version += 1
+
+
+def _record_compiled_winner(tuner: Any, winner: Any) -> None:
+    """Keep the compiled kernel of a coordinate-descent winner (its config may be one no
+    compile-time kernel has, and compiling it on the hit is what we must not do)."""
+    compiled = getattr(_CURRENT, "compiled", None) or {}
+    result = compiled.get(_config_key(winner.config))
+    if result is None or type(result).__name__ != "StaticTritonCompileResult":
+        return  # a compile-time config won, or the kernel is not statically launchable
+    snapshot = copy.deepcopy(result)  # __getstate__ drops the CUDA module/function handles
+    # Loading the kernel clears cubin_path and cubin_raw: find the file where
+    # StaticTritonCompileResult.reload_cubin_path looks for it.
+    path = getattr(result.kernel, "cubin_path", None) or _cubin_location(result)
+    if getattr(snapshot.kernel, "cubin_raw", None) is None:
+        if not path or not os.path.exists(path):
+            return
+        snapshot.kernel.cubin_raw = Path(path).read_bytes()
+    snapshot.kernel.cubin_path = None
+    snapshot.config.found_by_coordesc = True
+    file_key = kernel_file_key(tuner.filename)
+    with _RECORDER.lock:
+        results = _RECORDER.extra_results.setdefault(file_key, [])
+        if all(_config_key(r.config) != _config_key(snapshot.config) for r in results):
+            results.append(snapshot)
+            _RECORDER.version += 1
+
+
+def _cubin_location(result: Any) -> str:
+    th = _heuristics()
+    meta = getattr(result, "compile_meta", {}) or {}
+    ext = th.GPU_KERNEL_BIN_EXTS.get(meta.get("device_type", "cuda"), ".cubin") if hasattr(th, "GPU_KERNEL_BIN_EXTS") else ".cubin"
+    return os.path.join(
+        th.triton_cache_dir(meta.get("device", 0) or 0),
+        th.triton_hash_to_path_key(result.kernel.hash),
+        f"{result.kernel.name}{ext}",
+    )
+
+
+# -- the hit: serve winners and cubins from the entry ------------------------------------------
+class _ServedAutotuneCache:
+    """Stands in for ``AutotuneCache`` on a hit: answers ``read_best`` from the entry."""
+
+    def __init__(self, best: dict[str, Any], configs_hash: str) -> None:
+        self.best = best
+        self.configs_hash = configs_hash
+
+    def read_best(self, inductor_meta: Any, configs: Any) -> Any:
+        load = _autotune_cache_module()._load_cached_autotuning
+        return load(dict(self.best), self.configs_hash, configs, inductor_meta)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a hit records nothing
+
+
+_WINNER_META = frozenset({
+    "num_warps", "num_stages", "configs_hash", "found_by_coordesc", "time_taken_ms",
+    "triton_cache_hash", "num_consumer_groups", "num_buffers_warp_spec", "extra_options",
+})
+
+
+def _matches(cfg: Any, best: Mapping[str, Any]) -> bool:
+    kwargs = {k: v for k, v in best.items() if k not in _WINNER_META}
+    return (
+        dict(getattr(cfg, "kwargs", {}) or {}) == kwargs
+        and getattr(cfg, "num_warps", None) == best.get("num_warps")
+        and getattr(cfg, "num_stages", None) == best.get("num_stages")
+    )
+
+
+def select_tuned(
+    entry: Any, winners: Mapping[str, dict[str, Any]], extra_results: Mapping[str, list[Any]]
+) -> dict[str, str]:
+    """Leave each stored kernel with only its tuned winner (a compile-time config or one
+    coordinate descent compiled), marked ``found_by_coordesc`` where it was, so the first
+    run neither benchmarks configs nor runs coordinate descent.  Done here rather than in
+    torch's ``recheck_autotune_cache`` because that only narrows kernels with several
+    configs and, on torch 2.11, compiles a coordinate-descent winner it does not hold.
+    Returns kernel name -> "tuned" / "no-record" / "winner-missing" (for the summary and
+    for tests)."""
+    if not winners:
+        return {}
+    th = _heuristics()
+    outcome: dict[str, str] = {}
+    for sa in static_autotuners(entry):
+        kernel = sa.kernel
+        file_key = kernel_file_key(getattr(kernel, "filename", None))
+        results = list(kernel.compile_results)
+        best = winners.get(f"{file_key}:{th.hash_configs([r.config for r in results])}")
+        name = str(getattr(sa, "kernel_name", file_key))
+        if best is None:
+            outcome[name] = "single-config" if len(results) == 1 else "no-record"
+            continue
+        match = next((r for r in results + list(extra_results.get(file_key, ())) if _matches(r.config, best)), None)
+        if match is None:
+            outcome[name] = "winner-missing"
+            continue
+        if best.get("found_by_coordesc"):
+            match.config.found_by_coordesc = True
+        kernel.compile_results = [match]
+        outcome[name] = "tuned"
+    return outcome
+
+
+@contextlib.contextmanager
+def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path) -> Iterator[None]:
+    """While active: stored cubins are emitted into and loaded from ``triton_dir`` (not
+    Triton's cache), tuning answers come from ``winners``, and nothing is compiled in a
+    worker pool (``compile_threads=1``: with everything prebuilt there is nothing to farm out,
+    and asking whether the pool is ready would start it)."""
+    if not triton_available():
+        yield
+        return
+    import torch
+    from torch._inductor import triton_bundler
+
+    th = _heuristics()
+    ac = _autotune_cache_module()
+
+    def private_dir(device: int) -> str:
+        return str(triton_dir / str(device))
+
+    def create(inductor_meta: Any, filename: str, configs_hash: str) -> Any:
+        best = winners.get(f"{kernel_file_key(filename)}:{configs_hash}")
+        return _ServedAutotuneCache(best, configs_hash) if best is not None else None
+
+    from ._torch_compat import _patched
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            torch._inductor.config.patch(
+                bundle_triton_into_fx_graph_cache=True,  # read_and_emit is a no-op otherwise
+                compile_threads=1,
+            )
+        )
+        # Both modules imported triton_cache_dir by name; patch the names they call.
+        for module in (triton_bundler, th):
+            if hasattr(module, "triton_cache_dir"):
+                stack.enter_context(_patched(module, "triton_cache_dir", private_dir))
+        stack.enter_context(_patched(ac.AutotuneCache, "create", staticmethod(create)))
+        # torch 2.11's cache_hit_post_compile calls autotune_cache.inductor_meta_from_config()
+        # only to start the *remote* autotune bundler; its backend hash initializes Triton's
+        # driver, which runs `ldconfig -p` and builds Triton's launcher helper in
+        # $TRITON_CACHE_DIR.  A hit reads no remote tuning: without a hash (the function
+        # catches this RuntimeError) the bundler stays off and Triton's driver untouched.
+        import torch.utils._triton as torch_triton
+
+        stack.enter_context(_patched(torch_triton, "triton_hash_with_backend", _no_backend_hash))
+        yield
+
+
+def _no_backend_hash() -> str:
+    raise RuntimeError("artcache: no Triton backend hash on a cache hit")
+
+
+def private_triton_dir(base: Path) -> Path:
+    return base / "triton"
+
+
+# -- allowlist -------------------------------------------------------------------------------
+def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] | None) -> Any:
+    if type(state) is not dict or not all(type(k) is str for k in state):
+        raise CorruptEntryError(f"bad {cls.__name__} state")
+    for k in state:
+        if callable(getattr(cls, k, None)):
+            raise CorruptEntryError(f"bad {cls.__name__} state key {k!r}")
+    obj = object.__new__(cls)
+    if setstate is not None:
+        setstate(obj, state)
+    else:
+        obj.__dict__.update(state)
+    return obj
+
+
+def _getstate_codec(cls: type, *, use_setstate: bool) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """Store what the class's own ``__getstate__`` returns (what torch's pickle stores);
+    rebuild with ``object.__new__`` and its ``__setstate__`` (or a ``__dict__`` update)."""
+    setstate = cls.__dict__.get("__setstate__") if use_setstate else None
+
+    def encode(obj: Any) -> Any:
+        # Values of cached properties (e.g. the static launcher's C_impl, a torch._C class)
+        # are derived, not state: the rebuilt object computes them again.
+        return {k: v for k, v in obj.__getstate__().items() if not isinstance(getattr(cls, k, None), functools.cached_property)}
+
+    def decode(state: Any) -> Any:
+        return _new_with_state(cls, state, setstate)
+
+    return encode, decode
+
+
+def _caching_autotuner_encode(obj: Any) -> dict[str, Any]:
+    state = dict(obj.__getstate__())
+    # A bound AutotuneCache.save: only used to write winners after tuning, which a hit
+    # does not do (and artcache keeps winners itself).
+    state["save_cache_hook"] = None
+    # Reloads the kernel from source (a compile); torch's bundler already clears it.
+    state["_reload_kernel"] = None
+    return state
+
+
+# JITFunction state that must be empty once CachingAutotuner.prepare_for_pickle ran (it
+# drops the Python function, its globals and the hash lock): the kernel is never re-jitted.
+_JIT_CLEARED = ("fn", "__globals__", "used_global_vals", "_hash_lock", "kernel")
+
+
+def _jit_encode(obj: Any) -> dict[str, Any]:
+    state = dict(vars(obj))
+    # Per-device caches of kernels jitted through JITFunction.run; Inductor launches its
+    # own compiled binaries, so they are empty and rebuilt empty.
+    caches = state.pop("device_caches", None)
+    if caches:
+        raise Uncacheable("triton-jit-cache", f"{obj.__name__} holds jitted kernels")
+    for name in _JIT_CLEARED:
+        if state.get(name) is not None:
+            raise Uncacheable("triton-jit-state", f"{obj.__name__}.{name} was not cleared for pickling")
+    return state
+
+
+def _jit_decoder(cls: type, const_repr: type | None) -> Callable[[Any], Any]:
+    def decode(state: Any) -> Any:
+        if type(state) is not dict:
+            raise CorruptEntryError("bad JITFunction state")
+        rep = state.pop("repr", None)
+        # prepare_for_pickle replaced the repr method by a constant; nothing else may shadow one.
+        if rep is not None and (const_repr is None or type(rep) is not const_repr):
+            raise CorruptEntryError("bad JITFunction repr")
+        obj = _new_with_state(cls, state, None)
+        if rep is not None:
+            obj.repr = rep
+        obj.device_caches = collections.defaultdict(obj.create_binder)
+        obj._hash_lock = threading.RLock()
+        return obj
+
+    return decode
+
+
+def _parameter_encode(p: Any) -> list[Any]:
+    return [p.name, int(p.kind), p.default, p.annotation]
+
+
+def _parameter_decode(state: Any) -> Any:
+    import inspect
+
+    if type(state) is not list or len(state) != 4 or type(state[0]) is not str or type(state[1]) is not int:
+        raise CorruptEntryError("bad inspect.Parameter state")
+    try:
+        return inspect.Parameter(state[0], inspect._ParameterKind(state[1]), default=state[2], annotation=state[3])
+    except ValueError as exc:
+        raise CorruptEntryError(f"bad inspect.Parameter state: {exc}") from exc
+
+
+def _signature_encode(sig: Any) -> list[Any]:
+    return [list(sig.parameters.values()), sig.return_annotation]
+
+
+def _signature_decode(state: Any) -> Any:
+    import inspect
+
+    if type(state) is not list or len(state) != 2 or type(state[0]) is not list:
+        raise CorruptEntryError("bad inspect.Signature state")
+    if not all(isinstance(p, inspect.Parameter) for p in state[0]):
+        raise CorruptEntryError("bad inspect.Signature parameters")
+    try:
+        return inspect.Signature(state[0], return_annotation=state[1])
+    except (ValueError, TypeError) as exc:
+        raise CorruptEntryError(f"bad inspect.Signature state: {exc}") from exc
+
+
+# (module, class, strategy) for the kernel objects of a TritonBundle; "getstate" means the
+# class's __getstate__/__setstate__ define its state.  Looked up by name so that a class a
+# torch/Triton version lacks is simply not allowed.
+_TRITON_CLASSES: tuple[tuple[str, str, str], ...] = (
+    ("torch._inductor.triton_bundler", "StaticallyLaunchedAutotuner", "dataclass"),
+    ("torch._inductor.runtime.triton_heuristics", "StaticTritonCompileResult", "dict"),
+    ("torch._inductor.runtime.triton_heuristics", "InductorConfig", "dict"),
+    ("torch._inductor.runtime.triton_heuristics", "_ConstRepr", "dict"),
+    ("torch._inductor.runtime.static_triton_launcher", "StaticallyLaunchedCudaKernel", "getstate-dict"),
+    ("torch._inductor.runtime.hints", "DeviceProperties", "namedtuple"),
+    ("torch._inductor.runtime.hints", "HeuristicType", "enum"),
+    ("torch._inductor.runtime.hints", "ReductionHint", "enum"),
+    ("torch._inductor.runtime.hints", "TileHint", "enum"),
+    ("torch._inductor.runtime.hints", "AutotuneHint", "enum"),
+    ("torch._inductor.runtime.coordinate_descent_tuner", "CoordescTuner", "dict"),
+    ("torch._guards", "CompileId", "dataclass"),
+    ("triton.runtime.autotuner", "Config", "dict"),
+    ("triton.runtime.jit", "KernelParam", "dict"),
+)
+# Values a kernel's signature refers to: the "no default/annotation" marker and the
+# constexpr annotation of block-size parameters.
+_TRITON_CALLABLES = (
+    ("inspect", "_empty"),
+    ("triton.language.core", "constexpr"),
+)
+
+
+def register_triton_classes(allow: Any) -> None:
+    if not triton_available():
+        return
+    from ._torch_compat import _find
+
+    for module, name, strategy in _TRITON_CLASSES:
+        cls = _find(module, name)
+        if not isinstance(cls, type):
+            continue
+        if strategy == "getstate-dict":
+            encode, decode = _getstate_codec(cls, use_setstate=False)
+            allow.register(cls, "custom", encode=encode, decode=decode)
+        elif strategy == "dict" and cls.__new__ is not object.__new__:
+            continue
+        else:
+            allow.register(cls, strategy)
+    tuner = _find("torch._inductor.runtime.triton_heuristics", "CachingAutotuner")
+    if isinstance(tuner, type):
+        _, decode = _getstate_codec(tuner, use_setstate=True)
+        allow.register(tuner, "custom", encode=_caching_autotuner_encode, decode=decode)
+    jit = _find("triton.runtime.jit", "JITFunction")
+    if isinstance(jit, type):
+        const_repr = _find("torch._inductor.runtime.triton_heuristics", "_ConstRepr")
+        allow.register(jit, "custom", encode=_jit_encode, decode=_jit_decoder(jit, const_repr))
+    import inspect
+
+    allow.register(inspect.Parameter, "custom", encode=_parameter_encode, decode=_parameter_decode)
+    allow.register(inspect.Signature, "custom", encode=_signature_encode, decode=_signature_decode)
+    for module, name in _TRITON_CALLABLES:
+        obj = _find(module, name)
+        if obj is not None:
+            allow.register_callable(obj)

@@ -1,0 +1,88 @@
+"""GPU warm start: cold compile in one fresh process, warm load in another.
+
+Runs only where CUDA is available (the GPU machine); CI on CPU skips the module.  Each case:
+the cold process compiles with ``backend="artcache"`` (Inductor, Triton) and runs the model,
+which tunes multi-config kernels and re-saves the entry with the winners; the warm process
+installs the tripwires (no Inductor, AOTAutograd, Triton compile, kernel load from source,
+template selection, autotuning or coordinate descent, torch_key, subprocess) before its first
+compile, loads the entry, and must reproduce the cold outputs (and gradients) bitwise, with
+hits only and no saves.  Both processes get a fresh ``TORCHINDUCTOR_CACHE_DIR`` and
+``TRITON_CACHE_DIR``; the warm one must leave its ``TRITON_CACHE_DIR`` empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CASES = ["infer", "train", "max_autotune", "reduce_overhead", "dynamic"]
+
+
+def run_worker(case: str, role: str, store_url: str, tmp: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTCACHE_", "TORCHINDUCTOR_", "TRITON_CACHE"))}
+    env.update({
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        "ARTCACHE_STORE": store_url,
+        "ARTCACHE_STRICT": "1",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-{role}"),
+        "TRITON_CACHE_DIR": str(tmp / f"triton-{role}"),
+    })
+    (tmp / f"triton-{role}").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.gpu.worker", case, role, str(tmp)],
+        env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"{case}/{role} failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    log = os.environ.get("ARTCACHE_GPU_RESULTS")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result, default=str) + "\n")
+    return result
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_warm_start(case: str, tmp_path: Path) -> None:
+    store = "file://" + str(tmp_path / "store")
+    cold = run_worker(case, "cold", store, tmp_path)
+    assert cold["saves"] >= 1, (cold["uncacheable"], cold["log"])
+    assert not cold["uncacheable"], (cold["uncacheable"], cold["log"])
+    warm = run_worker(case, "warm", store, tmp_path)
+
+    assert warm["tripwires_tripped"] == [], (warm["tripwires_tripped"], warm["trip_details"], warm["log"])
+    assert warm["tripwires_patched"] > 20, warm
+    assert warm["hits"] >= 1 and warm["saves"] == 0, warm
+    assert sum(warm["misses"].values()) == 0, warm
+    assert not warm["errors"], warm
+    assert warm["triton_cache_dir_files"] == [], warm  # nothing written to (or compiled in) Triton's cache
+    # Every multi-config kernel came up with its stored winner ("tuned"), none left to tune.
+    assert not any("winner-missing" in m or "'no-record'" in m for m in warm["log"]), warm["log"]
+
+    cold_out = torch.load(tmp_path / f"{case}-cold.pt")
+    warm_out = torch.load(tmp_path / f"{case}-warm.pt")
+    common = sorted(set(cold_out) & set(warm_out))
+    assert common, (sorted(cold_out), sorted(warm_out))
+    for name in common:  # same kernels, same configs, same inputs: bitwise equal
+        assert torch.equal(cold_out[name], warm_out[name]), name
+    tol = 5e-2 if case == "max_autotune" else 1e-3  # max-autotune may pick TF32 templates
+    assert warm["max_abs_err_vs_eager"] < tol, warm
+
+    if case == "reduce_overhead":
+        assert warm["cudagraph"]["tree_manager"], warm
+        assert warm["cudagraph"]["root_nodes"] >= 1, warm
+    if case == "dynamic":
+        # One dynamic graph serves both sizes, the second one never seen by the cold process.
+        assert warm["hits"] == 1, warm

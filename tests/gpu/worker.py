@@ -1,0 +1,209 @@
+"""One side (cold or warm) of a GPU warm-start case, run in its own fresh process.
+
+    python -m tests.gpu.worker CASE ROLE OUT_DIR
+
+The store comes from ``ARTCACHE_STORE``.  The warm role installs the tripwires (the
+project's list plus the GPU ones below) before anything compiles.  Prints one JSON line
+(prefixed ``RESULT ``) and saves outputs/grads to ``OUT_DIR/<case>-<role>.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+T0 = time.perf_counter()
+
+import torch  # noqa: E402
+
+# Warm-path tripwires beyond tests/_tripwire.py: everything that compiles a Triton kernel,
+# loads one from source, or tunes (Inductor's template selection, the per-kernel
+# autotuner and coordinate descent), and the autotune cache key that hashes torch's sources.
+GPU_TARGETS = [
+    ("triton.compiler.compiler", "compile"),
+    ("torch._inductor.async_compile", "_load_triton_kernel_from_source"),
+    ("torch._inductor.select_algorithm", "AlgorithmSelectorCache.__call__"),
+    ("torch._inductor.select_algorithm", "AlgorithmSelectorCache.benchmark_example_value"),
+    ("torch._inductor.runtime.triton_heuristics", "CachingAutotuner.autotune_to_one_config"),
+    ("torch._inductor.runtime.triton_heuristics", "CachingAutotuner.bench"),
+    ("torch._inductor.runtime.coordinate_descent_tuner", "CoordescTuner.autotune"),
+    ("torch._inductor.runtime.autotune_cache", "AutotuneCache._make_local_cache_key"),
+    ("torch._inductor.runtime.autotune_cache", "AutotuneCache.save"),
+]
+
+CASES: dict[str, dict[str, Any]] = {
+    "infer": {"mode": None, "train": False},
+    "train": {"mode": None, "train": True},
+    "max_autotune": {"mode": "max-autotune", "train": False},
+    "reduce_overhead": {"mode": "reduce-overhead", "train": False},
+    "dynamic": {"mode": None, "train": False, "dynamic": True},
+}
+
+
+def _files(path: str | None) -> list[str]:
+    if not path or not os.path.isdir(path):
+        return []
+    return sorted(str(Path(r, f).relative_to(path)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def main() -> None:
+    case_name, role, out_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    case = CASES[case_name]
+    patched: list[str] = []
+    if role == "warm":
+        from tests import _tripwire
+
+        _tripwire.TARGETS.extend(t for t in GPU_TARGETS if t not in _tripwire.TARGETS)
+        patched = _tripwire.install()
+        _explain_trips()
+
+    import logging
+
+    import artcache
+    from tests.gpu import models
+
+    messages: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage()[:600])
+
+    logging.getLogger("artcache").addHandler(_Keep(logging.INFO))
+    logging.getLogger("artcache").setLevel(logging.INFO)
+
+    cache = artcache.Cache()
+    model = models.make()
+    backend = cache.backend(mode=case["mode"])
+    compiled = torch.compile(model, backend=backend)
+
+    if case.get("dynamic"):
+        sizes = [32, 48] if role == "cold" else [48, 80]
+    elif case["mode"] == "reduce-overhead":
+        sizes = [64] * 5
+    else:
+        sizes = [64, 64, 64]
+
+    outs: dict[str, torch.Tensor] = {}
+    eager_err = 0.0
+    first_call_s = None
+    call_s = []
+    for i, n in enumerate(sizes):
+        x = models.inputs(n, seed=10 + i if case["mode"] == "reduce-overhead" else 1 + n)
+        if case.get("dynamic") and i == 0:
+            torch._dynamo.mark_dynamic(x, 0)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        if case["train"]:
+            model.zero_grad(set_to_none=True)
+            out = compiled(x)
+            out.float().pow(2).sum().backward()
+        else:
+            with torch.no_grad():
+                out = compiled(x)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        call_s.append(round(elapsed, 4))
+        if first_call_s is None:
+            first_call_s = elapsed
+        # Dynamic: keyed by size (the warm process runs a size the cold one did not).
+        outs[f"out_n{n}" if case.get("dynamic") else f"out{i}_n{n}"] = out.detach().clone()
+        if case["train"]:
+            for name, p in model.named_parameters():
+                outs[f"grad{i}_{name}"] = p.grad.detach().clone()
+        with torch.no_grad():
+            expected = model(x)
+        eager_err = max(eager_err, float((out.detach() - expected).abs().max()))
+
+    stats = cache.stats()
+    from tests import _tripwire
+
+    result: dict[str, Any] = {
+        "case": case_name,
+        "role": role,
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "first_call_s": round(first_call_s or 0.0, 3),
+        "call_s": call_s,
+        "process_s": round(time.perf_counter() - T0, 3),
+        "max_abs_err_vs_eager": eager_err,
+        "hits": stats.hits,
+        "misses": dict(stats.misses),
+        "saves": stats.saves,
+        "uncacheable": dict(stats.uncacheable),
+        "errors": dict(stats.errors),
+        "tripwires_patched": len(patched),
+        "tripwires_tripped": list(_tripwire.CALLS),
+        "triton_cache_dir_files": _files(os.environ.get("TRITON_CACHE_DIR")),
+        "inductor_counters": {k: v for k, v in torch._dynamo.utils.counters["inductor"].items()},
+        "cudagraph": _cudagraph_info(),
+        "log": messages[-20:],
+        "trip_details": TRIP_DETAILS[:6],
+    }
+    torch.save(outs, out_dir / f"{case_name}-{role}.pt")
+    for line in TRIP_DETAILS[:6]:
+        print(line, file=sys.stderr)
+    print("RESULT " + json.dumps(result, default=str), flush=True)
+
+
+TRIP_DETAILS: list[str] = []
+
+
+def _explain_trips() -> None:
+    """Wrap two tripwires so a trip says what it was for (kernel name, caller stack)."""
+    import subprocess
+    import traceback
+
+    from torch._inductor import async_compile
+
+    load = async_compile._load_triton_kernel_from_source
+
+    def load_from_source(kernel_name: str, *args: Any, **kwargs: Any) -> Any:
+        TRIP_DETAILS.append(f"kernel loaded from source: {kernel_name}")
+        return load(kernel_name, *args, **kwargs)
+
+    async_compile._load_triton_kernel_from_source = load_from_source
+    popen = subprocess.Popen.__init__
+
+    def popen_init(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = "".join(traceback.format_stack(limit=14)[:-1])
+        TRIP_DETAILS.append(f"subprocess {args[:1]!r}:\n{stack}")
+        return popen(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = popen_init  # type: ignore[method-assign]
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return str(triton.__version__)
+    except ImportError:
+        return "absent"
+
+
+def _cudagraph_info() -> dict[str, Any]:
+    from torch._inductor import cudagraph_trees
+
+    manager = cudagraph_trees.get_manager(torch.cuda.current_device(), create_if_none_exists=False)
+    if manager is None:
+        return {"tree_manager": False}
+    roots = getattr(manager, "roots", None) or {}
+    nodes = sum(len(v) for v in roots.values())
+    return {
+        "tree_manager": True,
+        "root_nodes": nodes,
+        "graphs_recorded": next(manager.graph_counter) if hasattr(manager, "graph_counter") else None,
+    }
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for detail in TRIP_DETAILS[:6]:
+            print("TRIP " + detail, file=sys.stderr)
