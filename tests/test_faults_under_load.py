@@ -79,9 +79,12 @@ def test_writers_killed_during_save(tmp_path: Path) -> None:
     rng = random.Random(7)
     kills = 0
     programs = ["views", "where_mask", "int_math"]  # small graphs: the kills, not compiles, are the point
+    attempts = 0
     while kills < 20:
-        marker = tmp_path / f"saving-{kills}"
-        proc = _worker(store, tmp_path / "ind-shared", [programs[kills % 3]], "--slow-save", str(marker))
+        attempts += 1
+        assert attempts < 80, f"only {kills} kills landed in {attempts} attempts"
+        marker = tmp_path / f"saving-{attempts}"
+        proc = _worker(store, tmp_path / "ind-shared", [programs[attempts % 3]], "--slow-save", str(marker))
         deadline = time.monotonic() + 300
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -93,7 +96,12 @@ def test_writers_killed_during_save(tmp_path: Path) -> None:
             # Every kill leaves a store that verifies clean: no torn blob or manifest.
             _verify_clean(store)
         else:
-            proc.communicate()  # finished before we could kill it: the entry is whole
+            # Finished before it could be killed: a whole entry, or a hit that saved nothing.
+            # Drop the manifests so the next attempt misses and saves again.
+            proc.communicate()
+            for manifest in (store / "ac").rglob("*"):
+                if manifest.is_file():
+                    manifest.unlink()
     warm = _warm_check(store, tmp_path, programs)
     assert warm["hits"] + warm["misses"].get("absent", 0) + warm["misses"].get("missing-blob", 0) == 3
     _verify_clean(store)
