@@ -40,18 +40,10 @@ from artcache.digest import content_digest  # noqa: E402
 from artcache.store import cas_key  # noqa: E402
 from artcache.store.redis import RedisStore  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
+from store_bench import payloads as _payloads  # noqa: E402  (same folder: the same distinct blobs)
 
 KIB, MIB = 1024, 1024 * 1024
 SIZES = [(4 * KIB, 2048), (1 * MIB, 64), (64 * MIB, 3)]
-
-
-def _payloads(size: int, count: int) -> list[bytes]:
-    base = bytearray(os.urandom(size))
-    out = []
-    for i in range(count):
-        base[:8] = i.to_bytes(8, "little")  # distinct content, so distinct cas keys
-        out.append(bytes(base))
-    return out
 
 
 def _timed(fn: Callable[[], object]) -> float:
