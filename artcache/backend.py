@@ -27,8 +27,9 @@ from . import _torch_compat as compat
 from . import _triton_compat as triton_compat
 from . import keys, pickler
 from .cache import Cache
+from .config import settings_from_env
 from .environment import fingerprint
-from .errors import ArtcacheError, CorruptEntryError, Uncacheable
+from .errors import ArtcacheError, CorruptEntryError, StoreError, Uncacheable
 from .output_code import CompiledGraph
 
 log = logging.getLogger(__name__)
@@ -216,5 +217,19 @@ def artcache_backend(
     mode: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Callable[..., Any]:
-    """``torch.compile(backend="artcache")``: a Cache configured from the environment."""
-    return ArtcacheBackend(Cache(), mode=mode, options=options)(gm, example_inputs)
+    """``torch.compile(backend="artcache")``: a Cache configured from the environment.
+
+    A store that cannot even be opened (unwritable directory, bad URL, missing extra) is a
+    broken store like any other: the graph is compiled without the cache, with a warning,
+    unless ``ARTCACHE_STRICT=1``.
+    """
+    settings = settings_from_env()
+    try:
+        cache = Cache(settings=settings)
+    except StoreError as exc:
+        if settings.strict:
+            raise
+        log.warning("artcache: cannot open the store, compiling without the cache: %s", exc)
+        with torch._inductor.config.patch(compat.mode_options(mode, options)):
+            return compat.compile_fx(gm, example_inputs)
+    return ArtcacheBackend(cache, mode=mode, options=options)(gm, example_inputs)

@@ -156,3 +156,22 @@ def test_bitflipped_blob_on_disk_is_a_miss_and_quarantined(store_dir: Path) -> N
     assert len(os.listdir(store_dir / "quarantine")) == 1
     save_demo(cache)  # the entry is rebuilt
     assert cache.lookup(KEY) is not None
+
+
+def test_unopenable_store_compiles_without_the_cache(tmp_path: Path) -> None:
+    """backend="artcache" with a store that cannot be created: the compile still works."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = (
+        "import torch\n"
+        "f = torch.compile(lambda x: x.sin() * 2, backend='artcache')\n"
+        "x = torch.randn(5)\n"
+        "assert torch.allclose(f(x), x.sin() * 2)\n"
+        "print('ok')\n"
+    )
+    env = {"ARTCACHE_STORE": f"file://{blocker}/store", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    proc = run_python(code, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    assert "cannot open the store" in proc.stderr
+    strict = run_python(code, env={**env, "ARTCACHE_STRICT": "1"})
+    assert strict.returncode != 0 and "StoreError" in strict.stderr
