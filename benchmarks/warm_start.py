@@ -92,20 +92,11 @@ class Workload:
 
 def _mlp(device: Any) -> Workload:
     import torch
-    from torch import nn
 
-    # The model of examples/mlp_demo.py, repeated here so this file carries alone.
-    class Block(nn.Module):
-        def __init__(self, width: int) -> None:
-            super().__init__()
-            self.norm = nn.LayerNorm(width)
-            self.up = nn.Linear(width, 4 * width)
-            self.down = nn.Linear(4 * width, width)
+    # The main job's model (the child has the repository on sys.path, for artcache too).
+    from examples.mlp_demo import make_mlp
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
-
-    model = nn.Sequential(*[Block(256) for _ in range(4)]).to(device).eval()
+    model = make_mlp().to(device).eval()
     x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1)).to(device)
 
     def step(fn: Callable[..., Any]) -> Any:
