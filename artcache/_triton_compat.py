@@ -15,6 +15,15 @@ Triton 3.6 (H100); on a CPU-only torch none of this runs.  What we touch and why
   cache) and the static launchers load them from there.  We point it at an
   artcache-private directory for the duration of the rebuild, so a hit never writes into
   (or reads from) Triton's cache: the cubins come from the entry alone.
+* **Kernels without a static launcher.**  torch falls back to ``TritonCompileResult`` for
+  some kernels (seen on GPT-2: Triton truncates a long kernel name in its file names, so
+  torch's static launcher does not find ``<name>.cubin``).  On a hit torch loads those from
+  their source and calls ``triton.compile``, which must then be a lookup in Triton's file
+  cache: we point that cache at the same private directory, and serve their autotuning
+  winners (matched by kernel name, see :class:`KernelRefs`) so only the winning config,
+  whose files the entry holds, is looked up.  Triton then builds its C launcher stub for
+  them with the system compiler (cached in the private directory), as torch's own warm
+  start does when its Triton cache is cold.
 * **Autotuning winners.**  Multi-config pointwise/reduction kernels and coordinate-descent
   tuning (``mode="max-autotune"``) benchmark at the *first run*, after the compile-time
   bundle was taken.  Torch remembers the winner in ``<kernel>.best_config`` files through
@@ -33,6 +42,7 @@ import contextlib
 import copy
 import functools
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -106,14 +116,42 @@ class TuningRecorder:
 
     winners: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_results: dict[str, list[Any]] = field(default_factory=dict)
+    # "<kernel file>" -> the kernel's name in the generated code, for kernels an entry
+    # knows only by name (those without a static launcher, see CompiledGraph.triton_kernels)
+    names: dict[str, str] = field(default_factory=dict)
     version: int = 0  # bumped on every new record: lets the backend re-save only when needed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def for_kernels(self, files: set[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
+    def for_kernels(self, kernels: KernelRefs) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
         with self.lock:
+            files = set(kernels.files) | {f for f, name in self.names.items() if name in kernels.names}
             winners = {k: dict(v) for k, v in self.winners.items() if k.partition(":")[0] in files}
             extra = {k: list(v) for k, v in self.extra_results.items() if k in files}
         return winners, extra
+
+
+@dataclass(frozen=True)
+class KernelRefs:
+    """The Triton kernels of one compiled graph: source-file names of the statically
+    launchable ones (their autotuners are in the entry) and the names of all of them in the
+    generated code.  A kernel without a static launcher is rebuilt from its source on a
+    hit, so the entry holds no autotuner to take its file name from; its winners are
+    matched by name.  A name can repeat across graphs: the extra winners of a same-named
+    kernel elsewhere are harmless (they are keyed by file and never match this graph's)."""
+
+    files: frozenset[str]
+    names: frozenset[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.names)
+
+
+# How Inductor's Python wrapper defines each Triton kernel: name = async_compile.triton('name', ...
+_TRITON_KERNEL_DEF = re.compile(r"async_compile\.triton\(\s*['\"](\w+)['\"]")
+
+
+def kernel_names_in(source_code: str) -> set[str]:
+    return set(_TRITON_KERNEL_DEF.findall(source_code or ""))
 
 
 _RECORDER = TuningRecorder()
@@ -201,8 +239,12 @@ def _record_winner(tuner: Any, configs_hash: str, cfg: Any, found_by_coordesc: b
     if getattr(_autotune_cache_module(), "HAS_WARP_SPEC", False):
         data["num_consumer_groups"] = getattr(cfg, "num_consumer_groups", 0)
         data["num_buffers_warp_spec"] = getattr(cfg, "num_buffers_warp_spec", 0)
-    key = f"{kernel_file_key(tuner.filename)}:{configs_hash}"
+    file_key = kernel_file_key(tuner.filename)
+    key = f"{file_key}:{configs_hash}"
+    name = (getattr(tuner, "inductor_meta", None) or {}).get("kernel_name")
     with _RECORDER.lock:
+        if name:
+            _RECORDER.names[file_key] = str(name)
         if _RECORDER.winners.get(key) != data:
             _RECORDER.winners[key] = data
             _RECORDER.version += 1
@@ -325,7 +367,9 @@ def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path) -> Ite
     ac = _autotune_cache_module()
 
     def private_dir(device: int) -> str:
-        return str(triton_dir / str(device))
+        # One directory for every device: Triton names its entries by a hash that covers
+        # the target, and Triton's own cache lookup (below) sees a single directory.
+        return str(triton_dir)
 
     def create(inductor_meta: Any, filename: str, configs_hash: str) -> Any:
         best = winners.get(f"{kernel_file_key(filename)}:{configs_hash}")
@@ -353,7 +397,37 @@ def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path) -> Ite
         import torch.utils._triton as torch_triton
 
         stack.enter_context(_patched(torch_triton, "triton_hash_with_backend", _no_backend_hash))
+        # Kernels the static launcher cannot run (TritonCompileResult) are rebuilt by torch
+        # through triton.compile, which finds them in Triton's *own* file cache: point that
+        # cache at the directory the bundler just filled from the entry, so the lookup hits
+        # and no kernel is generated or assembled again.
+        stack.enter_context(_triton_file_cache_at(str(triton_dir)))
         yield
+
+
+@contextlib.contextmanager
+def _triton_file_cache_at(path: str) -> Iterator[None]:
+    """Triton's file cache (``triton.runtime.cache.FileCacheManager``) reads its directory
+    from ``triton.knobs.cache.dir`` (Triton >= 3.4) at every lookup; ``scope()`` restores
+    the previous setting.  Older Triton reads ``$TRITON_CACHE_DIR`` each time instead."""
+    import triton
+
+    cache_knobs = getattr(getattr(triton, "knobs", None), "cache", None)
+    if cache_knobs is not None and hasattr(cache_knobs, "scope"):
+        with cache_knobs.scope():
+            cache_knobs.dir = path
+            yield
+        return
+    # Process-wide, like the knob: the rebuild runs on the compiling (main) thread.
+    previous = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = previous
 
 
 def _no_backend_hash() -> str:

@@ -73,7 +73,7 @@ class ArtcacheBackend:
         compile_s = time.perf_counter() - start
         graph = CompiledGraph(capture.entry, dict(capture.cpp_kernels))
         self._save(key, graph, gm, specs, values, compile_s)
-        if on_gpu and graph.kernel_files():
+        if on_gpu and graph.triton_kernels():
             return self._resave_after_tuning(compiled, key, graph, gm, specs, values, compile_s)
         return compiled
 
@@ -88,13 +88,13 @@ class ArtcacheBackend:
         Checked around the first calls and once at exit (a backward's tuning ends after the
         forward call returned)."""
         recorder = triton_compat.recorder()
-        files = graph.kernel_files()
+        kernels = graph.triton_kernels()
         lock = threading.Lock()
         state = {"saved": graph.tuning_state(), "calls": 0}
 
         def resave() -> None:
             with lock:
-                tuning = recorder.for_kernels(files)
+                tuning = recorder.for_kernels(kernels)
                 if tuning == state["saved"]:
                     return
                 state["saved"] = tuning

@@ -49,12 +49,18 @@ class CompiledGraph:
     tuned_results: Mapping[str, list[Any]] = field(default_factory=dict)
 
     # -- GPU tuning --------------------------------------------------------------------
-    def kernel_files(self) -> set[str]:
-        """Source-file names of the entry's statically launchable Triton kernels."""
-        return {
+    def triton_kernels(self) -> triton_compat.KernelRefs:
+        """The entry's Triton kernels: files of the statically launchable ones, names of all."""
+        files = {
             triton_compat.kernel_file_key(getattr(sa.kernel, "filename", None))
             for sa in triton_compat.static_autotuners(self.entry)
         } - {""}
+        names: set[str] = set()
+        for part in (self.entry.compiled_fw, self.entry.compiled_bw):
+            graph = _output_code(part)
+            if graph is not None and getattr(graph, "_triton_bundle", None) is not None:
+                names |= triton_compat.kernel_names_in(getattr(graph, "source_code", "") or "")
+        return triton_compat.KernelRefs(frozenset(files), frozenset(names))
 
     def tuning_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
         return dict(self.winners), {k: list(v) for k, v in self.tuned_results.items()}

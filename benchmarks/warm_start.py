@@ -234,6 +234,37 @@ def _register_artcache_backend() -> None:
     register_backend(name="artcache")(artcache_backend)
 
 
+class _FirstCallProfile:
+    """``--profile FILE`` (used by ``profile_first_call.py``): cProfile over the first-call
+    window, written as text; a line on stderr marks the window for ``-X importtime``."""
+
+    def __init__(self, path: str) -> None:
+        import cProfile
+
+        # benchmarks/ is sys.path[0] when this file runs as a script
+        from _first_call_spy import Spy
+
+        self.path = path
+        self.spy = Spy()
+        self.spy.install()
+        self.profile = cProfile.Profile()
+        print("artcache-bench: first call starts", file=sys.stderr, flush=True)
+        self.profile.enable()
+
+    def finish(self) -> None:
+        import io
+        import pstats
+
+        self.profile.disable()
+        print("artcache-bench: first call ends", file=sys.stderr, flush=True)
+        self.spy.write(self.path + ".spy.json")
+        text = io.StringIO()
+        stats = pstats.Stats(self.profile, stream=text)
+        for order, count in (("cumulative", 70), ("tottime", 40)):
+            stats.sort_stats(order).print_stats(count)
+        Path(self.path).write_text(text.getvalue())
+
+
 def child_main(args: argparse.Namespace) -> None:
     """Run one variant of one model and write its measurements as JSON to ``args.result``."""
     t_import = time.perf_counter()
@@ -272,6 +303,7 @@ def child_main(args: argparse.Namespace) -> None:
     probe = _ArtcacheProbe() if backend == "artcache" else None
     if backend == "artcache" and args.register_backend:
         _register_artcache_backend()
+    profiler = _FirstCallProfile(args.profile) if args.profile else None
     compiled = torch.compile(workload.model, **compile_kwargs)
     # torch.compile() itself imports Dynamo and resolves the backend (seconds on a small
     # CPU); recorded apart so it can be compared with measurements that start after it.
@@ -279,6 +311,8 @@ def child_main(args: argparse.Namespace) -> None:
     out = workload.step(compiled)
     sync()
     result["first_call_s"] = time.perf_counter() - t_first
+    if profiler is not None:
+        profiler.finish()
     result["first_result_epoch"] = time.time()  # against the parent's spawn time
     first = out.detach().float().cpu()
     if probe is not None:
@@ -762,6 +796,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--register-backend", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]

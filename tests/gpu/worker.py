@@ -34,6 +34,26 @@ GPU_TARGETS = [
     ("torch._inductor.runtime.autotune_cache", "AutotuneCache._make_local_cache_key"),
     ("torch._inductor.runtime.autotune_cache", "AutotuneCache.save"),
 ]
+# Triton kernel generation and assembly: what a lookup in Triton's own file cache never
+# runs.  The only tripwires on the "nonstatic" case's Triton path, where torch rebuilds
+# kernels through triton.compile (which must then be a cache hit on the entry's files).
+CODEGEN_TARGETS = [
+    ("triton.compiler.compiler", "ASTSource.make_ir"),
+    ("triton.compiler.code_generator", "ast_to_ttir"),
+    ("triton.backends.nvidia.compiler", "CUDABackend.make_ttir"),
+    ("triton.backends.nvidia.compiler", "CUDABackend.make_ttgir"),
+    ("triton.backends.nvidia.compiler", "CUDABackend.make_llir"),
+    ("triton.backends.nvidia.compiler", "CUDABackend.make_ptx"),
+    ("triton.backends.nvidia.compiler", "CUDABackend.make_cubin"),
+]
+# Allowed on the "nonstatic" case only: torch loads those kernels from their source and
+# calls triton.compile (a cache hit), and Triton builds its C launcher stub with gcc.
+NONSTATIC_ALLOWED = {
+    ("triton", "compile"),
+    ("triton.compiler.compiler", "compile"),
+    ("torch._inductor.async_compile", "_load_triton_kernel_from_source"),
+    ("torch._inductor.runtime.triton_heuristics", "CachingAutotuner._precompile_config"),
+}
 
 CASES: dict[str, dict[str, Any]] = {
     "infer": {"mode": None, "train": False},
@@ -41,6 +61,9 @@ CASES: dict[str, dict[str, Any]] = {
     "max_autotune": {"mode": "max-autotune", "train": False},
     "reduce_overhead": {"mode": "reduce-overhead", "train": False},
     "dynamic": {"mode": None, "train": False, "dynamic": True},
+    # Every kernel without torch's static launcher (TritonCompileResult), as happens to
+    # kernels the static launcher does not support.
+    "nonstatic": {"mode": None, "train": False, "options": {"use_static_triton_launcher": False}},
 }
 
 
@@ -57,8 +80,11 @@ def main() -> None:
     if role == "warm":
         from tests import _tripwire
 
-        _tripwire.TARGETS.extend(t for t in GPU_TARGETS if t not in _tripwire.TARGETS)
-        patched = _tripwire.install()
+        nonstatic = case_name == "nonstatic"
+        _tripwire.TARGETS.extend(t for t in GPU_TARGETS + CODEGEN_TARGETS if t not in _tripwire.TARGETS)
+        if nonstatic:
+            _tripwire.TARGETS[:] = [t for t in _tripwire.TARGETS if t not in NONSTATIC_ALLOWED]
+        patched = _tripwire.install(forbid_subprocess=not nonstatic)
         _explain_trips()
 
     import logging
@@ -77,7 +103,7 @@ def main() -> None:
 
     cache = artcache.Cache()
     model = models.make()
-    backend = cache.backend(mode=case["mode"])
+    backend = cache.backend(mode=case["mode"], options=case.get("options"))
     compiled = torch.compile(model, backend=backend)
 
     if case.get("dynamic"):
@@ -137,12 +163,13 @@ def main() -> None:
         "uncacheable": dict(stats.uncacheable),
         "errors": dict(stats.errors),
         "tripwires_patched": len(patched),
+        "tripwires": patched,
         "tripwires_tripped": list(_tripwire.CALLS),
         "triton_cache_dir_files": _files(os.environ.get("TRITON_CACHE_DIR")),
         "inductor_counters": {k: v for k, v in torch._dynamo.utils.counters["inductor"].items()},
         "cudagraph": _cudagraph_info(),
         "log": messages[-20:],
-        "trip_details": TRIP_DETAILS[:6],
+        "trip_details": TRIP_DETAILS[:40],
     }
     torch.save(outs, out_dir / f"{case_name}-{role}.pt")
     for line in TRIP_DETAILS[:6]:
