@@ -2,11 +2,14 @@
 
 * Content addresses (``cas/<digest>``), cache keys and factor digests are SHA-256 hex:
   collision resistant, in hashlib everywhere, and the name bundles and signatures cover.
-* The local store's per-read integrity check is XXH3-128 (:func:`checksum`): it guards
-  against torn writes and bit rot, not against an attacker, and costs ~0.03 ms/MiB
-  where SHA-256 costs ~0.7 ms/MiB, so reads stay close to raw file speed.  Bytes that
-  cross a trust boundary (remote tiers, bundles, ``artcache verify``) are checked
-  against their SHA-256 address instead.
+* The stores' per-read integrity check (local files and Redis values) is XXH3-128
+  (:func:`checksum`): it guards against torn writes, truncation, bit rot and damage in
+  transit, not against an attacker, and costs ~0.03 ms/MiB where SHA-256 costs
+  ~0.7 ms/MiB, so reads stay close to raw speed.  Authenticity is the job of signed
+  manifests: under ``ARTCACHE_TRUSTED_KEYS`` every blob is checked against its SHA-256
+  address, as are bundles, lower tiers without their own check, and ``artcache verify``.
+  (Without signatures a SHA-256 check of blobs authenticates nothing: whoever can
+  rewrite a blob in a shared store can as well write a new manifest naming new blobs.)
 """
 
 from __future__ import annotations
@@ -32,3 +35,8 @@ def is_digest(text: str) -> bool:
 def checksum(data: bytes | bytearray | memoryview) -> bytes:
     """16-byte XXH3-128 integrity checksum (not a security boundary)."""
     return xxhash.xxh3_128_digest(data)
+
+
+def checksum_hasher() -> xxhash.xxh3_128:
+    """An incremental :func:`checksum` (``update`` per piece, then ``digest()``)."""
+    return xxhash.xxh3_128()

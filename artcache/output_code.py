@@ -92,8 +92,9 @@ class CompiledGraph:
     def from_loaded(cls, loaded: LoadedEntry) -> CompiledGraph:
         manifest = loaded.manifest
         data = {ref.name: loaded.blobs[ref.digest] for ref in manifest.blobs if ref.role == "data"}
-        # The store verified every blob (checksum locally, SHA-256 from shared tiers), so
-        # the pickler need not hash them again on this, the warm-start path.
+        # The store verified every blob (an XXH3 checksum locally and in Redis, SHA-256 from
+        # tiers without their own check and under trusted keys), so the pickler need not
+        # hash them again on this, the warm-start path.
         entry = pickler.loads(loaded.blob("object"), data, allow=compat.entry_allowlist(), verify=False)
         kernels: dict[str, compat.CppKernel] = {}
         for ref in manifest.blobs:

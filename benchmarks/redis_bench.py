@@ -4,9 +4,9 @@
 
 1. Get throughput, for 4 KiB, 1 MiB and 64 MiB blobs (many distinct blobs per size):
    * raw GET         ``redis.Redis.get`` of the same bytes under a plain key (no check)
-   * store get       ``RedisStore.get``: MGET of inline+header forms, SHA-256 check
+   * store get       ``RedisStore.get``: MGET of inline+header forms, XXH3 checksum check
    * raw pipeline    every key in one pipeline of GETs
-   * store get_many  ``RedisStore.get_many``: one MGET, SHA-256 check of each
+   * store get_many  ``RedisStore.get_many``: one MGET, XXH3 checksum check of each
    Interleaved per round; medians over rounds.  64 MiB blobs are chunked (1 MiB chunks)
    in the store; raw GET fetches them as one value.
 2. Warm start of examples/mlp_demo.py, each run a fresh process with an empty

@@ -12,7 +12,7 @@ from .store_conformance import StoreConformance, StoreFactory, blob, manifest_ke
 from artcache.config import settings_from_env
 from artcache.errors import StoreError
 from artcache.store import LocalStore, MemoryStore, TieredStore, open_store
-from artcache.store import _fs
+from artcache.store import _frame, _fs
 from artcache.store.local import STALE_TMP_S
 
 
@@ -78,7 +78,7 @@ def test_sharded_layout_and_trailer(tmp_path: Path) -> None:
     assert path.parent.name == key[4:6]
     assert raw[: len(data)] == data
     assert len(raw) == len(data) + _fs.TRAILER_SIZE
-    assert raw.endswith(_fs.TRAILER_MAGIC)
+    assert raw.endswith(_frame.TRAILER_MAGIC)
     assert list((tmp_path / "tmp").iterdir()) == []
 
 

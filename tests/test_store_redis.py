@@ -66,16 +66,25 @@ def test_keys_are_namespaced_and_large_values_chunked(redis_server: RedisServer,
     small_key, small = blob(payload_for("small", 100))
     big_key, big = blob(payload_for("big", 10_000))
     store.put_many({small_key: small, big_key: big})
-    names = sorted(n.decode() for n in client.scan_iter(match=f"artcache:v1:{ns}:*"))
-    assert f"artcache:v1:{ns}:cas:{small_key[4:]}" in names
-    assert f"artcache:v1:{ns}:hdr:cas:{big_key[4:]}" in names
-    assert len([n for n in names if ":chunk:" in n]) == 3  # 4096 + 4096 + 1808
+    names = sorted(n.decode() for n in client.scan_iter(match=f"artcache:v2:{ns}:*"))
+    assert f"artcache:v2:{ns}:cas:{small_key[4:]}" in names
+    assert f"artcache:v2:{ns}:#hdr:cas:{big_key[4:]}" in names
+    assert len([n for n in names if ":#chunk:" in n]) == 3  # 4096 + 4096 + 1808
+    assert f"artcache:v2:{ns}:#sum:cas:{small_key[4:]}" in names  # inline values: checksum key
+    assert f"artcache:v2:{ns}:#sum:cas:{big_key[4:]}" not in names  # chunked: in the header
     assert store.get(big_key) == big
+    # A value without its checksum (written by something else) is refused, and a delete
+    # leaves neither form behind.
+    client.delete(f"artcache:v2:{ns}:#sum:cas:{small_key[4:]}")
+    assert store.get(small_key) is None and store.corrupt == 1
+    store.put(small_key, small)
+    assert store.get(small_key) == small and store.delete(small_key)
+    assert not [n for n in client.scan_iter(match=f"artcache:v2:{ns}:*{small_key[4:]}")]
     # Another namespace on the same server sees none of it.
     assert RedisStore.from_url(f"{redis_server.url}?prefix={_ns()}").get(big_key) is None
     # Deleting a chunked value removes its chunks too.
     assert store.delete(big_key)
-    assert not [n for n in client.scan_iter(match=f"artcache:v1:{ns}:chunk:*")]
+    assert not [n for n in client.scan_iter(match=f"artcache:v2:{ns}:#chunk:*")]
 
 
 def test_overwrite_replaces_chunks_and_switches_forms(redis_server: RedisServer, client: redis.Redis) -> None:  # noqa: F811
@@ -86,7 +95,7 @@ def test_overwrite_replaces_chunks_and_switches_forms(redis_server: RedisServer,
         store.put(key, value)
         assert store.get(key) == value
         assert [i.size for i in store.iterate("ac/")] == [len(value)]
-    chunks = [n for n in client.scan_iter(match=f"artcache:v1:{ns}:chunk:*")]
+    chunks = [n for n in client.scan_iter(match=f"artcache:v2:{ns}:#chunk:*")]
     assert len(chunks) == 4  # only the last value's chunks are left
 
 
@@ -110,7 +119,7 @@ def test_header_is_written_after_chunks(redis_server: RedisServer, client: redis
         store.put(key, data)
     store._client.pipeline = real_pipeline  # type: ignore[method-assign]
     assert calls == 2
-    assert [n for n in client.scan_iter(match=f"artcache:v1:{ns}:chunk:*")]  # orphans exist
+    assert [n for n in client.scan_iter(match=f"artcache:v2:{ns}:#chunk:*")]  # orphans exist
     assert store.get(key) is None and not store.has(key) and list(store.iterate()) == []
 
 
@@ -120,13 +129,13 @@ def test_ttl_applies_to_values_and_chunks(redis_server: RedisServer, client: red
     small_key, small = blob(b"with ttl")
     big_key, big = blob(payload_for("ttl", 2500))
     store.put_many({small_key: small, big_key: big})
-    assert 0 < client.ttl(f"artcache:v1:{ns}:cas:{small_key[4:]}") <= 100
-    assert 0 < client.ttl(f"artcache:v1:{ns}:hdr:cas:{big_key[4:]}") <= 100
-    for name in client.scan_iter(match=f"artcache:v1:{ns}:chunk:*"):
+    assert 0 < client.ttl(f"artcache:v2:{ns}:cas:{small_key[4:]}") <= 100
+    assert 0 < client.ttl(f"artcache:v2:{ns}:#hdr:cas:{big_key[4:]}") <= 100
+    for name in client.scan_iter(match=f"artcache:v2:{ns}:#chunk:*"):
         assert client.ttl(name) > 100  # chunks outlive their header: it expires first
     no_ttl = RedisStore.from_url(f"{redis_server.url}?prefix={_ns()}")
     no_ttl.put(small_key, small)
-    assert client.ttl(f"artcache:v1:{no_ttl._base[12:]}cas:{small_key[4:]}") == -1
+    assert client.ttl(f"artcache:v2:{no_ttl._base[12:]}cas:{small_key[4:]}") == -1
 
 
 def test_read_only_url(redis_server: RedisServer) -> None:  # noqa: F811
@@ -165,7 +174,7 @@ def test_tampered_blob_reads_as_a_miss_and_is_reported(
     key, data = blob(payload_for("tamper", 2500))
     good_key, good = blob(b"untouched")
     store.put_many({key: data, good_key: good})
-    names = [n for n in client.scan_iter(match=f"artcache:v1:{ns}:*") if b":chunk:" in n or key[4:].encode() in n]
+    names = [n for n in client.scan_iter(match=f"artcache:v2:{ns}:*") if b":#chunk:" in n or (key[4:].encode() in n and b":#" not in n)]
     victim = sorted(names)[0]
     value = client.get(victim)
     client.set(victim, b"X" + value[1:])  # one flipped byte, same length
@@ -177,6 +186,20 @@ def test_tampered_blob_reads_as_a_miss_and_is_reported(
     assert store.get(key) == data
 
 
+@pytest.mark.parametrize("chunk", ["", "&chunk=100"])
+def test_damaged_manifest_reads_as_a_miss(redis_server: RedisServer, client: redis.Redis, chunk: str) -> None:  # noqa: F811
+    # Manifests carry the checksum too (layout v2): a truncated or flipped manifest is a miss.
+    ns = _ns()
+    store = RedisStore.from_url(f"{redis_server.url}?prefix={ns}{chunk}")
+    key = manifest_key("damaged")
+    store.put(key, payload_for("manifest", 700))
+    names = sorted(n for n in client.scan_iter(match=f"artcache:v2:{ns}:*") if b":#hdr:" not in n and b":#sum:" not in n)
+    victim = names[-1]  # the inline value, or the last chunk
+    value = client.get(victim)
+    client.set(victim, value[:-1] + bytes([value[-1] ^ 1]))
+    assert store.get(key) is None and store.corrupt == 1
+
+
 def test_tampered_blob_in_a_tier_is_reported_to_the_error_policy(
     redis_server: RedisServer, client: redis.Redis, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -186,7 +209,7 @@ def test_tampered_blob_in_a_tier_is_reported_to_the_error_policy(
     key, data = blob(payload_for("tier-tamper", 4096))
     remote = RedisStore.from_url(f"{redis_server.url}?prefix={ns}")
     remote.put(key, data)
-    client.set(f"artcache:v1:{ns}:cas:{key[4:]}", b"Y" + data[1:])
+    client.set(f"artcache:v2:{ns}:cas:{key[4:]}", b"Y" + data[1:])
     assert tiered.get(key) is None
     assert LocalStore(tmp_path / "local").get(key) is None  # not backfilled
     [(_url, operation, error)] = handler.calls

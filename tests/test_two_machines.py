@@ -57,7 +57,7 @@ def _runner(phase: str, out: Path, env: dict[str, str], programs: str = ",".join
 def _copy_namespace(source: redis.Redis, target: redis.Redis, old: str, new: str) -> int:
     """Copy every artcache key of namespace ``old`` into namespace ``new`` (maybe on another server)."""
     count = 0
-    for name in source.scan_iter(match=f"artcache:v1:{old}:*"):
+    for name in source.scan_iter(match=f"artcache:v2:{old}:*"):
         target.set(name.replace(f":{old}:".encode(), f":{new}:".encode(), 1), source.get(name))
         count += 1
     return count
@@ -142,7 +142,7 @@ def test_tampered_blobs_in_redis_are_not_served(machine_a: dict[str, Any], tmp_p
     client = redis.Redis.from_url(server.url)
     assert _copy_namespace(client, client, NAMESPACE, "tampered") > 0
     tampered = 0
-    for name in client.scan_iter(match="artcache:v1:tampered:cas:*"):
+    for name in client.scan_iter(match="artcache:v2:tampered:cas:*"):
         value = client.get(name)
         if value:
             client.set(name, bytes([value[0] ^ 0xFF]) + value[1:])  # same length, wrong bytes
@@ -155,7 +155,7 @@ def test_tampered_blobs_in_redis_are_not_served(machine_a: dict[str, Any], tmp_p
     stats = run["stats"]
     assert stats["hits"] == 0 and stats["saves"] >= 1  # detected, not served: C compiled
     assert any("CorruptEntryError" in kind for kind in stats["errors"]), stats["errors"]
-    assert "fail their sha256 address" in run["stderr"]  # the one warning names the cause
+    assert "fail their checksum" in run["stderr"]  # the one warning names the cause
     _assert_same_results(machine_a["results"], run["results"], names)
     _assert_local_blobs_match_addresses(local_c)  # no tampered byte reached C's disk
 

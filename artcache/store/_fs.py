@@ -1,9 +1,7 @@
 """File primitives of the local store: framed files, atomic publish, verified reads.
 
-A stored file is ``payload || trailer`` where the 28-byte trailer is
-``xxh3_128(payload) (16) || len(payload) as u64 LE (8) || b"ACF1" (4)``.
-A trailer (not a header) lets a read fetch the payload straight into one ``bytes``
-object of the exact size, so a verified read costs one read plus one XXH3 pass.
+A stored file is ``payload || trailer`` (the frame of ``_frame.py``): a verified read costs
+one read of the payload into an exact-size ``bytes`` plus one XXH3 pass.
 
 Crash model: a writer may die at any instruction, and the machine may lose power.
 Files are written to a temp name in the store's own ``tmp/`` directory (same file
@@ -16,16 +14,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 import threading
 import time
 from pathlib import Path
 
 from ..digest import checksum
-
-TRAILER_MAGIC = b"ACF1"
-_TRAILER = struct.Struct("<16sQ4s")
-TRAILER_SIZE = _TRAILER.size  # 28
+from ._frame import TRAILER_SIZE, parse_trailer, trailer
 
 # Touch a file's mtime (our LRU clock) on read only when it is older than this: one
 # utime per file per minute keeps reads cheap while keeping eviction order meaningful.
@@ -50,10 +44,6 @@ class TornFile(Exception):
         self.inode = inode
 
 
-def frame(payload: bytes | memoryview) -> bytes:
-    return _TRAILER.pack(checksum(payload), len(payload), TRAILER_MAGIC)
-
-
 def write_atomic(final: Path, tmp_dir: Path, payload: bytes, *, durable: bool) -> None:
     """Publish ``payload`` at ``final`` via a temp file + (fsync) + rename.
 
@@ -64,7 +54,7 @@ def write_atomic(final: Path, tmp_dir: Path, payload: bytes, *, durable: bool) -
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
-            _write_all(fd, payload, frame(payload))
+            _write_all(fd, payload, trailer(payload))
             # mtime is the LRU clock.  The kernel stamps writes with a coarse clock (a few
             # ms), so files written in a burst would tie and evict in directory order;
             # stamping the precise time keeps eviction in true write order.
@@ -102,9 +92,10 @@ def read_verified(path: Path | str, *, mark_used: bool = True) -> bytes | None:
         size = st.st_size
         if size < TRAILER_SIZE:
             raise TornFile(f"{size} bytes, shorter than the trailer", st.st_ino)
-        sum_, length, magic = _TRAILER.unpack(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE))
-        if magic != TRAILER_MAGIC or length != size - TRAILER_SIZE:
+        parsed = parse_trailer(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE))
+        if parsed is None or parsed[1] != size - TRAILER_SIZE:
             raise TornFile("bad trailer (truncated or not an artcache file)", st.st_ino)
+        sum_, length = parsed
         payload = _read_exact(fd, length, st.st_ino)
     finally:
         os.close(fd)

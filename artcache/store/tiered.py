@@ -4,9 +4,11 @@
   tiers above it.  A blob (``cas/``) fetched from a lower tier is checked against its
   SHA-256 address before it is served or backfilled: lower tiers are shared, and a
   shared store is where corruption and tampering come from.
-  A tier that checks its own blobs (``verifies_content = True``, e.g. Redis) is not
-  hashed a second time; it reports what it rejects through its ``on_corrupt`` hook,
-  which this class routes to ``on_error`` like its own digest failures.
+  A tier that checks the integrity of its own values (``verifies_content = True``: Redis,
+  with an XXH3 checksum on every value) is not hashed a second time; it reports what it
+  rejects through its ``on_corrupt`` hook, which this class routes to ``on_error`` like
+  its own digest failures.  (Authenticity, as opposed to integrity, comes from signed
+  manifests: under trusted keys the ``Cache`` checks every blob's SHA-256 address.)
 * Writes follow an explicit :class:`WritePolicy`.
 * A tier that raises is reported through ``on_error`` and skipped for ``cooldown_s``
   seconds, so a dead remote costs one timeout (the tier's own, bounded), not one per
@@ -42,7 +44,7 @@ def log_tier_error(store: Store, operation: str, error: Exception) -> None:
 
 
 def _self_verifying(store: Store) -> bool:
-    """Whether ``store`` checks ``cas/`` bytes against their address before returning them."""
+    """Whether ``store`` checks every value's integrity itself before returning it."""
     return bool(getattr(store, "verifies_content", False))
 
 
