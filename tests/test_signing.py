@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import stat
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from artcache.entry import MAGIC, FORMAT_VERSION, decode_envelope, encode_envelo
 from artcache.errors import ArtcacheError
 from artcache.signing import Signer, TrustPolicy, key_id, parse_key
 from artcache.store import LocalStore, ac_key
+from artcache.store.redis import RedisStore
 
 from .conftest import run_cli, run_python
+from .redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
 
 KEY = "5a" * 32
 
@@ -241,6 +244,22 @@ def test_blob_swapped_under_a_signed_manifest_is_refused(keys: dict[str, dict[st
     (store_dir / "cas" / victim[4:6] / victim[4:]).unlink()
     store.put(victim, b"X" * 5000)  # re-framed: passes the local checksum
     cache = reader(store, (keys["alice"]["public_key"],))
+    assert cache.lookup(KEY) is None and cache.stats().misses == {"corrupt": 1}
+
+
+def test_blob_rewritten_consistently_in_redis_is_refused_under_trust(
+    keys: dict[str, dict[str, str]], redis_server: RedisServer  # noqa: F811
+) -> None:
+    """Redis checks each value against an XXH3 checksum it keeps beside it: a writer who
+    rewrites a blob *and* its checksum passes that check.  Under trust the SHA-256 address
+    (covered by the signature) is what catches it; without trust such a writer could as
+    well have written a whole new entry, which is why unsigned reads take the checksum."""
+    store = RedisStore.from_url(f"{redis_server.url}?prefix=sig{secrets.token_hex(4)}")
+    save(store, keys["alice"]["private_path"])  # type: ignore[arg-type]
+    victim = next(i.key for i in store.iterate("cas/") if i.size == 5000)
+    store.put(victim, b"X" * 5000)  # new value and a matching checksum under the old address
+    assert store.get(victim) == b"X" * 5000  # the checksum alone cannot tell
+    cache = reader(store, (keys["alice"]["public_key"],))  # type: ignore[arg-type]
     assert cache.lookup(KEY) is None and cache.stats().misses == {"corrupt": 1}
 
 
