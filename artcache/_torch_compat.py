@@ -482,7 +482,7 @@ def entry_allowlist() -> Any:
             allow.register(cls, _strategy(cls))
     _register_view_metas(allow)
     # GPU entries: Triton kernel bundles (static launchers, configs); a no-op without Triton.
-    from ._triton_compat import register_triton_classes
+    from ._pickle_triton import register_triton_classes
 
     register_triton_classes(allow)
     # Counter (CompiledFxGraph.counter_deltas) is a dict subclass: rebuilt from a plain dict.

@@ -73,13 +73,14 @@ class ArtcacheBackend:
         compile_s = time.perf_counter() - start
         graph = CompiledGraph(capture.entry, dict(capture.cpp_kernels))
         self._save(key, graph, gm, specs, values, compile_s)
-        if on_gpu and graph.triton_kernels():
-            return self._resave_after_tuning(compiled, key, graph, gm, specs, values, compile_s)
+        kernels = graph.triton_kernels() if on_gpu else None
+        if kernels:
+            return self._resave_after_tuning(compiled, key, graph, kernels, gm, specs, values, compile_s)
         return compiled
 
     def _resave_after_tuning(
         self, compiled: Callable[..., Any], key: keys.CacheKey, graph: CompiledGraph,
-        gm: torch.fx.GraphModule, specs: list[str], values: dict[str, Any], compile_s: float,
+        kernels: triton_compat.KernelRefs, gm: torch.fx.GraphModule, specs: list[str], values: dict[str, Any], compile_s: float,
     ) -> Callable[..., Any]:
         """Two-phase write for GPU entries: the entry saved above holds the compiled kernels;
         autotuning winners appear at the first forward (and backward) run.  Whenever the
@@ -88,7 +89,6 @@ class ArtcacheBackend:
         Checked around the first calls and once at exit (a backward's tuning ends after the
         forward call returned)."""
         recorder = triton_compat.recorder()
-        kernels = graph.triton_kernels()
         lock = threading.Lock()
         state = {"saved": graph.tuning_state(), "calls": 0}
 

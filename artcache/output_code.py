@@ -56,7 +56,8 @@ class CompiledGraph:
             for sa in triton_compat.static_autotuners(self.entry)
         } - {""}
         names: set[str] = set()
-        for part in (self.entry.compiled_fw, self.entry.compiled_bw):
+        # getattr: an uncacheable graph leaves no entry, and this runs after every GPU compile.
+        for part in (getattr(self.entry, "compiled_fw", None), getattr(self.entry, "compiled_bw", None)):
             graph = _output_code(part)
             if graph is not None and getattr(graph, "_triton_bundle", None) is not None:
                 names |= triton_compat.kernel_names_in(getattr(graph, "source_code", "") or "")

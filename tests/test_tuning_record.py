@@ -45,3 +45,10 @@ def test_without_names_only_static_kernels_are_kept() -> None:
     assert set(winners) == {"cstatic.py:h1"} and extra == {}
     assert not KernelRefs(frozenset(), frozenset())
     assert KernelRefs(frozenset(), frozenset({"k"}))
+
+
+def test_a_graph_without_an_entry_has_no_triton_kernels() -> None:
+    # An uncacheable GPU graph leaves no entry; the backend still asks after its compile.
+    from artcache.output_code import CompiledGraph
+
+    assert not CompiledGraph(None, {}).triton_kernels()

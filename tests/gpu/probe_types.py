@@ -1,6 +1,6 @@
 """Developer probe (GPU machine): list every type in captured CUDA entries, as pickle walks
 them, and whether artcache's pickler stores them.  Used to build the Triton allowlist in
-``artcache/_triton_compat.py``; not a test.
+``artcache/_pickle_triton.py``; not a test.
 
     python -m tests.gpu.probe_types
 """

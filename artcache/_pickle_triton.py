@@ -1,0 +1,191 @@
+"""Triton kernel objects in artcache's allowlisted pickler (GPU entries).
+
+With ``bundle_triton_into_fx_graph_cache`` each ``CompiledFxGraph`` carries a
+``TritonBundle`` whose statically launchable kernels are pickled ``CachingAutotuner``s
+holding ``StaticTritonCompileResult``s.  torch stores those with ``pickle``; artcache stores
+them through its own pickler, so each class is registered here with the state its own
+``__getstate__``/``__setstate__`` define, and every decoded state is checked before an
+object is built.  Classes are looked up by name: one a torch/Triton version lacks is
+simply not allowed.  Verified on torch 2.11 + Triton 3.6 (H100); on a CPU-only torch
+nothing here is registered.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._triton_compat import triton_available
+from .errors import CorruptEntryError, Uncacheable
+
+
+def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] | None) -> Any:
+    if type(state) is not dict or not all(type(k) is str for k in state):
+        raise CorruptEntryError(f"bad {cls.__name__} state")
+    for k in state:
+        if callable(getattr(cls, k, None)):
+            raise CorruptEntryError(f"bad {cls.__name__} state key {k!r}")
+    obj = object.__new__(cls)
+    if setstate is not None:
+        setstate(obj, state)
+    else:
+        obj.__dict__.update(state)
+    return obj
+
+
+def _getstate_codec(cls: type, *, use_setstate: bool) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """Store what the class's own ``__getstate__`` returns (what torch's pickle stores);
+    rebuild with ``object.__new__`` and its ``__setstate__`` (or a ``__dict__`` update)."""
+    setstate = cls.__dict__.get("__setstate__") if use_setstate else None
+
+    def encode(obj: Any) -> Any:
+        # Values of cached properties (e.g. the static launcher's C_impl, a torch._C class)
+        # are derived, not state: the rebuilt object computes them again.
+        return {k: v for k, v in obj.__getstate__().items() if not isinstance(getattr(cls, k, None), functools.cached_property)}
+
+    def decode(state: Any) -> Any:
+        return _new_with_state(cls, state, setstate)
+
+    return encode, decode
+
+
+def _caching_autotuner_encode(obj: Any) -> dict[str, Any]:
+    state = dict(obj.__getstate__())
+    # A bound AutotuneCache.save: only used to write winners after tuning, which a hit
+    # does not do (and artcache keeps winners itself).
+    state["save_cache_hook"] = None
+    # Reloads the kernel from source (a compile); torch's bundler already clears it.
+    state["_reload_kernel"] = None
+    return state
+
+
+# JITFunction state that must be empty once CachingAutotuner.prepare_for_pickle ran (it
+# drops the Python function, its globals and the hash lock): the kernel is never re-jitted.
+_JIT_CLEARED = ("fn", "__globals__", "used_global_vals", "_hash_lock", "kernel")
+
+
+def _jit_encode(obj: Any) -> dict[str, Any]:
+    state = dict(vars(obj))
+    # Per-device caches of kernels jitted through JITFunction.run; Inductor launches its
+    # own compiled binaries, so they are empty and rebuilt empty.
+    caches = state.pop("device_caches", None)
+    if caches:
+        raise Uncacheable("triton-jit-cache", f"{obj.__name__} holds jitted kernels")
+    for name in _JIT_CLEARED:
+        if state.get(name) is not None:
+            raise Uncacheable("triton-jit-state", f"{obj.__name__}.{name} was not cleared for pickling")
+    return state
+
+
+def _jit_decoder(cls: type, const_repr: type | None) -> Callable[[Any], Any]:
+    def decode(state: Any) -> Any:
+        if type(state) is not dict:
+            raise CorruptEntryError("bad JITFunction state")
+        rep = state.pop("repr", None)
+        # prepare_for_pickle replaced the repr method by a constant; nothing else may shadow one.
+        if rep is not None and (const_repr is None or type(rep) is not const_repr):
+            raise CorruptEntryError("bad JITFunction repr")
+        obj = _new_with_state(cls, state, None)
+        if rep is not None:
+            obj.repr = rep
+        obj.device_caches = collections.defaultdict(obj.create_binder)
+        obj._hash_lock = threading.RLock()
+        return obj
+
+    return decode
+
+
+def _parameter_encode(p: Any) -> list[Any]:
+    return [p.name, int(p.kind), p.default, p.annotation]
+
+
+def _parameter_decode(state: Any) -> Any:
+    import inspect
+
+    if type(state) is not list or len(state) != 4 or type(state[0]) is not str or type(state[1]) is not int:
+        raise CorruptEntryError("bad inspect.Parameter state")
+    try:
+        return inspect.Parameter(state[0], inspect._ParameterKind(state[1]), default=state[2], annotation=state[3])
+    except ValueError as exc:
+        raise CorruptEntryError(f"bad inspect.Parameter state: {exc}") from exc
+
+
+def _signature_encode(sig: Any) -> list[Any]:
+    return [list(sig.parameters.values()), sig.return_annotation]
+
+
+def _signature_decode(state: Any) -> Any:
+    import inspect
+
+    if type(state) is not list or len(state) != 2 or type(state[0]) is not list:
+        raise CorruptEntryError("bad inspect.Signature state")
+    if not all(isinstance(p, inspect.Parameter) for p in state[0]):
+        raise CorruptEntryError("bad inspect.Signature parameters")
+    try:
+        return inspect.Signature(state[0], return_annotation=state[1])
+    except (ValueError, TypeError) as exc:
+        raise CorruptEntryError(f"bad inspect.Signature state: {exc}") from exc
+
+
+# (module, class, strategy) for the kernel objects of a TritonBundle; "getstate" means the
+# class's __getstate__/__setstate__ define its state.  Looked up by name so that a class a
+# torch/Triton version lacks is simply not allowed.
+_TRITON_CLASSES: tuple[tuple[str, str, str], ...] = (
+    ("torch._inductor.triton_bundler", "StaticallyLaunchedAutotuner", "dataclass"),
+    ("torch._inductor.runtime.triton_heuristics", "StaticTritonCompileResult", "dict"),
+    ("torch._inductor.runtime.triton_heuristics", "InductorConfig", "dict"),
+    ("torch._inductor.runtime.triton_heuristics", "_ConstRepr", "dict"),
+    ("torch._inductor.runtime.static_triton_launcher", "StaticallyLaunchedCudaKernel", "getstate-dict"),
+    ("torch._inductor.runtime.hints", "DeviceProperties", "namedtuple"),
+    ("torch._inductor.runtime.hints", "HeuristicType", "enum"),
+    ("torch._inductor.runtime.hints", "ReductionHint", "enum"),
+    ("torch._inductor.runtime.hints", "TileHint", "enum"),
+    ("torch._inductor.runtime.hints", "AutotuneHint", "enum"),
+    ("torch._inductor.runtime.coordinate_descent_tuner", "CoordescTuner", "dict"),
+    ("torch._guards", "CompileId", "dataclass"),
+    ("triton.runtime.autotuner", "Config", "dict"),
+    ("triton.runtime.jit", "KernelParam", "dict"),
+)
+# Values a kernel's signature refers to: the "no default/annotation" marker and the
+# constexpr annotation of block-size parameters.
+_TRITON_CALLABLES = (
+    ("inspect", "_empty"),
+    ("triton.language.core", "constexpr"),
+)
+
+
+def register_triton_classes(allow: Any) -> None:
+    if not triton_available():
+        return
+    from ._torch_compat import _find
+
+    for module, name, strategy in _TRITON_CLASSES:
+        cls = _find(module, name)
+        if not isinstance(cls, type):
+            continue
+        if strategy == "getstate-dict":
+            encode, decode = _getstate_codec(cls, use_setstate=False)
+            allow.register(cls, "custom", encode=encode, decode=decode)
+        elif strategy == "dict" and cls.__new__ is not object.__new__:
+            continue
+        else:
+            allow.register(cls, strategy)
+    tuner = _find("torch._inductor.runtime.triton_heuristics", "CachingAutotuner")
+    if isinstance(tuner, type):
+        _, decode = _getstate_codec(tuner, use_setstate=True)
+        allow.register(tuner, "custom", encode=_caching_autotuner_encode, decode=decode)
+    jit = _find("triton.runtime.jit", "JITFunction")
+    if isinstance(jit, type):
+        const_repr = _find("torch._inductor.runtime.triton_heuristics", "_ConstRepr")
+        allow.register(jit, "custom", encode=_jit_encode, decode=_jit_decoder(jit, const_repr))
+    import inspect
+
+    allow.register(inspect.Parameter, "custom", encode=_parameter_encode, decode=_parameter_decode)
+    allow.register(inspect.Signature, "custom", encode=_signature_encode, decode=_signature_decode)
+    for module, name in _TRITON_CALLABLES:
+        obj = _find(module, name)
+        if obj is not None:
+            allow.register_callable(obj)
