@@ -14,17 +14,16 @@ Triton 3.6 (H100); on a CPU-only torch none of this runs.  What we touch and why
   artcache-private directory for the duration of the rebuild, so a hit never writes into
   (or reads from) Triton's cache: the cubins come from the entry alone.
 * **Kernels without a static launcher.**  torch falls back to ``TritonCompileResult`` for
-  some kernels (seen on GPT-2: Triton truncates a long kernel name in its file names, so
-  torch's static launcher does not find ``<name>.cubin``).  On a hit torch loads those from
-  their source and calls ``triton.compile``, which must then be a lookup in Triton's file
-  cache: we point that cache at the same private directory, and serve their autotuning
-  winners (matched by kernel name, see :class:`KernelRefs`) so only the winning config is
-  looked up.  Triton then builds its C launcher stub for them with the system compiler
-  (cached in the private directory), as torch's own warm start does when its Triton cache
-  is cold.  Known gap (H100, torch 2.11, Triton 3.6): for some of these kernels the lookup
-  still misses and Triton generates the kernel again (the GPU test case ``nonstatic`` is
-  an expected failure for it); the likeliest cause is that torch's bundle does not hold
-  that config's files.  The program is still the stored one; only time is lost.
+  kernels its static launcher cannot run (or with ``use_static_triton_launcher=False``).
+  Those whose only problem is a long name (GPT-2 has two) get a static autotuner at capture
+  time, see ``_static_launch``.  For the others, torch loads them from their source on a
+  hit and calls ``triton.compile``, which must then be a lookup in Triton's file cache: we
+  point that cache at the same private directory, make Triton's key come out as it did in
+  the compiling process (:func:`_prime_ptxas_version`), and serve their autotuning winners
+  (matched by kernel name, see :class:`KernelRefs`) so only the winning config is looked
+  up.  Triton then initializes its driver and builds its C launcher stub for them with the
+  system compiler (cached in the private directory), as torch's own warm start does when
+  its Triton cache is cold.
 * **Autotuning winners.**  Multi-config pointwise/reduction kernels and coordinate-descent
   tuning (``mode="max-autotune"``) benchmark at the *first run*, after the compile-time
   bundle was taken.  Torch remembers the winner in ``<kernel>.best_config`` files through
@@ -348,15 +347,25 @@ def select_tuned(
     return outcome
 
 
+def rebuilt_through_triton(entry: Any, kernels: KernelRefs) -> bool:
+    """Whether a hit on ``entry`` rebuilds some kernel through ``triton.compile`` (one the
+    generated code defines that has no static autotuner in the entry)."""
+    static = {str(getattr(sa, "kernel_name", "")) for sa in static_autotuners(entry)}
+    return bool(kernels.names - static)
+
+
 @contextlib.contextmanager
-def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path) -> Iterator[None]:
+def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path, *, through_triton: bool = False) -> Iterator[None]:
     """While active: stored cubins are emitted into and loaded from ``triton_dir`` (not
     Triton's cache), tuning answers come from ``winners``, and nothing is compiled in a
     worker pool (``compile_threads=1``: with everything prebuilt there is nothing to farm out,
-    and asking whether the pool is ready would start it)."""
+    and asking whether the pool is ready would start it).  ``through_triton``: some kernel
+    will be rebuilt through ``triton.compile`` (see :func:`_prime_ptxas_version`)."""
     if not triton_available():
         yield
         return
+    if through_triton:
+        _prime_ptxas_version()
     import torch
     from torch._inductor import triton_bundler
 
@@ -399,7 +408,48 @@ def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path) -> Ite
         # cache at the directory the bundler just filled from the entry, so the lookup hits
         # and no kernel is generated or assembled again.
         stack.enter_context(_triton_file_cache_at(str(triton_dir)))
+        # CachingAutotuner.__init__ sets $TRITON_CACHE_DIR, process-wide, to
+        # triton_cache_dir() when it is unset: that would be our private directory (patched
+        # above) for the rest of the process.  Put the variable back as it was.
+        stack.enter_context(_env_restored("TRITON_CACHE_DIR"))
         yield
+
+
+@contextlib.contextmanager
+def _env_restored(name: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def _prime_ptxas_version() -> None:
+    """Resolve ``ptxas`` for Triton's cache key the way the compiling process did.
+
+    Triton's key for a kernel includes ``get_ptxas_version(arch)``, cached per process on
+    its first call.  In a compiling process that first call comes from Inductor's codegen
+    (``triton_hash_with_backend``), *before* torch points ``$TRITON_PTXAS_PATH`` at its own
+    ``ptxas`` for the kernel compiles; a hit skips codegen (and that hash, see below), so
+    its first call would come after, find another ``ptxas`` (seen on H100: CUDA 12.8 cold,
+    13.0 warm), compute another key, miss the stored kernel and generate it again.
+    Resolving it now, before any kernel loads, gives the compiling process's answer, unless
+    this process already resolved it (then it is the same cached answer torch's own warm
+    start would use)."""
+    import torch
+
+    try:
+        from triton.backends.nvidia import compiler as nvidia
+    except ImportError:
+        return  # not a CUDA build of Triton
+    get_version = getattr(nvidia, "get_ptxas_version", None)
+    if get_version is None or not torch.cuda.is_available():
+        return
+    major, minor = torch.cuda.get_device_capability()
+    get_version(major * 10 + minor)
 
 
 @contextlib.contextmanager
@@ -416,15 +466,9 @@ def _triton_file_cache_at(path: str) -> Iterator[None]:
             yield
         return
     # Process-wide, like the knob: the rebuild runs on the compiling (main) thread.
-    previous = os.environ.get("TRITON_CACHE_DIR")
-    os.environ["TRITON_CACHE_DIR"] = path
-    try:
+    with _env_restored("TRITON_CACHE_DIR"):
+        os.environ["TRITON_CACHE_DIR"] = path
         yield
-    finally:
-        if previous is None:
-            os.environ.pop("TRITON_CACHE_DIR", None)
-        else:
-            os.environ["TRITON_CACHE_DIR"] = previous
 
 
 def _no_backend_hash() -> str:

@@ -14,6 +14,7 @@ mode).  The user's compile is never lost to a cache problem.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from . import _static_launch as static_launch
 from . import _torch_compat as compat
 from . import _triton_compat as triton_compat
 from . import keys, pickler
@@ -68,7 +70,10 @@ class ArtcacheBackend:
             # Multi-config kernels tune at their first run, after this returns: record it.
             triton_compat.install_tuning_recorder()
         start = time.perf_counter()
-        with compat.capture_compile() as capture:
+        with contextlib.ExitStack() as stack:
+            capture = stack.enter_context(compat.capture_compile())
+            if on_gpu and triton_compat.triton_available():
+                stack.enter_context(static_launch.adopting_long_named_kernels())
             compiled = compat.compile_fx(gm, example_inputs)
         compile_s = time.perf_counter() - start
         graph = CompiledGraph(capture.entry, dict(capture.cpp_kernels))

@@ -123,8 +123,9 @@ class CompiledGraph:
         tuned = triton_compat.select_tuned(self.entry, self.winners, self.tuned_results)
         if tuned:
             log.info("artcache: autotuning served from the entry: %s", sorted(tuned.items()))
+        through_triton = triton_compat.rebuilt_through_triton(self.entry, self.triton_kernels())
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
-            self.winners, triton_compat.private_triton_dir(library_dir)
+            self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton
         ):
             return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)
 

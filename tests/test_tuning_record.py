@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from artcache._triton_compat import KernelRefs, TuningRecorder, kernel_names_in
 
 WRAPPER = """
@@ -52,3 +54,39 @@ def test_a_graph_without_an_entry_has_no_triton_kernels() -> None:
     from artcache.output_code import CompiledGraph
 
     assert not CompiledGraph(None, {}).triton_kernels()
+
+
+def _entry(static_names: list[str]) -> object:
+    """The shape of torch's bundled entry that the GPU path reads: a forward graph with a
+    TritonBundle of statically launchable autotuners."""
+    from types import SimpleNamespace
+
+    autotuners = [SimpleNamespace(kernel_name=name) for name in static_names]
+    graph = SimpleNamespace(_triton_bundle=SimpleNamespace(static_autotuners=autotuners))
+    return SimpleNamespace(compiled_fw=SimpleNamespace(result=graph), compiled_bw=None)
+
+
+def test_a_kernel_without_a_static_autotuner_is_rebuilt_through_triton() -> None:
+    from artcache._triton_compat import rebuilt_through_triton
+
+    names = frozenset(kernel_names_in(WRAPPER))
+    both = _entry(["triton_poi_fused_add_0", "triton_red_fused_sum_1"])
+    assert not rebuilt_through_triton(both, KernelRefs(frozenset({"c1.py", "c2.py"}), names))
+    one = _entry(["triton_poi_fused_add_0"])
+    assert rebuilt_through_triton(one, KernelRefs(frozenset({"c1.py"}), names))
+    assert not rebuilt_through_triton(_entry([]), KernelRefs(frozenset(), frozenset()))
+
+
+def test_the_triton_cache_variable_is_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from artcache._triton_compat import _env_restored
+
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    with _env_restored("TRITON_CACHE_DIR"):
+        os.environ["TRITON_CACHE_DIR"] = "/private/dir"  # what CachingAutotuner.__init__ does
+    assert "TRITON_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/users/dir")
+    with _env_restored("TRITON_CACHE_DIR"):
+        os.environ["TRITON_CACHE_DIR"] = "/private/dir"
+    assert os.environ["TRITON_CACHE_DIR"] == "/users/dir"

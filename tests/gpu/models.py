@@ -24,8 +24,24 @@ class Net(nn.Module):
         return p * h.sum(dim=-1, keepdim=True) + h.square().mean(dim=-1, keepdim=True)
 
 
-def make(width: int = 256) -> nn.Module:
+class LongNames(nn.Module):
+    """One pointwise kernel fusing many distinct ops: Inductor names a kernel after the ops
+    it fuses, and this name is longer than the 150 characters Triton keeps in its file
+    names (the case of two GPT-2 attention kernels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Every value stays finite (outputs are compared bitwise, and NaN != NaN); the
+        # rounding ops enter multiplied by zero, so they cannot flip between compiled and
+        # eager code.
+        y = torch.sigmoid(x).sin().cos().exp().tanh().neg().reciprocal().atan().asinh().erf()
+        y = y.log1p().expm1().abs().sqrt().rsqrt()
+        y = y + 0.0 * (y.floor() + y.ceil() + y.trunc())
+        return ((y.clamp_min(0.5) / 4).square().sinh().cosh() * 2 - 1) / 3 + x
+
+def make(width: int = 256, model: str = "net") -> nn.Module:
     torch.manual_seed(0)
+    if model == "long_names":
+        return LongNames().cuda()
     return Net(width).cuda()
 
 
