@@ -28,14 +28,21 @@ disabled) is left as it is.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 # Triton's cut in triton.compile (3.x): file names are src.name[:150].
 _TRITON_NAME_LIMIT = 150
+
+
+def _kernel_name(tuner: Any) -> str:
+    return str((getattr(tuner, "inductor_meta", None) or {}).get("kernel_name", "a kernel"))
 
 
 @contextlib.contextmanager
@@ -54,7 +61,14 @@ def adopting_long_named_kernels() -> Iterator[None]:
         out = original(self, *args, **kwargs)
         key = kwargs.get("static_triton_bundle_key")
         if key is not None and not kwargs.get("warm_cache_only", False):
-            _adopt(self, key)
+            try:
+                if _adopt(self, key):
+                    log.debug("artcache: %s gets a static launcher in the entry", _kernel_name(self))
+            except (OSError, AttributeError, TypeError, ValueError) as exc:
+                # An optimization of the entry, never a reason to fail the user's compile:
+                # the temporary symlink may be refused, or a torch version may lay these
+                # internals out differently.  The kernel then stays as torch left it.
+                log.info("artcache: kept %s without a static launcher: %s", _kernel_name(self), exc)
         return out
 
     with _patched(tuner_cls, "precompile", precompile):
@@ -70,7 +84,7 @@ def _adopt(tuner: Any, bundle_key: str) -> bool:
     if (
         not results
         or not torch._inductor.config.use_static_triton_launcher
-        or TritonBundler._static_autotuners is None  # not collecting a bundle
+        or getattr(TritonBundler, "_static_autotuners", None) is None  # not collecting a bundle
         or all(isinstance(r, th.StaticTritonCompileResult) for r in results)
     ):
         return False
