@@ -8,6 +8,9 @@ An entry's blobs (roles):
 ``data``     out-of-band bytes of that document (tensor storages, large byte strings),
              named by digest
 ``kernel``   a C++ kernel library, named ``<CppCodeCache class>:<input digest>``
+``extern_kernels`` (optional) import paths of the callables the generated wrappers call
+             as ``extern_kernels.<name>`` (``_lean_load``: a hit then skips
+             importing Inductor's compiler)
 ``tuning``   (GPU, optional) autotuning done at the first runs after the compile: winning
              configs per kernel and compiled coordinate-descent winners (pickled like
              ``object``; its large byte strings are ``data`` blobs too)
@@ -29,6 +32,7 @@ import torch
 
 from . import _torch_compat as compat
 from . import _triton_compat as triton_compat
+from . import _lean_load as lean_load
 from . import pickler
 from .cache import LoadedEntry, NewBlob
 from .errors import CorruptEntryError, Uncacheable
@@ -47,6 +51,8 @@ class CompiledGraph:
     winners: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     # "<kernel file>" -> compiled winners found by coordinate descent (StaticTritonCompileResult)
     tuned_results: Mapping[str, list[Any]] = field(default_factory=dict)
+    # Read from a loaded entry (``to_blobs`` computes it afresh in the compiling process).
+    extern_kernels: Mapping[str, lean_load.Ref] = field(default_factory=dict)
 
     # -- GPU tuning --------------------------------------------------------------------
     def triton_kernels(self) -> triton_compat.KernelRefs:
@@ -57,9 +63,8 @@ class CompiledGraph:
         } - {""}
         names: set[str] = set()
         # getattr: an uncacheable graph leaves no entry, and this runs after every GPU compile.
-        for part in (getattr(self.entry, "compiled_fw", None), getattr(self.entry, "compiled_bw", None)):
-            graph = _output_code(part)
-            if graph is not None and getattr(graph, "_triton_bundle", None) is not None:
+        for graph in self._output_codes():
+            if getattr(graph, "_triton_bundle", None) is not None:
                 names |= triton_compat.kernel_names_in(getattr(graph, "source_code", "") or "")
         return triton_compat.KernelRefs(frozenset(files), frozenset(names))
 
@@ -80,6 +85,11 @@ class CompiledGraph:
         blobs += [
             NewBlob("kernel", k.library, f"{k.cache_class}:{k.key}") for k in sorted(self.cpp_kernels.values(), key=lambda k: k.key)
         ]
+        sources = (getattr(graph, "source_code", None) for graph in self._output_codes())
+        refs = lean_load.extern_kernel_refs(source for source in sources if isinstance(source, str))
+        if refs:
+            doc = pickler.dumps({name: list(ref) for name, ref in sorted(refs.items())}, allow=compat.entry_allowlist())
+            blobs.append(NewBlob("extern_kernels", doc.data))
         if self.winners or self.tuned_results:
             tuning = {"winners": dict(sorted(self.winners.items())), "results": dict(sorted(self.tuned_results.items()))}
             tdoc = pickler.dumps(tuning, allow=compat.entry_allowlist())
@@ -112,7 +122,16 @@ class CompiledGraph:
             if type(tuning) is not dict or type(tuning.get("winners")) is not dict or type(tuning.get("results")) is not dict:
                 raise CorruptEntryError("bad tuning record")
             winners, tuned = tuning["winners"], tuning["results"]
-        return cls(entry, kernels, winners, tuned)
+        externs: dict[str, lean_load.Ref] = {}
+        if any(ref.role == "extern_kernels" for ref in manifest.blobs):
+            refs = pickler.loads(loaded.blob("extern_kernels"), data, allow=compat.entry_allowlist(), verify=False)
+            if type(refs) is not dict or not all(
+                type(name) is str and type(ref) is list and len(ref) == 2 and all(type(part) is str for part in ref)
+                for name, ref in refs.items()
+            ):
+                raise CorruptEntryError("bad extern_kernels record")
+            externs = {name: (ref[0], ref[1]) for name, ref in refs.items()}
+        return cls(entry, kernels, winners, tuned, externs)
 
     def guards_hold(self, example_inputs: Sequence[Any]) -> bool:
         return compat.guards_hold(self.entry, example_inputs)
@@ -124,15 +143,23 @@ class CompiledGraph:
         if tuned:
             log.info("artcache: autotuning served from the entry: %s", sorted(tuned.items()))
         through_triton = triton_compat.rebuilt_through_triton(self.entry, self.triton_kernels())
+        lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in self._output_codes())
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
             self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton
-        ):
+        ), lean_load.hit_post_compile() as lean:
+            log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
+                      lightened, len(self._output_codes()), lean)
             return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)
+
+    def _output_codes(self) -> list[Any]:
+        """The forward and backward ``CompiledFxGraph`` (those present)."""
+        parts = (getattr(self.entry, "compiled_fw", None), getattr(self.entry, "compiled_bw", None))
+        return [graph for graph in map(_output_code, parts) if graph is not None]
 
     # -- inspect ---------------------------------------------------------------------------
     def summary(self, gm: torch.fx.GraphModule, input_specs: Sequence[str]) -> dict[str, Any]:
         """Plain data for the manifest, read by ``artcache inspect`` (no code runs there)."""
-        graphs = [g for g in (_output_code(self.entry.compiled_fw), _output_code(self.entry.compiled_bw)) if g is not None]
+        graphs = self._output_codes()
         kernels = [
             {"name": k.key[:16], "kind": "cpp", "loader": k.cache_class, "bytes": len(k.library)}
             for k in sorted(self.cpp_kernels.values(), key=lambda k: k.key)

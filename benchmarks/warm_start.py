@@ -28,6 +28,8 @@ What each child measures (all in seconds, medians over ``--repeats``):
   on CUDA.  Starting before ``torch.compile`` (not at the first call) keeps backend lookup
   and its imports inside the window for every backend alike: ``"artcache"`` resolves through
   an entry point at ``torch.compile`` time, Inductor imports its compiler at the first call.
+  ``torch._dynamo`` itself is imported before the clock in every child (importing
+  transformers or torchvision does that anyway; otherwise only the MLP would time it).
 * **to first result**: from the parent's spawn of the child to that same point, i.e.
   interpreter start, imports, model build, compile or load, first run: what a job waits for.
 * **whole child**: spawn to exit, including the steady-state loop below and teardown.
@@ -281,6 +283,12 @@ def child_main(args: argparse.Namespace) -> None:
     import torch
 
     import_s = time.perf_counter() - t_import
+    # Dynamo itself is imported before the clock, in every child: importing transformers or
+    # torchvision does it anyway, so without this the MLP alone would time it (seconds).
+    t_dynamo = time.perf_counter()
+    import torch._dynamo
+
+    import_dynamo_s = time.perf_counter() - t_dynamo
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -291,7 +299,8 @@ def child_main(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(device)
 
     backend = BACKENDS[args.variant]
-    result: dict[str, Any] = {"variant": args.variant, "model": args.model, "backend": backend, "import_torch_s": import_s}
+    result: dict[str, Any] = {"variant": args.variant, "model": args.model, "backend": backend, "import_torch_s": import_s,
+                              "import_dynamo_s": import_dynamo_s}
     if backend == "artcache":
         result["artcache_backend_via"] = "registered" if args.register_backend else "entry-point"
 

@@ -6,8 +6,10 @@ on a plain Inductor compile (tests check that too), so the check can fail.
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import subprocess
+import sys
 from typing import Any
 
 CALLS: list[str] = []
@@ -57,25 +59,83 @@ TARGETS = [
 ]
 
 
-def install(*, forbid_subprocess: bool = True) -> list[str]:
-    """Patch every target; return the names patched."""
-    import importlib
+# Inductor's compiler: a warm start that loads from artcache imports none of these (outside
+# mode="reduce-overhead", whose CUDA-graph trees import compile_fx).
+COMPILER_MODULES = (
+    "torch._inductor.compile_fx",
+    "torch._inductor.graph",
+    "torch._inductor.lowering",
+    "torch._inductor.select_algorithm",
+)
 
+
+def compiler_modules_imported() -> list[str]:
+    return [name for name in COMPILER_MODULES if name in sys.modules]
+
+
+def install(*, forbid_subprocess: bool = True) -> list[str]:
+    """Patch every target: now where its module is imported, else the moment it is.
+
+    Importing nothing itself matters: the warm path's claim is also about what it does not
+    import (Inductor's compiler), so the tripwires must leave the import state alone.
+    Returns the targets patched now and those armed for their module's import (a name
+    that this torch lacks is skipped when its module imports)."""
+    import sys
+
+    pending: dict[str, list[str]] = {}
     patched = []
     for module_name, path in TARGETS:
-        try:
-            owner: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        *parents, attr = path.split(".")
-        for parent in parents:
-            owner = getattr(owner, parent, None)
-        if owner is None or not hasattr(owner, attr):
-            continue
-        setattr(owner, attr, _trip(f"{module_name}.{path}"))
-        patched.append(f"{module_name}.{path}")
+        if module_name in sys.modules:
+            if _patch(sys.modules[module_name], module_name, path):
+                patched.append(f"{module_name}.{path}")
+        else:
+            pending.setdefault(module_name, []).append(path)
+            patched.append(f"{module_name}.{path}")
+    if pending:
+        sys.meta_path.insert(0, _PatchOnImport(pending))
     if forbid_subprocess:
         subprocess.Popen.__init__ = _trip("subprocess.Popen")  # type: ignore[method-assign]
         os.fork = _trip("os.fork")
         patched.append("subprocess")
     return patched
+
+
+def _patch(module: Any, module_name: str, path: str) -> bool:
+    owner = module
+    *parents, attr = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent, None)
+    if owner is None or not hasattr(owner, attr):
+        return False
+    setattr(owner, attr, _trip(f"{module_name}.{path}"))
+    return True
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the real loader of a target module so that its
+    tripwires go in right after the module body ran."""
+
+    def __init__(self, pending: dict[str, list[str]]) -> None:
+        self.pending = pending
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in self.pending:
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None:
+            return spec
+        paths, loader = self.pending[name], spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            for attr_path in paths:
+                _patch(module, name, attr_path)
+
+        loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec

@@ -58,6 +58,13 @@ def test_cold_saves_and_warm_only_hits(corpus_runs: dict[str, Any]) -> None:
     assert warm["hits"] == cold["saves"]
 
 
+def test_warm_corpus_never_imports_the_compiler(corpus_runs: dict[str, Any]) -> None:
+    """Every hit loaded its graphs without importing Inductor's lowering, codegen or
+    select_algorithm (artcache/_lean_load.py); the tripwires import nothing themselves."""
+    warm = json.loads(corpus_runs["warm"]["stats"])
+    assert warm["compiler_imported"] == {}, warm["compiler_imported"]
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
 
@@ -102,16 +109,18 @@ program = PROGRAMS[{name!r}]
 {before}
 run_program(program, lambda fn: torch.compile(fn, backend=backend))
 s = cache.stats()
-print(json.dumps({{"hits": s.hits, "misses": s.misses, "saves": s.saves}}))
+print(json.dumps({{"hits": s.hits, "misses": s.misses, "saves": s.saves, **({report})}}))
 """
 
 
-def _probe(corpus_runs: dict[str, Any], name: str, *, setup: str = "", before: str = "", tag: str = "") -> dict[str, Any]:
+def _probe(
+    corpus_runs: dict[str, Any], name: str, *, setup: str = "", before: str = "", tag: str = "", report: str = "{}"
+) -> dict[str, Any]:
     tmp = corpus_runs["tmp"]
     store = tmp / f"store-{tag}"
     shutil.copytree(tmp / "store", store)  # each probe saves into its own copy
     proc = run_python(
-        _PROBE.format(setup=setup, before=before, name=name),
+        _PROBE.format(setup=setup, before=before, name=name, report=report),
         env={"ARTCACHE_STORE": f"file://{store}", "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{tag}")},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -134,6 +143,18 @@ def test_unchanged_program_hits_in_probe(corpus_runs: dict[str, Any]) -> None:
 def test_changed_factor_misses(corpus_runs: dict[str, Any], tag: str, setup: str, before: str) -> None:
     result = _probe(corpus_runs, "mlp_infer", setup=setup, before=before, tag=tag)
     assert result["hits"] == 0 and result["misses"] == {"absent": 1} and result["saves"] == 1
+
+
+def test_output_code_hook_still_called_when_graph_module_loaded(corpus_runs: dict[str, Any]) -> None:
+    """The lean post-compile skips importing torch._inductor.graph only; where that module
+    is loaded (so its test hook may be set), a hit calls the hook as torch's own code does."""
+    setup = (
+        "import torch._inductor.graph as g\n"
+        "seen = []\n"
+        "g.GraphLowering.save_output_code = staticmethod(seen.append)\n"
+    )
+    result = _probe(corpus_runs, "mlp_infer", setup=setup, tag="hook", report='{"seen": len(seen)}')
+    assert result["hits"] == 1 and result["seen"] == 1, result
 
 
 def test_shape_outside_guards_misses(corpus_runs: dict[str, Any]) -> None:

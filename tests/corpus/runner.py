@@ -80,11 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         backend = cache.backend()
         compile_fn = lambda fn: torch.compile(fn, backend=backend)  # noqa: E731
     results = {}
+    from tests import _tripwire
+
+    # The first program after which Inductor's compiler was imported (a warm run should
+    # import it never: artcache/_lean_load.py), with what was imported.
+    compiler_imported: dict[str, Any] = {}
     for name in names:
         # torch.compile wraps plain functions in one shared frame; without a reset, its
         # recompile limit would silently run later programs eagerly.
         torch._dynamo.reset()
         results[name] = run_program(PROGRAMS[name], compile_fn)
+        if not compiler_imported and _tripwire.compiler_modules_imported():
+            compiler_imported = {"program": name, "modules": _tripwire.compiler_modules_imported()}
         print(f"ran {name}", file=sys.stderr, flush=True)
     stats = cache.stats() if cache is not None else None
     torch.save(
@@ -92,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "stats": json.dumps(
                 {"hits": stats.hits, "misses": dict(stats.misses), "saves": stats.saves,
-                 "uncacheable": dict(stats.uncacheable), "errors": dict(stats.errors)} if stats else {}
+                 "uncacheable": dict(stats.uncacheable), "errors": dict(stats.errors),
+                 "compiler_imported": compiler_imported} if stats else {}
             ),
         },
         args.out,

@@ -150,6 +150,9 @@ def main() -> None:
     stats = cache.stats()
     from tests import _tripwire
 
+    # Before _cudagraph_info below, which imports cudagraph_trees (and with it compile_fx).
+    compiler_imported = _tripwire.compiler_modules_imported()
+
     result: dict[str, Any] = {
         "case": case_name,
         "role": role,
@@ -168,6 +171,7 @@ def main() -> None:
         "tripwires_patched": len(patched),
         "tripwires": patched,
         "tripwires_tripped": list(_tripwire.CALLS),
+        "compiler_modules_imported": compiler_imported,
         "triton_cache_dir_files": _files(os.environ.get("TRITON_CACHE_DIR")),
         "inductor_counters": {k: v for k, v in torch._dynamo.utils.counters["inductor"].items()},
         "cudagraph": _cudagraph_info(),

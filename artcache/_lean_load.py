@@ -1,0 +1,292 @@
+"""A warm start without Inductor's compiler: the two places a hit would import it, avoided.
+
+Importing ``torch._inductor.graph`` or ``torch._inductor.select_algorithm`` imports
+Inductor's lowering, its kernel templates and most of its code generator: 0.7 s of a warm
+MLP's 2.9 s first call on a 2-core CPU, several seconds on the H100 machine (no ``.pyc``
+there).  A compiling process has all of it already; running a compiled graph needs none of
+it.  torch's own warm start pays it, because its cache-hit path is written for a process
+that may compile.  A hit reaches it twice, and this module removes both, each only where
+it can show that nothing else changes:
+
+1. **The generated wrapper** starts with::
+
+       from torch._inductor.codegen.memory_planning import _align as align
+       from torch._inductor.select_algorithm import extern_kernels
+
+   and uses ``extern_kernels`` only as a namespace of callables (``extern_kernels.addmm(...,
+   out=buf0)``) that ``ExternKernelChoice`` fills while Inductor's kernel modules import.
+   At capture (a compiling process, where that namespace is full) each name the source uses
+   is recorded as the import path of the very object torch registered under it
+   (:func:`extern_kernel_refs`; accepted only when resolving the path gives back that object).
+   On a hit, :func:`lighten` replaces the import line by one that builds the same namespace
+   from those paths when all of these hold, and otherwise leaves the source as torch wrote it:
+
+   - the line is there exactly once, and ``extern_kernels`` is used only as ``extern_kernels.X``;
+   - every such ``X`` has a reference, and every reference resolves again, to a callable;
+   - every ``torch.ops`` operator the source names (directly or through the wrapper's
+     ``aten = torch.ops.aten``-style aliases) is registered already: some are registered by
+     modules that the skipped import would have loaded.
+
+   The ``align`` import (``memory_planning``) is dropped only when the name occurs nowhere
+   else in the source.  Lines are replaced one for one, so the graph's line map (tracebacks
+   to FX nodes) stays right.  The lightened source gets its own ``cache_key`` (torch's hash of
+   the text, from ``PyCodeCache.write``), so its module file never stands in for torch's
+   original.  References name modules under ``torch`` only: an entry can make the loader
+   import nothing else.
+
+2. **``FxGraphCache.cache_hit_post_compile``** (run for every loaded graph) ends with
+   ``from .graph import GraphLowering`` only to call a test hook,
+   ``GraphLowering.save_output_code``, when one is set.  While ``torch._inductor.graph`` is
+   not imported nobody can have set it, so :func:`hit_post_compile` returns torch's function
+   rebuilt from torch's own source with that import made conditional on the module being
+   loaded already: every other step (Triton bundle, autotune-cache bundler, metrics, the
+   module load, logging) stays torch's code.  When the source is unavailable or differs
+   from the expected text, torch's function is used unchanged.
+
+Both apply on the torch versions whose runtime was checked to need nothing else from those
+imports (:data:`CHECKED_TORCH`): ``CompiledFxGraph.__call__`` reads ``torch._inductor.debug``,
+which ``graph`` used to import, so :func:`runtime_imports` imports it.  On any other version a
+hit imports what torch's path imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import logging
+import re
+import sys
+import textwrap
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXTERN_IMPORT = "from torch._inductor.select_algorithm import extern_kernels"
+ALIGN_IMPORT = "from torch._inductor.codegen.memory_planning import _align as align"
+
+_EXTERN_USE = re.compile(r"\bextern_kernels\.([A-Za-z_]\w*)")
+_EXTERN_ANY = re.compile(r"\bextern_kernels\b")
+_ALIGN_ANY = re.compile(r"\balign\b")
+_OP_USE = re.compile(r"\btorch\.ops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
+_OP_ALIAS = re.compile(r"^([A-Za-z_]\w*) = torch\.ops\.([A-Za-z_]\w*)$", re.MULTILINE)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+Ref = tuple[str, str]  # (module, attribute path inside it)
+
+# torch releases (major.minor) on which a hit was checked to run with neither import: the
+# CPU corpus on 2.13 (CI), the GPU cases on 2.11 (tests/gpu).
+CHECKED_TORCH = frozenset({"2.11", "2.13"})
+
+
+def applies() -> bool:
+    """Whether this torch is one the lean hit path was checked on."""
+    import torch
+
+    return ".".join(torch.__version__.split(".")[:2]) in CHECKED_TORCH
+
+
+def runtime_imports() -> None:
+    """What running a loaded graph needs that the skipped imports used to bring in."""
+    # CompiledFxGraph.__call__ reads torch._inductor.debug.RECORD_GRAPH_EXECUTION as an
+    # attribute of the package: present only once something imported the submodule.
+    importlib.import_module("torch._inductor.debug")
+
+
+# -- capture ------------------------------------------------------------------------------
+def extern_kernel_refs(sources: Iterable[str]) -> dict[str, Ref]:
+    """``{name: (module, path)}`` for every ``extern_kernels.<name>`` in ``sources`` whose
+    registered callable is reachable by an import path under ``torch``.  A name without
+    one is left out, which keeps its graph's import as it is on a hit."""
+    names = sorted({name for source in sources for name in _EXTERN_USE.findall(source)})
+    # Read, never imported: in a compiling process Inductor loaded it; anywhere else there is
+    # nothing to record, and importing it here would cost what this module saves.
+    select_algorithm = sys.modules.get("torch._inductor.select_algorithm")
+    if not names or select_algorithm is None:
+        return {}
+    namespace = select_algorithm.extern_kernels
+    refs: dict[str, Ref] = {}
+    for name in names:
+        obj = getattr(namespace, name, None)
+        ref = _reference(obj) if obj is not None else None
+        if ref is not None:
+            refs[name] = ref
+        else:
+            log.debug("artcache: extern kernel %s (%r) has no import path; its graph keeps the import", name, obj)
+    return refs
+
+
+def _reference(obj: Any) -> Ref | None:
+    for module, path in _candidates(obj):
+        if isinstance(module, str) and isinstance(path, str) and _resolve(module, path) is obj:
+            return module, path
+    return None
+
+
+def _candidates(obj: Any) -> list[tuple[Any, Any]]:
+    import torch
+
+    if isinstance(obj, torch._ops.OpOverload):
+        return [("torch", f"ops.{obj.namespace}.{obj._opname}.{obj._overloadname}")]
+    if isinstance(obj, torch._ops.OpOverloadPacket):
+        namespace, _, name = obj._qualified_op_name.partition("::")
+        return [("torch", f"ops.{namespace}.{name}")]
+    module = getattr(obj, "__module__", None)
+    # torch.addmm's __qualname__ is "_VariableFunctionsClass.addmm"; its __name__ finds it.
+    return [(module, getattr(obj, "__qualname__", None)), (module, getattr(obj, "__name__", None))]
+
+
+def _resolve(module: str, path: str) -> Any:
+    """The object at ``module``.``path``, or None.  Imports ``module`` (under torch only)."""
+    if not (module == "torch" or module.startswith("torch.")) or not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(path):
+        return None
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in path.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):  # torch.ops raises AttributeError for an unknown op
+        return None
+    return obj
+
+
+# -- load ---------------------------------------------------------------------------------
+def kernel_namespace(refs: tuple[tuple[str, str, str], ...]) -> types.SimpleNamespace:
+    """Called by a lightened wrapper at import: the ``extern_kernels`` it uses."""
+    kernels = {}
+    for name, module, path in refs:
+        obj = _resolve(module, path)
+        if not callable(obj):
+            raise ImportError(f"artcache: extern kernel {name} ({module}:{path}) is not importable")  # noqa: TRY004 - an import that failed
+        kernels[name] = obj
+    return types.SimpleNamespace(**kernels)
+
+
+def lighten_source(source: str, refs: Mapping[str, Ref]) -> str | None:
+    """``source`` with the imports it does not need replaced, or None to keep it as it is."""
+    lines = source.split("\n")
+    extern_at = [i for i, line in enumerate(lines) if line == EXTERN_IMPORT]
+    if len(extern_at) != 1:
+        return None
+    used = sorted(set(_EXTERN_USE.findall(source)))
+    if len(_EXTERN_ANY.findall(source)) != 1 + len(_EXTERN_USE.findall(source)):
+        return None  # the namespace itself is passed around somewhere
+    if any(name not in refs for name in used):
+        return None
+    needed = tuple((name, *refs[name]) for name in used)
+    if not all(callable(_resolve(module, path)) for _, module, path in needed):
+        return None
+    if not _ops_registered(source):
+        return None
+    lines[extern_at[0]] = (
+        "from artcache._lean_load import kernel_namespace as _artcache_kernel_namespace; "
+        f"extern_kernels = _artcache_kernel_namespace({needed!r})"
+    )
+    align_at = [i for i, line in enumerate(lines) if line == ALIGN_IMPORT]
+    if len(align_at) == 1 and len(_ALIGN_ANY.findall(source)) == 1:
+        lines[align_at[0]] = ""
+    return "\n".join(lines)
+
+
+def _ops_registered(source: str) -> bool:
+    import torch
+
+    aliases = dict(_OP_ALIAS.findall(source))
+    used = set(_OP_USE.findall(source))
+    for alias, namespace in aliases.items():
+        used |= {(namespace, op) for op in re.findall(rf"\b{re.escape(alias)}\.([A-Za-z_]\w*)", source)}
+    for namespace, op in sorted(used):
+        try:
+            getattr(getattr(torch.ops, namespace), op)
+        except AttributeError:
+            log.debug("artcache: torch.ops.%s.%s not registered yet; the wrapper keeps its imports", namespace, op)
+            return False
+    return True
+
+
+def lighten(graph: Any, refs: Mapping[str, Ref]) -> bool:
+    """Lighten one ``CompiledFxGraph`` (freshly deserialized, so this process's own) in
+    place before torch loads its module.  True when its source changed."""
+    source = getattr(graph, "source_code", None)
+    if not isinstance(source, str) or not applies():
+        return False
+    lightened = lighten_source(source, refs)
+    if lightened is None:
+        return False
+    # Reaches into torch: CompiledFxGraph.write_to_disk names the module file by cache_key,
+    # which torch sets to the hash of the source (PyCodeCache.write), so the key must follow
+    # the text, or an existing file of the original source would be loaded instead (or ours
+    # found later by torch under the original's key).
+    from torch._inductor.codecache import PyCodeCache
+
+    write = getattr(PyCodeCache, "write", None)
+    if write is None:
+        return False
+    key, _ = write(lightened)
+    graph.source_code = lightened
+    graph.cache_key = key
+    return True
+
+
+# -- FxGraphCache.cache_hit_post_compile ----------------------------------------------------
+_HOOK_IMPORT = re.compile(r"^(?P<indent>[ ]+)from \.graph import GraphLowering$", re.MULTILINE)
+_HOOK_TEST = re.compile(r"^(?P<indent>[ ]+)if GraphLowering\.save_output_code is not None:$", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def hit_post_compile() -> Iterator[bool]:
+    """While entered, torch's cache-hit post-compile step runs without importing
+    ``torch._inductor.graph`` (module docstring, point 2).  Yields whether it does."""
+    from torch._inductor.codecache import FxGraphCache
+
+    from ._torch_compat import _patched
+
+    lean = _post_compile_without_graph_import() if applies() else None
+    if lean is None:
+        yield False
+        return
+    # Process-wide for the length of one rebuild: another thread's torch cache hit in that
+    # window runs the same steps, and reads the hook the same way once graph is imported.
+    runtime_imports()
+    with _patched(FxGraphCache, "cache_hit_post_compile", staticmethod(lean)):
+        yield True
+
+
+@functools.cache  # a pure function of torch's installed source: derive it once per process
+def _post_compile_without_graph_import() -> Callable[..., Any] | None:
+    from torch._inductor.codecache import FxGraphCache
+
+    original = getattr(FxGraphCache.__dict__.get("cache_hit_post_compile"), "__func__", None)
+    if not isinstance(original, types.FunctionType) or original.__code__.co_freevars:
+        return None
+    try:
+        source = textwrap.dedent(inspect.getsource(original))
+    except (OSError, TypeError):  # no source installed
+        return None
+    imports, tests = _HOOK_IMPORT.findall(source), _HOOK_TEST.findall(source)
+    if len(imports) != 1 or len(tests) != 1 or source.count("GraphLowering") != 3:
+        log.debug("artcache: cache_hit_post_compile is not the expected text; torch's is used")
+        return None
+    # GraphLowering is None unless torch._inductor.graph was imported already; the hook is
+    # a class attribute of it, so with the module unloaded it cannot have been set.
+    source = _HOOK_IMPORT.sub(
+        lambda m: m["indent"] + 'GraphLowering = getattr(__import__("sys").modules.get("torch._inductor.graph"), "GraphLowering", None)',
+        source,
+    )
+    source = _HOOK_TEST.sub(
+        lambda m: m["indent"] + "if GraphLowering is not None and GraphLowering.save_output_code is not None:", source
+    )
+    # Padded so tracebacks point at the real lines of torch's file.
+    padding = "\n" * (original.__code__.co_firstlineno - 1)
+    module_code = compile(padding + source, original.__code__.co_filename, "exec", dont_inherit=True)
+    codes = [c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == original.__name__]
+    if len(codes) != 1:
+        return None
+    # torch's module globals, so every other name resolves exactly as in torch's function.
+    lean = types.FunctionType(codes[0], original.__globals__, original.__name__, original.__defaults__)
+    lean.__kwdefaults__ = original.__kwdefaults__
+    lean.__qualname__ = original.__qualname__
+    lean.__doc__ = original.__doc__
+    return lean
