@@ -43,6 +43,9 @@ it can show that nothing else changes:
    module load, logging) stays torch's code.  When the source is unavailable or differs
    from the expected text, torch's function is used unchanged.
 
+Neither applies to a graph with a kernel that torch rebuilds through ``triton.compile`` (no
+static launcher): on torch 2.11 Triton's file-cache lookup for it missed without the
+compiler's imports, so such a graph loads by torch's own path (``CompiledGraph.load``).
 Both apply on the torch versions whose runtime was checked to need nothing else from those
 imports (:data:`CHECKED_TORCH`): ``CompiledFxGraph.__call__`` reads ``torch._inductor.debug``,
 which ``graph`` used to import, so :func:`runtime_imports` imports it.  On any other version a
@@ -236,14 +239,14 @@ _HOOK_TEST = re.compile(r"^(?P<indent>[ ]+)if GraphLowering\.save_output_code is
 
 
 @contextlib.contextmanager
-def hit_post_compile() -> Iterator[bool]:
+def hit_post_compile(*, enabled: bool = True) -> Iterator[bool]:
     """While entered, torch's cache-hit post-compile step runs without importing
     ``torch._inductor.graph`` (module docstring, point 2).  Yields whether it does."""
     from torch._inductor.codecache import FxGraphCache
 
     from ._torch_compat import _patched
 
-    lean = _post_compile_without_graph_import() if applies() else None
+    lean = _post_compile_without_graph_import() if enabled and applies() else None
     if lean is None:
         yield False
         return

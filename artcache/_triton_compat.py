@@ -84,6 +84,21 @@ def static_autotuners(entry: Any) -> list[Any]:
     return [sa for bundle in bundles(entry) for sa in (getattr(bundle, "static_autotuners", None) or ())]
 
 
+def static_bundle_keys(entry: Any) -> dict[str, str]:
+    """``{kernel file stem: bundle key}`` for the entry's statically launchable kernels.
+
+    torch files each static autotuner in its bundle under ``CompiledTritonKernels.key(src)``
+    = ``code_hash(src, extra=torch_key())`` and names the kernel's module file
+    ``code_hash(src.strip()).py`` (``PyCodeCache.write``), both for the same ``src``: so the
+    stem, which a hit computes from ``src`` without ``torch_key``, finds the bundle key."""
+    keys = {}
+    for sa in static_autotuners(entry):
+        stem = kernel_file_key(getattr(sa.kernel, "filename", None)).removesuffix(".py")
+        if stem and isinstance(getattr(sa, "cache_key", None), str):
+            keys[stem] = sa.cache_key
+    return keys
+
+
 def kernel_file_key(filename: str | None) -> str:
     """A kernel's identity across processes: the basename of its source file, which
     Inductor names by a hash of the kernel source (the directory differs per process)."""
@@ -355,12 +370,17 @@ def rebuilt_through_triton(entry: Any, kernels: KernelRefs) -> bool:
 
 
 @contextlib.contextmanager
-def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path, *, through_triton: bool = False) -> Iterator[None]:
+def serve_triton(
+    winners: Mapping[str, dict[str, Any]], triton_dir: Path, *, through_triton: bool = False,
+    bundle_keys: Mapping[str, str] | None = None,
+) -> Iterator[None]:
     """While active: stored cubins are emitted into and loaded from ``triton_dir`` (not
     Triton's cache), tuning answers come from ``winners``, and nothing is compiled in a
     worker pool (``compile_threads=1``: with everything prebuilt there is nothing to farm out,
     and asking whether the pool is ready would start it).  ``through_triton``: some kernel
-    will be rebuilt through ``triton.compile`` (see :func:`_prime_ptxas_version`)."""
+    will be rebuilt through ``triton.compile`` (see :func:`_prime_ptxas_version`).
+    ``bundle_keys``: :func:`static_bundle_keys` of the entry, so that finding its static
+    launchers does not hash torch's sources (``torch_key``, 0.3 s and more per process)."""
     if not triton_available():
         yield
         return
@@ -395,6 +415,8 @@ def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path, *, thr
             if hasattr(module, "triton_cache_dir"):
                 stack.enter_context(_patched(module, "triton_cache_dir", private_dir))
         stack.enter_context(_patched(ac.AutotuneCache, "create", staticmethod(create)))
+        if bundle_keys:
+            stack.enter_context(_bundle_keys_served(bundle_keys))
         # torch 2.11's cache_hit_post_compile calls autotune_cache.inductor_meta_from_config()
         # only to start the *remote* autotune bundler; its backend hash initializes Triton's
         # driver, which runs `ldconfig -p` and builds Triton's launcher helper in
@@ -412,6 +434,34 @@ def serve_triton(winners: Mapping[str, dict[str, Any]], triton_dir: Path, *, thr
         # triton_cache_dir() when it is unset: that would be our private directory (patched
         # above) for the rest of the process.  Put the variable back as it was.
         stack.enter_context(_env_restored("TRITON_CACHE_DIR"))
+        yield
+
+
+@contextlib.contextmanager
+def _bundle_keys_served(bundle_keys: Mapping[str, str]) -> Iterator[None]:
+    """``CompiledTritonKernels.key`` answers the entry's sources from ``bundle_keys``.
+
+    Reaches into torch: ``AsyncCompile.triton`` looks each kernel up, in the table where
+    the bundle registered its static launchers, by ``code_hash(src, extra=torch_key())``;
+    ``torch_key`` hashes every source file of torch.  The stored key is that same value as
+    the compiling process computed it: the entry's key holds the torch version, as for
+    everything else it stores.  Sources the entry does not know get torch's own key."""
+    from torch._inductor import async_compile
+    from torch._inductor.codecache import code_hash
+
+    from ._torch_compat import _patched
+
+    table = getattr(async_compile, "CompiledTritonKernels", None)
+    original = getattr(table, "key", None)
+    if original is None:
+        yield
+        return
+
+    def key(kernel_src: str) -> str:
+        found = bundle_keys.get(code_hash(kernel_src.strip())) if isinstance(kernel_src, str) else None
+        return found if found is not None else original(kernel_src)
+
+    with _patched(table, "key", staticmethod(key)):
         yield
 
 

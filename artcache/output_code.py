@@ -143,10 +143,15 @@ class CompiledGraph:
         if tuned:
             log.info("artcache: autotuning served from the entry: %s", sorted(tuned.items()))
         through_triton = triton_compat.rebuilt_through_triton(self.entry, self.triton_kernels())
-        lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in self._output_codes())
+        # A kernel rebuilt through triton.compile is found in Triton's file cache only when its
+        # key matches the compiling process's, and on torch 2.11 it did not without the
+        # compiler's imports (GPU case "nonstatic"): such a graph loads by torch's own path.
+        lean = not through_triton
+        lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in self._output_codes()) if lean else 0
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
-            self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton
-        ), lean_load.hit_post_compile() as lean:
+            self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton,
+            bundle_keys=triton_compat.static_bundle_keys(self.entry),
+        ), lean_load.hit_post_compile(enabled=lean) as lean:
             log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                       lightened, len(self._output_codes()), lean)
             return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)

@@ -10,9 +10,11 @@ import importlib.abc
 import os
 import subprocess
 import sys
+import traceback
 from typing import Any
 
 CALLS: list[str] = []
+STACKS: list[str] = []  # where each trip came from, for the failure message
 
 
 class TripwireError(RuntimeError):
@@ -22,6 +24,7 @@ class TripwireError(RuntimeError):
 def _trip(name: str) -> Any:
     def tripped(*args: Any, **kwargs: Any) -> Any:
         CALLS.append(name)
+        STACKS.append(f"{name}:\n" + "".join(traceback.format_stack(limit=16)[:-1]))
         raise TripwireError(f"tripwire: {name} ran in the warm process")
 
     # Some targets are functools caches that torch clears on reset; clearing is harmless.
@@ -117,16 +120,22 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
     def __init__(self, pending: dict[str, list[str]]) -> None:
         self.pending = pending
+        self.resolving: set[str] = set()
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name not in self.pending:
+        # Another finder of this kind may ask every finder too: answer nothing while asking.
+        if name not in self.pending or name in self.resolving:
             return None
-        spec = None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None) if finder is not self else None
-            spec = find(name, path, target) if find is not None else None
-            if spec is not None:
-                break
+        self.resolving.add(name)
+        try:
+            spec = None
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None) if finder is not self else None
+                spec = find(name, path, target) if find is not None else None
+                if spec is not None:
+                    break
+        finally:
+            self.resolving.discard(name)
         if spec is None or spec.loader is None:
             return spec
         paths, loader = self.pending[name], spec.loader
