@@ -2,8 +2,8 @@
 
 Importing ``torch._inductor.graph`` or ``torch._inductor.select_algorithm`` imports
 Inductor's lowering, its kernel templates and most of its code generator: 0.7 s of a warm
-MLP's 2.9 s first call on a 2-core CPU, several seconds on the H100 machine (no ``.pyc``
-there).  A compiling process has all of it already; running a compiled graph needs none of
+MLP's 2.9 s first call on a 2-core CPU, 2.6 s on the H100 machine before its site-packages
+were byte-compiled (profiled).  A compiling process has all of it already; running a compiled graph needs none of
 it.  torch's own warm start pays it, because its cache-hit path is written for a process
 that may compile.  A hit reaches it twice, and this module removes both, each only where
 it can show that nothing else changes:
@@ -44,8 +44,10 @@ it can show that nothing else changes:
    from the expected text, torch's function is used unchanged.
 
 Neither applies to a graph with a kernel that torch rebuilds through ``triton.compile`` (no
-static launcher): on torch 2.11 Triton's file-cache lookup for it missed without the
-compiler's imports, so such a graph loads by torch's own path (``CompiledGraph.load``).
+static launcher): the GPU case that covers such kernels (``nonstatic``) fails for another
+reason (one ``triton.compile`` lookup misses, with or without this module;
+``benchmarks/results/gpu_verification.md``), so it cannot show the lean load right there,
+and such a graph loads by torch's own path (``CompiledGraph.load``).
 Both apply on the torch versions whose runtime was checked to need nothing else from those
 imports (:data:`CHECKED_TORCH`): ``CompiledFxGraph.__call__`` reads ``torch._inductor.debug``,
 which ``graph`` used to import, so :func:`runtime_imports` imports it.  On any other version a
@@ -250,8 +252,9 @@ def hit_post_compile(*, enabled: bool = True) -> Iterator[bool]:
     if lean is None:
         yield False
         return
-    # Process-wide for the length of one rebuild: another thread's torch cache hit in that
-    # window runs the same steps, and reads the hook the same way once graph is imported.
+    # Process-wide for the length of one rebuild.  Rebuilds never interleave (Dynamo calls
+    # backends under its global compile_lock), and a torch cache hit on another thread in
+    # that window runs the same steps, reading the hook the same way once graph is imported.
     runtime_imports()
     with _patched(FxGraphCache, "cache_hit_post_compile", staticmethod(lean)):
         yield True

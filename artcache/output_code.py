@@ -143,9 +143,9 @@ class CompiledGraph:
         if tuned:
             log.info("artcache: autotuning served from the entry: %s", sorted(tuned.items()))
         through_triton = triton_compat.rebuilt_through_triton(self.entry, self.triton_kernels())
-        # A kernel rebuilt through triton.compile is found in Triton's file cache only when its
-        # key matches the compiling process's, and on torch 2.11 it did not without the
-        # compiler's imports (GPU case "nonstatic"): such a graph loads by torch's own path.
+        # Graphs with kernels rebuilt through triton.compile load by torch's own path: the GPU
+        # case covering them ("nonstatic") fails for another reason, so it cannot show the
+        # lean load right for them (_lean_load's docstring).
         lean = not through_triton
         lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in self._output_codes()) if lean else 0
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
