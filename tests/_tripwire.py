@@ -63,7 +63,8 @@ TARGETS = [
 
 
 # Inductor's compiler: a warm start that loads from artcache imports none of these (outside
-# mode="reduce-overhead", whose CUDA-graph trees import compile_fx).
+# the CUDA-graph modes, reduce-overhead and max-autotune, whose post-compile imports
+# compile_fx; see artcache/_lean_load.py).
 COMPILER_MODULES = (
     "torch._inductor.compile_fx",
     "torch._inductor.graph",
@@ -83,8 +84,6 @@ def install(*, forbid_subprocess: bool = True) -> list[str]:
     import (Inductor's compiler), so the tripwires must leave the import state alone.
     Returns the targets patched now and those armed for their module's import (a name
     that this torch lacks is skipped when its module imports)."""
-    import sys
-
     pending: dict[str, list[str]] = {}
     patched = []
     for module_name, path in TARGETS:
