@@ -76,7 +76,7 @@ class ArtcacheBackend:
                 stack.enter_context(static_launch.adopting_long_named_kernels())
             compiled = compat.compile_fx(gm, example_inputs)
         compile_s = time.perf_counter() - start
-        graph = CompiledGraph(capture.entry, dict(capture.cpp_kernels))
+        graph = CompiledGraph.captured(capture.entry, dict(capture.cpp_kernels))
         self._save(key, graph, gm, specs, values, compile_s)
         kernels = graph.triton_kernels() if on_gpu else None
         if kernels:

@@ -51,8 +51,18 @@ class CompiledGraph:
     winners: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     # "<kernel file>" -> compiled winners found by coordinate descent (StaticTritonCompileResult)
     tuned_results: Mapping[str, list[Any]] = field(default_factory=dict)
-    # Read from a loaded entry (``to_blobs`` computes it afresh in the compiling process).
+    # "<name>" -> import path of the callable the wrappers call as extern_kernels.<name>:
+    # recorded at capture (:meth:`captured`), read back on load (``_lean_load``)
     extern_kernels: Mapping[str, lean_load.Ref] = field(default_factory=dict)
+
+    @classmethod
+    def captured(cls, entry: Any, cpp_kernels: Mapping[str, compat.CppKernel]) -> CompiledGraph:
+        """The graph a compile just produced, in the compiling process (where Inductor's
+        extern-kernel registry is loaded, so the references can be recorded)."""
+        graph = cls(entry, cpp_kernels)
+        sources = (getattr(part, "source_code", None) for part in graph._output_codes())
+        refs = lean_load.extern_kernel_refs(source for source in sources if isinstance(source, str))
+        return replace(graph, extern_kernels=refs)
 
     # -- GPU tuning --------------------------------------------------------------------
     def triton_kernels(self) -> triton_compat.KernelRefs:
@@ -85,10 +95,9 @@ class CompiledGraph:
         blobs += [
             NewBlob("kernel", k.library, f"{k.cache_class}:{k.key}") for k in sorted(self.cpp_kernels.values(), key=lambda k: k.key)
         ]
-        sources = (getattr(graph, "source_code", None) for graph in self._output_codes())
-        refs = lean_load.extern_kernel_refs(source for source in sources if isinstance(source, str))
-        if refs:
-            doc = pickler.dumps({name: list(ref) for name, ref in sorted(refs.items())}, allow=compat.entry_allowlist())
+        if self.extern_kernels:
+            refs = {name: list(ref) for name, ref in sorted(self.extern_kernels.items())}
+            doc = pickler.dumps(refs, allow=compat.entry_allowlist())
             blobs.append(NewBlob("extern_kernels", doc.data))
         if self.winners or self.tuned_results:
             tuning = {"winners": dict(sorted(self.winners.items())), "results": dict(sorted(self.tuned_results.items()))}
@@ -147,13 +156,14 @@ class CompiledGraph:
         # case covering them ("nonstatic") fails for another reason, so it cannot show the
         # lean load right for them (_lean_load's docstring).
         lean = not through_triton
-        lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in self._output_codes()) if lean else 0
+        graphs = self._output_codes()
+        lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in graphs) if lean else 0
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
             self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton,
             bundle_keys=triton_compat.static_bundle_keys(self.entry),
-        ), lean_load.hit_post_compile(enabled=lean) as lean:
+        ), lean_load.hit_post_compile(enabled=lean) as lean_post_compile:
             log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
-                      lightened, len(self._output_codes()), lean)
+                      lightened, len(graphs), lean_post_compile)
             return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)
 
     def _output_codes(self) -> list[Any]:
