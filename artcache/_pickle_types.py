@@ -106,6 +106,31 @@ class ClassEntry:
     decode: Callable[[Any], Any] | None = None
 
 
+@dataclass(frozen=True)
+class DeferredCallable:
+    """A by-name reference to a callable whose module is not imported yet.
+
+    Loading an entry must not import a module only to name a function that nothing calls
+    while the entry is rebuilt (``fx_kwargs["get_decomp_fn"]`` is read only at compile
+    time, and ``torch._inductor.decomposition`` costs a quarter of a second to import).
+    The module is imported at the first call instead.  Only names the reader registered
+    with :meth:`Allowlist.register_deferred_callable` become one of these.
+    """
+
+    module: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.module}:{self.name}"
+
+    def resolve(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+
 def qualified_name(obj: Any) -> str:
     return f"{getattr(obj, '__module__', None)}:{getattr(obj, '__qualname__', None)}"
 
@@ -123,6 +148,7 @@ class Allowlist:
         self._by_cls: dict[type, ClassEntry] = {}
         self._by_name: dict[str, ClassEntry] = {}
         self._callables: dict[str, Any] = {}
+        self._deferred: set[str] = set()
         self._modules: set[str] = set()
         self._denied: set[str] = set()
         self._frozen = False
@@ -134,6 +160,7 @@ class Allowlist:
         new._by_cls = dict(self._by_cls)
         new._by_name = dict(self._by_name)
         new._callables = dict(self._callables)
+        new._deferred = set(self._deferred)
         new._modules = set(self._modules)
         new._denied = set(self._denied)
         return new
@@ -192,6 +219,15 @@ class Allowlist:
         self._check_mutable()
         self._callables[name or qualified_name(fn)] = fn
 
+    def register_deferred_callable(self, module: str, name: str) -> None:
+        """Allow the callable ``module:name`` without importing ``module`` now: while that
+        module is not imported, the name loads as a :class:`DeferredCallable` (so register
+        only callables that nothing compares by identity while the module is unloaded)."""
+        self._check_mutable()
+        if not _MODULE_RE.match(module) or not is_plain_name(name):
+            raise ValueError(f"not a callable reference: {module}:{name}")
+        self._deferred.add(f"{module}:{name}")
+
     def allow_module(self, module: str) -> None:
         """Allow, by name, callables *defined in* ``module`` (see :meth:`resolve_callable`)."""
         self._check_mutable()
@@ -219,6 +255,8 @@ class Allowlist:
         entry = self._by_cls.get(fn) if isinstance(fn, type) else None
         if entry is not None:
             return entry.name
+        if isinstance(fn, DeferredCallable) and fn.qualified in self._deferred:
+            return fn.qualified
         module = getattr(fn, "__module__", None)
         for attr in ("__qualname__", "__name__"):
             name = f"{module}:{getattr(fn, attr, None)}"
@@ -250,6 +288,8 @@ class Allowlist:
             raise CorruptEntryError(f"callable name is not a string: {name!r}")
         if name in self._callables:
             return self._callables[name]
+        if name in self._deferred:
+            return self._deferred_callable(name)
         entry = self._by_name.get(name)
         if entry is not None:
             return entry.cls
@@ -274,6 +314,17 @@ class Allowlist:
             raise CorruptEntryError(f"callable not found or not callable: {name!r}")
         if getattr(obj, "__module__", None) not in self._modules:
             raise CorruptEntryError(f"{name!r} is defined outside the allowed modules")
+        return obj
+
+
+    def _deferred_callable(self, name: str) -> Any:
+        module_name, _, attr = name.partition(":")
+        module = sys.modules.get(module_name)
+        if module is None:
+            return DeferredCallable(module_name, attr)
+        obj = vars(module).get(attr, _MISSING)
+        if obj is _MISSING or not callable(obj):
+            raise CorruptEntryError(f"callable not found or not callable: {name!r}")
         return obj
 
 

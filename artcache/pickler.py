@@ -43,7 +43,14 @@ from torch.utils._ordered_set import OrderedSet
 from artcache import _pickle_fx as fx_codec
 from artcache import _pickle_torch as tc
 from artcache._pickle_torch import EXT, corrupt_unless
-from artcache._pickle_types import Allowlist, Tag, TensorSpec, default_allowlist, qualified_name
+from artcache._pickle_types import (
+    Allowlist,
+    DeferredCallable,
+    Tag,
+    TensorSpec,
+    default_allowlist,
+    qualified_name,
+)
 from artcache.digest import content_digest, is_digest
 from artcache.errors import CorruptEntryError, IncompatibleEntryError, Uncacheable
 
@@ -196,7 +203,7 @@ class _Encoder:
         entry = self.allow.class_entry(t)
         if entry is not None:
             return _encode_obj
-        if issubclass(t, (type, types.FunctionType, types.BuiltinFunctionType)):
+        if issubclass(t, (type, types.FunctionType, types.BuiltinFunctionType, DeferredCallable)):
             return _encode_ref
         return _refuse
 

@@ -26,8 +26,18 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._ordered_set import OrderedSet
 
+from artcache._pickle_types import DeferredCallable
 from artcache.errors import CorruptEntryError, IncompatibleEntryError, Uncacheable
-from artcache.pickler import FORMAT_VERSION, Allowlist, Pickled, TensorSpec, default_allowlist, dumps, hash_object, loads
+from artcache.pickler import (
+    FORMAT_VERSION,
+    Allowlist,
+    Pickled,
+    TensorSpec,
+    default_allowlist,
+    dumps,
+    hash_object,
+    loads,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = b"ACPK" + FORMAT_VERSION.to_bytes(2, "big")
@@ -323,6 +333,32 @@ def test_callables_by_name() -> None:
     assert rt(fns) == fns and all(a is b for a, b in zip(rt(fns), fns))
     _, spec = pytree.tree_flatten(((1, 2), {"a": [3, 4], "b": None}))
     assert rt(spec) == spec
+
+
+def test_deferred_callable_is_imported_at_its_first_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deferred name loads without importing its module while that module is unloaded,
+    imports it at the first call, and is the real function whenever the module is loaded."""
+    (tmp_path / "artcache_deferred_probe.py").write_text("def double(x):\n    return 2 * x\n\ndef triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import artcache_deferred_probe as probe
+
+    allow = default_allowlist().copy()
+    allow.register_deferred_callable("artcache_deferred_probe", "double")
+    allow.freeze()
+    p = dumps({"f": probe.double}, allow=allow)
+    real_hash = hash_object(probe.double, allow=allow)
+    assert loads(p.data, p.blobs, allow=allow)["f"] is probe.double
+    with pytest.raises(Uncacheable):
+        dumps(probe.triple, allow=allow)  # only the registered name
+
+    monkeypatch.delitem(sys.modules, "artcache_deferred_probe")
+    deferred = loads(p.data, p.blobs, allow=allow)["f"]
+    assert isinstance(deferred, DeferredCallable) and "artcache_deferred_probe" not in sys.modules
+    assert hash_object(deferred, allow=allow) == real_hash  # the same bytes as the function's
+    assert deferred(21) == 42 and "artcache_deferred_probe" in sys.modules
+    forged = bytes(p.data).replace(b"double", b"triple")  # same length: still a valid document
+    with pytest.raises(CorruptEntryError, match="not allowlisted"):
+        loads(forged, p.blobs, allow=allow)
 
 
 # -- FX graphs -------------------------------------------------------------------------------
