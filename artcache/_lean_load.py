@@ -1,11 +1,11 @@
-"""A warm start without Inductor's compiler: the two places a hit would import it, avoided.
+"""A warm start without Inductor's compiler: the places a hit would import it, avoided.
 
 Importing ``torch._inductor.graph`` or ``torch._inductor.select_algorithm`` imports
 Inductor's lowering, its kernel templates and most of its code generator: 0.7 s of a warm
 MLP's 2.9 s first call on a 2-core CPU, 2.6 s on the H100 machine before its site-packages
 were byte-compiled (profiled).  A compiling process has all of it already; running a compiled graph needs none of
 it.  torch's own warm start pays it, because its cache-hit path is written for a process
-that may compile.  A hit reaches it twice, and this module removes both, each only where
+that may compile.  A hit reaches it three times, and this module removes each, only where
 it can show that nothing else changes:
 
 1. **The generated wrapper** starts with::
@@ -43,15 +43,23 @@ it can show that nothing else changes:
    module load, logging) stays torch's code.  When the source is unavailable or differs
    from the expected text, torch's function is used unchanged.
 
-Neither applies to a graph with a kernel that torch rebuilds through ``triton.compile`` (no
+3. **``CompiledFxGraph.__call__``** reads ``torch._inductor.debug.RECORD_GRAPH_EXECUTION``
+   (a recorder that only ``debug``'s own context manager turns on) as an attribute of the
+   package, which exists only once something imported that module, and importing it
+   imports Inductor's IR and scheduler (0.1 s on a 2-core CPU).  :func:`lean_call` swaps
+   each loaded graph's class for a subclass whose only addition is torch's ``__call__``
+   rebuilt the same way as in point 2, with the flag read only once the module is loaded:
+   with it unloaded the recorder cannot be on.  Where that cannot be done,
+   :func:`runtime_imports` imports the module instead.
+
+None applies to a graph with a kernel that torch rebuilds through ``triton.compile`` (no
 static launcher): the GPU case that covers such kernels (``nonstatic``) fails for another
 reason (one ``triton.compile`` lookup misses, with or without this module;
 ``benchmarks/results/gpu_verification.md``), so it cannot show the lean load right there,
 and such a graph loads by torch's own path (``CompiledGraph.load``).
-Both apply on the torch versions whose runtime was checked to need nothing else from those
-imports (:data:`CHECKED_TORCH`): ``CompiledFxGraph.__call__`` reads ``torch._inductor.debug``,
-which ``graph`` used to import, so :func:`runtime_imports` imports it.  On any other version a
-hit imports what torch's path imports.
+All three apply only on the torch versions whose runtime was checked to need nothing else
+from those imports (:data:`CHECKED_TORCH`).  On any other version a hit imports what torch's
+path imports.
 """
 
 from __future__ import annotations
@@ -95,9 +103,8 @@ def applies() -> bool:
 
 
 def runtime_imports() -> None:
-    """What running a loaded graph needs that the skipped imports used to bring in."""
-    # CompiledFxGraph.__call__ reads torch._inductor.debug.RECORD_GRAPH_EXECUTION as an
-    # attribute of the package: present only once something imported the submodule.
+    """What running a loaded graph with torch's own ``__call__`` needs that the skipped
+    imports used to bring in (point 3)."""
     importlib.import_module("torch._inductor.debug")
 
 
@@ -238,12 +245,19 @@ def lighten(graph: Any, refs: Mapping[str, Ref]) -> bool:
 # -- FxGraphCache.cache_hit_post_compile ----------------------------------------------------
 _HOOK_IMPORT = re.compile(r"^(?P<indent>[ ]+)from \.graph import GraphLowering$", re.MULTILINE)
 _HOOK_TEST = re.compile(r"^(?P<indent>[ ]+)if GraphLowering\.save_output_code is not None:$", re.MULTILINE)
+# -- CompiledFxGraph.__call__ ---------------------------------------------------------------
+_DEBUG_ATTR = "torch._inductor.debug."
+_DEBUG_READS = 5  # torch 2.11 and 2.13: RECORD_GRAPH_EXECUTION, GRAPH_EXECUTION_ORDER x2, GRAPH_COMPILE_IDS x2
+_DEBUG_FLAG = re.compile(r"^(?P<indent>[ ]+)(?P<flag>torch\._inductor\.debug\.RECORD_GRAPH_EXECUTION)$", re.MULTILINE)
+_PRIVATE_NAME = re.compile(r"\b__[A-Za-z0-9]\w*(?<!__)\b")
 
 
 @contextlib.contextmanager
-def hit_post_compile(*, enabled: bool = True) -> Iterator[bool]:
+def hit_post_compile(graphs: Iterable[Any] = (), *, enabled: bool = True) -> Iterator[bool]:
     """While entered, torch's cache-hit post-compile step runs without importing
-    ``torch._inductor.graph`` (module docstring, point 2).  Yields whether it does."""
+    ``torch._inductor.graph`` (module docstring, point 2), and ``graphs`` (freshly
+    deserialized ``CompiledFxGraph`` objects) run without ``torch._inductor.debug`` (point 3).
+    Yields whether the post-compile step is the lean one."""
     from torch._inductor.codecache import FxGraphCache
 
     from ._torch_compat import _patched
@@ -252,12 +266,58 @@ def hit_post_compile(*, enabled: bool = True) -> Iterator[bool]:
     if lean is None:
         yield False
         return
+    if not all([lean_call(graph) for graph in graphs]):  # noqa: C419 - a list: every graph gets its try
+        runtime_imports()
     # Process-wide for the length of one rebuild.  Rebuilds never interleave (Dynamo calls
     # backends under its global compile_lock), and a torch cache hit on another thread in
     # that window runs the same steps, reading the hook the same way once graph is imported.
-    runtime_imports()
     with _patched(FxGraphCache, "cache_hit_post_compile", staticmethod(lean)):
         yield True
+
+
+def lean_call(graph: Any) -> bool:
+    """Give one freshly deserialized ``CompiledFxGraph`` the ``__call__`` that reads the
+    graph-execution recorder only when ``torch._inductor.debug`` is loaded (point 3).  True
+    when it has it; False leaves the graph as it was (then :func:`runtime_imports` runs)."""
+    from torch._inductor.output_code import CompiledFxGraph
+
+    cls = _lean_call_class() if applies() else None
+    if cls is None or type(graph) is not CompiledFxGraph:
+        return False
+    # Reaches into torch: the class of a live instance is swapped for a subclass that adds
+    # nothing but the method, so isinstance checks and every attribute stay torch's.
+    graph.__class__ = cls
+    return True
+
+
+def _rebuilt(original: Any, rewrite: Callable[[str], str | None]) -> types.FunctionType | None:
+    """torch's function ``original`` recompiled from torch's own source after ``rewrite``
+    (which returns None when the text is not what it expects), with torch's globals,
+    defaults and line numbers, or None when that cannot be done exactly."""
+    if not isinstance(original, types.FunctionType) or original.__code__.co_freevars:
+        return None  # a closure (or super()) cannot be rebuilt at module level
+    try:
+        source = textwrap.dedent(inspect.getsource(original))
+    except (OSError, TypeError):  # no source installed
+        return None
+    if _PRIVATE_NAME.search(source):
+        return None  # class-private names are mangled inside a class body, not at module level
+    rewritten = rewrite(source)
+    if rewritten is None:
+        log.debug("artcache: %s is not the expected text; torch's is used", original.__qualname__)
+        return None
+    # Padded so tracebacks point at the real lines of torch's file.
+    padding = "\n" * (original.__code__.co_firstlineno - 1)
+    module_code = compile(padding + rewritten, original.__code__.co_filename, "exec", dont_inherit=True)
+    codes = [c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == original.__name__]
+    if len(codes) != 1:
+        return None
+    # torch's module globals, so every other name resolves exactly as in torch's function.
+    rebuilt = types.FunctionType(codes[0], original.__globals__, original.__name__, original.__defaults__)
+    rebuilt.__kwdefaults__ = original.__kwdefaults__
+    rebuilt.__qualname__ = original.__qualname__
+    rebuilt.__doc__ = original.__doc__
+    return rebuilt
 
 
 @functools.cache  # a pure function of torch's installed source: derive it once per process
@@ -265,15 +325,12 @@ def _post_compile_without_graph_import() -> Callable[..., Any] | None:
     from torch._inductor.codecache import FxGraphCache
 
     original = getattr(FxGraphCache.__dict__.get("cache_hit_post_compile"), "__func__", None)
-    if not isinstance(original, types.FunctionType) or original.__code__.co_freevars:
-        return None
-    try:
-        source = textwrap.dedent(inspect.getsource(original))
-    except (OSError, TypeError):  # no source installed
-        return None
+    return _rebuilt(original, _without_graph_import)
+
+
+def _without_graph_import(source: str) -> str | None:
     imports, tests = _HOOK_IMPORT.findall(source), _HOOK_TEST.findall(source)
     if len(imports) != 1 or len(tests) != 1 or source.count("GraphLowering") != 3:
-        log.debug("artcache: cache_hit_post_compile is not the expected text; torch's is used")
         return None
     # GraphLowering is None unless torch._inductor.graph was imported already; the hook is
     # a class attribute of it, so with the module unloaded it cannot have been set.
@@ -281,18 +338,33 @@ def _post_compile_without_graph_import() -> Callable[..., Any] | None:
         lambda m: m["indent"] + 'GraphLowering = getattr(__import__("sys").modules.get("torch._inductor.graph"), "GraphLowering", None)',
         source,
     )
-    source = _HOOK_TEST.sub(
+    return _HOOK_TEST.sub(
         lambda m: m["indent"] + "if GraphLowering is not None and GraphLowering.save_output_code is not None:", source
     )
-    # Padded so tracebacks point at the real lines of torch's file.
-    padding = "\n" * (original.__code__.co_firstlineno - 1)
-    module_code = compile(padding + source, original.__code__.co_filename, "exec", dont_inherit=True)
-    codes = [c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == original.__name__]
-    if len(codes) != 1:
+
+
+@functools.cache  # like the above: one class per process, derived from torch's source
+def _lean_call_class() -> type | None:
+    from torch._inductor.output_code import CompiledFxGraph
+
+    call = _rebuilt(CompiledFxGraph.__dict__.get("__call__"), _without_debug_import)
+    if call is None:
         return None
-    # torch's module globals, so every other name resolves exactly as in torch's function.
-    lean = types.FunctionType(codes[0], original.__globals__, original.__name__, original.__defaults__)
-    lean.__kwdefaults__ = original.__kwdefaults__
-    lean.__qualname__ = original.__qualname__
-    lean.__doc__ = original.__doc__
-    return lean
+    return type(
+        "CompiledFxGraph",
+        (CompiledFxGraph,),
+        {"__call__": call, "__module__": __name__, "__qualname__": "LeanCall.CompiledFxGraph",
+         "__doc__": "torch's CompiledFxGraph whose __call__ does not need torch._inductor.debug imported."},
+    )
+
+
+def _without_debug_import(source: str) -> str | None:
+    # Every read of the recorder sits in one `if` whose condition starts with this flag, so
+    # guarding the flag guards them all; the counts make sure no read lives elsewhere.  The
+    # guard asks exactly what torch's read needs, the package attribute that importing the
+    # submodule sets (80 ns a call, against 1.2 us for a sys.modules lookup via __import__).
+    if source.count(_DEBUG_ATTR) != _DEBUG_READS or len(_DEBUG_FLAG.findall(source)) != 1:
+        return None
+    return _DEBUG_FLAG.sub(
+        lambda m: m["indent"] + '"debug" in torch._inductor.__dict__ and ' + m["flag"], source
+    )

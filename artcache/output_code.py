@@ -161,7 +161,7 @@ class CompiledGraph:
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
             self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton,
             bundle_keys=triton_compat.static_bundle_keys(self.entry),
-        ), lean_load.hit_post_compile(enabled=lean) as lean_post_compile:
+        ), lean_load.hit_post_compile(graphs, enabled=lean) as lean_post_compile:
             log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                       lightened, len(graphs), lean_post_compile)
             return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)

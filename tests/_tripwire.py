@@ -64,12 +64,17 @@ TARGETS = [
 
 # Inductor's compiler: a warm start that loads from artcache imports none of these (outside
 # the CUDA-graph modes, reduce-overhead and max-autotune, whose post-compile imports
-# compile_fx; see artcache/_lean_load.py).
+# compile_fx; see artcache/_lean_load.py).  ir, scheduler and decomposition: a hit imported
+# them through torch._inductor.debug and a by-name reference (DeferredCallable) until stop 10.
 COMPILER_MODULES = (
     "torch._inductor.compile_fx",
     "torch._inductor.graph",
     "torch._inductor.lowering",
     "torch._inductor.select_algorithm",
+    "torch._inductor.ir",
+    "torch._inductor.scheduler",
+    "torch._inductor.debug",
+    "torch._inductor.decomposition",
 )
 
 

@@ -113,6 +113,8 @@ def test_nothing_applies_on_an_unchecked_torch(monkeypatch: pytest.MonkeyPatch) 
         source_code = _source("pass")
 
     assert lean.lighten(Graph(), {}) is False
+    graph = _bare_graph()
+    assert lean.lean_call(graph) is False and type(graph).__module__ == "torch._inductor.output_code"
 
 
 def test_capture_records_nothing_without_select_algorithm(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +122,67 @@ def test_capture_records_nothing_without_select_algorithm(monkeypatch: pytest.Mo
     monkeypatch.delitem(sys.modules, "torch._inductor.select_algorithm")
     assert lean.extern_kernel_refs([_source("extern_kernels.addmm(a, b, c)")]) == {}
     assert "torch._inductor.select_algorithm" not in sys.modules
+
+
+# -- CompiledFxGraph.__call__ without torch._inductor.debug (point 3) -------------------------
+def _bare_graph() -> object:
+    """A CompiledFxGraph with just what ``__call__`` reads (building a real one compiles)."""
+    from torch._inductor.output_code import CompiledFxGraph
+
+    graph = CompiledFxGraph.__new__(CompiledFxGraph)
+    graph.current_callable = lambda inputs: [x * 2 for x in inputs]
+    graph.fx_kwargs = {"graph_id": 7}
+    graph._compile_context = None
+    graph._fx_graph_cache_key = "k"
+    return graph
+
+
+def test_call_variant_exists_on_checked_torch() -> None:
+    from torch._inductor.output_code import CompiledFxGraph
+
+    cls = lean._lean_call_class()
+    assert cls is not None and issubclass(cls, CompiledFxGraph)
+    original = CompiledFxGraph.__dict__["__call__"]
+    assert cls.__call__.__code__.co_firstlineno == original.__code__.co_firstlineno
+    assert cls.__call__.__globals__ is original.__globals__
+
+
+def test_lean_call_records_execution_like_torch_when_debug_is_loaded() -> None:
+    from torch._inductor import debug
+    from torch._inductor.output_code import CompiledFxGraph
+
+    lean_graph, torch_graph = _bare_graph(), _bare_graph()
+    assert lean.lean_call(lean_graph) and isinstance(lean_graph, CompiledFxGraph)
+    assert type(lean_graph) is not CompiledFxGraph and type(torch_graph) is CompiledFxGraph
+    orders = []
+    for graph in (lean_graph, torch_graph):
+        with debug.record_and_log_graph_execution_order():
+            debug.GRAPH_COMPILE_IDS[7] = "0/1"
+            assert graph([1, 2]) == [2, 4]
+            orders.append(list(debug.GRAPH_EXECUTION_ORDER))
+    assert orders[0] == orders[1] == [{"compile_id": "0/1"}]
+
+
+def test_lean_call_runs_without_debug_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor
+
+    graph, plain = _bare_graph(), _bare_graph()
+    assert lean.lean_call(graph)
+    monkeypatch.delitem(sys.modules, "torch._inductor.debug", raising=False)
+    monkeypatch.delattr(torch._inductor, "debug", raising=False)
+    assert graph([3]) == [6]
+    assert "torch._inductor.debug" not in sys.modules
+    with pytest.raises(AttributeError):  # torch's own __call__ needs the module (why point 3 exists)
+        plain([3])
+
+
+def test_lean_call_refuses_other_types_and_other_text() -> None:
+    class NotAGraph:
+        pass
+
+    thing = NotAGraph()
+    assert not lean.lean_call(thing) and type(thing) is NotAGraph
+    flag = "        torch._inductor.debug.RECORD_GRAPH_EXECUTION"
+    body = "def __call__(self, inputs):\n    if (\n" + flag + "\n    ):\n        pass\n"
+    assert lean._without_debug_import(body) is None  # one read where torch has five
+    assert lean._without_debug_import("def __call__(self, inputs):\n    return 1\n") is None
