@@ -29,7 +29,10 @@ What each child measures (all in seconds, medians over ``--repeats``):
   and its imports inside the window for every backend alike: ``"artcache"`` resolves through
   an entry point at ``torch.compile`` time, Inductor imports its compiler at the first call.
   ``torch._dynamo`` itself is imported before the clock in every child (importing
-  transformers or torchvision does that anyway; otherwise only the MLP would time it).
+  transformers or torchvision does that anyway; otherwise only the MLP would time it), and
+  every child runs ``gc.collect()`` just before it, so a full collection made due by the
+  imports before the window does not land in one variant's window and not another's; the
+  collections inside the window are reported with each run.
 * **to first result**: from the parent's spawn of the child to that same point, i.e.
   interpreter start, imports, model build, compile or load, first run: what a job waits for.
 * **whole child**: spawn to exit, including the steady-state loop below and teardown.
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib.util
 import json
 import os
@@ -277,6 +281,28 @@ class _FirstCallProfile:
         Path(self.path).write_text(text.getvalue())
 
 
+class _GcWatch:
+    """The garbage collections inside the first-call window: how many full ones, and the
+    seconds all of them took."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.seconds = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._start
+        self.full += info["generation"] == 2
+
+    def stop(self) -> dict[str, Any]:
+        gc.callbacks.remove(self._callback)
+        return {"full": self.full, "s": round(self.seconds, 4)}
+
+
 def child_main(args: argparse.Namespace) -> None:
     """Run one variant of one model and write its measurements as JSON to ``args.result``."""
     t_import = time.perf_counter()
@@ -316,6 +342,13 @@ def child_main(args: argparse.Namespace) -> None:
         compile_kwargs["mode"] = args.mode
     torch.manual_seed(0)  # same RNG state for every variant's first step (dropout)
     sync()
+    # A full collection now, in every variant: the imports and the model build above leave
+    # the collector close to a full (generation 2) collection, 0.3 s and more here, and
+    # whether it lands inside the window below depended on a few thousand allocations, not
+    # on the work timed (measured: the MLP floor crossed it with 2,000 extra objects).
+    # The window's own collections are recorded (``gc_in_window``).
+    gc.collect()
+    gc_watch = _GcWatch()
     t_first = time.perf_counter()
     # The probe imports artcache and the fallback registration its backend: imports that
     # the backend lookup would do in this window anyway, so they are timed here too.
@@ -330,6 +363,7 @@ def child_main(args: argparse.Namespace) -> None:
     out = workload.step(compiled)
     sync()
     result["first_call_s"] = time.perf_counter() - t_first
+    result["gc_in_window"] = gc_watch.stop()
     if profiler is not None:
         profiler.finish()
     result["first_result_epoch"] = time.time()  # against the parent's spawn time

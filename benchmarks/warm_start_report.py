@@ -200,21 +200,26 @@ def render(args: argparse.Namespace, info: dict[str, Any], runs: list[Run], skip
             lines.append(f"| {model} | {variant} | {len(ok)}/{len(mine)} | {_events(ok)} | {_problems(ok)} | {_check(ok)} |")
     lines.append("")
 
-    lines.extend(["## Every run", "", "| repeat | model | variant | first call s | of which torch.compile() s | to first result s | child s | warm-up calls s | steady ms (fastest) | exit s | import torch s |",
-                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"])
+    lines.extend(["## Every run", "", "| repeat | model | variant | first call s | of which torch.compile() s | to first result s | child s | warm-up calls s | steady ms (fastest) | exit s | import torch s | GC in first call: full, s |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"])
     for r in runs:
         d = r.data
         if r.ok:
             lines.append(f"| {r.repeat} | {r.model} | {r.variant} | {d['first_call_s']:.2f} | {d['compile_call_s']:.2f} | "
                          f"{r.to_first_result_s:.2f} | {r.wall_s:.2f} | {d['warmup_s']:.2f} | {fmt_ms(d.get('steady_step_s'))} "
-                         f"({fmt_ms(d.get('steady_step_min_s'))}) | {d['teardown_s']:.2f} | {d['import_torch_s']:.2f} |")
+                         f"({fmt_ms(d.get('steady_step_min_s'))}) | {d['teardown_s']:.2f} | {d['import_torch_s']:.2f} | {_gc(d)} |")
         else:
-            lines.append(f"| {r.repeat} | {r.model} | {r.variant} | failed | | | {r.wall_s:.2f} | | | | |")
+            lines.append(f"| {r.repeat} | {r.model} | {r.variant} | failed | | | {r.wall_s:.2f} | | | | | |")
     if failed:
         lines += ["", "## Failures", ""]
         for r in failed:
             lines += [f"repeat {r.repeat}, {r.model}, {r.variant}:", "", "```", r.error, "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _gc(data: dict[str, Any]) -> str:
+    watch = data.get("gc_in_window")  # absent in results from before it was recorded
+    return f"{watch['full']}, {watch['s']:.2f}" if watch else ""
 
 
 def _events(runs: list[Run]) -> str:
