@@ -81,10 +81,13 @@ log = logging.getLogger(__name__)
 EXTERN_IMPORT = "from torch._inductor.select_algorithm import extern_kernels"
 ALIGN_IMPORT = "from torch._inductor.codegen.memory_planning import _align as align"
 
-_EXTERN_USE = re.compile(r"\bextern_kernels\.([A-Za-z_]\w*)")
-_EXTERN_ANY = re.compile(r"\bextern_kernels\b")
-_ALIGN_ANY = re.compile(r"\balign\b")
-_OP_USE = re.compile(r"\btorch\.ops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
+# Each of these is matched only where a word starts (see _words): written without a leading
+# \b so that re can search for the literal they begin with.
+_EXTERN_USE = re.compile(r"extern_kernels\.([A-Za-z_]\w*)")
+_EXTERN_ANY = re.compile(r"extern_kernels\b")
+_ALIGN_ANY = re.compile(r"align\b")
+_OP_USE = re.compile(r"torch\.ops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
+_WORD_CHAR = re.compile(r"\w")
 _OP_ALIAS = re.compile(r"^([A-Za-z_]\w*) = torch\.ops\.([A-Za-z_]\w*)$", re.MULTILINE)
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -113,7 +116,7 @@ def extern_kernel_refs(sources: Iterable[str]) -> dict[str, Ref]:
     """``{name: (module, path)}`` for every ``extern_kernels.<name>`` in ``sources`` whose
     registered callable is reachable by an import path under ``torch``.  A name without
     one is left out, which keeps its graph's import as it is on a hit."""
-    names = sorted({name for source in sources for name in _EXTERN_USE.findall(source)})
+    names = sorted({name for source in sources for name in _words(_EXTERN_USE, source)})
     # Read, never imported: in a compiling process Inductor loaded it; anywhere else there is
     # nothing to record, and importing it here would cost what this module saves.
     select_algorithm = sys.modules.get("torch._inductor.select_algorithm")
@@ -182,8 +185,9 @@ def lighten_source(source: str, refs: Mapping[str, Ref]) -> str | None:
     extern_at = [i for i, line in enumerate(lines) if line == EXTERN_IMPORT]
     if len(extern_at) != 1:
         return None
-    used = sorted(set(_EXTERN_USE.findall(source)))
-    if len(_EXTERN_ANY.findall(source)) != 1 + len(_EXTERN_USE.findall(source)):
+    uses = _words(_EXTERN_USE, source)
+    used = sorted(set(uses))
+    if len(_words(_EXTERN_ANY, source)) != 1 + len(uses):
         return None  # the namespace itself is passed around somewhere
     if any(name not in refs for name in used):
         return None
@@ -197,7 +201,7 @@ def lighten_source(source: str, refs: Mapping[str, Ref]) -> str | None:
         f"extern_kernels = _artcache_kernel_namespace({needed!r})"
     )
     align_at = [i for i, line in enumerate(lines) if line == ALIGN_IMPORT]
-    if len(align_at) == 1 and len(_ALIGN_ANY.findall(source)) == 1:
+    if len(align_at) == 1 and len(_words(_ALIGN_ANY, source)) == 1:
         lines[align_at[0]] = ""
     return "\n".join(lines)
 
@@ -206,9 +210,9 @@ def _ops_registered(source: str) -> bool:
     import torch
 
     aliases = dict(_OP_ALIAS.findall(source))
-    used = set(_OP_USE.findall(source))
+    used = set(_words(_OP_USE, source))
     for alias, namespace in aliases.items():
-        used |= {(namespace, op) for op in re.findall(rf"\b{re.escape(alias)}\.([A-Za-z_]\w*)", source)}
+        used |= {(namespace, op) for op in _words(re.compile(rf"{re.escape(alias)}\.([A-Za-z_]\w*)"), source)}
     for namespace, op in sorted(used):
         try:
             getattr(getattr(torch.ops, namespace), op)
@@ -216,6 +220,18 @@ def _ops_registered(source: str) -> bool:
             log.debug("artcache: torch.ops.%s.%s not registered yet; the wrapper keeps its imports", namespace, op)
             return False
     return True
+
+
+def _words(pattern: re.Pattern[str], source: str) -> list[Any]:
+    """``pattern.findall(source)``, keeping only matches that start a word, as a leading
+    ``\\b`` would.  Why not ``\\b``: a pattern that starts with it makes ``re`` try every
+    position of the text, where one that starts with a literal is found by a fast search
+    (24 ms against 0.5 ms per pattern on the 540 KB wrapper of a GPT-2 training graph)."""
+    return [
+        match.groups() if pattern.groups > 1 else match.group(pattern.groups)
+        for match in pattern.finditer(source)
+        if match.start() == 0 or not _WORD_CHAR.match(source, match.start() - 1)
+    ]
 
 
 def lighten(graph: Any, refs: Mapping[str, Ref]) -> bool:

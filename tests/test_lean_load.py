@@ -186,3 +186,15 @@ def test_lean_call_refuses_other_types_and_other_text() -> None:
     body = "def __call__(self, inputs):\n    if (\n" + flag + "\n    ):\n        pass\n"
     assert lean._without_debug_import(body) is None  # one read where torch has five
     assert lean._without_debug_import("def __call__(self, inputs):\n    return 1\n") is None
+
+
+@pytest.mark.parametrize("text", [
+    "extern_kernels.a(x)\nmy_extern_kernels.b\n(extern_kernels.c, q.extern_kernels.d)\n2extern_kernels.e",
+    "aten.mm(aten.add(x)) + xaten.sub + _aten.mul\naten.bmm",
+    "",
+])
+def test_word_matches_equal_a_leading_word_boundary(text: str) -> None:
+    import re
+
+    for pattern in (lean._EXTERN_USE, lean._EXTERN_ANY, lean._OP_USE, re.compile(r"aten\.([A-Za-z_]\w*)")):
+        assert lean._words(pattern, text) == re.findall(r"\b" + pattern.pattern, text)
