@@ -316,7 +316,6 @@ class Allowlist:
             raise CorruptEntryError(f"{name!r} is defined outside the allowed modules")
         return obj
 
-
     def _deferred_callable(self, name: str) -> Any:
         module_name, _, attr = name.partition(":")
         module = sys.modules.get(module_name)
