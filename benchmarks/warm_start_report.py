@@ -140,7 +140,8 @@ def render(args: argparse.Namespace, info: dict[str, Any], runs: list[Run], skip
         "The `torch.compile()` call itself is inside *first call*: it resolves the backend (torch's",
         "backend registry imports its backend modules; artcache comes through its entry point), and",
         "Inductor imports its compiler there. `torch._dynamo` is imported before the clock in every",
-        "child, as importing transformers or torchvision does anyway. `examples/mlp_demo.py` starts",
+        "child, as importing transformers or torchvision does anyway, and every child runs `gc.collect()`",
+        "just before its clock (the collections inside the window are in *Every run*). `examples/mlp_demo.py` starts",
         "its clock after `torch.compile()`; that window is the *after torch.compile() returned* table below.",
         "",
     ]
