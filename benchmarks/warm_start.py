@@ -38,6 +38,9 @@ What each child measures (all in seconds, medians over ``--repeats``):
 * **whole child**: spawn to exit, including the steady-state loop below and teardown.
 * **steady step**: median of ``--steps`` timed calls after ``--warmup`` calls, each
   synchronized on CUDA, to check that a loaded entry runs as fast as a fresh compile.
+* **pulled in** (not a time): which of Inductor's compiler-side modules the first call had
+  imported and how many files it added to ``$TRITON_CACHE_DIR``: a warm start that compiles
+  or builds a launcher shows here.
 
 Repeats are interleaved: within each repeat the variant groups (floor / torch / artcache)
 rotate, so drift and background load spread over all of them.  The benchmark asserts
@@ -281,6 +284,27 @@ class _FirstCallProfile:
         Path(self.path).write_text(text.getvalue())
 
 
+# Inductor's compiler-side modules, which a warm start has no use for (artcache's hit
+# imports none of them: artcache/_lean_load.py), and Triton's own kernel compiler.
+_COMPILER_SIDE = (
+    "torch._inductor.compile_fx", "torch._inductor.graph", "torch._inductor.lowering",
+    "torch._inductor.select_algorithm", "torch._inductor.scheduler", "torch._inductor.decomposition",
+)
+
+
+def _triton_cache_files() -> int:
+    triton_dir = os.environ.get("TRITON_CACHE_DIR")
+    return sum(len(names) for _, _, names in os.walk(triton_dir)) if triton_dir else 0
+
+
+def _pulled_in(files_before: int) -> dict[str, Any]:
+    """What the first call brought in that a warm start should not need: which of the
+    compiler-side modules are imported, and how many files it added to ``$TRITON_CACHE_DIR``
+    (kernels or launchers that Triton compiled, or that torch emitted, in this process)."""
+    return {"compiler_modules": [m for m in _COMPILER_SIDE if m in sys.modules],
+            "triton_cache_files": _triton_cache_files() - files_before}
+
+
 class _GcWatch:
     """The garbage collections inside the first-call window: how many full ones, and the
     seconds all of them took."""
@@ -347,6 +371,7 @@ def child_main(args: argparse.Namespace) -> None:
     # whether it lands inside the window below depended on a few thousand allocations, not
     # on the work timed (measured: the MLP floor crossed it with 2,000 extra objects).
     # The window's own collections are recorded (``gc_in_window``).
+    triton_files = _triton_cache_files()
     gc.collect()
     gc_watch = _GcWatch()
     t_first = time.perf_counter()
@@ -364,6 +389,7 @@ def child_main(args: argparse.Namespace) -> None:
     sync()
     result["first_call_s"] = time.perf_counter() - t_first
     result["gc_in_window"] = gc_watch.stop()
+    result["first_call_pulled_in"] = _pulled_in(triton_files)
     if profiler is not None:
         profiler.finish()
     result["first_result_epoch"] = time.time()  # against the parent's spawn time

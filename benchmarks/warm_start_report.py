@@ -192,13 +192,16 @@ def render(args: argparse.Namespace, info: dict[str, Any], runs: list[Run], skip
 
     lines.extend(["## Cache events and correctness", "",
                   "artcache counters are taken right after the first call (a warm run should show only hits).",
-                  "", "| model | variant | runs ok | artcache hits / misses / saves | errors, uncacheable, warnings | check |",
-                  "|---|---|---:|---|---|---|"])
+                  "*pulled in*: per run, how many of Inductor's compiler-side modules (`compile_fx`, `graph`,",
+                  "`lowering`, `select_algorithm`, `scheduler`, `decomposition`) the first call had imported, and how",
+                  "many files it added to the child's `TRITON_CACHE_DIR` (kernels or launchers Triton built or torch emitted).",
+                  "", "| model | variant | runs ok | artcache hits / misses / saves | pulled in: modules, Triton cache files | errors, uncacheable, warnings | check |",
+                  "|---|---|---:|---|---|---|---|"])
     for model in models:
         for variant in variants:
             mine = [r for r in runs if r.model == model and r.variant == variant]
             ok = [r for r in mine if r.ok]
-            lines.append(f"| {model} | {variant} | {len(ok)}/{len(mine)} | {_events(ok)} | {_problems(ok)} | {_check(ok)} |")
+            lines.append(f"| {model} | {variant} | {len(ok)}/{len(mine)} | {_events(ok)} | {_pulled_in(ok)} | {_problems(ok)} | {_check(ok)} |")
     lines.append("")
 
     lines.extend(["## Every run", "", "| repeat | model | variant | first call s | of which torch.compile() s | to first result s | child s | warm-up calls s | steady ms (fastest) | exit s | import torch s | GC in first call: full, s |",
@@ -228,6 +231,11 @@ def _events(runs: list[Run]) -> str:
     if not stats:
         return "-"
     return "; ".join(f"{s['hits']} / {sum(s['misses'].values())} / {s['saves']}" for s in stats)
+
+
+def _pulled_in(runs: list[Run]) -> str:
+    seen = [r.data["first_call_pulled_in"] for r in runs if "first_call_pulled_in" in r.data]
+    return "; ".join(f"{len(p['compiler_modules'])}, {p['triton_cache_files']}" for p in seen) or "-"
 
 
 def _problems(runs: list[Run]) -> str:
