@@ -369,7 +369,7 @@ def _lean_call_class() -> type | None:
     return type(
         "CompiledFxGraph",
         (CompiledFxGraph,),
-        {"__call__": call, "__module__": __name__, "__qualname__": "LeanCall.CompiledFxGraph",
+        {"__call__": call, "__module__": __name__,
          "__doc__": "torch's CompiledFxGraph whose __call__ does not need torch._inductor.debug imported."},
     )
 

@@ -192,8 +192,8 @@ def render(args: argparse.Namespace, info: dict[str, Any], runs: list[Run], skip
 
     lines.extend(["## Cache events and correctness", "",
                   "artcache counters are taken right after the first call (a warm run should show only hits).",
-                  "*pulled in*: per run, how many of Inductor's compiler-side modules (`compile_fx`, `graph`,",
-                  "`lowering`, `select_algorithm`, `scheduler`, `decomposition`) the first call had imported, and how",
+                  "*pulled in*: per run, how many of Inductor's compiler-side modules (`compile_fx`, `graph`, `lowering`,",
+                  "`select_algorithm`, `ir`, `scheduler`, `debug`, `decomposition`) the first call had imported, and how",
                   "many files it added to the child's `TRITON_CACHE_DIR` (kernels or launchers Triton built or torch emitted).",
                   "", "| model | variant | runs ok | artcache hits / misses / saves | pulled in: modules, Triton cache files | errors, uncacheable, warnings | check |",
                   "|---|---|---:|---|---|---|---|"])
