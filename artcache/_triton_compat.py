@@ -24,26 +24,19 @@ Triton 3.6 (H100); on a CPU-only torch none of this runs.  What we touch and why
   up.  Triton then initializes its driver and builds its C launcher stub for them with the
   system compiler (cached in the private directory), as torch's own warm start does when
   its Triton cache is cold.
-* **Autotuning winners.**  Multi-config pointwise/reduction kernels and coordinate-descent
-  tuning (``mode="max-autotune"``) benchmark at the *first run*, after the compile-time
-  bundle was taken.  Torch remembers the winner in ``<kernel>.best_config`` files through
-  ``AutotuneCache.save``, keyed with ``torch_key()`` (a hash of torch's sources, ~0.2-0.5 s).
-  :class:`TuningRecorder` wraps ``AutotuneCache.save`` in the compiling process to keep the
-  winners (and, for coordinate descent, the compiled winner itself, which may be a config
-  no compile-time kernel has); the backend then re-saves the entry with them.  On a hit
-  ``AutotuneCache.create`` answers from the entry (no file, no ``torch_key``), so each
-  kernel comes up with its single winning launcher and nothing is benchmarked.
+* **Autotuning winners.**  Recorded by the compiling process (``_triton_tuning``).  On a hit
+  ``AutotuneCache.create`` answers from the entry (no file, no ``torch_key``) and
+  :func:`select_tuned` leaves each tuned kernel with its single winning launcher, so
+  nothing is benchmarked or compiled at the first run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import re
-import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,33 +107,6 @@ def config_summary(cfg: Any) -> dict[str, Any]:
     return out
 
 
-# -- the miss: record what the first runs tune ----------------------------------------------
-@dataclass
-class TuningRecorder:
-    """Process-wide record of autotuning done by kernels this process compiled.
-
-    ``winners``: ``"<kernel file>:<configs hash>"`` -> the data ``AutotuneCache.save`` stores
-    (config kwargs, warps, stages, ``configs_hash``, ``found_by_coordesc``).
-    ``extra_results``: ``"<kernel file>"`` -> compiled launch results for winning configs that
-    were compiled during tuning (coordinate descent), copied with their cubin bytes.
-    """
-
-    winners: dict[str, dict[str, Any]] = field(default_factory=dict)
-    extra_results: dict[str, list[Any]] = field(default_factory=dict)
-    # "<kernel file>" -> the kernel's name in the generated code, for kernels an entry
-    # knows only by name (those without a static launcher, see CompiledGraph.triton_kernels)
-    names: dict[str, str] = field(default_factory=dict)
-    version: int = 0  # bumped on every new record: lets the backend re-save only when needed
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def for_kernels(self, kernels: KernelRefs) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
-        with self.lock:
-            files = set(kernels.files) | {f for f, name in self.names.items() if name in kernels.names}
-            winners = {k: dict(v) for k, v in self.winners.items() if k.partition(":")[0] in files}
-            extra = {k: list(v) for k, v in self.extra_results.items() if k in files}
-        return winners, extra
-
-
 @dataclass(frozen=True)
 class KernelRefs:
     """The Triton kernels of one compiled graph: source-file names of the statically
@@ -163,138 +129,6 @@ _TRITON_KERNEL_DEF = re.compile(r"async_compile\.triton\(\s*['\"](\w+)['\"]")
 
 def kernel_names_in(source_code: str) -> set[str]:
     return set(_TRITON_KERNEL_DEF.findall(source_code or ""))
-
-
-_RECORDER = TuningRecorder()
-_INSTALLED = False
-_INSTALL_LOCK = threading.Lock()
-_CURRENT = threading.local()  # the CachingAutotuner whose tuning is running on this thread
-
-
-def recorder() -> TuningRecorder:
-    return _RECORDER
-
-
-def install_tuning_recorder() -> None:
-    """Wrap the three tuning entry points, once per process (tuning happens at the first run,
-    after the backend returned, so the wrappers cannot be scoped to a compile)."""
-    global _INSTALLED
-    with _INSTALL_LOCK:
-        if _INSTALLED or not triton_available():
-            return
-        th = _heuristics()
-        ac = _autotune_cache_module()
-        tuner_cls = th.CachingAutotuner
-        original_save = ac.AutotuneCache.save
-        original_one = tuner_cls.autotune_to_one_config
-        original_coordesc = getattr(tuner_cls, "coordinate_descent_tuning", None)
-        original_precompile_config = tuner_cls._precompile_config
-
-        def autotune_to_one_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with _tuning(self):
-                return original_one(self, *args, **kwargs)
-
-        def coordinate_descent_tuning(self: Any, launcher: Any, *args: Any, **kwargs: Any) -> Any:
-            with _tuning(self):
-                winner = original_coordesc(self, launcher, *args, **kwargs)
-                _record_compiled_winner(self, winner)
-                return winner
-
-        def precompile_config(self: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
-            result = original_precompile_config(self, cfg, *args, **kwargs)
-            compiled = getattr(_CURRENT, "compiled", None)
-            if compiled is not None and getattr(_CURRENT, "tuner", None) is self:
-                compiled[_config_key(cfg)] = result
-            return result
-
-        def save(self: Any, config: Any, time_taken_ns: int, *args: Any, **kwargs: Any) -> Any:
-            out = original_save(self, config, time_taken_ns, *args, **kwargs)
-            tuner = getattr(_CURRENT, "tuner", None)
-            found = bool(kwargs.get("found_by_coordesc", args[0] if args else False))
-            if tuner is not None and getattr(tuner, "filename", None):
-                _record_winner(tuner, self.configs_hash, config, found)
-            return out
-
-        ac.AutotuneCache.save = save
-        tuner_cls.autotune_to_one_config = autotune_to_one_config
-        if original_coordesc is not None:
-            tuner_cls.coordinate_descent_tuning = coordinate_descent_tuning
-        tuner_cls._precompile_config = precompile_config
-        _INSTALLED = True
-
-
-@contextlib.contextmanager
-def _tuning(tuner: Any) -> Iterator[None]:
-    outer = (getattr(_CURRENT, "tuner", None), getattr(_CURRENT, "compiled", None))
-    _CURRENT.tuner, _CURRENT.compiled = tuner, {}
-    try:
-        yield
-    finally:
-        _CURRENT.tuner, _CURRENT.compiled = outer
-
-
-def _config_key(cfg: Any) -> Any:
-    return _heuristics().triton_config_to_hashable(cfg)
-
-
-def _record_winner(tuner: Any, configs_hash: str, cfg: Any, found_by_coordesc: bool) -> None:
-    # The same fields AutotuneCache.save writes to a .best_config file, read back by
-    # torch's own _load_cached_autotuning on the hit.
-    data: dict[str, Any] = {
-        **cfg.kwargs,
-        "num_warps": cfg.num_warps,
-        "num_stages": cfg.num_stages,
-        "configs_hash": configs_hash,
-        "found_by_coordesc": found_by_coordesc,
-    }
-    if getattr(_autotune_cache_module(), "HAS_WARP_SPEC", False):
-        data["num_consumer_groups"] = getattr(cfg, "num_consumer_groups", 0)
-        data["num_buffers_warp_spec"] = getattr(cfg, "num_buffers_warp_spec", 0)
-    file_key = kernel_file_key(tuner.filename)
-    key = f"{file_key}:{configs_hash}"
-    name = (getattr(tuner, "inductor_meta", None) or {}).get("kernel_name")
-    with _RECORDER.lock:
-        if name:
-            _RECORDER.names[file_key] = str(name)
-        if _RECORDER.winners.get(key) != data:
-            _RECORDER.winners[key] = data
-            _RECORDER.version += 1
-
-
-def _record_compiled_winner(tuner: Any, winner: Any) -> None:
-    """Keep the compiled kernel of a coordinate-descent winner (its config may be one no
-    compile-time kernel has, and compiling it on the hit is what we must not do)."""
-    compiled = getattr(_CURRENT, "compiled", None) or {}
-    result = compiled.get(_config_key(winner.config))
-    if result is None or type(result).__name__ != "StaticTritonCompileResult":
-        return  # a compile-time config won, or the kernel is not statically launchable
-    snapshot = copy.deepcopy(result)  # __getstate__ drops the CUDA module/function handles
-    # Loading the kernel clears cubin_path and cubin_raw: find the file where
-    # StaticTritonCompileResult.reload_cubin_path looks for it.
-    path = getattr(result.kernel, "cubin_path", None) or _cubin_location(result)
-    if getattr(snapshot.kernel, "cubin_raw", None) is None:
-        if not path or not os.path.exists(path):
-            return
-        snapshot.kernel.cubin_raw = Path(path).read_bytes()
-    snapshot.kernel.cubin_path = None
-    snapshot.config.found_by_coordesc = True
-    file_key = kernel_file_key(tuner.filename)
-    with _RECORDER.lock:
-        results = _RECORDER.extra_results.setdefault(file_key, [])
-        if all(_config_key(r.config) != _config_key(snapshot.config) for r in results):
-            results.append(snapshot)
-            _RECORDER.version += 1
-
-
-def _cubin_location(result: Any) -> str:
-    th = _heuristics()
-    meta = getattr(result, "compile_meta", {}) or {}
-    ext = th.GPU_KERNEL_BIN_EXTS.get(meta.get("device_type", "cuda"), ".cubin") if hasattr(th, "GPU_KERNEL_BIN_EXTS") else ".cubin"
-    return os.path.join(
-        th.triton_cache_dir(meta.get("device", 0) or 0),
-        th.triton_hash_to_path_key(result.kernel.hash),
-        f"{result.kernel.name}{ext}",
-    )
 
 
 # -- the hit: serve winners and cubins from the entry ------------------------------------------
@@ -328,20 +162,29 @@ def _matches(cfg: Any, best: Mapping[str, Any]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class TunedSelection:
+    """What :func:`select_tuned` did: kernel name -> "tuned" / "single-config" / "no-record" /
+    "winner-missing" (for the log and for tests), and the source-file keys of the kernels
+    it left with their stored winner alone (for :func:`serve_triton`)."""
+
+    outcome: Mapping[str, str]
+    settled_files: frozenset[str]
+
+
 def select_tuned(
     entry: Any, winners: Mapping[str, dict[str, Any]], extra_results: Mapping[str, list[Any]]
-) -> dict[str, str]:
+) -> TunedSelection:
     """Leave each stored kernel with only its tuned winner (a compile-time config or one
-    coordinate descent compiled), marked ``found_by_coordesc`` where it was, so the first
-    run neither benchmarks configs nor runs coordinate descent.  Done here rather than in
-    torch's ``recheck_autotune_cache`` because that only narrows kernels with several
-    configs and, on torch 2.11, compiles a coordinate-descent winner it does not hold.
-    Returns kernel name -> "tuned" / "no-record" / "winner-missing" (for the summary and
-    for tests)."""
+    compiled after the bundle was taken), marked ``found_by_coordesc`` where it was, so the
+    first run neither benchmarks configs nor runs coordinate descent.  Done here rather than
+    in torch's ``recheck_autotune_cache`` because that only narrows kernels with several
+    configs and, on torch 2.11, compiles a winner it does not hold."""
     if not winners:
-        return {}
+        return TunedSelection({}, frozenset())
     th = _heuristics()
     outcome: dict[str, str] = {}
+    settled: set[str] = set()
     for sa in static_autotuners(entry):
         kernel = sa.kernel
         file_key = kernel_file_key(getattr(kernel, "filename", None))
@@ -359,7 +202,8 @@ def select_tuned(
             match.config.found_by_coordesc = True
         kernel.compile_results = [match]
         outcome[name] = "tuned"
-    return outcome
+        settled.add(file_key)
+    return TunedSelection(outcome, frozenset(settled))
 
 
 def rebuilt_through_triton(entry: Any, kernels: KernelRefs) -> bool:
@@ -372,7 +216,7 @@ def rebuilt_through_triton(entry: Any, kernels: KernelRefs) -> bool:
 @contextlib.contextmanager
 def serve_triton(
     winners: Mapping[str, dict[str, Any]], triton_dir: Path, *, through_triton: bool = False,
-    bundle_keys: Mapping[str, str] | None = None,
+    bundle_keys: Mapping[str, str] | None = None, settled_files: frozenset[str] = frozenset(),
 ) -> Iterator[None]:
     """While active: stored cubins are emitted into and loaded from ``triton_dir`` (not
     Triton's cache), tuning answers come from ``winners``, and nothing is compiled in a
@@ -380,7 +224,9 @@ def serve_triton(
     and asking whether the pool is ready would start it).  ``through_triton``: some kernel
     will be rebuilt through ``triton.compile`` (see :func:`_prime_ptxas_version`).
     ``bundle_keys``: :func:`static_bundle_keys` of the entry, so that finding its static
-    launchers does not hash torch's sources (``torch_key``, 0.3 s and more per process)."""
+    launchers does not hash torch's sources (``torch_key``, 0.3 s and more per process).
+    ``settled_files``: :attr:`TunedSelection.settled_files`, kernels whose only launcher is
+    their stored winner."""
     if not triton_available():
         yield
         return
@@ -417,6 +263,8 @@ def serve_triton(
         stack.enter_context(_patched(ac.AutotuneCache, "create", staticmethod(create)))
         if bundle_keys:
             stack.enter_context(_bundle_keys_served(bundle_keys))
+        if settled_files and "_dynamic_scale_rblock" in th.CachingAutotuner.__dict__:
+            stack.enter_context(_rblock_scaling_skipped(th.CachingAutotuner, settled_files))
         # torch 2.11's cache_hit_post_compile calls autotune_cache.inductor_meta_from_config()
         # only to start the *remote* autotune bundler; its backend hash initializes Triton's
         # driver, which runs `ldconfig -p` and builds Triton's launcher helper in
@@ -434,6 +282,30 @@ def serve_triton(
         # triton_cache_dir() when it is unset: that would be our private directory (patched
         # above) for the rest of the process.  Put the variable back as it was.
         stack.enter_context(_env_restored("TRITON_CACHE_DIR"))
+        yield
+
+
+@contextlib.contextmanager
+def _rblock_scaling_skipped(tuner_cls: Any, settled_files: frozenset[str]) -> Iterator[None]:
+    """``CachingAutotuner._dynamic_scale_rblock`` does nothing for the settled kernels.
+
+    Reaches into torch 2.11: ``precompile`` calls it on every kernel a hit loads unless the
+    autotune cache answered (``autotune_cache_state == "hit"``), which for a kernel with one
+    compile-time config it never does.  For a register-heavy kernel it compiles a candidate
+    with half the reduction block and leaves two launchers to benchmark at the first run.
+    The compiling process did exactly that and its first run chose; that winner is now the
+    kernel's only result (:func:`select_tuned`), as after an autotune cache hit, for which
+    torch skips this step too."""
+    from ._torch_compat import _patched
+
+    original = tuner_cls.__dict__["_dynamic_scale_rblock"]
+
+    def dynamic_scale_rblock(self: Any) -> Any:
+        if kernel_file_key(getattr(self, "filename", None)) in settled_files:
+            return None
+        return original(self)
+
+    with _patched(tuner_cls, "_dynamic_scale_rblock", dynamic_scale_rblock):
         yield
 
 

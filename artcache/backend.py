@@ -27,6 +27,7 @@ import torch
 from . import _static_launch as static_launch
 from . import _torch_compat as compat
 from . import _triton_compat as triton_compat
+from . import _triton_tuning as triton_tuning
 from . import keys, pickler
 from .cache import Cache
 from .config import settings_from_env
@@ -68,7 +69,7 @@ class ArtcacheBackend:
         on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
         if on_gpu:
             # Multi-config kernels tune at their first run, after this returns: record it.
-            triton_compat.install_tuning_recorder()
+            triton_tuning.install_tuning_recorder()
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             capture = stack.enter_context(compat.capture_compile())
@@ -93,7 +94,7 @@ class ArtcacheBackend:
         (the manifest write is the commit point, so readers see either version whole).
         Checked around the first calls and once at exit (a backward's tuning ends after the
         forward call returned)."""
-        recorder = triton_compat.recorder()
+        recorder = triton_tuning.recorder()
         lock = threading.Lock()
         state = {"saved": graph.tuning_state(), "calls": 0}
 

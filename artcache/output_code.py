@@ -149,8 +149,8 @@ class CompiledGraph:
         """The compiled callable (runs torch's post-compile steps; compiles nothing)."""
         library_dir = compat.kernel_library_dir()
         tuned = triton_compat.select_tuned(self.entry, self.winners, self.tuned_results)
-        if tuned:
-            log.info("artcache: autotuning served from the entry: %s", sorted(tuned.items()))
+        if tuned.outcome:
+            log.info("artcache: autotuning served from the entry: %s", sorted(tuned.outcome.items()))
         through_triton = triton_compat.rebuilt_through_triton(self.entry, self.triton_kernels())
         # Graphs with kernels rebuilt through triton.compile load by torch's own path: the GPU
         # case covering them ("nonstatic") fails for another reason, so it cannot show the
@@ -160,7 +160,7 @@ class CompiledGraph:
         lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in graphs) if lean else 0
         with compat.serve_cpp_kernels(self.cpp_kernels, library_dir), triton_compat.serve_triton(
             self.winners, triton_compat.private_triton_dir(library_dir), through_triton=through_triton,
-            bundle_keys=triton_compat.static_bundle_keys(self.entry),
+            bundle_keys=triton_compat.static_bundle_keys(self.entry), settled_files=tuned.settled_files,
         ), lean_load.hit_post_compile(graphs, enabled=lean) as lean_post_compile:
             log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                       lightened, len(graphs), lean_post_compile)
@@ -205,7 +205,7 @@ class CompiledGraph:
                     "kind": "triton",
                     "configs": len(configs),
                     "choice": chosen[0] if chosen else (configs[0] if len(configs) == 1 else "tuned at first run"),
-                    "coordesc_compiled": len(self.tuned_results.get(file_key, ())),
+                    "compiled_after_bundle": len(self.tuned_results.get(file_key, ())),
                 })
         constants = []
         for graph in graphs:

@@ -63,12 +63,15 @@ def window_imports(stderr: str) -> list[tuple[str, float]]:
 def report(model: str, runs: dict[str, dict]) -> str:
     lines = [f"# First-call profile: {model}", "",
              "Profiled children (cProfile + -X importtime): every time below is inflated.", "",
-             "| variant | first call s | of which torch.compile() s | imports in window | their cumulative s |",
-             "|---|---:|---:|---:|---:|"]
+             "| variant | first call s | of which torch.compile() s | imports in window | their cumulative s "
+             "| compiler-side modules imported | files added to TRITON_CACHE_DIR |",
+             "|---|---:|---:|---:|---:|---|---:|"]
     for variant, data in runs.items():
         imports = data["imports"]
+        pulled = data.get("first_call_pulled_in") or {}
         lines.append(f"| {variant} | {data['first_call_s']:.2f} | {data['compile_call_s']:.2f} | {len(imports)} | "
-                     f"{sum(s for _, s in imports):.2f} |")
+                     f"{sum(s for _, s in imports):.2f} | {', '.join(pulled.get('compiler_modules', [])) or 'none'} "
+                     f"| {pulled.get('triton_cache_files', '?')} |")
     for variant, data in runs.items():
         lines += ["", f"## Largest imports inside the window: {variant}", ""]
         lines += [f"- {name}: {seconds:.3f} s" for name, seconds in sorted(data["imports"], key=lambda i: -i[1])[:25]]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from artcache._triton_compat import KernelRefs, TuningRecorder, kernel_names_in
+from artcache._triton_compat import KernelRefs, kernel_names_in
+from artcache._triton_tuning import TuningRecorder
 
 WRAPPER = """
 triton_poi_fused_add_0 = async_compile.triton('triton_poi_fused_add_0', '''

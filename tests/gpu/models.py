@@ -4,9 +4,12 @@ LayerNorm, softmax and matmul kernels)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from examples.mlp_demo import Block  # the main job's block: LayerNorm, two Linears, GELU
+from examples.mlp_demo import (
+    Block,  # the main job's block: LayerNorm, two Linears, GELU
+)
 
 
 class Net(nn.Module):
@@ -38,10 +41,32 @@ class LongNames(nn.Module):
         y = y + 0.0 * (y.floor() + y.ceil() + y.trunc())
         return ((y.clamp_min(0.5) / 4).square().sinh().cosh() * 2 - 1) / 3 + x
 
+class VocabLoss(nn.Module):
+    """GPT-2 training's loss (transformers' ``ForCausalLMLoss``: labels padded and shifted,
+    cross-entropy over the 50,257-word vocabulary, 4 x 256 tokens).  Its backward is a
+    single-config reduction kernel heavy enough in registers that torch's
+    ``_dynamic_scale_rblock`` compiles a candidate with half the reduction block, and the
+    first run benchmarks the two (on the H100: 49 registers at R0_BLOCK 2048)."""
+
+    def __init__(self, width: int = 256, vocab: int = 50257) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, vocab, bias=False)
+        g = torch.Generator().manual_seed(2)
+        self.register_buffer("labels", torch.randint(0, vocab, (4, 256), generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.repeat(16, 1).view(4, 256, -1)  # 64 inputs -> 1,024 tokens
+        logits = self.proj(h).float()
+        labels = F.pad(self.labels, (0, 1), value=-100)[..., 1:].contiguous()
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+
+
 def make(width: int = 256, model: str = "net") -> nn.Module:
     torch.manual_seed(0)
     if model == "long_names":
         return LongNames().cuda()
+    if model == "vocab_loss":
+        return VocabLoss(width).cuda()
     return Net(width).cuda()
 
 

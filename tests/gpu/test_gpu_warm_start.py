@@ -36,6 +36,7 @@ CASES = [
     # Only reached with use_static_triton_launcher=False.
     pytest.param("nonstatic", marks=pytest.mark.xfail(reason="one triton.compile lookup can miss", strict=False)),
     "long_names",
+    "rblock_scale",
 ]
 
 
@@ -103,6 +104,14 @@ def test_warm_start(case: str, tmp_path: Path) -> None:
         cut = [f for f in cold["triton_cache_dir_files"] if f.endswith(".cubin") and len(Path(f).stem) == 150]
         assert cut, cold["triton_cache_dir_files"]
         assert "triton.compiler.compiler.compile" in warm["tripwires"], warm["tripwires"]
+    if case == "rblock_scale":
+        # The cold process halved a reduction block (the path under test) and its first run
+        # chose; the warm one compiled no candidate and benchmarked nothing (both tripwired,
+        # as in every case but "nonstatic") and logged no halving.
+        assert cold["rblock_scaled"], cold
+        assert warm["rblock_scaled"] == [], warm["rblock_scaled"]
+        assert "torch._inductor.runtime.triton_heuristics.CachingAutotuner.autotune_to_one_config" in warm["tripwires"]
+        assert any("'tuned'" in m for m in warm["log"]), warm["log"]
     if case not in ("reduce_overhead", "max_autotune", "nonstatic"):
         # The hit imported none of Inductor's compiler (artcache/_lean_load.py).  Not
         # claimed for the CUDA-graph modes (reduce-overhead, max-autotune: torch's CUDA-graph

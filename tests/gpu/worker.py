@@ -75,6 +75,11 @@ CASES: dict[str, dict[str, Any]] = {
     # A kernel whose name Triton cuts in its file names, so torch's static-launch check
     # misses its cubin: the warm process must still load it without triton.compile.
     "long_names": {"mode": None, "train": False, "model": "long_names"},
+    # A single-config reduction kernel that torch's _dynamic_scale_rblock gives a second,
+    # smaller-block candidate at compile time; the cold first run benchmarks the two.  The
+    # warm process must come up with the cold one's choice, compiling and benchmarking
+    # nothing (tripwired: triton.compile, autotune_to_one_config, bench).
+    "rblock_scale": {"mode": None, "train": True, "model": "vocab_loss"},
 }
 
 
@@ -113,6 +118,17 @@ def main() -> None:
 
     logging.getLogger("artcache").addHandler(_Keep(logging.INFO))
     logging.getLogger("artcache").setLevel(logging.INFO)
+    # torch logs each reduction block _dynamic_scale_rblock halves (at DEBUG).
+    scaled: list[str] = []
+
+    class _Scaled(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Dynamically scale down"):
+                scaled.append(record.getMessage()[:300])
+
+    heuristics_log = logging.getLogger("torch._inductor.runtime.triton_heuristics")
+    heuristics_log.addHandler(_Scaled(logging.DEBUG))
+    heuristics_log.setLevel(logging.DEBUG)
 
     cache = artcache.Cache()
     model = models.make(model=case.get("model", "net"))
@@ -188,6 +204,7 @@ def main() -> None:
         "inductor_counters": {k: v for k, v in torch._dynamo.utils.counters["inductor"].items()},
         "cudagraph": _cudagraph_info(),
         "log": messages[-20:],
+        "rblock_scaled": scaled,
         "trip_details": TRIP_DETAILS[:40],
     }
     torch.save(outs, out_dir / f"{case_name}-{role}.pt")
