@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import SimpleNamespace
+
 import pytest
 
 from artcache._triton_compat import KernelRefs, kernel_names_in
@@ -91,3 +94,72 @@ def test_the_triton_cache_variable_is_put_back(monkeypatch: pytest.MonkeyPatch) 
     with _env_restored("TRITON_CACHE_DIR"):
         os.environ["TRITON_CACHE_DIR"] = "/private/dir"
     assert os.environ["TRITON_CACHE_DIR"] == "/users/dir"
+
+
+@dataclass
+class _Config:
+    """The fields of a Triton ``Config`` that torch's ``hash_configs`` and
+    ``triton_config_to_hashable`` read (a CPU-only torch has no Triton to build one)."""
+
+    kwargs: dict[str, int]
+    num_warps: int
+    num_stages: int = 1
+
+
+class _Tuner:
+    """The attributes of a compiling process's ``CachingAutotuner`` after its first-run
+    tuning: one launcher left, compile results with the halved candidate."""
+
+    def __init__(self, filename: str, winner: _Config, results: list[_Config]) -> None:
+        self.filename = filename
+        self.inductor_meta = {"kernel_name": "triton_red_fused_0"}
+        self.launchers = [SimpleNamespace(config=winner)]
+        self.compile_results = [SimpleNamespace(config=c) for c in results]
+
+
+def test_a_halved_block_choice_is_recorded_and_settles_its_kernel_on_the_hit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from artcache import _triton_tuning as tuning
+    from artcache._triton_compat import select_tuned
+
+    rec = tuning.TuningRecorder()
+    monkeypatch.setattr(tuning, "_RECORDER", rec)
+    bundled = _Config({"XBLOCK": 1, "R0_BLOCK": 2048}, num_warps=16)
+    half = _Config({"XBLOCK": 1, "R0_BLOCK": 1024}, num_warps=16)
+    tuner = _Tuner("/cold/ab/cab12.py", bundled, [bundled, half])
+
+    tuning._record_unsaved_winner(tuner)  # _dynamic_scale_rblock never added candidates
+    assert rec.winners == {} and rec.version == 0
+
+    rec.bundled_configs[tuner] = [bundled]  # what the recorder's _dynamic_scale_rblock keeps
+    tuning._record_unsaved_winner(tuner)
+    (key, data), = rec.winners.items()
+    assert key.startswith("cab12.py:") and data["R0_BLOCK"] == 2048 and data["num_warps"] == 16
+    assert rec.extra_results == {}  # the bundled config won: nothing more to keep
+
+    # The hit: the bundle holds the static autotuner as it was before the candidate (another
+    # directory, the same file name); its one result is the recorded winner.
+    stored = SimpleNamespace(filename="/warm/ab/cab12.py", compile_results=[SimpleNamespace(config=_Config(dict(bundled.kwargs), 16))])
+    entry = _entry([])
+    entry.compiled_fw.result._triton_bundle.static_autotuners = [SimpleNamespace(kernel_name="triton_red_fused_0", kernel=stored)]
+    selection = select_tuned(entry, rec.winners, rec.extra_results)
+    assert selection.outcome == {"triton_red_fused_0": "tuned"}
+    assert selection.settled_files == frozenset({"cab12.py"})
+
+    # Another kernel's record settles nothing here.
+    other = select_tuned(entry, {"cother.py:" + key.partition(":")[2]: data}, {})
+    assert other.outcome == {"triton_red_fused_0": "single-config"} and not other.settled_files
+
+
+def test_rblock_scaling_is_skipped_for_settled_kernels_only() -> None:
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    from artcache._triton_compat import _rblock_scaling_skipped
+
+    original = CachingAutotuner.__dict__["_dynamic_scale_rblock"]
+    settled, other = CachingAutotuner.__new__(CachingAutotuner), CachingAutotuner.__new__(CachingAutotuner)
+    settled.filename, other.filename = "/warm/ab/csettled.py", "/warm/cd/cother.py"
+    with _rblock_scaling_skipped(CachingAutotuner, frozenset({"csettled.py"})):
+        assert settled._dynamic_scale_rblock() is None
+        with pytest.raises(AttributeError):  # torch's own ran: it needs a compiled kernel
+            other._dynamic_scale_rblock()
+    assert CachingAutotuner.__dict__["_dynamic_scale_rblock"] is original
