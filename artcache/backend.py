@@ -68,7 +68,7 @@ class ArtcacheBackend:
         self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
         on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
         if on_gpu:
-            # Multi-config kernels tune at their first run, after this returns: record it.
+            # Kernels tune at their first run, after this returns: record it (_triton_tuning).
             triton_tuning.install_tuning_recorder()
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
