@@ -97,8 +97,7 @@ def install_tuning_recorder() -> None:
         def autotune_to_one_config(self: Any, *args: Any, **kwargs: Any) -> Any:
             with _tuning(self):
                 out = original_one(self, *args, **kwargs)
-                if not getattr(self, "save_cache_hook", None):
-                    _record_unsaved_winner(self)
+                _record_scaled_choice(self)
                 return out
 
         def coordinate_descent_tuning(self: Any, launcher: Any, *args: Any, **kwargs: Any) -> Any:
@@ -111,7 +110,7 @@ def install_tuning_recorder() -> None:
 
         def dynamic_scale_rblock(self: Any, *args: Any, **kwargs: Any) -> Any:
             # Runs in precompile, at compile time: remember what the bundle holds (the
-            # results before the candidates), for _record_unsaved_winner at the first run.
+            # results before the candidates), for _record_scaled_choice at the first run.
             before = [r.config for r in getattr(self, "compile_results", None) or ()]
             out = original_scale(self, *args, **kwargs)
             if len(getattr(self, "compile_results", None) or ()) > len(before):
@@ -182,30 +181,32 @@ def _record_winner(tuner: Any, configs_hash: str, cfg: Any, found_by_coordesc: b
             _RECORDER.version += 1
 
 
-def _record_unsaved_winner(tuner: Any) -> None:
-    """Record the first-run choice of a kernel torch gave no ``AutotuneCache``.
+def _record_scaled_choice(tuner: Any) -> None:
+    """Record the first-run choice of a kernel ``_dynamic_scale_rblock`` added candidates to.
 
-    Reaches into torch 2.11's ``CachingAutotuner``: a reduction kernel with a single
-    compile-time config gets no autotune cache (``check_autotune_cache`` wants several
-    configs), yet ``precompile`` runs ``_dynamic_scale_rblock`` after the static autotuner
-    was bundled: where the compiled kernel uses many registers it compiles a second config
-    with half the reduction block, and the first run benchmarks the two.  Nothing stores
-    that choice, so a warm start (torch's own too) would compile the candidate again and
+    Reaches into torch 2.11's ``CachingAutotuner``: ``precompile`` runs
+    ``_dynamic_scale_rblock`` after the static autotuner was bundled; where the compiled
+    kernel uses many registers it compiles a config with half the reduction block, and the
+    first run benchmarks it with the others.  Two things of that choice would be lost:
+    for a kernel with one compile-time config torch has no ``AutotuneCache`` and saves no
+    winner (``check_autotune_cache`` wants several configs), and a winning candidate is in
+    no bundle.  A warm start (torch's own too) would then compile the candidate again and
     benchmark again (GPT-2 training's loss kernel on the H100: loading the kernel from its
     source, a ``triton.compile``, Triton's driver helper built with gcc and, through that
-    path, Inductor's compiler imported; about 1 s of a profiled first call).  Keep it as ``AutotuneCache.save``
-    would have (same key: the compile-time configs' hash), and the winner's compiled kernel
-    when it is the candidate, so the hit comes up with exactly this kernel
-    (:func:`select_tuned`, :func:`serve_triton`)."""
+    path, Inductor's compiler imported; about 1 s of a profiled first call).  Keep the
+    winner as ``AutotuneCache.save`` would have (same key: the bundled configs' hash) where
+    torch saves none, and the winning candidate's compiled kernel, so the hit comes up with
+    exactly this kernel (``_triton_compat.select_tuned`` and ``serve_triton``)."""
     launchers = getattr(tuner, "launchers", None) or ()
     with _RECORDER.lock:
-        configs = _RECORDER.bundled_configs.get(tuner)
-    if len(launchers) != 1 or not configs or not getattr(tuner, "filename", None):
+        bundled = _RECORDER.bundled_configs.get(tuner)
+    if len(launchers) != 1 or not bundled or not getattr(tuner, "filename", None):
         return  # not a kernel _dynamic_scale_rblock gave candidates
     winner = launchers[0].config
-    _record_winner(tuner, _heuristics().hash_configs(configs), winner, False)
+    if not getattr(tuner, "save_cache_hook", None):  # else AutotuneCache.save recorded it (above)
+        _record_winner(tuner, _heuristics().hash_configs(bundled), winner, False)
     key = _config_key(winner)
-    if all(_config_key(c) != key for c in configs):
+    if all(_config_key(c) != key for c in bundled):
         result = next((r for r in getattr(tuner, "compile_results", ()) if _config_key(r.config) == key), None)
         _keep_compiled_result(tuner, result, found_by_coordesc=False)
 

@@ -127,14 +127,21 @@ def test_a_halved_block_choice_is_recorded_and_settles_its_kernel_on_the_hit(mon
     half = _Config({"XBLOCK": 1, "R0_BLOCK": 1024}, num_warps=16)
     tuner = _Tuner("/cold/ab/cab12.py", bundled, [bundled, half])
 
-    tuning._record_unsaved_winner(tuner)  # _dynamic_scale_rblock never added candidates
+    tuning._record_scaled_choice(tuner)  # _dynamic_scale_rblock never added candidates
     assert rec.winners == {} and rec.version == 0
 
     rec.bundled_configs[tuner] = [bundled]  # what the recorder's _dynamic_scale_rblock keeps
-    tuning._record_unsaved_winner(tuner)
+    tuning._record_scaled_choice(tuner)
     (key, data), = rec.winners.items()
     assert key.startswith("cab12.py:") and data["R0_BLOCK"] == 2048 and data["num_warps"] == 16
     assert rec.extra_results == {}  # the bundled config won: nothing more to keep
+
+    # A kernel torch gave an AutotuneCache: its save (wrapped) records the winner, not this.
+    saved = _Tuner("/cold/cd/ccd34.py", bundled, [bundled, half])
+    saved.save_cache_hook = lambda *args, **kwargs: None
+    rec.bundled_configs[saved] = [bundled, _Config({"XBLOCK": 2, "R0_BLOCK": 2048}, num_warps=16)]
+    tuning._record_scaled_choice(saved)
+    assert list(rec.winners) == [key] and rec.extra_results == {}
 
     # The hit: the bundle holds the static autotuner as it was before the candidate (another
     # directory, the same file name); its one result is the recorded winner.
