@@ -8,10 +8,10 @@ Why: torch checks whether a compiled kernel can be launched statically by lookin
 name cut to 150 characters (``src.name[:150]`` in ``triton.compile``, to stay under file
 name limits).  A kernel with a longer name (GPT-2 has such attention kernels) therefore
 falls back to ``TritonCompileResult``: it is not in the compile's static autotuners, so on
-a hit torch loads it from source and calls ``triton.compile``, whose key includes the
-``ptxas`` version torch resolved in that process (which the warm process may resolve
-differently: the lookup then misses and Triton generates the kernel again), and Triton
-initializes its driver and builds a C launcher stub with the system compiler.
+a hit torch loads it from source and calls ``triton.compile`` (a lookup in Triton's file
+cache, keyed among other things by the ``ptxas`` version: see
+``_triton_compat.align_ptxas_with_compile_workers``), and Triton initializes its driver and
+builds a C launcher stub with the system compiler.
 
 What we do, in the compiling process only, after torch's own ``CachingAutotuner.precompile``:
 for a kernel whose every non-static result failed on that path alone, run torch's own

@@ -19,9 +19,9 @@ Triton 3.6 (H100); on a CPU-only torch none of this runs.  What we touch and why
   time, see ``_static_launch``.  For the others, torch loads them from their source on a
   hit and calls ``triton.compile``, which must then be a lookup in Triton's file cache: we
   point that cache at the same private directory, make Triton's key come out as it did in
-  the compiling process (:func:`_prime_ptxas_version`), and serve their autotuning winners
-  (matched by kernel name, see :class:`KernelRefs`) so only the winning config is looked
-  up.  Triton then initializes its driver and builds its C launcher stub for them with the
+  the compiling process (:func:`align_ptxas_with_compile_workers`), and serve their
+  autotuning winners (matched by kernel name, see :class:`KernelRefs`) so only the winning
+  config is looked up.  Triton then initializes its driver and builds its C launcher stub for them with the
   system compiler (cached in the private directory), as torch's own warm start does when
   its Triton cache is cold.
 * **Autotuning winners.**  Recorded by the compiling process (``_triton_tuning``).  On a hit
@@ -349,20 +349,42 @@ def _env_restored(name: str) -> Iterator[None]:
             os.environ[name] = previous
 
 
-def _prime_ptxas_version() -> None:
-    """Resolve ``ptxas`` for Triton's cache key the way the compiling process did.
+def align_ptxas_with_compile_workers() -> None:
+    """Point Triton at the ``ptxas`` torch's kernel compiles use, before this process first
+    resolves one for Triton's cache key.
 
-    Triton's key for a kernel includes ``get_ptxas_version(arch)``, cached per process on
-    its first call.  In a compiling process that first call comes from Inductor's codegen
-    (``triton_hash_with_backend``), *before* torch points ``$TRITON_PTXAS_PATH`` at its own
-    ``ptxas`` for the kernel compiles; a hit skips codegen (and that hash, see below), so
-    its first call would come after, find another ``ptxas`` (seen on H100: CUDA 12.8 cold,
-    13.0 warm), compute another key, miss the stored kernel and generate it again.
-    Resolving it now, before any kernel loads, gives the compiling process's answer, unless
-    this process already resolved it (then it is the same cached answer torch's own warm
-    start would use)."""
+    Triton's key for a kernel includes ``get_ptxas_version(arch)``, cached per process at
+    its first call.  torch sets ``$TRITON_PTXAS_PATH`` to its own ``ptxas`` (when it ships
+    one: ``_set_triton_ptxas_path``) in each compile worker and just before each kernel
+    compile in the main process, but the main process's first call comes earlier, from
+    Inductor's codegen (``triton_hash_with_backend``), while the variable is unset.  So in
+    one compile the kernels built in the main process and those built in workers carried
+    keys made with two ``ptxas`` (seen on H100: Triton's own CUDA 12.8 and torch's 13.0),
+    and a hit, which can resolve only one, missed the others and generated them again.
+    Setting the variable first, as torch itself does a moment later, gives one version to
+    the compiling process, its workers and every hit.  A process that resolved the version
+    before (another compile ran first) keeps its cached answer: Triton offers no supported
+    way to change it, and a kernel whose lookup then misses is generated again, correct
+    and slower."""
+    if not triton_available():
+        return
+    try:
+        from torch._inductor.runtime import compile_tasks
+    except ImportError:
+        return
+    set_path = getattr(compile_tasks, "_set_triton_ptxas_path", None)
+    if set_path is not None:
+        set_path()
+
+
+def _prime_ptxas_version() -> None:
+    """Resolve ``ptxas`` for Triton's cache key as the compiling process did, before any
+    kernel loads: after :func:`align_ptxas_with_compile_workers`, as on the miss side.  A
+    hit skips codegen, so without this its first call would come from wherever the first
+    kernel is rebuilt."""
     import torch
 
+    align_ptxas_with_compile_workers()
     try:
         from triton.backends.nvidia import compiler as nvidia
     except ImportError:

@@ -74,6 +74,9 @@ class ArtcacheBackend:
         with contextlib.ExitStack() as stack:
             capture = stack.enter_context(compat.capture_compile())
             if on_gpu and triton_compat.triton_available():
+                # One ptxas for every kernel's Triton key, here and in compile workers,
+                # so that the hit can find them all (align_ptxas_with_compile_workers).
+                triton_compat.align_ptxas_with_compile_workers()
                 stack.enter_context(static_launch.adopting_long_named_kernels())
             compiled = compat.compile_fx(gm, example_inputs)
         compile_s = time.perf_counter() - start
