@@ -2,7 +2,7 @@
 
 Kept apart from ``_torch_compat`` because it only matters on GPU and touches a second set
 of internals (``torch._inductor.runtime`` and Triton itself).  Verified on torch 2.11 +
-Triton 3.6 (H100); on a CPU-only torch none of this runs.  What we touch and why:
+Triton 3.6 (H100, H200); on a CPU-only torch none of this runs.  What we touch and why:
 
 * **Kernel objects in the entry.**  With ``bundle_triton_into_fx_graph_cache`` each
   ``CompiledFxGraph`` carries a ``TritonBundle``: the cubin/json files of every kernel and,
