@@ -53,10 +53,10 @@ it can show that nothing else changes:
    :func:`runtime_imports` imports the module instead.
 
 None applies to a graph with a kernel that torch rebuilds through ``triton.compile`` (no
-static launcher): the GPU case that covers such kernels (``nonstatic``) fails for another
-reason (one ``triton.compile`` lookup misses, with or without this module;
-``benchmarks/results/gpu_verification.md``), so it cannot show the lean load right there,
-and such a graph loads by torch's own path (``CompiledGraph.load``).
+static launcher): the GPU case that covers such kernels (``nonstatic``) was an expected
+failure for another reason until the seventh GPU session (a ``triton.compile`` lookup
+missed; ``benchmarks/results/gpu_verification.md``), so the lean load has never been shown
+right there, and such a graph loads by torch's own path (``CompiledGraph.load``).
 All three apply only on the torch versions whose runtime was checked to need nothing else
 from those imports (:data:`CHECKED_TORCH`).  On any other version a hit imports what torch's
 path imports.

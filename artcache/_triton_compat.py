@@ -21,9 +21,9 @@ Triton 3.6 (H100, H200); on a CPU-only torch none of this runs.  What we touch a
   point that cache at the same private directory, make Triton's key come out as it did in
   the compiling process (:func:`align_ptxas_with_compile_workers`), and serve their
   autotuning winners (matched by kernel name, see :class:`KernelRefs`) so only the winning
-  config is looked up.  Triton then initializes its driver and builds its C launcher stub for them with the
-  system compiler (cached in the private directory), as torch's own warm start does when
-  its Triton cache is cold.
+  config is looked up.  Triton then initializes its driver and builds its C launcher stub
+  for them with the system compiler (cached in the private directory), as torch's own warm
+  start does when its Triton cache is cold.
 * **Autotuning winners.**  Recorded by the compiling process (``_triton_tuning``).  On a hit
   ``AutotuneCache.create`` answers from the entry (no file, no ``torch_key``) and
   :func:`select_tuned` leaves each tuned kernel with its single winning launcher, so
@@ -222,7 +222,7 @@ def serve_triton(
     Triton's cache), tuning answers come from ``winners``, and nothing is compiled in a
     worker pool (``compile_threads=1``: with everything prebuilt there is nothing to farm out,
     and asking whether the pool is ready would start it).  ``through_triton``: some kernel
-    will be rebuilt through ``triton.compile`` (see :func:`_prime_ptxas_version`).
+    will be rebuilt through ``triton.compile`` (see :func:`align_ptxas_with_compile_workers`).
     ``bundle_keys``: :func:`static_bundle_keys` of the entry, so that finding its static
     launchers does not hash torch's sources (``torch_key``, 0.3 s and more per process).
     ``settled_files``: :attr:`TunedSelection.settled_files`, kernels whose only launcher is
@@ -231,7 +231,7 @@ def serve_triton(
         yield
         return
     if through_triton:
-        _prime_ptxas_version()
+        align_ptxas_with_compile_workers()
     import torch
     from torch._inductor import triton_bundler
 
@@ -361,11 +361,12 @@ def align_ptxas_with_compile_workers() -> None:
     one compile the kernels built in the main process and those built in workers carried
     keys made with two ``ptxas`` (seen on H100: Triton's own CUDA 12.8 and torch's 13.0),
     and a hit, which can resolve only one, missed the others and generated them again.
-    Setting the variable first, as torch itself does a moment later, gives one version to
-    the compiling process, its workers and every hit.  A process that resolved the version
-    before (another compile ran first) keeps its cached answer: Triton offers no supported
-    way to change it, and a kernel whose lookup then misses is generated again, correct
-    and slower."""
+    Setting the variable first (on a miss before the compile, on a hit before any kernel
+    loads), as torch itself does a moment later, gives one version to the compiling
+    process, its workers and every hit.  A process that resolved the version before
+    (another compile ran first) keeps its cached answer: Triton offers no supported way to
+    change it, and a kernel whose lookup then misses is generated again, correct and
+    slower."""
     if not triton_available():
         return
     try:
@@ -375,25 +376,6 @@ def align_ptxas_with_compile_workers() -> None:
     set_path = getattr(compile_tasks, "_set_triton_ptxas_path", None)
     if set_path is not None:
         set_path()
-
-
-def _prime_ptxas_version() -> None:
-    """Resolve ``ptxas`` for Triton's cache key as the compiling process did, before any
-    kernel loads: after :func:`align_ptxas_with_compile_workers`, as on the miss side.  A
-    hit skips codegen, so without this its first call would come from wherever the first
-    kernel is rebuilt."""
-    import torch
-
-    align_ptxas_with_compile_workers()
-    try:
-        from triton.backends.nvidia import compiler as nvidia
-    except ImportError:
-        return  # not a CUDA build of Triton
-    get_version = getattr(nvidia, "get_ptxas_version", None)
-    if get_version is None or not torch.cuda.is_available():
-        return
-    major, minor = torch.cuda.get_device_capability()
-    get_version(major * 10 + minor)
 
 
 @contextlib.contextmanager

@@ -152,9 +152,8 @@ class CompiledGraph:
         if tuned.outcome:
             log.info("artcache: autotuning served from the entry: %s", sorted(tuned.outcome.items()))
         through_triton = triton_compat.rebuilt_through_triton(self.entry, self.triton_kernels())
-        # Graphs with kernels rebuilt through triton.compile load by torch's own path: the GPU
-        # case covering them ("nonstatic") fails for another reason, so it cannot show the
-        # lean load right for them (_lean_load's docstring).
+        # Graphs with kernels rebuilt through triton.compile load by torch's own path: the
+        # lean load has not been run on a GPU for them (_lean_load's docstring).
         lean = not through_triton
         graphs = self._output_codes()
         lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in graphs) if lean else 0
