@@ -137,6 +137,24 @@ def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
+def lifted_tensor_ids(gm: torch.nn.Module) -> set[int]:
+    """The parameters and buffers of ``gm``, which AOTAutograd lifts to graph inputs
+    (``aot_module_simplified``: ``named_parameters`` then ``named_buffers``, duplicates
+    kept).  Their values are read at every call, never compiled in, unless Inductor's
+    ``freezing`` turns them into constants (a setting that keys on their values)."""
+    tensors = [t for _, t in gm.named_parameters(remove_duplicate=False)] + [t for _, t in gm.named_buffers(remove_duplicate=False)]
+    return {id(t) for t in tensors}
+
+
+def _lifted_spec(t: torch.Tensor) -> list[Any]:
+    # For the key: what the compiled code depends on for an input (dtype, shape, strides,
+    # device type, grad), never its values, so a compiled optimizer step keyed on its state
+    # tensors is found again whatever their values are.
+    stride = list(t.stride()) if t.layout is torch.strided else []
+    return [EXT[Tag.TUPLE], "lifted-tensor", str(t.dtype), list(t.shape), stride, t.device.type,
+            bool(t.requires_grad), isinstance(t, torch.nn.Parameter)]
+
+
 def encode_graph_module(enc: _Encoder, gm: torch.fx.GraphModule, depth: int) -> list[Any]:
     # GraphModule gives every instance its own subclass of GraphModule (or of
     # _LazyGraphModule); a subclass with its own behaviour cannot be rebuilt generically.
@@ -172,9 +190,14 @@ def encode_graph_module(enc: _Encoder, gm: torch.fx.GraphModule, depth: int) -> 
     finally:
         enc.node_ids = saved
     attrs: dict[str, Any] = {}
+    lifted = lifted_tensor_ids(gm) if enc.for_hashing else set()
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module") and node.target not in attrs:
-            attrs[node.target] = enc.enc(_fetch_attr(gm, node.target), depth)
+            value = _fetch_attr(gm, node.target)
+            if id(value) in lifted:
+                attrs[node.target] = _lifted_spec(value)
+            else:
+                attrs[node.target] = enc.enc(value, depth)
     return [
         EXT[Tag.GRAPH_MODULE],
         None if enc.for_hashing else type(gm).__name__,

@@ -24,6 +24,7 @@ duration of one compile or one rebuild, and always restored.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import contextlib
 import dataclasses
 import enum
@@ -226,11 +227,24 @@ def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
     return bool(ac.AOTAutogradCache.evaluate_guards(expr, hints))
 
 
-def rebuild(entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool) -> Callable[..., Any]:
+def lifted_inputs(gm: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors AOTAutograd passes before the graph's own inputs on every call: the
+    GraphModule's parameters, then its buffers, duplicates kept (``aot_module_simplified``
+    in torch/_functorch/aot_autograd.py, torch 2.11-2.13).  Dynamo gives a graph such
+    attributes for tensors it reaches outside the frame's inputs: a compiled optimizer
+    step's state, for example.  A rebuilt entry is called with the live ones."""
+    return [t for _, t in gm.named_parameters(remove_duplicate=False)] + [t for _, t in gm.named_buffers(remove_duplicate=False)]
+
+
+def rebuild(
+    entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = ()
+) -> Callable[..., Any]:
     """The compiled callable of ``entry``: torch's post-compile steps, no compilation.
 
-    Must run inside Dynamo's backend call, so that its TracingContext receives the output
-    strides and the SymInt inputs carry the entry's guards into Dynamo's shape env.
+    ``example_inputs`` are the graph's inputs; ``lifted`` (:func:`lifted_inputs`) go first
+    in every call, as in torch's own compiled callable.  Must run inside Dynamo's backend
+    call, so that its TracingContext receives the output strides and the SymInt inputs
+    carry the entry's guards into Dynamo's shape env.
     """
     from torch._inductor.cudagraph_utils import BoxedDeviceIndex
     from torch._inductor.utils import BoxedBool
@@ -248,10 +262,16 @@ def rebuild(entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool) -> C
     context = torch._guards.TracingContext.try_get()
     tracing = contextlib.nullcontext() if context is not None else _fresh_tracing()
     with tracing:
-        compiled = entry.wrap_post_compile(list(example_inputs), aot_config, fx_config)
+        compiled = entry.wrap_post_compile([*lifted, *example_inputs], aot_config, fx_config)
 
-    def forward(*args: Any) -> Any:
-        return compiled(list(args))
+    if lifted:
+        prefix = list(lifted)
+
+        def forward(*args: Any) -> Any:
+            return compiled([*prefix, *args])
+    else:
+        def forward(*args: Any) -> Any:
+            return compiled(list(args))
 
     return torch._dynamo.disable(forward, reason="artcache compiled graph")  # type: ignore[no-any-return]
 
@@ -286,22 +306,136 @@ def config_snapshots() -> dict[str, dict[str, Any]]:
     }
 
 
-def numerics_flags() -> dict[str, Any]:
-    """Global numerics switches that change what compiled kernels compute."""
-    flags: dict[str, Any] = {
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "default_dtype": str(torch.get_default_dtype()),
-        "grad_enabled": torch.is_grad_enabled(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+# Per-backend float32 precision settings (torch >= 2.9's API).  Once any of them is set,
+# the legacy getters (``get_float32_matmul_precision``, ``allow_tf32``) may raise, so each
+# value is read on its own and a getter that raises is recorded as such.
+_FP32_PRECISION = (
+    ("fp32_precision", lambda: torch.backends.fp32_precision),
+    ("cuda_matmul_fp32_precision", lambda: torch.backends.cuda.matmul.fp32_precision),
+    ("cudnn_conv_fp32_precision", lambda: torch.backends.cudnn.conv.fp32_precision),
+    ("cudnn_rnn_fp32_precision", lambda: torch.backends.cudnn.rnn.fp32_precision),
+    ("mkldnn_matmul_fp32_precision", lambda: torch.backends.mkldnn.matmul.fp32_precision),
+    ("mkldnn_conv_fp32_precision", lambda: torch.backends.mkldnn.conv.fp32_precision),
+    ("mkldnn_rnn_fp32_precision", lambda: torch.backends.mkldnn.rnn.fp32_precision),
+)
+
+
+def _read(getter: Callable[[], Any]) -> Any:
+    """A global setting's value, or a marker naming why it could not be read: torch's
+    getters raise RuntimeError for some combinations of settings (the legacy and per-backend
+    precision APIs mixed), and a torch without the attribute raises AttributeError."""
+    try:
+        value = getter()
+    except (RuntimeError, AttributeError) as exc:
+        return f"unreadable: {type(exc).__name__}"
+    return value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+
+
+def numerics_flags(*, cpu_code: bool) -> dict[str, Any]:
+    """Global switches that change what compiled kernels compute.
+
+    ``cpu_code``: whether the graph may run as Inductor C++ code.  That code sizes its
+    per-thread reduction buffers for the thread count at compile time, so a different
+    ``torch.get_num_threads()`` needs another program (torch's own FX graph key includes it
+    for the same reason); a graph that runs only on a GPU does not depend on it.
+    """
     cuda = torch.backends.cuda.matmul
-    flags["cuda_allow_tf32"] = bool(cuda.allow_tf32)
-    flags["cuda_fp16_reduced"] = bool(cuda.allow_fp16_reduced_precision_reduction)
-    flags["cuda_bf16_reduced"] = bool(cuda.allow_bf16_reduced_precision_reduction)
-    flags["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
-    flags["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+    flags: dict[str, Any] = {
+        "deterministic": _read(torch.are_deterministic_algorithms_enabled),
+        "deterministic_warn_only": _read(torch.is_deterministic_algorithms_warn_only_enabled),
+        # Under deterministic algorithms, empty() and friends are filled (NaN, or the max
+        # integer) inside the generated kernels: the fill is baked in.
+        "fill_uninitialized_memory": _read(lambda: torch.utils.deterministic.fill_uninitialized_memory),
+        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
+        "default_dtype": _read(lambda: str(torch.get_default_dtype())),
+        "grad_enabled": _read(torch.is_grad_enabled),
+        "cpu_capability": _read(torch.backends.cpu.get_cpu_capability),
+        "cuda_allow_tf32": _read(lambda: bool(cuda.allow_tf32)),
+        "cuda_fp16_reduced": _read(lambda: bool(cuda.allow_fp16_reduced_precision_reduction)),
+        "cuda_bf16_reduced": _read(lambda: bool(cuda.allow_bf16_reduced_precision_reduction)),
+        "cudnn_allow_tf32": _read(lambda: bool(torch.backends.cudnn.allow_tf32)),
+        "cudnn_deterministic": _read(lambda: bool(torch.backends.cudnn.deterministic)),
+    }
+    for name, getter in _FP32_PRECISION:
+        flags[name] = _read(getter)
+    if cpu_code:
+        flags["cpu_threads"] = _cpp_thread_count()
     return flags
+
+
+def _cpp_thread_count() -> int | str:
+    """The thread count Inductor's C++ code is generated for (``parallel_num_threads``
+    in torch/_inductor/utils.py): ``cpp.threads`` when set, else the runtime's count.
+    With ``cpp.dynamic_threads`` the code reads the count at run time instead."""
+    cpp = torch._inductor.config.cpp
+    if cpp.dynamic_threads:
+        return "dynamic"
+    return int(cpp.threads) if cpp.threads >= 1 else torch.get_num_threads()
+
+
+def may_run_cpu_code(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
+    """Whether compiling ``gm`` may generate C++ code for the CPU: a CPU tensor among the
+    inputs or among any node's values (the check of torch's FX graph key,
+    ``FxGraphHashDetails._may_generate_cpu_cpp_code``), or no tensor anywhere to tell."""
+    seen_tensor = False
+    values: list[Any] = list(example_inputs)
+    for module in gm.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                values.extend(node.meta.get(k) for k in ("val", "example_value"))
+    for value in values:
+        for leaf in torch.utils._pytree.tree_leaves(value):
+            if isinstance(leaf, torch.Tensor):
+                seen_tensor = True
+                if leaf.device.type == "cpu":
+                    return True
+    return not seen_tensor
+
+
+def custom_op_code(op: Any) -> dict[str, Any]:
+    """The user code that tracing or compiling ``op`` (an OpOverload outside torch's own
+    namespaces) can run, by role: values for :func:`artcache.code_digest.code_digest`.
+
+    Reads torch's registries: ``torch.library.custom_op``'s definition (kernels per
+    device, fake kernel, autograd formula and setup_context, vmap and torch-dispatch
+    rules, autocast), the fake kernel of an op defined with ``torch.library`` directly,
+    Python kernels attached to the overload (``py_impl``), and decompositions and
+    Inductor lowerings registered for it.  Inductor's own tables are read only when their
+    module is loaded: a process that never imported one cannot have registered into it.
+    Raises ``Uncacheable`` for an op whose implementation is nowhere to be found.
+    """
+    import sys
+
+    from torch._library.custom_ops import OPDEFS
+    from torch._library.simple_registry import singleton
+
+    qualname = op._schema.name  # "namespace::name"
+    parts: dict[str, Any] = {"schema": str(op._schema)}
+    opdef = OPDEFS.get(qualname)
+    if opdef is not None:
+        for attr in ("_init_fn", "_backend_fns", "_abstract_fn", "_setup_context_fn", "_backward_fn",
+                     "_torch_dispatch_fns", "_vmap_fn", "_autocast_dtype", "_tags"):
+            parts[attr] = getattr(opdef, attr, None)
+    # The registry's own dict: ``find`` would create an entry for an op that has none.
+    entry = getattr(singleton, "_data", {}).get(qualname)
+    fake = getattr(getattr(entry, "fake_impl", None), "kernel", None)
+    if fake is not None:
+        parts["fake_impl"] = getattr(fake, "func", fake)
+    parts["torch_dispatch_rules"] = dict(getattr(getattr(entry, "torch_dispatch_rules", None), "_data", {}) or {})
+    parts["py_kernels"] = {str(k): v for k, v in getattr(op, "py_kernels", {}).items()}
+    tables = [("decomposition_table", "torch._decomp", "decomposition_table"),
+              ("inductor_decompositions", "torch._inductor.decomposition", "decompositions"),
+              ("inductor_lowerings", "torch._inductor.lowering", "lowerings"),
+              ("inductor_fallbacks", "torch._inductor.lowering", "fallbacks")]
+    for role, module_name, attr in tables:
+        module = sys.modules.get(module_name)
+        table = getattr(module, attr, None) if module is not None else None
+        if table is not None:
+            found = [] if isinstance(table, collections.abc.Set) else [table[k] for k in (op, op.overloadpacket) if k in table]
+            parts[role] = [op in table] if isinstance(table, collections.abc.Set) else found
+    if opdef is None and fake is None and not parts["py_kernels"]:
+        raise Uncacheable("custom-op", f"cannot identify the implementation of {qualname}")
+    return parts
 
 
 # -- what a captured entry may contain -------------------------------------------------
@@ -371,6 +505,8 @@ _ENTRY_CLASSES = (
     ("torch._dynamo.source", "RandomValueSource"),
     ("torch._dynamo.source", "ShapeEnvSource"),
     ("torch._dynamo.source", "GradSource"),
+    ("torch._dynamo.source", "OptimizerSource"),
+    ("torch._dynamo.source", "ConstDictKeySource"),
     ("torch._guards", "GuardSource"),
 )
 # Classes referenced as values (``OutputAliasInfo.raw_type``, ``output_types``) and

@@ -62,7 +62,13 @@ class ArtcacheBackend:
             key, specs, values = self._key(gm, example_inputs)
         except Uncacheable as exc:
             return self._uncacheable(exc, gm, example_inputs)
-        hit = self._load(key.key, example_inputs)
+        except Exception as exc:  # noqa: BLE001 - the keying boundary, see below
+            # Keying reads torch's global settings and registries and walks user code;
+            # whatever that raises, the user's compile goes on without the cache (one
+            # warning; strict mode raises through degrade()).
+            self.cache.degrade("key", ArtcacheError(f"cannot compute the key: {type(exc).__name__}: {exc}"))
+            return self._uncacheable(Uncacheable("key-error", type(exc).__name__), gm, example_inputs)
+        hit = self._load(key.key, gm, example_inputs)
         if hit is not None:
             return hit
         self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
@@ -133,13 +139,13 @@ class ArtcacheBackend:
             # Freezing bakes parameter values into the graph through a compiler path that
             # AOTAutograd's result capture does not cover.
             raise Uncacheable("freezing", "inductor config freezing=True")
-        numerics = compat.numerics_flags()
+        numerics = compat.numerics_flags(cpu_code=compat.may_run_cpu_code(gm, example_inputs))
         environment = self._fingerprint(example_inputs)
         options = {"mode": self.mode, "options": sorted(self.options)}
         cache_key = keys.graph_key(
             graph_digest=pickler.hash_object(gm),
             inputs=specs,
-            custom_ops=keys.custom_op_factor_value(gm),
+            custom_ops=keys.custom_op_factor_value(gm, compat.custom_op_code),
             configs=compat.config_snapshots(),
             numerics=numerics,
             environment=environment,
@@ -163,17 +169,18 @@ class ArtcacheBackend:
             self._environment[devices] = fingerprint(devices)
         return self._environment[devices]
 
-    def _load(self, key: str, example_inputs: Sequence[Any]) -> Callable[..., Any] | None:
+    def _load(self, key: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any] | None:
         start = time.perf_counter()
         loaded = self.cache.lookup(key)
         if loaded is None:
             return None
         try:
             graph = CompiledGraph.from_loaded(loaded)
-            if not graph.guards_hold(example_inputs):
+            lifted = compat.lifted_inputs(gm)
+            if not graph.guards_hold([*lifted, *example_inputs]):
                 self.cache.reject(key, "guards")
                 return None
-            compiled = graph.load(example_inputs, cudagraphs=bool(torch._inductor.config.triton.cudagraphs))
+            compiled = graph.load(example_inputs, cudagraphs=bool(torch._inductor.config.triton.cudagraphs), lifted=lifted)
             self.cache.record_hit(loaded, time.perf_counter() - start)
             return compiled
         except ArtcacheError as exc:

@@ -188,36 +188,38 @@ def input_specs(gm: Any, example_inputs: Any) -> list[str]:
     return specs
 
 
-def custom_op_factor_value(gm: Any) -> list[list[str]]:
-    """Schemas and implementation digests of non-torch ops the graph calls.
+def custom_op_factor_value(gm: Any, op_code: Any) -> list[list[str]]:
+    """Per non-torch op the graph calls: its name, schema, and a digest of each piece of
+    user code that tracing or compiling it can run (``op_code(op)`` gathers them by role
+    from torch's registries; :func:`artcache.code_digest.code_digest` digests each, with
+    the module-level values and closures it reads).
 
     A custom op's implementation is user code the torch version does not pin; if artcache
     cannot identify it, the graph is uncacheable rather than risk serving a stale kernel.
     """
-    import inspect
+    from .code_digest import code_digest
 
     out = []
     seen = set()
-    for node in gm.graph.nodes:
-        target = node.target
-        namespace = getattr(target, "namespace", None)
-        if node.op != "call_function" or namespace is None or namespace in _BUILTIN_NAMESPACES:
+    for module in gm.modules():
+        if not isinstance(module, torch.fx.GraphModule):
             continue
-        name = str(getattr(target, "_name", target))
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            from torch._library.custom_ops import OPDEFS
-
-            opdef = OPDEFS.get(name.split(".")[0])
-            impl = getattr(opdef, "_init_fn", None)
-            source = inspect.getsource(impl) if impl is not None else None
-        except (ImportError, OSError, TypeError):
-            source = None
-        if source is None:
-            raise Uncacheable("custom-op", f"cannot identify the implementation of {name}")
-        out.append([name, str(getattr(target, "_schema", "")), hashlib.sha256(source.encode()).hexdigest()])
+        for node in module.graph.nodes:
+            target = node.target
+            if node.op != "call_function":
+                continue
+            if isinstance(target, torch._ops.OpOverloadPacket):  # every overload it may resolve to
+                overloads = [getattr(target, name) for name in target.overloads()]
+            elif isinstance(target, torch._ops.OpOverload):
+                overloads = [target]
+            else:
+                continue
+            for op in overloads:
+                if op.namespace in _BUILTIN_NAMESPACES or op in seen:
+                    continue
+                seen.add(op)
+                digests = [f"{role}={code_digest(value)}" for role, value in sorted(op_code(op).items())]
+                out.append([str(op), *digests])
     return sorted(out)
 
 

@@ -145,8 +145,11 @@ class CompiledGraph:
     def guards_hold(self, example_inputs: Sequence[Any]) -> bool:
         return compat.guards_hold(self.entry, example_inputs)
 
-    def load(self, example_inputs: Sequence[Any], *, cudagraphs: bool) -> Callable[..., Any]:
-        """The compiled callable (runs torch's post-compile steps; compiles nothing)."""
+    def load(
+        self, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = ()
+    ) -> Callable[..., Any]:
+        """The compiled callable (runs torch's post-compile steps; compiles nothing).
+        ``lifted``: the live graph's parameters and buffers (``compat.lifted_inputs``)."""
         library_dir = compat.kernel_library_dir()
         tuned = triton_compat.select_tuned(self.entry, self.winners, self.tuned_results)
         if tuned.outcome:
@@ -163,7 +166,7 @@ class CompiledGraph:
         ), lean_load.hit_post_compile(graphs, enabled=lean) as lean_post_compile:
             log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                       lightened, len(graphs), lean_post_compile)
-            return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs)
+            return compat.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs, lifted=lifted)
 
     def _output_codes(self) -> list[Any]:
         """The forward and backward ``CompiledFxGraph`` (those present)."""

@@ -26,7 +26,7 @@ def key_now(*, mode: str | None = None, options: dict[str, Any] | None = None) -
         inputs=["tensor float32 ('4',) stride=('1',) cpu grad=False"],
         custom_ops=[],
         configs=compat.config_snapshots(),
-        numerics=compat.numerics_flags(),
+        numerics=compat.numerics_flags(cpu_code=True),
         environment={"torch": torch.__version__},
         compile_options={"mode": mode, "options": sorted(options or {})},
     ).key
