@@ -7,10 +7,10 @@ hierarchy in :mod:`artcache.errors`.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .cache import Cache, CacheStats, LoadedEntry, NewBlob  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .cache import Cache, CacheStats
+from .entry import LoadedEntry, NewBlob
+from .errors import (
     ArtcacheError,
     CorruptEntryError,
     IncompatibleEntryError,

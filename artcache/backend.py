@@ -14,7 +14,6 @@ mode).  The user's compile is never lost to a cache problem.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import logging
 import threading
@@ -24,13 +23,14 @@ from typing import Any
 
 import torch
 
-from . import _static_launch as static_launch
-from . import _torch_compat as compat
-from . import _triton_compat as triton_compat
-from . import _triton_tuning as triton_tuning
-from . import keys, pickler
-from .cache import Cache
+from . import bundler, keys, pickler
+from ._torch import op_registry, rebuild
+from ._torch import settings as torch_settings
+from ._torch.entry_types import entry_allowlist
+from .bundler import KernelRefs
 from .config import settings_from_env
+from .entries import EntryStore
+from .entry import SummaryKey
 from .environment import fingerprint
 from .errors import ArtcacheError, CorruptEntryError, StoreError, Uncacheable
 from .output_code import CompiledGraph
@@ -42,18 +42,27 @@ _RESAVE_CALLS = 4
 
 
 class ArtcacheBackend:
-    """A torch.compile backend bound to one :class:`Cache` and one mode/options pair."""
+    """A torch.compile backend bound to one :class:`~artcache.entries.EntryStore` (an
+    ``artcache.Cache``) and one mode/options pair."""
 
-    def __init__(self, cache: Cache, *, mode: str | None = None, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, cache: EntryStore, *, mode: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         self.cache = cache
         self.mode = mode
         self.options = dict(options or {})
         self._environment: dict[frozenset[str], dict[str, str]] = {}
+        self._allow: pickler.Allowlist | None = None
+
+    def _allowlist(self) -> pickler.Allowlist:
+        """The allowlist a graph is hashed with: every type an entry may hold (Dynamo
+        graphs name some of torch's internal callables), built once per backend."""
+        if self._allow is None:
+            self._allow = entry_allowlist()
+        return self._allow
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-        with torch._inductor.config.patch(compat.mode_options(self.mode, self.options)):
+        with torch_settings.inductor_config_patch(torch_settings.mode_options(self.mode, self.options)):
             if self.cache.settings.disabled:
-                return compat.compile_fx(gm, example_inputs)
+                return torch_settings.compile_fx(gm, example_inputs)
             return self._compile(gm, example_inputs)
 
     # -- the path ------------------------------------------------------------------------
@@ -73,20 +82,11 @@ class ArtcacheBackend:
             return hit
         self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
         on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
-        if on_gpu:
-            # Kernels tune at their first run, after this returns: record it (_triton_tuning).
-            triton_tuning.install_tuning_recorder()
         start = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            capture = stack.enter_context(compat.capture_compile())
-            if on_gpu and triton_compat.triton_available():
-                # One ptxas for every kernel's Triton key, here and in compile workers,
-                # so that the hit can find them all (align_ptxas_with_compile_workers).
-                triton_compat.align_ptxas_with_compile_workers()
-                stack.enter_context(static_launch.adopting_long_named_kernels())
-            compiled = compat.compile_fx(gm, example_inputs)
+        with bundler.capturing(on_gpu=on_gpu) as capture:
+            compiled = torch_settings.compile_fx(gm, example_inputs)
         compile_s = time.perf_counter() - start
-        graph = CompiledGraph.captured(capture.entry, dict(capture.cpp_kernels))
+        graph = CompiledGraph.captured(capture)
         self._save(key, graph, gm, specs, values, compile_s)
         kernels = graph.triton_kernels() if on_gpu else None
         if kernels:
@@ -95,7 +95,7 @@ class ArtcacheBackend:
 
     def _resave_after_tuning(
         self, compiled: Callable[..., Any], key: keys.CacheKey, graph: CompiledGraph,
-        kernels: triton_compat.KernelRefs, gm: torch.fx.GraphModule, specs: list[str], values: dict[str, Any], compile_s: float,
+        kernels: KernelRefs, gm: torch.fx.GraphModule, specs: list[str], values: dict[str, Any], compile_s: float,
     ) -> Callable[..., Any]:
         """Two-phase write for GPU entries: the entry saved above holds the compiled kernels;
         autotuning winners appear at the first forward (and backward) run.  Whenever the
@@ -103,13 +103,12 @@ class ArtcacheBackend:
         (the manifest write is the commit point, so readers see either version whole).
         Checked around the first calls and once at exit (a backward's tuning ends after the
         forward call returned)."""
-        recorder = triton_tuning.recorder()
         lock = threading.Lock()
-        state = {"saved": graph.tuning_state(), "calls": 0}
+        state = {"saved": graph.kernels.tuning_state(), "calls": 0}
 
         def resave() -> None:
             with lock:
-                tuning = recorder.for_kernels(kernels)
+                tuning = bundler.tuning_for(kernels)
                 if tuning == state["saved"]:
                     return
                 state["saved"] = tuning
@@ -135,24 +134,26 @@ class ArtcacheBackend:
         """The key, the input specs, and the readable values behind the factors (kept in
         the manifest and in miss records so ``artcache explain`` can name what differs)."""
         specs = keys.input_specs(gm, example_inputs)
-        if torch._inductor.config.freezing:
+        if torch_settings.freezing_enabled():
             # Freezing bakes parameter values into the graph through a compiler path that
             # AOTAutograd's result capture does not cover.
             raise Uncacheable("freezing", "inductor config freezing=True")
-        numerics = compat.numerics_flags(cpu_code=compat.may_run_cpu_code(gm, example_inputs))
+        numerics = torch_settings.numerics_flags(cpu_code=torch_settings.may_run_cpu_code(gm, example_inputs))
         environment = self._fingerprint(example_inputs)
         options = {"mode": self.mode, "options": sorted(self.options)}
         cache_key = keys.graph_key(
-            graph_digest=pickler.hash_object(gm),
+            # freezing=True is refused above; without it AOTAutograd lifts the graph's
+            # parameters and buffers to inputs, so their values are not compiled in.
+            graph_digest=pickler.hash_object(gm, allow=self._allowlist(), lifted_inputs=True),
             inputs=specs,
-            custom_ops=keys.custom_op_factor_value(gm, compat.custom_op_code),
-            configs=compat.config_snapshots(),
+            custom_ops=keys.custom_op_factor_value(gm, op_registry.custom_op_code),
+            configs=torch_settings.config_snapshots(),
             numerics=numerics,
             environment=environment,
             compile_options=options,
         )
         cache_key.log()
-        overrides = compat.config_overrides()
+        overrides = torch_settings.config_overrides()
         values = {
             "inputs": specs,
             "numerics": numerics,
@@ -176,11 +177,11 @@ class ArtcacheBackend:
             return None
         try:
             graph = CompiledGraph.from_loaded(loaded)
-            lifted = compat.lifted_inputs(gm)
+            lifted = rebuild.lifted_inputs(gm)
             if not graph.guards_hold([*lifted, *example_inputs]):
                 self.cache.reject(key, "guards")
                 return None
-            compiled = graph.load(example_inputs, cudagraphs=bool(torch._inductor.config.triton.cudagraphs), lifted=lifted)
+            compiled = graph.load(example_inputs, cudagraphs=torch_settings.cudagraphs_enabled(), lifted=lifted)
             self.cache.record_hit(loaded, time.perf_counter() - start)
             return compiled
         except ArtcacheError as exc:
@@ -215,15 +216,15 @@ class ArtcacheBackend:
             self.cache.record_uncacheable("serializer-error")
             self.cache.degrade("save", CorruptEntryError(f"cannot serialize: {type(exc).__name__}: {exc}"))
             return
-        summary["compile_seconds"] = round(compile_s, 3)
-        summary["factor_values"] = values
+        summary[SummaryKey.COMPILE_SECONDS] = round(compile_s, 3)
+        summary[SummaryKey.FACTOR_VALUES] = values
         environment = self._fingerprint([])
         self.cache.save(key.key, blobs, factors=key.digests(), environment=environment, summary=summary)
 
     def _uncacheable(self, exc: Uncacheable, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         self.cache.record_uncacheable(exc.reason)
         log.info("artcache: compiling without the cache (%s)", exc)
-        return compat.compile_fx(gm, example_inputs)
+        return torch_settings.compile_fx(gm, example_inputs)
 
 
 def artcache_backend(
@@ -233,7 +234,7 @@ def artcache_backend(
     mode: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Callable[..., Any]:
-    """``torch.compile(backend="artcache")``: a Cache configured from the environment.
+    """``torch.compile(backend="artcache")``: an entry store configured from the environment.
 
     A store that cannot even be opened (unwritable directory, bad URL, missing extra) is a
     broken store like any other: the graph is compiled without the cache, with a warning,
@@ -241,11 +242,11 @@ def artcache_backend(
     """
     settings = settings_from_env()
     try:
-        cache = Cache(settings=settings)
+        cache = EntryStore(settings=settings)
     except StoreError as exc:
         if settings.strict:
             raise
         log.warning("artcache: cannot open the store, compiling without the cache: %s", exc)
-        with torch._inductor.config.patch(compat.mode_options(mode, options)):
-            return compat.compile_fx(gm, example_inputs)
+        with torch_settings.inductor_config_patch(torch_settings.mode_options(mode, options)):
+            return torch_settings.compile_fx(gm, example_inputs)
     return ArtcacheBackend(cache, mode=mode, options=options)(gm, example_inputs)

@@ -1,284 +1,30 @@
-"""The ``Cache`` facade: lookup and save of entries, the error policy, and stats.
-
-This module is the *one* place that decides what an error means for the user's job
-(:meth:`Cache.degrade`): by default a read error is a warning and a miss, a write
-error a warning (the store's write policy already decided whether it *is* an error),
-and under ``strict`` every error raises.  Stores and the serializer only raise.
-"""
+"""``Cache``: the public facade.  An :class:`~artcache.entries.EntryStore` (lookup, save,
+trust, the error policy, stats) that also makes ``torch.compile`` backends."""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .config import Settings, settings_from_env
-from .digest import content_digest, is_digest
-from .entry import BlobRef, Manifest, decode_body, decode_envelope, encode_body
-from .errors import (
-    ArtcacheError,
-    CorruptEntryError,
-    IncompatibleEntryError,
-    StoreError,
-    UntrustedEntryError,
-)
-from .signing import load_keys, sign_envelope
-from .activity import ActivityLog
-from .store import LocalStore, Store, TieredStore, ac_key, cas_key, open_store
+from .entries import CacheStats, EntryStore
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .backend import ArtcacheBackend
+
+__all__ = ["Cache", "CacheStats"]
 
 
-def local_root(store: Store) -> Path | None:
-    """The directory of the local (first) tier, where per-machine activity is kept."""
-    if isinstance(store, TieredStore):
-        store = store.tiers[0]
-    return store.root if isinstance(store, LocalStore) else None
+class Cache(EntryStore):
+    """Lookup and save of compiled entries in a store, and backends that use them.
 
-
-@dataclass(frozen=True)
-class CacheStats:
-    """A snapshot of one ``Cache``'s counters (see :meth:`Cache.stats`)."""
-
-    hits: int = 0
-    misses: Mapping[str, int] = field(default_factory=dict)
-    uncacheable: Mapping[str, int] = field(default_factory=dict)
-    errors: Mapping[str, int] = field(default_factory=dict)
-    saves: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    lookup_seconds: float = 0.0
-
-    @property
-    def lookups(self) -> int:
-        return self.hits + sum(self.misses.values())
-
-
-@dataclass(frozen=True)
-class LoadedEntry:
-    """A manifest and its blobs, fetched and verified, not yet deserialized."""
-
-    manifest: Manifest
-    blobs: Mapping[str, bytes]  # digest -> bytes
-
-    def blob(self, role: str) -> bytes:
-        return self.blobs[self.manifest.blob(role).digest]
-
-
-@dataclass(frozen=True)
-class NewBlob:
-    """A blob to save with an entry."""
-
-    role: str
-    data: bytes
-    name: str = ""
-
-
-class Cache:
-    """Lookup and save of compiled entries in a store.
-
-    ``store`` is a ``Store``, a URL, or a list of URLs (tiers, local first); ``None``
-    takes ``settings.store_urls``.  ``settings`` defaults to the environment.
-
-    With ``settings.signing_key`` every saved manifest is signed; with
-    ``settings.trusted_keys`` a lookup refuses (miss ``"untrusted"``) any entry without a
-    valid signature by one of them.  A configured key that cannot be used raises here.
+    ``Cache(store=...)`` takes a ``Store``, a URL, or a list of URLs (tiers, local first);
+    ``None`` takes ``ARTCACHE_STORE`` (see :class:`~artcache.entries.EntryStore`).
     """
 
-    def __init__(
-        self,
-        store: Store | str | Sequence[str] | None = None,
-        *,
-        settings: Settings | None = None,
-        strict: bool | None = None,
-    ) -> None:
-        self.settings = settings if settings is not None else settings_from_env()
-        self.strict = self.settings.strict if strict is None else strict
-        keys = load_keys(self.settings.signing_key, self.settings.trusted_keys)
-        self._signer, self._trust = keys.signer, keys.trust
-        if isinstance(store, Store):
-            self.store = store
-        else:
-            urls = self.settings.store_urls if store is None else store
-            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error)
-        self._hits = 0
-        self._misses: Counter[str] = Counter()
-        self._uncacheable: Counter[str] = Counter()
-        self._errors: Counter[str] = Counter()
-        self._saves = 0
-        self._bytes_read = 0
-        self._bytes_written = 0
-        self._lookup_seconds = 0.0
-        self._warned: set[str] = set()
-        root = local_root(self.store)
-        self.activity = ActivityLog(root) if root is not None and not self.store.read_only else None
-
-    # -- error policy (the one place) ------------------------------------------------
-    def degrade(self, operation: str, error: ArtcacheError) -> None:
-        """Count ``error``; raise it under strict mode, else warn once per kind."""
-        kind = f"{operation}:{type(error).__name__}"
-        self._errors[kind] += 1
-        if self.strict:
-            raise error
-        if kind not in self._warned:
-            self._warned.add(kind)
-            log.warning("artcache: %s failed, continuing without the cache: %s", operation, error)
-
-    def _tier_error(self, store: Store, operation: str, error: Exception) -> None:
-        # A tiered store reports each tier failure here; it has already skipped the tier.
-        wrapped = error if isinstance(error, ArtcacheError) else StoreError(str(error))
-        self.degrade(f"{operation} on {store.url}", wrapped)
-
-    # -- lookup ------------------------------------------------------------------------
-    def lookup(self, key: str) -> LoadedEntry | None:
-        """The entry stored under ``key`` with all its blobs, or ``None`` (a miss)."""
-        start = time.perf_counter()
-        try:
-            entry, reason = self._fetch(key)
-        except UntrustedEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "untrusted"
-        except IncompatibleEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "incompatible"
-        except CorruptEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "corrupt"
-        except StoreError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "store-error"
-        finally:
-            self._lookup_seconds += time.perf_counter() - start
-        if entry is None:
-            self._misses[reason] += 1
-            if self.activity is not None:
-                self.activity.record("miss", key=key, reason=reason)
-            return None
-        return entry
-
-    def _fetch(self, key: str) -> tuple[LoadedEntry | None, str]:
-        """The entry, or ``None`` and the miss reason; raises on bad data."""
-        raw = self.store.get(ac_key(key))
-        if raw is None:
-            return None, "absent"
-        envelope = decode_envelope(raw)
-        if self._trust is not None:
-            # Before decode_body: an untrusted body is never parsed, let alone its blobs.
-            self._trust.check(envelope)
-        manifest = decode_body(envelope.body)
-        if manifest.key != key:
-            raise CorruptEntryError(f"manifest under {key[:16]} claims key {manifest.key[:16]}")
-        wanted = {ref.digest: ref for ref in manifest.blobs}
-        fetched = self.store.get_many([cas_key(d) for d in wanted])
-        blobs: dict[str, bytes] = {}
-        for digest, ref in wanted.items():
-            data = fetched.get(cas_key(digest))
-            if data is None:  # evicted, or never fully shared to this tier
-                return None, "missing-blob"
-            if len(data) != ref.size:
-                raise CorruptEntryError(f"blob {digest[:16]} is {len(data)} bytes, manifest says {ref.size}")
-            if self._trust is not None and content_digest(data) != digest:
-                # The signature covers blob *digests*; the local tier's read check is a
-                # non-cryptographic checksum, so under trust the address itself is checked.
-                raise CorruptEntryError(f"blob {digest[:16]} does not match its sha256 address")
-            blobs[digest] = data
-        self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())
-        self._hits += 1
-        return LoadedEntry(manifest, blobs), ""
-
-    # -- save --------------------------------------------------------------------------
-    def save(
-        self,
-        key: str,
-        blobs: Sequence[NewBlob],
-        *,
-        factors: Mapping[str, str],
-        environment: Mapping[str, str],
-        summary: Mapping[str, Any] | None = None,
-    ) -> Manifest | None:
-        """Write ``blobs`` then the manifest (the commit point).  ``None`` if the write
-        failed and the policy allowed continuing."""
-        if not is_digest(key):
-            raise ValueError(f"cache key must be a sha256 hex digest, got {key!r}")
-        refs = []
-        payload: dict[str, bytes] = {}
-        for blob in blobs:
-            digest = content_digest(blob.data)
-            refs.append(BlobRef(blob.role, digest, len(blob.data), blob.name))
-            payload[cas_key(digest)] = blob.data
-        manifest = Manifest(
-            key=key,
-            factors=dict(factors),
-            environment=dict(environment),
-            created=time.time(),
-            producer=f"artcache {__version__}",
-            blobs=tuple(refs),
-            summary=dict(summary or {}),
-        )
-        try:
-            envelope = sign_envelope(encode_body(manifest), self._signer)
-            self.store.put_many(payload)
-            self.store.put(ac_key(key), envelope)
-        except (StoreError, CorruptEntryError) as exc:
-            self.degrade("save", exc)
-            return None
-        self._saves += 1
-        written = len(envelope) + sum(len(b) for b in payload.values())
-        self._bytes_written += written
-        if self.activity is not None:
-            self.activity.record("save", key=key, bytes=written,
-                                 compile_seconds=manifest.summary.get("compile_seconds", 0.0))
-        return manifest
-
-    # -- bookkeeping -------------------------------------------------------------------
-    def reject(self, key: str, reason: str) -> None:
-        """The caller could not use an entry that ``lookup`` returned (its shape guards
-        reject the inputs, or it cannot be rebuilt): count that lookup as a miss."""
-        self._misses[reason] += 1
-        self._hits -= 1
-        if self.activity is not None:
-            self.activity.record("miss", key=key, reason=reason)
-
-    def record_hit(self, entry: LoadedEntry, load_seconds: float) -> None:
-        """A looked-up entry was rebuilt and is in use: log the time it saved."""
-        if self.activity is not None:
-            compile_s = float(entry.manifest.summary.get("compile_seconds", 0.0) or 0.0)
-            self.activity.record("hit", key=entry.manifest.key, bytes=sum(len(b) for b in entry.blobs.values()),
-                                 load_seconds=round(load_seconds, 4),
-                                 saved_seconds=round(max(0.0, compile_s - load_seconds), 4))
-
-    def record_miss_details(self, key: str, details: Mapping[str, Any]) -> None:
-        """What a missed key was made of, for ``artcache explain``."""
-        if self.activity is not None:
-            self.activity.record_miss(key, details)
-
-    def record_uncacheable(self, reason: str) -> None:
-        self._uncacheable[reason] += 1
-        if self.activity is not None:
-            self.activity.record("uncacheable", reason=reason)
-
-    def stats(self) -> CacheStats:
-        return CacheStats(
-            hits=self._hits,
-            misses=dict(self._misses),
-            uncacheable=dict(self._uncacheable),
-            errors=dict(self._errors),
-            saves=self._saves,
-            bytes_read=self._bytes_read,
-            bytes_written=self._bytes_written,
-            lookup_seconds=self._lookup_seconds,
-        )
-
-    def backend(self, *, mode: str | None = None, options: Mapping[str, Any] | None = None) -> Any:
+    def backend(self, *, mode: str | None = None, options: Mapping[str, Any] | None = None) -> ArtcacheBackend:
         """A ``torch.compile(backend=...)`` callable that uses this cache."""
-        from .backend import ArtcacheBackend  # imports torch internals only when compiling
+        # Imported here, not at the top: the backend imports torch, and `import artcache`
+        # (the CLI, store tools) must stay light.  backend.py sits below this module.
+        from .backend import ArtcacheBackend
 
         return ArtcacheBackend(self, mode=mode, options=options)
-
-    def close(self) -> None:
-        self.store.close()

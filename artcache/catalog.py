@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .digest import content_digest
 from .entry import Manifest, decode_manifest
 from .errors import ArtcacheError, CorruptEntryError, IncompatibleEntryError
-from .store import KeyInfo, LocalStore, Store, ac_key, cas_key
+from .store import KeyInfo, Store, ac_key, cas_key
 
 # Blobs are written before their manifest, so a blob nobody references may belong to a
 # save in flight.  Orphans younger than this are left alone by gc.
@@ -165,7 +165,7 @@ def scan(store: Store) -> StoreScan:
         if manifest is not None:
             referenced.update(ref.digest for ref in manifest.blobs)
     orphans = tuple(info for digest, info in blobs.items() if digest not in referenced)
-    quarantined = _quarantine_count(store)
+    quarantined = store.quarantined_files()
     entries.sort(key=lambda e: e.last_used, reverse=True)
     return StoreScan(
         url=store.url,
@@ -175,15 +175,6 @@ def scan(store: Store) -> StoreScan:
         orphan_blobs=orphans,
         quarantined_files=quarantined,
     )
-
-
-def _quarantine_count(store: Store) -> int:
-    if isinstance(store, LocalStore):
-        try:
-            return sum(1 for _ in (store.root / "quarantine").iterdir())
-        except FileNotFoundError:
-            return 0
-    return 0
 
 
 # -- verification -------------------------------------------------------------------

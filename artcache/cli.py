@@ -15,11 +15,12 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from . import __version__, bundle, catalog, signing
+from . import archive, catalog, signing
+from ._version import __version__
 from .config import parse_size, settings_from_env
 from .errors import ArtcacheError
 from .activity import ActivityLog
-from .cache import local_root
+from .entries import local_root
 from .explain import explain
 from .store import Store, open_store
 from .summary_view import render_entry
@@ -159,7 +160,7 @@ def cmd_rm(args: argparse.Namespace, store: Store) -> int:
     return _run_plan(args, store, catalog.plan_rm(store, keys))
 
 
-def _progress(args: argparse.Namespace) -> bundle.Progress | None:
+def _progress(args: argparse.Namespace) -> archive.Progress | None:
     """A tqdm byte bar on stderr, or ``None``: no bar with --no-progress, when stderr is not
     a terminal (CI logs) or when tqdm (the ``progress`` extra) is not installed."""
     if args.no_progress or not sys.stderr.isatty():
@@ -180,7 +181,7 @@ def _progress(args: argparse.Namespace) -> bundle.Progress | None:
 
 def cmd_export(args: argparse.Namespace, store: Store) -> int:
     keys = [catalog.find_entry(store, ref) for ref in args.keys] if args.keys else None
-    result = bundle.export_bundle(store, args.file, keys, progress=_progress(args))
+    result = archive.export_bundle(store, args.file, keys, progress=_progress(args))
     rows = [[s.key[:16], s.reason] for s in result.skipped]
     table = (_table(rows, ["SKIPPED", "REASON"]) + "\n") if rows else ""
     table += f"exported {result.entries} entries, {result.blobs} blobs ({_human(result.bytes)}) to {result.path}"
@@ -191,7 +192,7 @@ def cmd_export(args: argparse.Namespace, store: Store) -> int:
 def cmd_import(args: argparse.Namespace, store: Store) -> int:
     # Under ARTCACHE_TRUSTED_KEYS a bundle holding any untrusted manifest is refused whole.
     trust = signing.load_keys(None, settings_from_env().trusted_keys).trust
-    result = bundle.import_bundle(store, args.file, trust=trust, progress=_progress(args))
+    result = archive.import_bundle(store, args.file, trust=trust, progress=_progress(args))
     table = (
         f"imported {result.entries} entries, {result.blobs_written} blobs "
         f"({result.blobs_present} already present, {_human(result.bytes_written)} written) into {store.url}"

@@ -4,8 +4,8 @@
   collision resistant, in hashlib everywhere, and the name bundles and signatures cover.
 * The stores' per-read integrity check (local files and Redis values) is XXH3-128
   (:func:`checksum`): it guards against torn writes, truncation, bit rot and damage in
-  transit, not against an attacker, and costs ~0.03 ms/MiB where SHA-256 costs
-  ~0.7 ms/MiB, so reads stay close to raw speed.  Authenticity is the job of signed
+  transit, not against an attacker, and costs a small fraction of SHA-256 per byte
+  (``benchmarks/store_bench.py``), so reads stay close to raw speed.  Authenticity is the job of signed
   manifests: under ``ARTCACHE_TRUSTED_KEYS`` every blob is checked against its SHA-256
   address, as are bundles, lower tiers without their own check, and ``artcache verify``.
   (Without signatures a SHA-256 check of blobs authenticates nothing: whoever can

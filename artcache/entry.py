@@ -33,10 +33,49 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _MAX_BLOB_SIZE = 1 << 40
 
 
+class BlobRole:
+    """What a blob of an entry is (``BlobRef.role``).
+
+    ``OBJECT``   the pickled compile result (artcache's pickler, msgpack)
+    ``DATA``     out-of-band bytes of a pickled document (tensor storages, large byte
+                 strings), ``name`` = their digest
+    ``KERNEL``   a C++ kernel library, ``name`` = ``<CppCodeCache class>:<input digest>``
+    ``EXTERN_KERNELS``  (optional) import paths of the callables generated wrappers call
+                 as ``extern_kernels.<name>`` (a hit can then skip Inductor's compiler)
+    ``TUNING``   (GPU, optional) autotuning done at the first runs after the compile
+    """
+
+    OBJECT = "object"
+    DATA = "data"
+    KERNEL = "kernel"
+    EXTERN_KERNELS = "extern_kernels"
+    TUNING = "tuning"
+
+
+class SummaryKey:
+    """Keys of ``Manifest.summary``: plain data for ``artcache inspect`` and ``explain``,
+    written at save and never needed to load an entry (so a reader tolerates any of them
+    missing).  Values: ``TITLE`` str; ``INPUTS``/``GUARDS`` lists of str; ``GRAPH`` the FX
+    graph's code (capped); ``KERNELS``/``CONSTANTS``/``AUTOTUNE`` lists of maps;
+    ``GENERATED_SOURCE_BYTES`` int; ``COMPILE_SECONDS`` float; ``FACTOR_VALUES`` map of the
+    readable values behind each key factor."""
+
+    TITLE = "title"
+    INPUTS = "inputs"
+    GUARDS = "guards"
+    GRAPH = "graph"
+    KERNELS = "kernels"
+    CONSTANTS = "constants"
+    AUTOTUNE = "autotune"
+    GENERATED_SOURCE_BYTES = "generated_source_bytes"
+    COMPILE_SECONDS = "compile_seconds"
+    FACTOR_VALUES = "factor_values"
+
+
 @dataclass(frozen=True)
 class BlobRef:
-    """One blob of an entry.  ``role`` says what it is (``code``, ``constant``,
-    ``kernel``, ``object``...); ``name`` is a human label (a constant or file name)."""
+    """One blob of an entry.  ``role`` says what it is (:class:`BlobRole`); ``name`` is a
+    label whose meaning depends on the role."""
 
     role: str
     digest: str
@@ -63,6 +102,26 @@ class Manifest:
             if ref.role == role:
                 return ref
         raise CorruptEntryError(f"entry {self.key[:16]} has no {role!r} blob")
+
+
+@dataclass(frozen=True)
+class LoadedEntry:
+    """A manifest and its blobs, fetched and verified, not yet deserialized."""
+
+    manifest: Manifest
+    blobs: Mapping[str, bytes]  # digest -> bytes
+
+    def blob(self, role: str) -> bytes:
+        return self.blobs[self.manifest.blob(role).digest]
+
+
+@dataclass(frozen=True)
+class NewBlob:
+    """A blob to save with an entry (:class:`BlobRole` ``role``, label ``name``)."""
+
+    role: str
+    data: bytes
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The environment fingerprint: what a compiled artifact's validity depends on beyond
 its graph and config (torch build, Triton, CUDA, GPU capability, CPU ISA, Python).
 
-Built without starting a subprocess or hashing installed sources: torch's own warm path
-spends ~1.4 s probing the C++ compiler and ~0.5 s hashing torch's sources; versions,
-build hashes and ``/proc/cpuinfo`` flags identify the same things for a fraction of it.
+Built without starting a subprocess or hashing installed sources (torch's own warm path
+probes the C++ compiler in subprocesses and hashes torch's sources, which dominates its
+warm start on a CPU): versions, build hashes and ``/proc/cpuinfo`` flags identify the same
+things for a fraction of the cost.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 KEY_SCHEMA = 1
 
 # Inductor / functorch config entries that cannot change the compiled program, with why.
-# Everything else in the live config modules is part of the key (issue 5's fuzzer checks
-# that flipping any other entry changes the key).
+# Everything else in the live config modules is part of the key (tests/test_key_fuzz.py
+# checks that flipping any other entry changes the key).
 CONFIG_IGNORE: Mapping[str, str] = {
     "compile_threads": "parallelism of compilation, not its result",
     "worker_start_method": "how compile workers start",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from artcache import _torch_compat as compat
+from artcache._torch import settings as compat
 from artcache import keys
 
 
@@ -133,7 +133,14 @@ def _numerics(flag: str) -> Iterator[None]:
         "fp16": torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
         "cudnn": torch.backends.cudnn.allow_tf32,
         "cudnn_det": torch.backends.cudnn.deterministic,
+        "fill": torch.utils.deterministic.fill_uninitialized_memory,
+        "threads": torch.get_num_threads(),
     }
+    # The per-backend precision API: the legacy setters below also write it ("none" ->
+    # "ieee"), which is a different key, so it is restored as it was.
+    backends = [torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn,
+                torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv, torch.backends.mkldnn.rnn]
+    precisions = [b.fp32_precision for b in backends]
     try:
         if flag == "deterministic":
             torch.use_deterministic_algorithms(not saved["det"])
@@ -153,21 +160,34 @@ def _numerics(flag: str) -> Iterator[None]:
             with torch.set_grad_enabled(not torch.is_grad_enabled()):
                 yield
             return
+        elif flag == "fill_uninitialized_memory":
+            torch.utils.deterministic.fill_uninitialized_memory = not saved["fill"]
+        elif flag == "warn_only":
+            torch.use_deterministic_algorithms(saved["det"], warn_only=True)
+        elif flag == "mkldnn_precision":
+            torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        elif flag == "cpu_threads":
+            torch.set_num_threads(saved["threads"] + 1)
         yield
     finally:
         torch.use_deterministic_algorithms(saved["det"])
+        torch.utils.deterministic.fill_uninitialized_memory = saved["fill"]
+        torch.set_num_threads(saved["threads"])
         torch.set_float32_matmul_precision(saved["prec"])
         torch.set_default_dtype(saved["dtype"])
         torch.backends.cuda.matmul.allow_tf32 = saved["tf32"]
         torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = saved["fp16"]
         torch.backends.cudnn.allow_tf32 = saved["cudnn"]
         torch.backends.cudnn.deterministic = saved["cudnn_det"]
+        for backend, precision in zip(backends, precisions):
+            backend.fp32_precision = precision
 
 
 @pytest.mark.parametrize(
     "flag",
     ["deterministic", "matmul_precision", "default_dtype", "allow_tf32", "fp16_reduced", "cudnn_tf32",
-     "cudnn_deterministic", "grad_mode"],
+     "cudnn_deterministic", "grad_mode", "fill_uninitialized_memory", "warn_only", "mkldnn_precision",
+     "cpu_threads"],
 )
 def test_numerics_flag_changes_key(flag: str) -> None:
     base = key_now()

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from artcache import _lean_load as lean
+from artcache._torch import lean_load as lean
 
 # Imported here on purpose: capture runs in a compiling process, where it always is.
 import torch._inductor.select_algorithm  # noqa: F401  isort: skip

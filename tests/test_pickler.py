@@ -26,7 +26,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._ordered_set import OrderedSet
 
-from artcache._pickle_types import DeferredCallable
+from artcache.pickler.allowlist import DeferredCallable
 from artcache.errors import CorruptEntryError, IncompatibleEntryError, Uncacheable
 from artcache.pickler import (
     FORMAT_VERSION,
@@ -468,6 +468,20 @@ def test_hash_sees_ops_and_constants() -> None:
     split = next(n for n in changed_arg.graph.nodes if n.target is torch.split)
     split.args = (split.args[0], 1)
     assert hash_object(changed_arg) != base
+
+
+def test_hash_of_lifted_inputs_sees_their_specs_not_their_values() -> None:
+    """With ``lifted_inputs`` (how the backend keys a graph AOTAutograd compiles) a
+    buffer's values are not part of the hash, its dtype and shape are."""
+    gm = torch.fx.symbolic_trace(Block())
+    base = hash_object(gm, lifted_inputs=True)
+    changed_value = rt(gm)
+    changed_value.scale[0] = 3.0
+    assert hash_object(changed_value, lifted_inputs=True) == base
+    assert hash_object(changed_value) != hash_object(gm)
+    changed_dtype = rt(gm)
+    changed_dtype.scale = changed_dtype.scale.double()
+    assert hash_object(changed_dtype, lifted_inputs=True) != base
 
 
 # -- determinism ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from artcache.errors import StoreError
 from artcache.store import LocalStore
 from artcache.store import _fs
 
-from .store_conformance import blob, manifest_key, payload_for
+from artcache.testing import blob, manifest_key, payload_for
 
 # fork, not spawn: workers inherit the imported modules and the precomputed payloads, so
 # each of the many short-lived children starts in milliseconds.  They are real processes

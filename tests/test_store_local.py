@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from .store_conformance import StoreConformance, StoreFactory, blob, manifest_key, payload_for
+from artcache.testing import StoreConformance, StoreFactory, blob, manifest_key, payload_for
 
 from artcache.config import settings_from_env
 from artcache.errors import StoreError

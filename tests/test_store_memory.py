@@ -7,7 +7,7 @@ import pytest
 from artcache.errors import StoreError
 from artcache.store import MemoryStore, open_store
 
-from .store_conformance import StoreConformance, StoreFactory, blob, manifest_key, payload_for
+from artcache.testing import StoreConformance, StoreFactory, blob, manifest_key, payload_for
 
 
 class TestMemoryConformance(StoreConformance):

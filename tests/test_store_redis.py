@@ -14,7 +14,7 @@ from artcache.errors import CorruptEntryError, StoreError
 from artcache.store import LocalStore, Store, TieredStore, open_store
 
 from .redis_server import RedisServer, fresh_redis_server, redis_server  # noqa: F401 (fixtures)
-from .store_conformance import StoreConformance, StoreFactory, blob, manifest_key, payload_for
+from artcache.testing import StoreConformance, StoreFactory, blob, manifest_key, payload_for
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'artcache[redis]')")
 from artcache.store.redis import RedisStore  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 from artcache.errors import CorruptEntryError, StoreError
 from artcache.store import LocalStore, MemoryStore, Store, TieredStore, WritePolicy, open_store
 
-from .store_conformance import StoreConformance, StoreFactory, blob, manifest_key, payload_for
+from artcache.testing import StoreConformance, StoreFactory, blob, manifest_key, payload_for
 
 
 class RecordingHandler:

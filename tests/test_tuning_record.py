@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from artcache._triton_compat import KernelRefs, kernel_names_in
-from artcache._triton_tuning import TuningRecorder
+from artcache._torch.triton_serve import KernelRefs, kernel_names_in
+from artcache._torch.triton_tuning import TuningRecorder
 
 WRAPPER = """
 triton_poi_fused_add_0 = async_compile.triton('triton_poi_fused_add_0', '''
@@ -57,7 +57,7 @@ def test_a_graph_without_an_entry_has_no_triton_kernels() -> None:
     # An uncacheable GPU graph leaves no entry; the backend still asks after its compile.
     from artcache.output_code import CompiledGraph
 
-    assert not CompiledGraph(None, {}).triton_kernels()
+    assert not CompiledGraph(None).triton_kernels()
 
 
 def _entry(static_names: list[str]) -> object:
@@ -71,7 +71,7 @@ def _entry(static_names: list[str]) -> object:
 
 
 def test_a_kernel_without_a_static_autotuner_is_rebuilt_through_triton() -> None:
-    from artcache._triton_compat import rebuilt_through_triton
+    from artcache._torch.triton_serve import rebuilt_through_triton
 
     names = frozenset(kernel_names_in(WRAPPER))
     both = _entry(["triton_poi_fused_add_0", "triton_red_fused_sum_1"])
@@ -84,7 +84,7 @@ def test_a_kernel_without_a_static_autotuner_is_rebuilt_through_triton() -> None
 def test_the_triton_cache_variable_is_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from artcache._triton_compat import _env_restored
+    from artcache._torch.triton_serve import _env_restored
 
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     with _env_restored("TRITON_CACHE_DIR"):
@@ -118,8 +118,8 @@ class _Tuner:
 
 
 def test_a_halved_block_choice_is_recorded_and_settles_its_kernel_on_the_hit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from artcache import _triton_tuning as tuning
-    from artcache._triton_compat import select_tuned
+    from artcache._torch import triton_tuning as tuning
+    from artcache._torch.triton_serve import select_tuned
 
     rec = tuning.TuningRecorder()
     monkeypatch.setattr(tuning, "_RECORDER", rec)
@@ -160,7 +160,7 @@ def test_a_halved_block_choice_is_recorded_and_settles_its_kernel_on_the_hit(mon
 def test_rblock_scaling_is_skipped_for_settled_kernels_only() -> None:
     from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
-    from artcache._triton_compat import _rblock_scaling_skipped
+    from artcache._torch.triton_serve import _rblock_scaling_skipped
 
     original = CachingAutotuner.__dict__["_dynamic_scale_rblock"]
     settled, other = CachingAutotuner.__new__(CachingAutotuner), CachingAutotuner.__new__(CachingAutotuner)

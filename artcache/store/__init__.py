@@ -85,10 +85,10 @@ def open_store(
     stores = [open_one(u, max_size=max_size if i == 0 else None) for i, u in enumerate(urls)]
     if len(stores) == 1:
         store = stores[0]
-        if getattr(store, "verifies_content", False):
+        if store.verifies_content:
             # A lone shared store has no tiered store to report its rejected blobs to
             # the caller's error policy: report them here.
-            store.on_corrupt = lambda key, why: on_error(  # type: ignore[attr-defined]
+            store.on_corrupt = lambda key, why: on_error(
                 store, "get", CorruptEntryError(f"{key} from {store.url}: {why}")
             )
         return store

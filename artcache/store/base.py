@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from ..errors import StoreError
@@ -52,11 +53,34 @@ class KeyInfo:
     last_used: float  # seconds since the epoch; best effort (backends without it use 0.0)
 
 
+# Called by a store that refused a value it read (key, why), so the caller's error policy
+# hears of corruption that the store itself turned into a miss.
+CorruptHandler = Callable[[str, str], None]
+
+
 class Store(ABC):
-    """A flat byte store.  Backends raise ``StoreError``; they never decide policy."""
+    """A flat byte store.  Backends raise ``StoreError``; they never decide policy.
+
+    Capabilities are declared here, with the defaults of a plain store, and overridden by
+    the backends that have them; callers read them, they never probe a backend's type.
+    """
 
     url: str = ""
     read_only: bool = False
+    # get() checks each value's integrity itself (a checksum trailer) and returns None for
+    # a value that fails, so a tiered store need not hash what it returns again.
+    verifies_content: bool = False
+    # Where a verifying store reports each value it refused; set by whoever opened it.
+    on_corrupt: CorruptHandler | None = None
+
+    @property
+    def local_root(self) -> Path | None:
+        """The directory of a local store (per-machine activity is kept there), else None."""
+        return None
+
+    def quarantined_files(self) -> int:
+        """How many files this store has set aside after they failed a check."""
+        return 0
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

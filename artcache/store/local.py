@@ -215,6 +215,16 @@ class LocalStore(Store):
             space_dir = keep.parent.parent
             self.evict(self.max_size, keep=f"{space_dir.name}/{keep.name}")
 
+    @property
+    def local_root(self) -> Path:
+        return self.root
+
+    def quarantined_files(self) -> int:
+        try:
+            return sum(1 for _ in os.scandir(self._quarantine))
+        except FileNotFoundError:
+            return 0
+
     # -- quarantine ----------------------------------------------------------------
     def _quarantine_file(self, path: Path, why: str, inode: int | None = None) -> None:
         """Move a file that failed its checks aside, so the key reads as a miss and

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
+from pathlib import Path
 
 from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
@@ -45,7 +46,7 @@ def log_tier_error(store: Store, operation: str, error: Exception) -> None:
 
 def _self_verifying(store: Store) -> bool:
     """Whether ``store`` checks every value's integrity itself before returning it."""
-    return bool(getattr(store, "verifies_content", False))
+    return store.verifies_content
 
 
 class TieredStore(Store):
@@ -69,6 +70,14 @@ class TieredStore(Store):
         for index, tier in enumerate(self.tiers):
             if _self_verifying(tier):
                 tier.on_corrupt = self._corrupt_reporter(index)  # type: ignore[attr-defined]
+
+    @property
+    def local_root(self) -> Path | None:
+        """The first tier's directory, where this machine's activity is kept."""
+        return self.tiers[0].local_root
+
+    def quarantined_files(self) -> int:
+        return sum(t.quarantined_files() for t in self.tiers)
 
     def _corrupt_reporter(self, index: int) -> Callable[[str, str], None]:
         def report(key: str, why: str) -> None:

@@ -2,13 +2,15 @@
 
 A backend's test module subclasses :class:`StoreConformance` and provides one fixture,
 ``make_store``: a factory that returns a fresh, empty, writable store each time it is
-called.  For example (a future Redis backend)::
+called.  For example, an out-of-tree store::
 
-    class TestRedisConformance(StoreConformance):
+    from artcache.testing import StoreConformance
+
+    class TestMyStoreConformance(StoreConformance):
         @pytest.fixture
-        def make_store(self, redis_server):
+        def make_store(self, my_server):
             def make():
-                return RedisStore.from_url(redis_server.url + "?namespace=" + uuid4().hex)
+                return MyStore(my_server.url + "/" + uuid4().hex)
             return make
 
 Stores made by the factory are closed at teardown.  The suite only uses the public
@@ -16,7 +18,7 @@ protocol (get, get_many, put, put_many, has, delete, iterate, close), so anythin
 passes it can stand in for any other backend.
 
 This module also holds helpers the other store tests share (deterministic payloads, key
-builders).  It is not collected by pytest itself (its name does not start with ``test_``).
+builders).  pytest collects it only through a subclass in a test module.
 """
 
 from __future__ import annotations

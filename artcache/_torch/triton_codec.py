@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._triton_compat import triton_available
-from .errors import CorruptEntryError, Uncacheable
+from .triton_serve import triton_available
+from ..errors import CorruptEntryError, Uncacheable
 
 
 def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] | None) -> Any:
@@ -160,10 +160,10 @@ _TRITON_CALLABLES = (
 def register_triton_classes(allow: Any) -> None:
     if not triton_available():
         return
-    from ._torch_compat import _find
+    from .patching import find
 
     for module, name, strategy in _TRITON_CLASSES:
-        cls = _find(module, name)
+        cls = find(module, name)
         if not isinstance(cls, type):
             continue
         if strategy == "getstate-dict":
@@ -173,19 +173,19 @@ def register_triton_classes(allow: Any) -> None:
             continue
         else:
             allow.register(cls, strategy)
-    tuner = _find("torch._inductor.runtime.triton_heuristics", "CachingAutotuner")
+    tuner = find("torch._inductor.runtime.triton_heuristics", "CachingAutotuner")
     if isinstance(tuner, type):
         _, decode = _getstate_codec(tuner, use_setstate=True)
         allow.register(tuner, "custom", encode=_caching_autotuner_encode, decode=decode)
-    jit = _find("triton.runtime.jit", "JITFunction")
+    jit = find("triton.runtime.jit", "JITFunction")
     if isinstance(jit, type):
-        const_repr = _find("torch._inductor.runtime.triton_heuristics", "_ConstRepr")
+        const_repr = find("torch._inductor.runtime.triton_heuristics", "_ConstRepr")
         allow.register(jit, "custom", encode=_jit_encode, decode=_jit_decoder(jit, const_repr))
     import inspect
 
     allow.register(inspect.Parameter, "custom", encode=_parameter_encode, decode=_parameter_decode)
     allow.register(inspect.Signature, "custom", encode=_signature_encode, decode=_signature_decode)
     for module, name in _TRITON_CALLABLES:
-        obj = _find(module, name)
+        obj = find(module, name)
         if obj is not None:
             allow.register_callable(obj)

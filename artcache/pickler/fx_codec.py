@@ -23,7 +23,7 @@ import builtins
 import enum
 import re
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sympy
 import torch
@@ -31,12 +31,10 @@ import torch.fx
 from torch.fx._lazy_graph_module import _LazyGraphModule  # Inductor/AOT build these
 from torch.fx.graph import CodeGen, _PyTreeCodeGen, _PyTreeInfo
 
-from artcache._pickle_torch import EXT, corrupt_unless
-from artcache._pickle_types import IDENT_RE, Tag, TensorSpec, is_plain_name
+from artcache.pickler.allowlist import IDENT_RE, TensorSpec, is_plain_name
+from artcache.pickler.core import EXT, Decoder, Encoder, Tag, corrupt_unless
 from artcache.errors import CorruptEntryError, Uncacheable
 
-if TYPE_CHECKING:
-    from artcache.pickler import _Decoder, _Encoder
 
 OPS = ("placeholder", "get_attr", "call_function", "call_module", "call_method", "output")
 _OP_INDEX = {op: i for i, op in enumerate(OPS)}
@@ -60,7 +58,7 @@ def _graph_module_bases() -> tuple[type, ...]:
 
 
 # -- encoding -------------------------------------------------------------------------------
-def encode_node_ref(enc: _Encoder, node: torch.fx.Node, depth: int) -> list[Any]:
+def encode_node_ref(enc: Encoder, node: torch.fx.Node, depth: int) -> list[Any]:
     index = enc.node_ids.get(node) if enc.node_ids is not None else None
     if index is None:
         raise Uncacheable("fx-node-outside-graph", node.name)
@@ -94,7 +92,7 @@ def _sym_expr(x: Any) -> Any:
 
 
 def _encode_meta(
-    enc: _Encoder, meta: dict[str, Any], seq_rank: dict[Any, int], depth: int, *, node_meta: bool = True
+    enc: Encoder, meta: dict[str, Any], seq_rank: dict[Any, int], depth: int, *, node_meta: bool = True
 ) -> dict[str, Any]:
     """Node metadata by the policy in the module docstring; GraphModule.meta best-effort."""
     out: dict[str, Any] = {}
@@ -117,7 +115,7 @@ def _encode_meta(
     return out
 
 
-def _encode_target(enc: _Encoder, node: torch.fx.Node, depth: int) -> Any:
+def _encode_target(enc: Encoder, node: torch.fx.Node, depth: int) -> Any:
     if node.op == "call_function":
         return enc.enc(node.target, depth)
     if node.op == "placeholder" and enc.for_hashing:
@@ -141,7 +139,8 @@ def lifted_tensor_ids(gm: torch.nn.Module) -> set[int]:
     """The parameters and buffers of ``gm``, which AOTAutograd lifts to graph inputs
     (``aot_module_simplified``: ``named_parameters`` then ``named_buffers``, duplicates
     kept).  Their values are read at every call, never compiled in, unless Inductor's
-    ``freezing`` turns them into constants (a setting that keys on their values)."""
+    ``freezing`` turns them into constants; ``hash_object(lifted_inputs=True)`` is for
+    the former case only."""
     tensors = [t for _, t in gm.named_parameters(remove_duplicate=False)] + [t for _, t in gm.named_buffers(remove_duplicate=False)]
     return {id(t) for t in tensors}
 
@@ -155,7 +154,7 @@ def _lifted_spec(t: torch.Tensor) -> list[Any]:
             bool(t.requires_grad), isinstance(t, torch.nn.Parameter)]
 
 
-def encode_graph_module(enc: _Encoder, gm: torch.fx.GraphModule, depth: int) -> list[Any]:
+def encode_graph_module(enc: Encoder, gm: torch.fx.GraphModule, depth: int) -> list[Any]:
     # GraphModule gives every instance its own subclass of GraphModule (or of
     # _LazyGraphModule); a subclass with its own behaviour cannot be rebuilt generically.
     if type(gm).__bases__[0] not in _graph_module_bases():
@@ -190,7 +189,7 @@ def encode_graph_module(enc: _Encoder, gm: torch.fx.GraphModule, depth: int) -> 
     finally:
         enc.node_ids = saved
     attrs: dict[str, Any] = {}
-    lifted = lifted_tensor_ids(gm) if enc.for_hashing else set()
+    lifted = lifted_tensor_ids(gm) if enc.for_hashing and enc.lifted_inputs else set()
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module") and node.target not in attrs:
             value = _fetch_attr(gm, node.target)
@@ -208,7 +207,7 @@ def encode_graph_module(enc: _Encoder, gm: torch.fx.GraphModule, depth: int) -> 
     ]
 
 
-def _encode_codegen(enc: _Encoder, codegen: Any, depth: int) -> list[Any]:
+def _encode_codegen(enc: Encoder, codegen: Any, depth: int) -> list[Any]:
     # graph._codegen decides the forward signature: plain positional (CodeGen) or
     # pytree-flattened in/out (_PyTreeCodeGen, used by export and some Dynamo graphs).
     if type(codegen) is CodeGen:
@@ -220,7 +219,7 @@ def _encode_codegen(enc: _Encoder, codegen: Any, depth: int) -> list[Any]:
 
 
 # -- decoding -------------------------------------------------------------------------------
-def decode_node_ref(dec: _Decoder, a: list[Any], depth: int) -> torch.fx.Node:
+def decode_node_ref(dec: Decoder, a: list[Any], depth: int) -> torch.fx.Node:
     corrupt_unless(len(a) == 2 and type(a[1]) is int, "bad node reference")
     nodes = dec.nodes
     corrupt_unless(nodes is not None and 0 <= a[1] < len(nodes), "node reference out of range")
@@ -283,7 +282,7 @@ def _check_target(op: str, target: Any) -> None:
         corrupt_unless(target == "output", "bad output target")
 
 
-def decode_graph_module(dec: _Decoder, a: list[Any], depth: int) -> torch.fx.GraphModule:
+def decode_graph_module(dec: Decoder, a: list[Any], depth: int) -> torch.fx.GraphModule:
     corrupt_unless(len(a) == 6 and type(a[2]) is list and type(a[3]) is dict, "bad GraphModule record")
     _, class_name, node_recs, attr_recs, codegen_rec, gm_meta = a
     class_name = "GraphModule" if class_name is None else class_name
@@ -346,7 +345,7 @@ def _check_meta(meta: dict[str, Any]) -> None:
         corrupt_unless("\r" not in repr(meta["custom"]), "bad custom annotation")
 
 
-def _decode_codegen(dec: _Decoder, rec: Any, depth: int) -> CodeGen:
+def _decode_codegen(dec: Decoder, rec: Any, depth: int) -> CodeGen:
     corrupt_unless(type(rec) is list and (rec == [0] or (len(rec) == 4 and rec[0] == 1)), "bad codegen record")
     if rec == [0]:
         return CodeGen()

@@ -1,13 +1,13 @@
 """Reach into Inductor's Triton runtime (kernel bundles, static launchers, autotuning).
 
-Kept apart from ``_torch_compat`` because it only matters on GPU and touches a second set
+Kept apart from the CPU-side modules of this folder because it only matters on GPU and touches a second set
 of internals (``torch._inductor.runtime`` and Triton itself).  Verified on torch 2.11 +
 Triton 3.6 (H100, H200); on a CPU-only torch none of this runs.  What we touch and why:
 
 * **Kernel objects in the entry.**  With ``bundle_triton_into_fx_graph_cache`` each
   ``CompiledFxGraph`` carries a ``TritonBundle``: the cubin/json files of every kernel and,
   with the static CUDA launcher (the default), the pickled ``CachingAutotuner`` of each
-  kernel; ``_pickle_triton`` registers those classes with artcache's pickler.
+  kernel; ``triton_codec`` registers those classes with artcache's pickler.
 * **Where cubins go on a hit.**  ``TritonBundler.read_and_emit`` writes the stored files into
   ``triton_cache_dir(device)`` (``$TRITON_CACHE_DIR``, shared with Triton's own compile
   cache) and the static launchers load them from there.  We point it at an
@@ -16,7 +16,7 @@ Triton 3.6 (H100, H200); on a CPU-only torch none of this runs.  What we touch a
 * **Kernels without a static launcher.**  torch falls back to ``TritonCompileResult`` for
   kernels its static launcher cannot run (or with ``use_static_triton_launcher=False``).
   Those whose only problem is a long name (GPT-2 has two) get a static autotuner at capture
-  time, see ``_static_launch``.  For the others, torch loads them from their source on a
+  time, see ``static_launch``.  For the others, torch loads them from their source on a
   hit and calls ``triton.compile``, which must then be a lookup in Triton's file cache: we
   point that cache at the same private directory, make Triton's key come out as it did in
   the compiling process (:func:`align_ptxas_with_compile_workers`), and serve their
@@ -24,7 +24,7 @@ Triton 3.6 (H100, H200); on a CPU-only torch none of this runs.  What we touch a
   config is looked up.  Triton then initializes its driver and builds its C launcher stub
   for them with the system compiler (cached in the private directory), as torch's own warm
   start does when its Triton cache is cold.
-* **Autotuning winners.**  Recorded by the compiling process (``_triton_tuning``).  On a hit
+* **Autotuning winners.**  Recorded by the compiling process (``triton_tuning``).  On a hit
   ``AutotuneCache.create`` answers from the entry (no file, no ``torch_key``) and
   :func:`select_tuned` leaves each tuned kernel with its single winning launcher, so
   nothing is benchmarked or compiled at the first run.
@@ -224,7 +224,7 @@ def serve_triton(
     and asking whether the pool is ready would start it).  ``through_triton``: some kernel
     will be rebuilt through ``triton.compile`` (see :func:`align_ptxas_with_compile_workers`).
     ``bundle_keys``: :func:`static_bundle_keys` of the entry, so that finding its static
-    launchers does not hash torch's sources (``torch_key``, 0.3 s and more per process).
+    launchers does not hash torch's sources (``torch_key``, a noticeable cost per process).
     ``settled_files``: :attr:`TunedSelection.settled_files`, kernels whose only launcher is
     their stored winner."""
     if not triton_available():
@@ -247,7 +247,7 @@ def serve_triton(
         best = winners.get(f"{kernel_file_key(filename)}:{configs_hash}")
         return _ServedAutotuneCache(best, configs_hash) if best is not None else None
 
-    from ._torch_compat import _patched
+    from .patching import patched
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(
@@ -259,8 +259,8 @@ def serve_triton(
         # Both modules imported triton_cache_dir by name; patch the names they call.
         for module in (triton_bundler, th):
             if hasattr(module, "triton_cache_dir"):
-                stack.enter_context(_patched(module, "triton_cache_dir", private_dir))
-        stack.enter_context(_patched(ac.AutotuneCache, "create", staticmethod(create)))
+                stack.enter_context(patched(module, "triton_cache_dir", private_dir))
+        stack.enter_context(patched(ac.AutotuneCache, "create", staticmethod(create)))
         if bundle_keys:
             stack.enter_context(_bundle_keys_served(bundle_keys))
         if settled_files and "_dynamic_scale_rblock" in th.CachingAutotuner.__dict__:
@@ -272,7 +272,7 @@ def serve_triton(
         # catches this RuntimeError) the bundler stays off and Triton's driver untouched.
         import torch.utils._triton as torch_triton
 
-        stack.enter_context(_patched(torch_triton, "triton_hash_with_backend", _no_backend_hash))
+        stack.enter_context(patched(torch_triton, "triton_hash_with_backend", _no_backend_hash))
         # Kernels the static launcher cannot run (TritonCompileResult) are rebuilt by torch
         # through triton.compile, which finds them in Triton's *own* file cache: point that
         # cache at the directory the bundler just filled from the entry, so the lookup hits
@@ -296,7 +296,7 @@ def _rblock_scaling_skipped(tuner_cls: Any, settled_files: frozenset[str]) -> It
     The compiling process did exactly that and its first run chose; that winner is now the
     kernel's only result (:func:`select_tuned`), as after an autotune cache hit, for which
     torch skips this step too."""
-    from ._torch_compat import _patched
+    from .patching import patched
 
     original = tuner_cls.__dict__["_dynamic_scale_rblock"]
 
@@ -305,7 +305,7 @@ def _rblock_scaling_skipped(tuner_cls: Any, settled_files: frozenset[str]) -> It
             return None
         return original(self)
 
-    with _patched(tuner_cls, "_dynamic_scale_rblock", dynamic_scale_rblock):
+    with patched(tuner_cls, "_dynamic_scale_rblock", dynamic_scale_rblock):
         yield
 
 
@@ -321,7 +321,7 @@ def _bundle_keys_served(bundle_keys: Mapping[str, str]) -> Iterator[None]:
     from torch._inductor import async_compile
     from torch._inductor.codecache import code_hash
 
-    from ._torch_compat import _patched
+    from .patching import patched
 
     table = getattr(async_compile, "CompiledTritonKernels", None)
     original = getattr(table, "key", None)
@@ -333,7 +333,7 @@ def _bundle_keys_served(bundle_keys: Mapping[str, str]) -> Iterator[None]:
         found = bundle_keys.get(code_hash(kernel_src.strip())) if isinstance(kernel_src, str) else None
         return found if found is not None else original(kernel_src)
 
-    with _patched(table, "key", staticmethod(key)):
+    with patched(table, "key", staticmethod(key)):
         yield
 
 

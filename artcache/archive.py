@@ -1,4 +1,5 @@
-"""Bundles: one self-verifying file of entries and their blobs (a CI artifact).
+"""Archives: one self-verifying file of entries and their blobs (a CI artifact; the format
+names itself a bundle, its magic is kept for compatibility).
 
 Format (all integers little-endian)::
 

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 
 from artcache import Cache, CorruptEntryError, NewBlob, UntrustedEntryError, catalog
-from artcache.bundle import BUNDLE_MAGIC, export_bundle, import_bundle, verify_bundle
+from artcache.archive import BUNDLE_MAGIC, export_bundle, import_bundle, verify_bundle
 from artcache.config import Settings
 from artcache.errors import ArtcacheError, IncompatibleEntryError
 from artcache.signing import TrustPolicy

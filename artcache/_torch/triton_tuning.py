@@ -5,10 +5,10 @@ Multi-config pointwise/reduction kernels and coordinate-descent tuning
 taken; so does a single-config reduction kernel for which ``_dynamic_scale_rblock`` compiled
 a candidate with a smaller reduction block.  Torch remembers a winner in
 ``<kernel>.best_config`` files through ``AutotuneCache.save`` (none for a single-config
-kernel), keyed with ``torch_key()`` (a hash of torch's sources, ~0.2-0.5 s).  The wrappers
+kernel), keyed with ``torch_key()`` (a hash of torch's sources, slow to compute).  The wrappers
 installed here keep, in the compiling process, every winner and, where the winning config
 is one no compile-time kernel has, its compiled kernel; the backend then re-saves the entry
-with them, and the hit serves them (``_triton_compat.select_tuned`` and ``serve_triton``).
+with them, and the hit serves them (``triton_serve.select_tuned`` and ``serve_triton``).
 
 Reaches into torch 2.11's ``CachingAutotuner`` and ``AutotuneCache`` (verified on H100 with
 Triton 3.6); on a CPU-only torch nothing is installed.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._triton_compat import (
+from .triton_serve import (
     KernelRefs,
     _autotune_cache_module,
     _heuristics,
@@ -191,12 +191,12 @@ def _record_scaled_choice(tuner: Any) -> None:
     for a kernel with one compile-time config torch has no ``AutotuneCache`` and saves no
     winner (``check_autotune_cache`` wants several configs), and a winning candidate is in
     no bundle.  A warm start (torch's own too) would then compile the candidate again and
-    benchmark again (GPT-2 training's loss kernel on the H100: loading the kernel from its
-    source, a ``triton.compile``, Triton's driver helper built with gcc and, through that
-    path, Inductor's compiler imported; about 1 s of a profiled first call).  Keep the
+    benchmark again (GPT-2 training's loss kernel: loading the kernel from its source, a
+    ``triton.compile``, Triton's driver helper built with gcc and, through that path,
+    Inductor's compiler imported).  Keep the
     winner as ``AutotuneCache.save`` would have (same key: the bundled configs' hash) where
     torch saves none, and the winning candidate's compiled kernel, so the hit comes up with
-    exactly this kernel (``_triton_compat.select_tuned`` and ``serve_triton``)."""
+    exactly this kernel (``triton_serve.select_tuned`` and ``serve_triton``)."""
     launchers = getattr(tuner, "launchers", None) or ()
     with _RECORDER.lock:
         bundled = _RECORDER.bundled_configs.get(tuner)

@@ -12,30 +12,22 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import msgpack
 import sympy
 import torch
 import torch.utils._pytree as pytree
 import torch.utils._sympy.functions as sympy_fns
 
-from artcache._pickle_types import IDENT_RE, Tag, is_plain_name
+from artcache.pickler.allowlist import IDENT_RE, is_plain_name
+from artcache.pickler.core import EXT, Decoder, Encoder, Tag, corrupt_unless
 from artcache.errors import CorruptEntryError, IncompatibleEntryError, Uncacheable
 
-if TYPE_CHECKING:
-    from artcache.pickler import _Decoder, _Encoder
 
-EXT = {tag: msgpack.ExtType(int(tag), b"") for tag in Tag}
 
 # Tensor record flags.
 _RG, _PARAM, _CONJ, _NEG = 1, 2, 4, 8
 _MAX_NBYTES = 1 << 48  # no real storage is 256 TiB; larger declared sizes are lies
-
-
-def corrupt_unless(ok: bool, what: str) -> None:
-    if not ok:
-        raise CorruptEntryError(what)
 
 
 def _is_int(x: object) -> bool:
@@ -70,24 +62,24 @@ def _named_value(kind: type, name: object) -> Any:
     return value
 
 
-def encode_named(enc: _Encoder, obj: Any, depth: int) -> list[Any]:
+def encode_named(enc: Encoder, obj: Any, depth: int) -> list[Any]:
     tag = {torch.dtype: Tag.DTYPE, torch.memory_format: Tag.MEMORY_FORMAT, torch.layout: Tag.LAYOUT}[type(obj)]
     return [EXT[tag], _torch_named(type(obj))[1][obj]]
 
 
-def decode_dtype(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_dtype(dec: Decoder, a: list[Any], depth: int) -> Any:
     return _named_value(torch.dtype, a[1] if len(a) == 2 else None)
 
 
-def decode_memory_format(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_memory_format(dec: Decoder, a: list[Any], depth: int) -> Any:
     return _named_value(torch.memory_format, a[1] if len(a) == 2 else None)
 
 
-def decode_layout(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_layout(dec: Decoder, a: list[Any], depth: int) -> Any:
     return _named_value(torch.layout, a[1] if len(a) == 2 else None)
 
 
-def encode_device(enc: _Encoder, dev: torch.device, depth: int) -> list[Any]:
+def encode_device(enc: Encoder, dev: torch.device, depth: int) -> list[Any]:
     return [EXT[Tag.DEVICE], dev.type, dev.index]
 
 
@@ -101,18 +93,18 @@ def make_device(kind: object, index: object) -> torch.device:
         raise CorruptEntryError(f"unknown device type {kind!r}") from exc
 
 
-def decode_device(dec: _Decoder, a: list[Any], depth: int) -> torch.device:
+def decode_device(dec: Decoder, a: list[Any], depth: int) -> torch.device:
     corrupt_unless(len(a) == 3, "bad device record")
     return make_device(a[1], a[2])
 
 
-def encode_size(enc: _Encoder, size: torch.Size, depth: int) -> list[Any]:
+def encode_size(enc: Encoder, size: torch.Size, depth: int) -> list[Any]:
     # The hashing form writes a Size as a tuple: a symbolic Size loads as a tuple (below),
     # and an object must hash the same as its loaded copy.
     return [EXT[Tag.TUPLE if enc.for_hashing else Tag.SIZE], *(enc.enc(d, depth) for d in size)]
 
 
-def decode_size(dec: _Decoder, a: list[Any], depth: int) -> tuple[Any, ...]:
+def decode_size(dec: Decoder, a: list[Any], depth: int) -> tuple[Any, ...]:
     dims = [dec.dec(d, depth) for d in a[1:]]
     if all(_is_int(d) for d in dims):
         return torch.Size(dims)
@@ -121,7 +113,7 @@ def decode_size(dec: _Decoder, a: list[Any], depth: int) -> tuple[Any, ...]:
 
 
 # -- tensors and storages --------------------------------------------------------------
-def encode_tensor(enc: _Encoder, t: torch.Tensor, depth: int) -> list[Any]:
+def encode_tensor(enc: Encoder, t: torch.Tensor, depth: int) -> list[Any]:
     cls = type(t)
     if cls is not torch.Tensor and cls is not torch.nn.Parameter:
         # FakeTensor, FunctionalTensor, DTensor and user subclasses carry state we cannot
@@ -146,7 +138,7 @@ def encode_tensor(enc: _Encoder, t: torch.Tensor, depth: int) -> list[Any]:
     ]
 
 
-def _storage_index(enc: _Encoder, storage: torch.UntypedStorage) -> int:
+def _storage_index(enc: Encoder, storage: torch.UntypedStorage) -> int:
     # _cdata is the address of the C++ StorageImpl: the identity two views of one storage
     # share even though each untyped_storage() call returns a new Python wrapper.  The
     # wrapper is kept alive in enc.keep so the address cannot be reused during this dump.
@@ -170,7 +162,7 @@ def _storage_index(enc: _Encoder, storage: torch.UntypedStorage) -> int:
     return index
 
 
-def build_storage(dec: _Decoder, rec: object) -> torch.UntypedStorage:
+def build_storage(dec: Decoder, rec: object) -> torch.UntypedStorage:
     corrupt_unless(type(rec) is list and len(rec) == 4, "bad storage record")
     data, nbytes, kind, index = rec  # type: ignore[misc]
     corrupt_unless(_is_int(nbytes) and 0 <= nbytes < _MAX_NBYTES, "bad storage size")
@@ -195,7 +187,7 @@ def build_storage(dec: _Decoder, rec: object) -> torch.UntypedStorage:
         raise IncompatibleEntryError(f"cannot place storage on {target}: {exc}") from exc
 
 
-def decode_tensor(dec: _Decoder, a: list[Any], depth: int) -> torch.Tensor:
+def decode_tensor(dec: Decoder, a: list[Any], depth: int) -> torch.Tensor:
     corrupt_unless(len(a) == 7, "bad tensor record")
     _, index, dtype_name, shape, stride, offset, flags = a
     corrupt_unless(_is_int(index) and 0 <= index < len(dec.storages), "bad storage index")
@@ -294,7 +286,7 @@ def _assumption_names() -> frozenset[str]:
     return frozenset(sys.modules["sympy.core.assumptions"]._assume_defined)
 
 
-def encode_sympy(enc: _Encoder, e: sympy.Basic, depth: int) -> list[Any]:
+def encode_sympy(enc: Encoder, e: sympy.Basic, depth: int) -> list[Any]:
     head = EXT[Tag.SYMPY]
     single = _sympy_singletons()[1].get(id(e))
     if single is not None:
@@ -325,7 +317,7 @@ def encode_sympy(enc: _Encoder, e: sympy.Basic, depth: int) -> list[Any]:
     return [head, key, *(enc.enc(arg, depth) for arg in e.args)]
 
 
-def decode_sympy(dec: _Decoder, a: list[Any], depth: int) -> sympy.Basic:
+def decode_sympy(dec: Decoder, a: list[Any], depth: int) -> sympy.Basic:
     corrupt_unless(len(a) >= 2, "bad sympy record")
     kind = a[1]
     try:
@@ -378,7 +370,7 @@ _SYM_KIND = {torch.SymInt: "i", torch.SymFloat: "f", torch.SymBool: "b"}
 _HINT_TYPE = {"i": int, "f": float, "b": bool}
 
 
-def encode_sym(enc: _Encoder, s: Any, depth: int) -> list[Any]:
+def encode_sym(enc: Encoder, s: Any, depth: int) -> list[Any]:
     node = s.node  # the SymNode behind the SymInt: the only place its expression lives
     if getattr(node, "is_nested_int", lambda: False)():
         raise Uncacheable("nested-int", repr(s))
@@ -397,7 +389,7 @@ def encode_sym(enc: _Encoder, s: Any, depth: int) -> list[Any]:
     return [EXT[Tag.SYM], _SYM_KIND[type(s)], enc.enc(expr, depth), hint]
 
 
-def decode_sym(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_sym(dec: Decoder, a: list[Any], depth: int) -> Any:
     corrupt_unless(len(a) == 4 and a[1] in _HINT_TYPE, "bad symbolic value record")
     expr = dec.dec(a[2], depth)
     hint = a[3]
@@ -409,7 +401,7 @@ def decode_sym(dec: _Decoder, a: list[Any], depth: int) -> Any:
 
 
 # -- operators ----------------------------------------------------------------------------
-def encode_op(enc: _Encoder, op: Any, depth: int) -> list[Any]:
+def encode_op(enc: Encoder, op: Any, depth: int) -> list[Any]:
     # torch._ops classes: OpOverload (aten.add.Tensor), OpOverloadPacket (aten.add) and
     # HigherOrderOperator (cond, while_loop...); their names are what torch.ops resolves.
     if isinstance(op, torch._ops.OpOverload):
@@ -428,7 +420,7 @@ def _op_namespace(ns: object) -> Any:
     return namespace
 
 
-def decode_op(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_op(dec: Decoder, a: list[Any], depth: int) -> Any:
     corrupt_unless(len(a) == 4 and is_plain_name(a[2]) and is_plain_name(a[3]), "bad op record")
     try:
         op = getattr(getattr(_op_namespace(a[1]), a[2]), a[3])
@@ -438,7 +430,7 @@ def decode_op(dec: _Decoder, a: list[Any], depth: int) -> Any:
     return op
 
 
-def decode_op_packet(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_op_packet(dec: Decoder, a: list[Any], depth: int) -> Any:
     corrupt_unless(len(a) == 3 and is_plain_name(a[2]), "bad op packet record")
     try:
         op = getattr(_op_namespace(a[1]), a[2])
@@ -448,7 +440,7 @@ def decode_op_packet(dec: _Decoder, a: list[Any], depth: int) -> Any:
     return op
 
 
-def decode_hop(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_hop(dec: Decoder, a: list[Any], depth: int) -> Any:
     corrupt_unless(len(a) == 2 and is_plain_name(a[1]), "bad higher-order op record")
     try:
         op = getattr(torch.ops.higher_order, a[1])
@@ -459,7 +451,7 @@ def decode_hop(dec: _Decoder, a: list[Any], depth: int) -> Any:
 
 
 # -- pytree specs ---------------------------------------------------------------------------
-def encode_treespec(enc: _Encoder, spec: Any, depth: int) -> list[Any]:
+def encode_treespec(enc: Encoder, spec: Any, depth: int) -> list[Any]:
     # treespec_dumps is JSON naming only *registered* pytree node types; treespec_loads
     # maps those names back through torch's registry, never through import or pickle.
     try:
@@ -468,7 +460,7 @@ def encode_treespec(enc: _Encoder, spec: Any, depth: int) -> list[Any]:
         raise Uncacheable("treespec-not-serializable", str(exc)) from exc
 
 
-def decode_treespec(dec: _Decoder, a: list[Any], depth: int) -> Any:
+def decode_treespec(dec: Decoder, a: list[Any], depth: int) -> Any:
     corrupt_unless(len(a) == 2 and isinstance(a[1], str), "bad treespec record")
     try:
         return pytree.treespec_loads(a[1])

@@ -10,7 +10,7 @@ name limits).  A kernel with a longer name (GPT-2 has such attention kernels) th
 falls back to ``TritonCompileResult``: it is not in the compile's static autotuners, so on
 a hit torch loads it from source and calls ``triton.compile`` (a lookup in Triton's file
 cache, keyed among other things by the ``ptxas`` version: see
-``_triton_compat.align_ptxas_with_compile_workers``), and Triton initializes its driver and
+``triton_serve.align_ptxas_with_compile_workers``), and Triton initializes its driver and
 builds a C launcher stub with the system compiler.
 
 What we do, in the compiling process only, after torch's own ``CachingAutotuner.precompile``:
@@ -52,7 +52,7 @@ def adopting_long_named_kernels() -> Iterator[None]:
     autotuner in the bundle."""
     from torch._inductor.runtime import triton_heuristics as th
 
-    from ._torch_compat import _patched
+    from .patching import patched
 
     tuner_cls = th.CachingAutotuner
     original = tuner_cls.__dict__["precompile"]
@@ -71,7 +71,7 @@ def adopting_long_named_kernels() -> Iterator[None]:
                 log.info("artcache: kept %s without a static launcher: %s", _kernel_name(self), exc)
         return out
 
-    with _patched(tuner_cls, "precompile", precompile):
+    with patched(tuner_cls, "precompile", precompile):
         yield
 
 
@@ -126,7 +126,7 @@ def _static_result(tuner: Any, result: Any, tmp: Path) -> Any:
     check passes once the cubin is found under the kernel's full name, else None."""
     from torch._inductor.runtime import triton_heuristics as th
 
-    from ._torch_compat import _patched
+    from .patching import patched
 
     binary = getattr(result, "kernel", None)
     fn = getattr(getattr(binary, "src", None), "fn", None)
@@ -144,7 +144,7 @@ def _static_result(tuner: Any, result: Any, tmp: Path) -> Any:
     os.symlink(written, full)
     # torch's check, unchanged, looking in our directory; it sets binary._cubin_path to the
     # symlink (read only by the static kernel's constructor, which takes asm["cubin"]).
-    with _patched(th, "triton_cache_dir", lambda device: str(tmp)):
+    with patched(th, "triton_cache_dir", lambda device: str(tmp)):
         kernel = th.StaticTritonCompileResult.can_statically_launch(
             binary, tuner.inductor_meta, tuner.triton_meta, tuner.heuristic_type
         )

@@ -1,10 +1,9 @@
 """A warm start without Inductor's compiler: the places a hit would import it, avoided.
 
 Importing ``torch._inductor.graph`` or ``torch._inductor.select_algorithm`` imports
-Inductor's lowering, its kernel templates and most of its code generator: 0.7 s of a warm
-MLP's 2.9 s first call on a 2-core CPU, 2.6 s on the H100 machine before its site-packages
-were byte-compiled (profiled).  A compiling process has all of it already; running a compiled graph needs none of
-it.  torch's own warm start pays it, because its cache-hit path is written for a process
+Inductor's lowering, its kernel templates and most of its code generator: a large part of a
+warm first call (``benchmarks/profile_first_call.py`` measures it).  A compiling process has
+all of it already; running a compiled graph needs none of it.  torch's own warm start pays it, because its cache-hit path is written for a process
 that may compile.  A hit reaches it three times, and this module removes each, only where
 it can show that nothing else changes:
 
@@ -46,17 +45,16 @@ it can show that nothing else changes:
 3. **``CompiledFxGraph.__call__``** reads ``torch._inductor.debug.RECORD_GRAPH_EXECUTION``
    (a recorder that only ``debug``'s own context manager turns on) as an attribute of the
    package, which exists only once something imported that module, and importing it
-   imports Inductor's IR and scheduler (0.1 s on a 2-core CPU).  :func:`lean_call` swaps
+   imports Inductor's IR and scheduler.  :func:`lean_call` swaps
    each loaded graph's class for a subclass whose only addition is torch's ``__call__``
    rebuilt the same way as in point 2, with the flag read only once the module is loaded:
    with it unloaded the recorder cannot be on.  Where that cannot be done,
    :func:`runtime_imports` imports the module instead.
 
 None applies to a graph with a kernel that torch rebuilds through ``triton.compile`` (no
-static launcher): the GPU case that covers such kernels (``nonstatic``) was an expected
-failure for another reason until the seventh GPU session (a ``triton.compile`` lookup
-missed; ``benchmarks/results/gpu_verification.md``), so the lean load has never been shown
-right there, and such a graph loads by torch's own path (``CompiledGraph.load``).
+static launcher): the lean load has not been shown right for such kernels on a GPU
+(``tests/gpu``, case ``nonstatic``, runs them by torch's path), so such a graph loads by
+torch's own path (``CompiledGraph.load``).
 All three apply only on the torch versions whose runtime was checked to need nothing else
 from those imports (:data:`CHECKED_TORCH`).  On any other version a hit imports what torch's
 path imports.
@@ -107,7 +105,7 @@ def applies() -> bool:
 
 def runtime_imports() -> None:
     """What running a loaded graph with torch's own ``__call__`` needs that the skipped
-    imports used to bring in (point 3)."""
+    imports would bring in (point 3)."""
     importlib.import_module("torch._inductor.debug")
 
 
@@ -197,7 +195,7 @@ def lighten_source(source: str, refs: Mapping[str, Ref]) -> str | None:
     if not _ops_registered(source):
         return None
     lines[extern_at[0]] = (
-        "from artcache._lean_load import kernel_namespace as _artcache_kernel_namespace; "
+        "from artcache._torch.lean_load import kernel_namespace as _artcache_kernel_namespace; "
         f"extern_kernels = _artcache_kernel_namespace({needed!r})"
     )
     align_at = [i for i, line in enumerate(lines) if line == ALIGN_IMPORT]
@@ -226,7 +224,7 @@ def _words(pattern: re.Pattern[str], source: str) -> list[Any]:
     """``pattern.findall(source)``, keeping only matches that start a word, as a leading
     ``\\b`` would.  Why not ``\\b``: a pattern that starts with it makes ``re`` try every
     position of the text, where one that starts with a literal is found by a fast search
-    (24 ms against 0.5 ms per pattern on the 540 KB wrapper of a GPT-2 training graph)."""
+    (much faster on the large wrappers of training graphs)."""
     return [
         match.groups() if pattern.groups > 1 else match.group(pattern.groups)
         for match in pattern.finditer(source)
@@ -276,7 +274,7 @@ def hit_post_compile(graphs: Iterable[Any] = (), *, enabled: bool = True) -> Ite
     Yields whether the post-compile step is the lean one."""
     from torch._inductor.codecache import FxGraphCache
 
-    from ._torch_compat import _patched
+    from .patching import patched
 
     lean = _post_compile_without_graph_import() if enabled and applies() else None
     if lean is None:
@@ -287,7 +285,7 @@ def hit_post_compile(graphs: Iterable[Any] = (), *, enabled: bool = True) -> Ite
     # Process-wide for the length of one rebuild.  Rebuilds never interleave (Dynamo calls
     # backends under its global compile_lock), and a torch cache hit on another thread in
     # that window runs the same steps, reading the hook the same way once graph is imported.
-    with _patched(FxGraphCache, "cache_hit_post_compile", staticmethod(lean)):
+    with patched(FxGraphCache, "cache_hit_post_compile", staticmethod(lean)):
         yield True
 
 

@@ -364,8 +364,6 @@ _TORCH_CALLABLES = (
     ("torch._C", "_set_grad_enabled"),
     ("torch.amp.autocast_mode", "_enter_autocast"),
     ("torch.amp.autocast_mode", "_exit_autocast"),
-    ("torch._functorch.predispatch", "_add_batch_dim"),
-    ("torch._functorch.predispatch", "_remove_batch_dim"),
 )
 # Classes found in node.meta of Dynamo/AOT graphs (pytree key paths of unbacked bindings,
 # shape-prop metadata), by module and name so an absent one (older torch) is skipped.

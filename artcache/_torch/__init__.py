@@ -1,0 +1,32 @@
+"""Every reach into torch's and Triton's private internals, in one folder.
+
+The rest of artcache reads as plain code and calls these modules; nothing outside this
+folder imports ``torch._inductor``, ``torch._functorch``, ``torch._dynamo`` or ``triton``
+(``tests/test_layout.py`` enforces it).  A torch upgrade is checked here, module by module.
+
+Checked on (CPU: torch 2.13.0+cpu, the CI machine; GPU: torch 2.11.0+cu130 with Triton
+3.6.0 on H100 and H200):
+
+=================  ===========================================================  ==============================
+module             what it touches                                              checked on
+=================  ===========================================================  ==============================
+patching           class attributes it patches and restores; lookups by name    2.11 (GPU), 2.13 (CPU)
+capture            AOTAutogradCache's bundled entry; ``CppCodeCache.load_async``  2.11 (GPU), 2.13 (CPU)
+rebuild            ``wrap_post_compile``, shape guards, lifted params/buffers    2.11 (GPU), 2.13 (CPU)
+settings           Inductor/functorch configs, modes, numerics switches          2.11 (GPU), 2.13 (CPU)
+op_registry        custom-op registries (``torch._library``), decomposition     2.13 (CPU)
+                   and lowering tables
+entry_types        the classes a ``BundledAOTAutogradResult`` holds             2.11 (GPU), 2.13 (CPU)
+entry_parts        reading a captured entry (graphs, source, guards, bundles)    2.11 (GPU), 2.13 (CPU)
+lean_load          the hit without Inductor's compiler (wrapper source,         2.11 (GPU), 2.13 (CPU)
+                   ``cache_hit_post_compile``, ``CompiledFxGraph.__call__``)
+triton_codec       Triton kernel objects (``CachingAutotuner``, static           2.11 + Triton 3.6 (H100, H200)
+                   launchers) for the pickler
+triton_serve       the hit: cubins, autotune cache, ``ptxas`` alignment          2.11 + Triton 3.6 (H100, H200)
+triton_tuning      the miss: first-run autotuning winners                        2.11 + Triton 3.6 (H100, H200)
+static_launch      static launchers for kernels torch missed for their names    2.11 + Triton 3.6 (H100, H200)
+=================  ===========================================================  ==============================
+
+On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or
+attribute missing degrades (a type not allowed, an entry not cached), never crashes.
+"""

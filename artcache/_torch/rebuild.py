@@ -1,0 +1,90 @@
+"""The hit side: torch's post-compile steps on a loaded entry, and its shape guards.
+
+``entry.wrap_post_compile`` runs the post-compile steps (loading the wrapper module, input
+realignment, CUDA-graph wrapping, output strides, guards) exactly as torch's own cache hit
+does; nothing is traced, lowered or compiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .capture import autograd_cache_module
+
+
+def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
+    """Whether the entry's Inductor shape guards accept these inputs (evaluated on hints,
+    so nothing is installed into Dynamo's shape env yet)."""
+    expr = getattr(entry, "guards_expr", None)
+    if not expr:
+        return True
+    ac = autograd_cache_module()
+    try:
+        from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw as hint
+    except ImportError:  # torch 2.11: the same hint under its older name
+        from torch.fx.experimental.symbolic_shapes import size_hint as hint
+
+    symints = ac.AOTAutogradCache._filter_backed_symints(list(example_inputs))
+    hints = [hint(s) for s in symints]
+    return bool(ac.AOTAutogradCache.evaluate_guards(expr, hints))
+
+
+def lifted_inputs(gm: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors AOTAutograd passes before the graph's own inputs on every call: the
+    GraphModule's parameters, then its buffers, duplicates kept (``aot_module_simplified``
+    in torch/_functorch/aot_autograd.py, torch 2.11-2.13).  Dynamo gives a graph such
+    attributes for tensors it reaches outside the frame's inputs: a compiled optimizer
+    step's state, for example.  A rebuilt entry is called with the live ones."""
+    return [t for _, t in gm.named_parameters(remove_duplicate=False)] + [t for _, t in gm.named_buffers(remove_duplicate=False)]
+
+
+def rebuild(
+    entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = ()
+) -> Callable[..., Any]:
+    """The compiled callable of ``entry``: torch's post-compile steps, no compilation.
+
+    ``example_inputs`` are the graph's inputs; ``lifted`` (:func:`lifted_inputs`) go first
+    in every call, as in torch's own compiled callable.  Must run inside Dynamo's backend
+    call, so that its TracingContext receives the output strides and the SymInt inputs
+    carry the entry's guards into Dynamo's shape env.
+    """
+    from torch._inductor.cudagraph_utils import BoxedDeviceIndex
+    from torch._inductor.utils import BoxedBool
+
+    fx_config = {
+        "cudagraphs": BoxedBool(cudagraphs),
+        # One object shared by forward and backward post-compile (CUDA-graph device index).
+        "boxed_forward_device_index": BoxedDeviceIndex(None),
+        "compile_region_name": None,
+    }
+    aot_config = entry.sanitized_aot_config
+    if dataclasses.is_dataclass(aot_config) and hasattr(aot_config, "enable_log"):
+        # Structured logging of the stored graph strings costs time and logs nothing new.
+        aot_config = dataclasses.replace(aot_config, enable_log=False)
+    context = torch._guards.TracingContext.try_get()
+    tracing = contextlib.nullcontext() if context is not None else _fresh_tracing()
+    with tracing:
+        compiled = entry.wrap_post_compile([*lifted, *example_inputs], aot_config, fx_config)
+
+    if lifted:
+        prefix = list(lifted)
+
+        def forward(*args: Any) -> Any:
+            return compiled([*prefix, *args])
+    else:
+        def forward(*args: Any) -> Any:
+            return compiled(list(args))
+
+    return torch._dynamo.disable(forward, reason="artcache compiled graph")  # type: ignore[no-any-return]
+
+
+def _fresh_tracing() -> Any:
+    from torch._subclasses import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return torch._guards.tracing(torch._guards.TracingContext(FakeTensorMode(shape_env=ShapeEnv())))
