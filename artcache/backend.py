@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import bundler, keys, pickler
+from . import bundler, keys, pickler, single_flight
 from ._torch import op_registry, rebuild
 from ._torch import settings as torch_settings
 from ._torch.entry_types import entry_allowlist
@@ -81,13 +81,20 @@ class ArtcacheBackend:
         if hit is not None:
             return hit
         self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
-        on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
-        start = time.perf_counter()
-        with bundler.capturing(on_gpu=on_gpu) as capture:
-            compiled = torch_settings.compile_fx(gm, example_inputs)
-        compile_s = time.perf_counter() - start
-        graph = CompiledGraph.captured(capture)
-        self._save(key, graph, gm, specs, values, compile_s)
+        with single_flight.turn(self.cache.store, key.key, enabled=self.cache.settings.single_flight) as turn:
+            if not turn.compile:
+                # Another process compiled this key while we waited: load its entry.
+                hit = self._load(key.key, gm, example_inputs)
+                if hit is not None:
+                    log.info("artcache: loaded %s after waiting %.1f s for another process", key.key[:16], turn.waited_s)
+                    return hit
+            on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
+            start = time.perf_counter()
+            with bundler.capturing(on_gpu=on_gpu) as capture:
+                compiled = torch_settings.compile_fx(gm, example_inputs)
+            compile_s = time.perf_counter() - start
+            graph = CompiledGraph.captured(capture)
+            self._save(key, graph, gm, specs, values, compile_s)
         kernels = graph.triton_kernels() if on_gpu else None
         if kernels:
             return self._resave_after_tuning(compiled, key, graph, kernels, gm, specs, values, compile_s)

@@ -9,7 +9,8 @@ Every ``import`` counts, wherever it is: at the top, inside a function, or under
     1  entry, keys, code_digest, environment,     the data model: manifests, keys and
        signing, activity                          their factors, signatures
     2  store/                                     bytes in, bytes out
-    3  entries                                    whole entries in a store: trust, errors, stats
+    3  entries, single_flight                     whole entries in a store: trust, errors, stats;
+                                                  one compile for many processes
     4  pickler/                                   the safe serializer and its codecs
     5  _torch/                                    every reach into torch and Triton internals
     6  bundler, output_code, backend              the compile path
@@ -31,7 +32,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "digest", "config", "_version"}),
     frozenset({"entry", "keys", "code_digest", "environment", "signing", "activity"}),
     frozenset({"store"}),
-    frozenset({"entries"}),
+    frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),
     frozenset({"_torch"}),
     frozenset({"bundler", "output_code", "backend"}),

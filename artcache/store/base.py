@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import StoreError
+from .leases import Lease
 
 KEYSPACES = ("cas", "ac")
 # fullmatch, not ``$``: ``$`` also matches before a trailing newline, which would let
@@ -81,6 +82,14 @@ class Store(ABC):
     def quarantined_files(self) -> int:
         """How many files this store has set aside after they failed a check."""
         return 0
+
+    def try_lease(self, key: str) -> Lease | None:
+        """A lease on ``key`` for single-flight compiles, or ``None`` when another process
+        holds it.  Raises ``StoreError`` where the store cannot lease (the default): the
+        caller then compiles without waiting for anyone."""
+        raise StoreError(f"store {self.url} has no leases")
+
+    supports_leases: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

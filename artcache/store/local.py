@@ -7,6 +7,7 @@ Layout under ``root``::
     tmp/                    temp files of in-flight writes (same file system as the keys)
     quarantine/             files that failed their checksum, kept for inspection
     .evict.lock             held only while evicting
+    leases/                 lock files of single-flight compiles (``flock``, see leases.py)
 
 Concurrency: any number of processes may read and write at once.  Reads take no lock
 (publication is an atomic rename, so a reader sees a whole file or none).  Writers take
@@ -25,6 +26,7 @@ from filelock import FileLock, Timeout
 from ..errors import StoreError
 from . import _fs
 from .base import KEYSPACES, KeyInfo, Store, check_key
+from .leases import FileLease, Lease
 
 # After an eviction the store is brought down to this fraction of the cap, so that a
 # steady stream of writes does not evict on every put.
@@ -224,6 +226,17 @@ class LocalStore(Store):
             return sum(1 for _ in os.scandir(self._quarantine))
         except FileNotFoundError:
             return 0
+
+    # -- leases (single-flight compiles) --------------------------------------------
+    supports_leases = True
+
+    def try_lease(self, key: str) -> Lease | None:
+        self._check_writable()
+        space, name = check_key(key)
+        try:
+            return FileLease.try_acquire(str(self.root / "leases"), f"{space}-{name}")
+        except OSError as exc:
+            raise StoreError(f"cannot take a lease in {self.root}: {exc}") from exc
 
     # -- quarantine ----------------------------------------------------------------
     def _quarantine_file(self, path: Path, why: str, inode: int | None = None) -> None:

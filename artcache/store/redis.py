@@ -60,6 +60,7 @@ from ..digest import checksum, checksum_hasher
 from ..errors import StoreError
 from ._frame import check_framed, trailer
 from .base import KEYSPACES, KeyInfo, Store, check_key
+from .leases import Lease, RedisLease
 
 try:
     import redis
@@ -374,6 +375,15 @@ class RedisStore(Store):
             old_header, removed, _deleted = pipe.execute()
             self._drop_chunks([old_header])
         return bool(removed)
+
+    # -- leases (single-flight compiles) --------------------------------------------
+    supports_leases = True
+
+    def try_lease(self, key: str) -> Lease | None:
+        self._check_writable()
+        space, name = check_key(key)
+        with self._errors("lease"):
+            return RedisLease.try_acquire(self._client, f"{self._base}#lease:{space}:{name}")
 
     def close(self) -> None:
         with self._errors("close"):

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from .base import KeyInfo, Store, check_key
+from .leases import Lease
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,21 @@ class TieredStore(Store):
 
     def quarantined_files(self) -> int:
         return sum(t.quarantined_files() for t in self.tiers)
+
+    @property
+    def supports_leases(self) -> bool:  # type: ignore[override]
+        return any(t.supports_leases and not t.read_only for t in self.tiers)
+
+    def try_lease(self, key: str) -> Lease | None:
+        """A lease from the fastest tier that has them and is up: processes sharing that
+        tier share the lease (a local directory: one machine; Redis: every machine)."""
+        for index, tier in enumerate(self.tiers):
+            if tier.supports_leases and not tier.read_only and self._available(index):
+                try:
+                    return tier.try_lease(key)
+                except StoreError as exc:
+                    self._failed(index, "lease", exc)
+        raise StoreError(f"no tier of {self.url} can lease now")
 
     def _corrupt_reporter(self, index: int) -> Callable[[str, str], None]:
         def report(key: str, why: str) -> None:
