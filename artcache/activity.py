@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store._nofollow import CREATE_FLAGS, DIR_FLAGS, PRIVATE_DIR_MODE, READ_FLAGS, lstat_at, regular_files
+from .store._nofollow import (
+    CREATE_FLAGS,
+    DIR_FLAGS,
+    PRIVATE_DIR_MODE,
+    READ_FLAGS,
+    lstat_at,
+    regular_files,
+)
 
 # Rotate the event log past this size (one old generation is kept).
 MAX_EVENTS_BYTES = 4 * 1024 * 1024
