@@ -91,20 +91,17 @@ class DirTree:
         self._retired: list[int] = []
 
     # -- checks --------------------------------------------------------------------
-    def check(self, fd: int, where: str) -> os.stat_result:
-        """``fstat`` of a directory descriptor (``where``: its path under the root, for
-        messages), refused if others can write into it."""
-        st = os.fstat(fd)
-        if not stat.S_ISDIR(st.st_mode):
-            raise StoreError(f"refusing store path {self._path(where)}: not a directory")
-        if not self.shared:
-            why = unsafe_reason(st, uid=self._uid, private_gid=self._private_gid)
-            if why:
-                raise StoreError(
-                    f"refusing store directory {self._path(where)}: {why}; if it is shared on purpose, "
-                    f"open it with file://{self.root}?shared=1"
-                )
-        return st
+    def check(self, fd: int, where: str) -> None:
+        """Refuse a directory descriptor (opened with ``O_DIRECTORY``, so a directory)
+        that others can write into; ``where`` is its path under the root, for messages."""
+        if self.shared:
+            return
+        why = unsafe_reason(os.fstat(fd), uid=self._uid, private_gid=self._private_gid)
+        if why:
+            raise StoreError(
+                f"refusing store directory {self._path(where)}: {why}; if it is shared on purpose, "
+                f"open it with file://{self.root}?shared=1"
+            )
 
     def _path(self, where: str) -> str:
         # Built only for messages: joining paths on every open costs more than the open.
@@ -136,13 +133,19 @@ class DirTree:
     def open_under(self, parent: int, name: str, where: str, *, create: bool) -> int:
         """A new descriptor of directory ``name`` under ``parent`` (the caller closes it);
         ``FileNotFoundError`` if it is absent and ``create`` is false."""
-        if create:
-            try:
-                os.mkdir(name, self.dir_mode, dir_fd=parent)
-            except FileExistsError:
-                pass
         try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                # Created only when missing: a mkdir that fails with EEXIST still costs
+                # a directory lock and, on overlay file systems, most of a millisecond.
+                try:
+                    os.mkdir(name, self.dir_mode, dir_fd=parent)
+                except FileExistsError:
+                    pass  # another process created it first
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in _LINK_ERRNOS:
                 raise StoreError(f"refusing store path {self._path(where)}: a symlink or not a directory") from exc
@@ -154,18 +157,24 @@ class DirTree:
             raise
         return fd
 
-    def top(self, name: str = "", *, create: bool = False) -> int:
+    def top(self, name: str = "", *, create: bool = False, revalidate: bool = False) -> int:
         """The kept descriptor of the root (``""``) or of a top-level directory.  Do not
-        close it.  ``FileNotFoundError`` if absent and ``create`` is false."""
+        close it.  ``FileNotFoundError`` if absent and ``create`` is false.
+
+        ``revalidate`` reopens a kept directory that was removed.  Callers ask for it only
+        after an operation under the kept descriptor failed with ``ENOENT`` (which is what
+        every lookup in a removed directory returns): checking on every call would cost an
+        ``fstat`` on every read.
+        """
         fd = self._kept.get(name)
-        if fd is not None and os.fstat(fd).st_nlink > 0:
+        if fd is not None and not (revalidate and self._removed(fd)):
             return fd
         with self._lock:
             fd = self._kept.get(name)
-            if fd is not None and os.fstat(fd).st_nlink > 0:
-                return fd  # another thread reopened it meanwhile
+            if fd is not None and not self._removed(fd):
+                return fd  # another thread reopened it meanwhile, or it was fine after all
             if name:
-                new = self.open_under(self.top(create=create), name, name, create=create)
+                new = self.open_under(self.top(create=create, revalidate=True), name, name, create=create)
             else:
                 new = self.open_root(create=create)
             if fd is not None:
@@ -173,10 +182,19 @@ class DirTree:
             self._kept[name] = new
             return new
 
+    @staticmethod
+    def _removed(fd: int) -> bool:
+        return os.fstat(fd).st_nlink == 0
+
     def open_sub(self, top: str, name: str, *, create: bool = False) -> int:
         """A new descriptor of ``top/name`` (a shard); the caller closes it.  (Not a
         context manager: this is on every read, where one costs as much as the open.)"""
-        return self.open_under(self.top(top, create=create), name, f"{top}/{name}", create=create)
+        where = f"{top}/{name}"
+        try:
+            return self.open_under(self.top(top, create=create), name, where, create=create)
+        except FileNotFoundError:
+            # Absent, or the kept top-level directory was removed (then reopened here).
+            return self.open_under(self.top(top, create=create, revalidate=True), name, where, create=create)
 
     def close(self) -> None:
         with self._lock:

@@ -185,7 +185,11 @@ class LocalStore(Store):
 
     def _write(self, shard: int, space: str, name: str, data: bytes) -> None:
         tmp_dir = self._tree.top("tmp", create=True)
-        tmp = _fs.write_temp(tmp_dir, name, data, durable=self.durable)
+        try:
+            tmp = _fs.write_temp(tmp_dir, name, data, durable=self.durable)
+        except FileNotFoundError:  # tmp/ was removed (e.g. by hand): recreate it, once
+            tmp_dir = self._tree.top("tmp", create=True, revalidate=True)
+            tmp = _fs.write_temp(tmp_dir, name, data, durable=self.durable)
         try:
             try:
                 _fs.publish(tmp_dir, tmp, shard, name)
@@ -260,8 +264,8 @@ class LocalStore(Store):
                     self._set_aside(shard, name, found[1])
             finally:
                 os.close(shard)
-        except OSError:
-            pass  # best effort: the reader refuses these bytes anyway
+        except (OSError, StoreError):
+            pass  # best effort (absent, unreadable, an unsafe shard): the reader refuses it anyway
 
     def close(self) -> None:
         self._tree.close()
@@ -279,9 +283,14 @@ class LocalStore(Store):
             return  # another reader quarantined it, or a writer replaced it: keep that
         dest = f"{name}.{time.time_ns()}.{os.getpid()}.bad"
         try:
-            _fs.publish(shard, name, self._tree.top("quarantine", create=True), dest)
+            try:
+                _fs.publish(shard, name, self._tree.top("quarantine", create=True), dest)
+            except FileNotFoundError:
+                # Another reader quarantined it first, or quarantine/ was removed (then
+                # recreated here): try once more.
+                _fs.publish(shard, name, self._tree.top("quarantine", create=True, revalidate=True), dest)
         except FileNotFoundError:
-            pass  # another reader quarantined it first
+            pass
         except OSError:
             # Can't move it (e.g. permissions): deleting still stops it being served.
             try:
@@ -302,7 +311,8 @@ class LocalStore(Store):
     def quarantined_files(self) -> list[str]:
         """Names of the files in ``quarantine/``."""
         try:
-            return sorted(name for name, _st in regular_files(self._tree.top("quarantine")) if _BAD_RE.fullmatch(name))
+            names = regular_files(self._tree.top("quarantine", revalidate=True))
+            return sorted(name for name, _st in names if _BAD_RE.fullmatch(name))
         except FileNotFoundError:
             return []
 
@@ -335,7 +345,7 @@ class LocalStore(Store):
         lock file is opened without following a link and never written to."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(_LOCK_NAME, flags, 0o644, dir_fd=self._tree.top())
+            fd = os.open(_LOCK_NAME, flags, 0o644, dir_fd=self._tree.top(revalidate=True))
         except OSError as exc:
             raise StoreError(f"eviction lock {self.root / _LOCK_NAME}: {exc}") from exc
         try:
@@ -414,7 +424,7 @@ class LocalStore(Store):
         """Regular files under valid key names in a keyspace.  Links, other names and
         shards that are links are skipped; each shard is listed then closed."""
         try:
-            shards = [s for s in subdirectories(self._tree.top(space)) if _SHARD_RE.fullmatch(s)]
+            shards = [s for s in subdirectories(self._tree.top(space, revalidate=True)) if _SHARD_RE.fullmatch(s)]
         except FileNotFoundError:
             return
         for shard_name in shards:
@@ -439,7 +449,7 @@ class LocalStore(Store):
             try:
                 found = [
                     _File(top, "", name, st.st_size, st.st_mtime)
-                    for name, st in regular_files(self._tree.top(top))
+                    for name, st in regular_files(self._tree.top(top, revalidate=True))
                     if pattern.fullmatch(name)
                 ]
             except FileNotFoundError:
