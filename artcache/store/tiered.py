@@ -68,6 +68,7 @@ class TieredStore(Store):
         self.tiers = list(tiers)
         self.url = ",".join(t.url for t in self.tiers)
         self.read_only = all(t.read_only for t in self.tiers)
+        self.bounded_reads = all(t.bounded_reads for t in self.tiers)  # bounds are passed down
         self.write_policy = write_policy
         self.cooldown_s = cooldown_s
         self.on_error = on_error
