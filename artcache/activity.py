@@ -10,8 +10,11 @@ made of, so ``explain`` can diff it against stored entries later.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -19,10 +22,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .store._nofollow import (
+    CREATE_FLAGS,
+    DIR_FLAGS,
+    PRIVATE_DIR_MODE,
+    READ_FLAGS,
+    lstat_at,
+    regular_files,
+)
+
 # Rotate the event log past this size (one old generation is kept).
 MAX_EVENTS_BYTES = 4 * 1024 * 1024
 MAX_MISS_RECORDS = 256
+MAX_MISS_RECORD_BYTES = 16 * 1024 * 1024
 _LINE_LIMIT = 4000  # below PIPE_BUF (4096): a single append stays whole
+_EVENTS = "events.jsonl"
+_EVENTS_OLD = "events.jsonl.1"
+_MISSES = "misses"
+_RECORD_RE = re.compile(r"[0-9a-f]{64}\.json")
+_RECORD_TMP_RE = re.compile(r"\.[0-9a-f]{64}\.json\.\d+\.\d+\.tmp")
+_STALE_TMP_S = 3600.0
+_tmp_counter = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -39,10 +59,43 @@ class ActivityTotals:
 
 
 class ActivityLog:
+    """The activity directory of one local store.
+
+    It lives inside a store directory that others may be able to write, so, like the
+    store itself (``store/_nofollow.py``), it never follows a symlink: the directories
+    are opened one at a time with ``O_NOFOLLOW`` and every file operation is relative to
+    them; files are appended to only if they are regular files with no other name (a
+    hard link's other name may be outside the store), temp files are created with
+    ``O_EXCL``, pruning removes only regular files under the names this class makes,
+    and reads are bounded.  Whoever can write the store can still forge the log (it is
+    statistics, never code): what it holds is only ever counted and printed.
+    """
+
     def __init__(self, root: Path) -> None:
+        self.store_root = root
         self.root = root / "activity"
-        self.events = self.root / "events.jsonl"
-        self.misses = self.root / "misses"
+        self.events = self.root / _EVENTS
+        self.misses = self.root / _MISSES
+
+    # -- directories --------------------------------------------------------------------
+    def _open_dir(self, *parts: str, create: bool) -> int:
+        """A descriptor of ``activity/<parts>``, no link followed on the way (the caller
+        closes it).  ``OSError`` if absent (and not ``create``) or not a real directory."""
+        fd = os.open(self.store_root, DIR_FLAGS)
+        try:
+            for name in ("activity", *parts):
+                if create:
+                    try:
+                        os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # -- writing (best effort: losing a stats line must never fail a compile) ------------
     def record(self, event: str, **fields: Any) -> None:
@@ -50,54 +103,106 @@ class ActivityLog:
         if len(line) > _LINE_LIMIT:
             line = json.dumps({"t": round(time.time(), 3), "event": event, "key": fields.get("key", "")})
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._rotate_if_large()
-            fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            directory = self._open_dir(create=True)
+        except OSError:
+            return
+        try:
+            self._rotate_if_large(directory)
+            fd = os.open(_EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o644, dir_fd=directory)
             try:
-                os.write(fd, (line + "\n").encode())
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    os.write(fd, (line + "\n").encode())
             finally:
                 os.close(fd)
         except OSError:
             pass
+        finally:
+            os.close(directory)
 
     def record_miss(self, key: str, details: Mapping[str, Any]) -> None:
-        path = self.misses / f"{key}.json"
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            return  # the record's file is named by the key: only a digest is a safe name
+        text = json.dumps({"key": key, "t": time.time(), **details}, sort_keys=True, default=str).encode()
         try:
-            self.misses.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "t": time.time(), **details}, sort_keys=True, default=str))
-            os.replace(tmp, path)  # readers see the old record or the new one, whole
-            self._prune_misses()
+            directory = self._open_dir(_MISSES, create=True)
+        except OSError:
+            return
+        try:
+            name = f"{key}.json"
+            tmp = f".{name}.{os.getpid()}.{next(_tmp_counter)}.tmp"
+            fd = os.open(tmp, CREATE_FLAGS, 0o644, dir_fd=directory)
+            try:
+                try:
+                    view = memoryview(text)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+                # Readers see the old record or the new one, whole.
+                os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                _unlink_quietly(directory, tmp)
+                raise
+            self._prune_misses(directory)
         except OSError:
             pass
+        finally:
+            os.close(directory)
 
-    def _rotate_if_large(self) -> None:
-        try:
-            if self.events.stat().st_size > MAX_EVENTS_BYTES:
-                os.replace(self.events, self.events.with_suffix(".jsonl.1"))
-        except FileNotFoundError:
-            pass
+    def _rotate_if_large(self, directory: int) -> None:
+        st = lstat_at(directory, _EVENTS)
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size > MAX_EVENTS_BYTES:
+            # A rename moves the entry itself, never a link's target.
+            os.replace(_EVENTS, _EVENTS_OLD, src_dir_fd=directory, dst_dir_fd=directory)
 
-    def _prune_misses(self) -> None:
-        records = sorted(self.misses.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        for old in records[:-MAX_MISS_RECORDS]:
-            try:
-                old.unlink()
-            except FileNotFoundError:
-                pass
+    def _prune_misses(self, directory: int) -> None:
+        files = list(regular_files(directory))
+        records = sorted((st.st_mtime, name) for name, st in files if _RECORD_RE.fullmatch(name))
+        now = time.time()
+        stale = [name for name, st in files if _RECORD_TMP_RE.fullmatch(name) and now - st.st_mtime > _STALE_TMP_S]
+        for name in [n for _t, n in records[:-MAX_MISS_RECORDS]] + stale:
+            _unlink_quietly(directory, name)
 
     # -- reading ----------------------------------------------------------------------
+    def _read(self, parts: tuple[str, ...], name: str, limit: int) -> bytes | None:
+        """The last ``limit`` bytes at most of regular file ``activity/<parts>/<name>``."""
+        try:
+            directory = self._open_dir(*parts, create=False)
+        except OSError:
+            return None
+        try:
+            fd = os.open(name, READ_FLAGS, dir_fd=directory)
+        except OSError:
+            return None
+        finally:
+            os.close(directory)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            start = max(0, st.st_size - limit)
+            return os.pread(fd, st.st_size - start, start)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def iter_events(self) -> Iterator[dict[str, Any]]:
-        for path in (self.events.with_suffix(".jsonl.1"), self.events):
-            try:
-                lines = path.read_text().splitlines()
-            except FileNotFoundError:
+        for name in (_EVENTS_OLD, _EVENTS):
+            # Rotation keeps each file near MAX_EVENTS_BYTES; a larger one was not written
+            # by this class, and only its tail is read.
+            data = self._read((), name, 2 * MAX_EVENTS_BYTES)
+            if data is None:
                 continue
-            for line in lines:
+            for line in data.decode(errors="replace").splitlines():
                 try:
-                    yield json.loads(line)
+                    event = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line cut by a crash is skipped, not fatal
+                    continue  # a line cut by a crash (or by the bound) is skipped, not fatal
+                if isinstance(event, dict):
+                    yield event
 
     def totals(self) -> ActivityTotals:
         hits = saves = bytes_loaded = bytes_saved = 0
@@ -126,14 +231,31 @@ class ActivityLog:
     def miss_record(self, key: str | None = None) -> dict[str, Any] | None:
         """The record of a missed key (or prefix), or the most recent one."""
         try:
-            records = sorted(self.misses.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        except FileNotFoundError:
-            return None
-        if key:
-            records = [p for p in records if p.stem.startswith(key)]
-        if not records:
+            directory = self._open_dir(_MISSES, create=False)
+        except OSError:
             return None
         try:
-            return json.loads(records[-1].read_text())  # type: ignore[no-any-return]
-        except (OSError, json.JSONDecodeError):
+            records = sorted((st.st_mtime, name) for name, st in regular_files(directory)
+                             if _RECORD_RE.fullmatch(name))
+        except OSError:
             return None
+        finally:
+            os.close(directory)
+        names = [name for _t, name in records if not key or name.startswith(key)]
+        if not names:
+            return None
+        data = self._read((_MISSES,), names[-1], MAX_MISS_RECORD_BYTES + 1)
+        if data is None or len(data) > MAX_MISS_RECORD_BYTES:
+            return None
+        try:
+            record = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        return record if isinstance(record, dict) else None
+
+
+def _unlink_quietly(directory: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=directory)
+    except OSError:
+        pass  # already gone, or not ours to remove: pruning never fails a compile

@@ -156,7 +156,9 @@ class EntryStore:
         if manifest.key != key:
             raise CorruptEntryError(f"manifest under {key[:16]} claims key {manifest.key[:16]}")
         wanted = {ref.digest: ref for ref in manifest.blobs}
-        fetched = self.store.get_many([cas_key(d) for d in wanted])
+        # Bounded by the sizes the manifest declares: a larger stored blob is refused
+        # (CorruptEntryError) before it is read.
+        fetched = self.store.get_many_bounded({cas_key(d): ref.size for d, ref in wanted.items()})
         blobs: dict[str, bytes] = {}
         for digest, ref in wanted.items():
             data = fetched.get(cas_key(digest))
@@ -167,6 +169,7 @@ class EntryStore:
             if self._trust is not None and content_digest(data) != digest:
                 # The signature covers blob *digests*; the local tier's read check is a
                 # non-cryptographic checksum, so under trust the address itself is checked.
+                self.store.quarantine(cas_key(digest))  # so that the next save rewrites it
                 raise CorruptEntryError(f"blob {digest[:16]} does not match its sha256 address")
             blobs[digest] = data
         self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())

@@ -7,8 +7,9 @@ Every ``import`` counts, wherever it is: at the top, inside a function, or under
 
     0  errors, digest, config, _version          what everything uses
     1  entry, keys, code_digest, environment,     the data model: manifests, keys and
-       signing, activity                          their factors, signatures
-    2  store/                                     bytes in, bytes out
+       signing                                    their factors, signatures
+    2  store/, activity                           bytes in, bytes out; the per-machine log
+                                                  kept beside the local tier
     3  entries, single_flight                     whole entries in a store: trust, errors, stats;
                                                   one compile for many processes
     4  pickler/                                   the safe serializer and its codecs
@@ -30,8 +31,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "artcache"
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "digest", "config", "_version"}),
-    frozenset({"entry", "keys", "code_digest", "environment", "signing", "activity"}),
-    frozenset({"store"}),
+    frozenset({"entry", "keys", "code_digest", "environment", "signing"}),
+    frozenset({"store", "activity"}),
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),
     frozenset({"_torch"}),

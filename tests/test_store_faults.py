@@ -108,8 +108,8 @@ def test_rename_failing_after_a_partial_write_of_the_temp_file(tmp_path: Path, m
     key, data = blob(payload_for("partial", 50_000))
     seen: list[bytes] = []
 
-    def replace_fails(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        seen.append(Path(src).read_bytes())
+    def replace_fails(src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        seen.append((tmp_path / "tmp" / src).read_bytes())  # the store renames by name, relative to tmp/
         raise OSError(errno.ENOSPC, "no space left")
 
     monkeypatch.setattr(_fs.os, "replace", replace_fails)

@@ -197,7 +197,7 @@ def test_quarantine_does_not_remove_a_file_replaced_meanwhile(tmp_path: Path) ->
     stale_inode = path.stat().st_ino
     store.put(key, b"good replacement")
     assert path.stat().st_ino != stale_inode
-    store._quarantine_file(path, "simulated stale failure", stale_inode)
+    store._quarantine_key(key, stale_inode)
     assert store.get(key) == b"good replacement"
     assert quarantined_files(store) == []
 
@@ -275,16 +275,18 @@ def test_eviction_removes_quarantine_and_stale_temp_files_first(tmp_path: Path) 
     store = LocalStore(tmp_path, max_size=32_000)
     keep_key, keep_data = blob(payload_for("keep", 10_000))
     store.put(keep_key, keep_data)
-    stale = tmp_path / "tmp" / "dead-writer.tmp"
+    # Named as the store names them (a dead writer's temp file, a quarantined file).
+    stale = tmp_path / "tmp" / f"{'1' * 64}.4242.1.0.tmp"
     stale.write_bytes(b"x" * 10_000)
     backdate(stale, STALE_TMP_S + 60)
-    live = tmp_path / "tmp" / "live-writer.tmp"
+    live = tmp_path / "tmp" / f"{'2' * 64}.4243.1.0.tmp"
     live.write_bytes(b"y" * 1000)
-    (tmp_path / "quarantine" / "old.bad").write_bytes(b"z" * 10_000)
+    quarantined = tmp_path / "quarantine" / f"{'3' * 64}.1700000000000000000.4242.bad"
+    quarantined.write_bytes(b"z" * 10_000)
     backdate(on_disk(store, keep_key), 7200)  # older than everything else, still kept
     store.put(*blob(payload_for("trigger", 9000)))
     assert not stale.exists()
-    assert not (tmp_path / "quarantine" / "old.bad").exists()
+    assert not quarantined.exists()
     assert live.exists()  # an in-flight write of a live process is never touched
     assert store.get(keep_key) == keep_data
     assert store.disk_usage() <= 32_000
@@ -310,7 +312,7 @@ def test_cap_from_environment(tmp_path: Path) -> None:
 def test_evict_reports_keys_even_when_root_is_named_like_a_keyspace(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "ac")
     keys = [store.put(*item) or item[0] for item in (blob(payload_for(f"ev{i}", 100)) for i in range(3))]
-    (tmp_path / "ac" / "quarantine" / "x.bad").write_bytes(b"bad")
+    (tmp_path / "ac" / "quarantine" / f"{'4' * 64}.1.1.bad").write_bytes(b"bad")
     removed = store.evict(0, low_water=0.0)
     assert sorted(removed) == sorted(keys)
     assert list(store.iterate()) == []

@@ -214,7 +214,11 @@ def test_tampered_blob_in_a_tier_is_reported_to_the_error_policy(
     assert LocalStore(tmp_path / "local").get(key) is None  # not backfilled
     [(_url, operation, error)] = handler.calls
     assert operation == "get" and isinstance(error, CorruptEntryError)
+    # Refused, so deleted: the next write replaces it and no reader fetches it again.
+    assert not client.exists(f"artcache:v2:{ns}:cas:{key[4:]}")
     # A lone Redis store reports through open_store's on_error as well.
+    remote.put(key, data)
+    client.set(f"artcache:v2:{ns}:cas:{key[4:]}", b"Y" + data[1:])
     lone_handler = RecordingHandler()
     lone = open_store(f"{redis_server.url}?prefix={ns}", on_error=lone_handler)
     assert lone.get(key) is None and isinstance(lone_handler.calls[0][2], CorruptEntryError)

@@ -2,7 +2,9 @@
 
 URLs (comma-separated for tiers, fastest first)::
 
-    file:///abs/path[?ro=1][&fsync=0]   local directory (LocalStore)
+    file:///abs/path[?ro=1][&fsync=0][&shared=1]
+                                        local directory (LocalStore); ``shared=1``
+                                        accepts a directory others can write
     memory://[name][?ro=1]             in-process (MemoryStore)
     redis://host:port/db[?ro=1][&prefix=ns][&ttl=S][&timeout=S]
                                         Redis (RedisStore, needs the ``redis`` extra);
@@ -57,7 +59,8 @@ def open_one(url: str, *, max_size: int | None = None) -> Store:
         path = unquote(parts.path)
         if not path:
             raise StoreError(f"{url}: no path")
-        return LocalStore(path, max_size=max_size, durable=_flag(options, "fsync", True), read_only=read_only)
+        return LocalStore(path, max_size=max_size, durable=_flag(options, "fsync", True), read_only=read_only,
+                          shared=_flag(options, "shared", False))
     if parts.scheme == "memory":
         return MemoryStore(read_only=read_only, name=parts.netloc + parts.path)
     if parts.scheme in ("redis", "rediss"):

@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import StoreError
+from ..errors import CorruptEntryError, StoreError
 from .leases import Lease
 
 KEYSPACES = ("cas", "ac")
+# No store writes a manifest (``ac/`` value) larger than this, and the local and Redis
+# stores refuse to read one before allocating it: a manifest is parsed, so its size is
+# bounded before a byte of it is read.
+MAX_MANIFEST_BYTES = 64 << 20
 # fullmatch, not ``$``: ``$`` also matches before a trailing newline, which would let
 # "cas/<hex>\n" alias "cas/<hex>" in one backend and be a different key in another.
 _KEY_RE = re.compile(r"(cas|ac)/([0-9a-f]{64})")
@@ -90,6 +94,9 @@ class Store(ABC):
         raise StoreError(f"store {self.url} has no leases")
 
     supports_leases: bool = False
+    # True where get_bounded learns a value's size before reading it (never allocates
+    # past the bound); the default implementation below reads first, then checks.
+    bounded_reads: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -103,6 +110,25 @@ class Store(ABC):
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Several gets; network backends override this to pipeline them."""
         return {key: self.get(key) for key in keys}
+
+    def get_bounded(self, key: str, max_bytes: int) -> bytes | None:
+        """Like :meth:`get`, but a value of more than ``max_bytes`` raises
+        ``CorruptEntryError`` (it is refused, and left in place)."""
+        return self.get_many_bounded({key: max_bytes})[key]
+
+    def get_many_bounded(self, bounds: Mapping[str, int]) -> dict[str, bytes | None]:
+        """Several :meth:`get_bounded`, each key with its own bound."""
+        found = self.get_many(bounds)
+        for key, data in found.items():
+            if data is not None and len(data) > bounds[key]:
+                raise CorruptEntryError(f"{key} in {self.url} holds {len(data)} bytes, more than the {bounds[key]} expected")
+        return found
+
+    def quarantine(self, key: str) -> None:
+        """A reader refused the value under ``key`` (for ``cas/``: it fails its SHA-256
+        address): set it aside so that the next legitimate put rewrites it.  The store
+        checks the value again itself, so a good value written meanwhile is kept.  Best
+        effort; the default does nothing (a put replaces the value anyway)."""
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:

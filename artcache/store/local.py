@@ -5,27 +5,39 @@ Layout under ``root``::
     cas/<2 hex>/<sha256>    blobs            (sharded: 256 directories per keyspace)
     ac/<2 hex>/<key>        manifests
     tmp/                    temp files of in-flight writes (same file system as the keys)
-    quarantine/             files that failed their checksum, kept for inspection
+    quarantine/             files that failed their checks, kept for inspection
     .evict.lock             held only while evicting
     leases/                 lock files of single-flight compiles (``flock``, see leases.py)
 
 Concurrency: any number of processes may read and write at once.  Reads take no lock
 (publication is an atomic rename, so a reader sees a whole file or none).  Writers take
 no lock either; only eviction takes ``.evict.lock`` so two evictors don't both delete.
+
+A store directory may be shared, so nothing in it is trusted (``_nofollow.py``): every
+operation is relative to a directory descriptor opened without following links, reads
+open with ``O_NOFOLLOW``, and deletes (eviction, gc, rm) remove only regular files under
+names this class makes (``<sha256>``, ``<sha256>.<pid>.<thread>.<n>.tmp``,
+``<sha256>.<ns>.<pid>.bad``).  A root or directory others can write is refused unless
+the store is opened with ``shared=True`` (URL ``?shared=1``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
-from ..errors import StoreError
+from ..digest import content_digest
+from ..errors import CorruptEntryError, StoreError
 from . import _fs
-from .base import KEYSPACES, KeyInfo, Store, check_key
+from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
+from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
 
 # After an eviction the store is brought down to this fraction of the cap, so that a
@@ -34,9 +46,34 @@ EVICT_LOW_WATER = 0.9
 # Temp files older than this belong to a writer that died; eviction removes them.
 STALE_TMP_S = 3600.0
 EVICT_LOCK_TIMEOUT_S = 30.0
+_LOCK_POLL_S = 0.02
+_LOCK_NAME = ".evict.lock"
+
+_SHARD_RE = re.compile(r"[0-9a-f]{2}")
+_NAME_RE = re.compile(r"[0-9a-f]{64}")
+# The names this store gives temp and quarantined files (see _fs.temp_name, _set_aside).
+_TMP_RE = re.compile(r"[0-9a-f]{64}\.\d+\.\d+\.\d+\.tmp")
+_BAD_RE = re.compile(r"[0-9a-f]{64}\.\d+\.\d+\.bad")
+
+
+@dataclass(frozen=True)
+class _File:
+    """One file of the store as eviction sees it."""
+
+    top: str  # "cas", "ac", "tmp" or "quarantine"
+    shard: str  # "" outside the keyspaces
+    name: str
+    size: int
+    mtime: float
+
+    @property
+    def key(self) -> str | None:
+        return f"{self.top}/{self.name}" if self.top in KEYSPACES else None
 
 
 class LocalStore(Store):
+    bounded_reads = True  # get_bounded checks the size with fstat before reading
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -44,16 +81,16 @@ class LocalStore(Store):
         max_size: int | None = None,
         durable: bool = True,
         read_only: bool = False,
+        shared: bool = False,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = "file://" + str(self.root)
-        self._root_str = str(self.root)
         self.max_size = max_size
         self.durable = durable
         self.read_only = read_only
+        self.shared = shared
         self.quarantined = 0
-        self._tmp = self.root / "tmp"
-        self._quarantine = self.root / "quarantine"
+        self._tree = DirTree(self.root, shared=shared)
         # Bytes this process believes the store holds; None until first needed.  Other
         # processes write too, so it is only a trigger: eviction always rescans, and after
         # writing ``_rescan_every`` bytes of its own a process rescans, so writes of other
@@ -64,67 +101,139 @@ class LocalStore(Store):
         self._rescan_every = (
             max(1, int(max_size * (1 - EVICT_LOW_WATER) / 4)) if max_size is not None else 0
         )
-        if not read_only:
-            try:
+        try:
+            if not read_only:
                 for sub in (*KEYSPACES, "tmp", "quarantine"):
-                    (self.root / sub).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create store at {self.root}: {exc}") from exc
+                    self._tree.top(sub, create=True)
+            else:
+                self._tree.top()  # refuses a root others can write, like a writable store
+        except FileNotFoundError:
+            pass  # a read-only store on a missing directory is an empty store
+        except OSError as exc:
+            raise StoreError(f"cannot create store at {self.root}: {exc}") from exc
 
     # -- paths ---------------------------------------------------------------------
     def _path(self, key: str) -> Path:
-        return Path(self._path_str(key))
-
-    def _path_str(self, key: str) -> str:
-        # The read path uses plain strings: three pathlib joins cost more than the
-        # open+read syscalls of a small blob.
+        """Where ``key`` lives (for messages and benchmarks; never opened by path)."""
         space, name = check_key(key)
-        return f"{self._root_str}/{space}/{name[:2]}/{name}"
+        return self.root / space / name[:2] / name
 
     # -- protocol ------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        return self._read(key, mark_used=True)
+        return self._read(key, mark_used=True, max_bytes=None)
 
     def peek(self, key: str) -> bytes | None:
-        return self._read(key, mark_used=False)
+        return self._read(key, mark_used=False, max_bytes=None)
 
-    def _read(self, key: str, *, mark_used: bool) -> bytes | None:
-        path = self._path_str(key)
+    def get_bounded(self, key: str, max_bytes: int) -> bytes | None:
+        return self._read(key, mark_used=True, max_bytes=max_bytes)
+
+    def get_many_bounded(self, bounds: Mapping[str, int]) -> dict[str, bytes | None]:
+        return {key: self._read(key, mark_used=True, max_bytes=cap) for key, cap in bounds.items()}
+
+    def _read(self, key: str, *, mark_used: bool, max_bytes: int | None) -> bytes | None:
+        space, name = check_key(key)
+        # A manifest larger than any the store writes is damage or a plant: quarantined,
+        # like a torn file.  A value over the caller's own bound is refused and left.
+        store_cap = MAX_MANIFEST_BYTES if space == "ac" else None
+        caps = [c for c in (store_cap, max_bytes) if c is not None]
         try:
-            return _fs.read_verified(path, mark_used=mark_used)
-        except _fs.TornFile as why:
-            self._quarantine_file(Path(path), str(why), why.inode)
+            shard = self._tree.open_sub(space, name[:2])
+            try:
+                try:
+                    found = _fs.read_verified(shard, name, max_bytes=min(caps) if caps else None,
+                                              mark_used=mark_used)
+                except _fs.TornFile as why:
+                    self._set_aside(shard, name, why.inode)
+                    return None
+                except _fs.TooLarge as big:
+                    if store_cap is not None and big.size > store_cap:
+                        self._set_aside(shard, name, big.inode)
+                        return None
+                    raise CorruptEntryError(
+                        f"{key} in {self.url} holds {big.size} bytes, more than the {max_bytes} expected"
+                    ) from None
+            finally:
+                os.close(shard)
+        except FileNotFoundError:
             return None
         except OSError as exc:
             raise StoreError(f"read {key} from {self.url}: {exc}") from exc
+        return found[0] if found is not None else None
 
     def put(self, key: str, data: bytes) -> None:
         self._check_writable()
-        path = self._path(key)
-        if key.startswith("cas/") and path.exists():
-            # Content-addressed and already present: same bytes by construction.  Touch it
-            # so that an eviction racing with this put prefers other, older files.
-            _fs.touch(path)
-            return
+        space, name = check_key(key)
+        if space == "ac" and len(data) > MAX_MANIFEST_BYTES:
+            raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
         if self.max_size is not None and len(data) + _fs.TRAILER_SIZE > self.max_size:
             raise StoreError(f"{key}: {len(data)} bytes exceed the store cap {self.max_size}")
         try:
-            # No mkdir of the shard here: write_atomic creates it only when the rename
-            # reports it missing, which saves a syscall on every put but the first.
-            _fs.write_atomic(path, self._tmp, data, durable=self.durable)
+            shard = self._tree.open_sub(space, name[:2], create=True)
+            try:
+                # Content-addressed and already present with exactly these bytes: touch
+                # it (so an eviction racing with this put prefers older files) and stop.
+                # Bytes that differ, fail their trailer, or are not a regular file are
+                # replaced: a damaged or planted blob heals on the next legitimate save.
+                if space == "cas" and _fs.holds(shard, name, data):
+                    return
+                self._write(shard, space, name, data)
+            finally:
+                os.close(shard)
         except OSError as exc:
             raise StoreError(f"write {key} to {self.url}: {exc}") from exc
         if self.max_size is not None:
-            self._account(len(data) + _fs.TRAILER_SIZE, keep=path)
+            self._account(len(data) + _fs.TRAILER_SIZE, keep=key)
+
+    def _write(self, shard: int, space: str, name: str, data: bytes) -> None:
+        tmp_dir = self._tree.top("tmp", create=True)
+        try:
+            tmp = _fs.write_temp(tmp_dir, name, data, durable=self.durable)
+        except FileNotFoundError:  # tmp/ was removed (e.g. by hand): recreate it, once
+            tmp_dir = self._tree.top("tmp", create=True, revalidate=True)
+            tmp = _fs.write_temp(tmp_dir, name, data, durable=self.durable)
+        try:
+            try:
+                _fs.publish(tmp_dir, tmp, shard, name)
+            except IsADirectoryError:
+                # A directory was planted under the key's name: move it aside, then publish.
+                self._set_aside(shard, name, None)
+                _fs.publish(tmp_dir, tmp, shard, name)
+            except FileNotFoundError:
+                # The shard was removed since we opened it (a rename into a removed
+                # directory fails): open it afresh, creating it, and retry once.
+                fresh = self._tree.open_sub(space, name[:2], create=True)
+                try:
+                    _fs.publish(tmp_dir, tmp, fresh, name)
+                finally:
+                    os.close(fresh)
+        except BaseException:
+            _fs.discard(tmp_dir, tmp)
+            raise
 
     def has(self, key: str) -> bool:
-        return self._path(key).is_file()
+        space, name = check_key(key)
+        try:
+            shard = self._tree.open_sub(space, name[:2])
+            try:
+                st = lstat_at(shard, name)
+            finally:
+                os.close(shard)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"has {key} in {self.url}: {exc}") from exc
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def delete(self, key: str) -> bool:
         self._check_writable()
+        space, name = check_key(key)
         try:
-            os.unlink(self._path(key))
-            return True
+            shard = self._tree.open_sub(space, name[:2])
+            try:
+                return unlink_regular(shard, name)
+            finally:
+                os.close(shard)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -134,23 +243,88 @@ class LocalStore(Store):
         for space in KEYSPACES:
             if not (space + "/").startswith(prefix[: len(space) + 1]):
                 continue
-            for entry in self._scan_space(space):
-                key = f"{space}/{entry.name}"
-                if not key.startswith(prefix):
-                    continue
+            for item in self._scan_space(space):
+                key = f"{space}/{item.name}"
+                if key.startswith(prefix):
+                    yield KeyInfo(key, _fs.payload_size(item.size), item.mtime)
+
+    def quarantine(self, key: str) -> None:
+        """Set aside the file under ``key`` if it fails its checks (for ``cas/``: its
+        SHA-256 address).  Checked here again, so a good file is never moved."""
+        if self.read_only:
+            return
+        space, name = check_key(key)
+        try:
+            shard = self._tree.open_sub(space, name[:2])
+            try:
                 try:
-                    st = entry.stat()
-                except FileNotFoundError:  # deleted by a concurrent gc
-                    continue
-                yield KeyInfo(key, _fs.payload_size(st.st_size), st.st_mtime)
+                    found = _fs.read_verified(shard, name, mark_used=False)
+                except _fs.TornFile as why:
+                    self._set_aside(shard, name, why.inode)
+                    return
+                if found is not None and space == "cas" and content_digest(found[0]) != name:
+                    self._set_aside(shard, name, found[1])
+            finally:
+                os.close(shard)
+        except (OSError, StoreError):
+            pass  # best effort (absent, unreadable, an unsafe shard): the reader refuses it anyway
+
+    def close(self) -> None:
+        self._tree.close()
+
+    # -- quarantine ----------------------------------------------------------------
+    def _set_aside(self, shard: int, name: str, inode: int | None) -> None:
+        """Move an entry that failed its checks to ``quarantine/``, so the key reads as a
+        miss and the entry is rebuilt, while the bad bytes stay for a post-mortem.  The
+        rename moves the entry itself: if it is a link, the link, never its target."""
+        self.quarantined += 1
+        if self.read_only:
+            return
+        st = lstat_at(shard, name)
+        if st is None or (inode is not None and st.st_ino != inode):
+            return  # another reader quarantined it, or a writer replaced it: keep that
+        dest = f"{name}.{time.time_ns()}.{os.getpid()}.bad"
+        try:
+            try:
+                _fs.publish(shard, name, self._tree.top("quarantine", create=True), dest)
+            except FileNotFoundError:
+                # Another reader quarantined it first, or quarantine/ was removed (then
+                # recreated here): try once more.
+                _fs.publish(shard, name, self._tree.top("quarantine", create=True, revalidate=True), dest)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # Can't move it (e.g. permissions): deleting still stops it being served.
+            try:
+                os.unlink(name, dir_fd=shard)
+            except OSError:
+                pass
+
+    def _quarantine_key(self, key: str, inode: int | None) -> None:
+        """Quarantine the file under ``key`` if it is still ``inode`` (for tests of the
+        race with a writer)."""
+        space, name = check_key(key)
+        shard = self._tree.open_sub(space, name[:2])
+        try:
+            self._set_aside(shard, name, inode)
+        finally:
+            os.close(shard)
+
+    def quarantined_files(self) -> int:
+        return len(self.quarantined_names())
+
+    def quarantined_names(self) -> list[str]:
+        """Names of the files in ``quarantine/``."""
+        try:
+            names = regular_files(self._tree.top("quarantine", revalidate=True))
+            return sorted(name for name, _st in names if _BAD_RE.fullmatch(name))
+        except FileNotFoundError:
+            return []
 
     # -- size cap and eviction -----------------------------------------------------
     def disk_usage(self) -> int:
         """Bytes on disk under keys, temp files and quarantine (a full scan)."""
-        total = 0
-        for _path, size, _mtime in self._all_files():
-            total += size
-        return total
+        return sum(f.size for f in self._all_files())
 
     def evict(
         self, max_size: int, *, low_water: float = EVICT_LOW_WATER, keep: str | None = None
@@ -162,50 +336,84 @@ class LocalStore(Store):
         and a put whose own bytes vanish before it returns would be a silent loss.
         """
         self._check_writable()
-        keep_path = self._path(keep) if keep is not None else None
+        if keep is not None:
+            check_key(keep)
         try:
-            with FileLock(str(self.root / ".evict.lock"), timeout=EVICT_LOCK_TIMEOUT_S):
-                return self._evict_locked(int(max_size * low_water), keep_path)
-        except Timeout as exc:
-            raise StoreError(f"eviction lock on {self.root} busy for {EVICT_LOCK_TIMEOUT_S}s") from exc
+            with self._evict_lock():
+                return self._evict_locked(int(max_size * low_water), keep)
         except OSError as exc:
             raise StoreError(f"evict from {self.url}: {exc}") from exc
 
-    def _evict_locked(self, target: int, keep_path: Path | None = None) -> list[str]:
+    @contextmanager
+    def _evict_lock(self) -> Iterator[None]:
+        """``flock`` on ``.evict.lock`` (released by the kernel if the holder dies).  The
+        lock file is opened without following a link and never written to."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(_LOCK_NAME, flags, 0o644, dir_fd=self._tree.top(revalidate=True))
+        except OSError as exc:
+            raise StoreError(f"eviction lock {self.root / _LOCK_NAME}: {exc}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"eviction lock {self.root / _LOCK_NAME} is not a regular file")
+            deadline = time.monotonic() + EVICT_LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"eviction lock on {self.root} busy for {EVICT_LOCK_TIMEOUT_S}s"
+                        ) from None
+                    time.sleep(_LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _evict_locked(self, target: int, keep: str | None = None) -> list[str]:
         files = list(self._all_files())
-        total = sum(size for _p, size, _m in files)
+        total = sum(f.size for f in files)
         now = time.time()
         removed: list[str] = []
+
         # Quarantined files and stale temp files go first, then keys by last use.
-        def order(item: tuple[Path, int, float]) -> tuple[int, float]:
-            path, _size, mtime = item
-            if path.parent == self._quarantine:
-                return (0, mtime)
-            if path.parent == self._tmp:
-                return (0, mtime) if now - mtime > STALE_TMP_S else (2, mtime)
-            return (1, mtime)
-        for path, size, mtime in sorted(files, key=order):
+        def order(f: _File) -> tuple[int, float]:
+            if f.top == "quarantine":
+                return (0, f.mtime)
+            if f.top == "tmp":
+                return (0, f.mtime) if now - f.mtime > STALE_TMP_S else (2, f.mtime)
+            return (1, f.mtime)
+
+        for f in sorted(files, key=order):
             if total <= target:
                 break
-            if path.parent == self._tmp and now - mtime <= STALE_TMP_S:
+            if f.top == "tmp" and now - f.mtime <= STALE_TMP_S:
                 continue  # an in-flight write of a live process
-            if path == keep_path:
+            if f.key is not None and f.key == keep:
                 continue
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            total -= size
-            space_dir = path.parent.parent
-            # Compare whole directories, not names: a store rooted at ".../ac" must not
-            # report its temp files as keys.
-            if space_dir.parent == self.root and space_dir.name in KEYSPACES:
-                removed.append(f"{space_dir.name}/{path.name}")
+            self._remove(f)
+            total -= f.size
+            if f.key is not None:
+                removed.append(f.key)
         self._approx_size = total
         self._written_since_scan = 0
         return removed
 
-    def _account(self, added: int, *, keep: Path) -> None:
+    def _remove(self, f: _File) -> None:
+        try:
+            if f.shard:
+                shard = self._tree.open_sub(f.top, f.shard)
+                try:
+                    unlink_regular(shard, f.name)
+                finally:
+                    os.close(shard)
+            else:
+                unlink_regular(self._tree.top(f.top), f.name)
+        except FileNotFoundError:
+            pass
+
+    def _account(self, added: int, *, keep: str) -> None:
         assert self.max_size is not None
         if self._approx_size is None or self._written_since_scan + added >= self._rescan_every:
             self._approx_size = self.disk_usage()  # includes the file just written
@@ -214,18 +422,11 @@ class LocalStore(Store):
             self._approx_size += added
             self._written_since_scan += added
         if self._approx_size > self.max_size:
-            space_dir = keep.parent.parent
-            self.evict(self.max_size, keep=f"{space_dir.name}/{keep.name}")
+            self.evict(self.max_size, keep=keep)
 
     @property
     def local_root(self) -> Path:
         return self.root
-
-    def quarantined_files(self) -> int:
-        try:
-            return sum(1 for _ in os.scandir(self._quarantine))
-        except FileNotFoundError:
-            return 0
 
     # -- leases (single-flight compiles) --------------------------------------------
     supports_leases = True
@@ -238,70 +439,39 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot take a lease in {self.root}: {exc}") from exc
 
-    # -- quarantine ----------------------------------------------------------------
-    def _quarantine_file(self, path: Path, why: str, inode: int | None = None) -> None:
-        """Move a file that failed its checks aside, so the key reads as a miss and
-        the entry is rebuilt, while the bad bytes stay available for a post-mortem."""
-        self.quarantined += 1
-        if self.read_only:
-            return
-        try:
-            if inode is not None and os.stat(path).st_ino != inode:
-                return  # a writer already replaced the bad file with a new one: keep that
-        except FileNotFoundError:
-            return  # another reader quarantined it first
-        except OSError:
-            pass  # can't tell; quarantining a good file only costs a rebuild
-        dest = self._quarantine / f"{path.name}.{time.time_ns()}.{os.getpid()}.bad"
-        try:
-            try:
-                os.replace(path, dest)
-            except FileNotFoundError:
-                if not path.exists():
-                    return  # another reader quarantined it first
-                # quarantine/ itself is gone (someone cleaned the store by hand)
-                self._quarantine.mkdir(parents=True, exist_ok=True)
-                os.replace(path, dest)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            # Can't move it (e.g. permissions): deleting still stops it being served.
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
     # -- scanning ------------------------------------------------------------------
-    def _scan_space(self, space: str) -> Iterator[os.DirEntry[str]]:
+    def _scan_space(self, space: str) -> Iterator[_File]:
+        """Regular files under valid key names in a keyspace.  Links, other names and
+        shards that are links are skipped; each shard is listed then closed."""
         try:
-            shards = list(os.scandir(self.root / space))
+            shards = [s for s in subdirectories(self._tree.top(space, revalidate=True)) if _SHARD_RE.fullmatch(s)]
         except FileNotFoundError:
             return
-        for shard in shards:
-            if not shard.is_dir():
-                continue
+        for shard_name in shards:
             try:
-                yield from (e for e in os.scandir(shard.path) if len(e.name) == 64)
-            except FileNotFoundError:
+                shard = self._tree.open_sub(space, shard_name)
+                try:
+                    found = [
+                        _File(space, shard_name, name, st.st_size, st.st_mtime)
+                        for name, st in regular_files(shard)
+                        if _NAME_RE.fullmatch(name) and name.startswith(shard_name)
+                    ]
+                finally:
+                    os.close(shard)
+            except FileNotFoundError:  # removed by a concurrent gc
                 continue
+            yield from found
 
-    def _all_files(self) -> Iterator[tuple[Path, int, float]]:
-        dirs = [self._tmp, self._quarantine]
+    def _all_files(self) -> Iterator[_File]:
         for space in KEYSPACES:
-            for entry in self._scan_space(space):
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                yield Path(entry.path), st.st_size, st.st_mtime
-        for directory in dirs:
+            yield from self._scan_space(space)
+        for top, pattern in (("tmp", _TMP_RE), ("quarantine", _BAD_RE)):
             try:
-                entries = list(os.scandir(directory))
+                found = [
+                    _File(top, "", name, st.st_size, st.st_mtime)
+                    for name, st in regular_files(self._tree.top(top, revalidate=True))
+                    if pattern.fullmatch(name)
+                ]
             except FileNotFoundError:
                 continue
-            for entry in entries:
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                yield Path(entry.path), st.st_size, st.st_mtime
+            yield from found

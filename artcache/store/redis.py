@@ -42,6 +42,19 @@ Why this shape:
   without signatures it would authenticate nothing, since whoever can rewrite a blob here
   can as well write a manifest naming new blobs.  Under ``ARTCACHE_TRUSTED_KEYS`` the
   ``Cache`` checks every blob against its SHA-256 address (the signature covers those).
+* Bounded before read.  A chunk header may name at most ``MAX_CHUNKS`` chunks, never more
+  than its size in bytes, and the chunks' lengths (one pipelined ``STRLEN`` each) must add
+  up to the declared size before any chunk is fetched; chunks are then fetched with
+  ``GETRANGE`` up to their length, a few at a time.  A manifest (``ac/``) above
+  ``MAX_MANIFEST_BYTES``, or a value above a caller's bound (``get_bounded``), is refused
+  having read at most the bound (``GETRANGE``).  So a header that declares billions of
+  chunks, or chunks that do not exist, or a value far larger than expected, costs a
+  reader (and a writer replacing it) a few round trips and no allocation past the bound.
+* A value that fails its checksum, or a blob that fails its SHA-256 address
+  (:meth:`RedisStore.quarantine`), is deleted, so that the next legitimate write
+  replaces it and no reader fetches it again.  The delete is conditional (a Lua script
+  compares the checksum or header that was read), so a good value a writer stored
+  meanwhile is kept.
 * Every network call runs under connect and read timeouts (2 s by default) with no
   retries, and every redis-py or socket error becomes ``StoreError``: a dead or stalled
   server costs one bounded wait, and the tiered store then skips it for a cool-down.
@@ -53,13 +66,21 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..digest import checksum, checksum_hasher
-from ..errors import StoreError
+from ..digest import checksum, checksum_hasher, content_digest
+from ..errors import CorruptEntryError, StoreError
 from ._frame import check_framed, trailer
-from .base import KEYSPACES, KeyInfo, Store, check_key
+from ._redis_layout import (
+    DELETE_IF_UNCHANGED,
+    MAX_CHUNKS,
+    Header,
+    Oversized,
+    batches,
+    lowest,
+)
+from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import Lease, RedisLease
 
 try:
@@ -79,41 +100,14 @@ DEFAULT_INLINE_MAX = 8 << 20
 CHUNK_TTL_GRACE_S = 600
 _SCAN_COUNT = 1000
 _LAYOUT = "artcache:v2:"
-_HEADER_MAGIC = b"ACH2"
-_CHECKSUM_RE = re.compile(rb"[0-9a-f]{32}")
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_TOKEN_RE = re.compile(rb"[0-9a-f]{32}")
 _OUR_OPTIONS = ("prefix", "namespace", "ttl", "timeout", "ro", "chunk")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-@dataclass(frozen=True)
-class _Header:
-    token: str
-    count: int
-    size: int
-    checksum: bytes  # XXH3-128 of the whole payload
-
-    def encode(self) -> bytes:
-        return b"%s %s %d %d %s" % (_HEADER_MAGIC, self.token.encode(), self.count, self.size, self.checksum.hex().encode())
-
-    @classmethod
-    def decode(cls, raw: bytes) -> _Header | None:
-        parts = raw.split(b" ")
-        if (len(parts) != 5 or parts[0] != _HEADER_MAGIC or not _TOKEN_RE.fullmatch(parts[1])
-                or not _CHECKSUM_RE.fullmatch(parts[4])):
-            return None
-        try:
-            count, size = int(parts[2]), int(parts[3])
-        except ValueError:
-            return None
-        if count < 1 or size < 0:
-            return None
-        return cls(parts[1].decode(), count, size, bytes.fromhex(parts[4].decode()))
-
-
 class RedisStore(Store):
-    verifies_content = True  # checks every value itself: the tiered store need not hash again
+    verifies_content = True  # checks every value's XXH3 checksum itself (not its SHA-256)
+    bounded_reads = True  # get_bounded never fetches past the bound
 
     def __init__(
         self,
@@ -141,6 +135,7 @@ class RedisStore(Store):
         self._base = f"{_LAYOUT}{namespace}:" if namespace else _LAYOUT
         self.corrupt = 0  # values that failed their checksum and were not served
         self.on_corrupt: CorruptHandler | None = None
+        self._delete_if_unchanged = client.register_script(DELETE_IF_UNCHANGED)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -210,57 +205,178 @@ class RedisStore(Store):
 
     # -- reads ----------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        return self.get_many([key])[key]
+        return self._get_many({key: None})[key]
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
-        wanted = list(dict.fromkeys(keys))
+        return self._get_many(dict.fromkeys(keys))
+
+    def get_many_bounded(self, bounds: Mapping[str, int]) -> dict[str, bytes | None]:
+        return self._get_many(dict(bounds))
+
+    def _get_many(self, bounds: dict[str, int | None]) -> dict[str, bytes | None]:
+        """Every key's value (``None`` if absent or refused); ``CorruptEntryError`` if one
+        exceeds its caller's bound."""
+        wanted = list(bounds)
+        for key in wanted:
+            check_key(key)
         n = len(wanted)
-        names = [self._inline(k) for k in wanted] + [self._sum(k) for k in wanted] + [self._header(k) for k in wanted]
         result: dict[str, bytes | None] = {}
         if not wanted:
             return result
+        # The store's own bound on manifests, and each caller's bound: whichever is lower.
+        caps = [lowest(bounds[k], MAX_MANIFEST_BYTES if k.startswith("ac/") else None) for k in wanted]
         with self._errors("get"):
-            # One MGET: every form of every key, as one atomic snapshot.
-            values: list[bytes | None] = self._client.mget(names)
+            # An atomic snapshot of every form of every key: one MGET when nothing is
+            # bounded (blobs); else see _bounded_snapshot.
+            names = [self._inline(k) for k in wanted] + [self._sum(k) for k in wanted] + [self._header(k) for k in wanted]
+            if all(cap is None for cap in caps):
+                values: list[Any] = self._client.mget(names)
+            else:
+                values = self._bounded_snapshot(names, caps)
             for i, key in enumerate(wanted):
                 inline, sum_, header = values[i], values[n + i], values[2 * n + i]
-                if inline is not None:
+                if isinstance(inline, Oversized):
+                    result[key] = self._over(key, bounds[key], inline.size, ("inline", sum_))
+                elif inline is not None:
                     why = check_framed(inline, sum_)
-                    result[key] = inline if not why else self._reject(key, why)
+                    result[key] = inline if not why else self._reject(key, why, ("inline", sum_))
                 elif header is not None:
-                    result[key] = self._read_chunked(key, header)
+                    result[key] = self._read_chunked(key, header, bounds[key], caps[i])
                 else:
                     result[key] = None
         return result
 
-    def _read_chunked(self, key: str, raw_header: bytes) -> bytes | None:
-        header = _Header.decode(raw_header)
+    def _bounded_snapshot(self, names: list[str], caps: list[int | None]) -> list[Any]:
+        """Like one MGET of ``names`` (inline, checksum and header names of n keys), but
+        an inline value above its cap is never fetched: it comes back as ``Oversized``.
+
+        One MULTI reads the lengths of bounded values (STRLEN) with everything else; a
+        second MULTI fetches the bounded values within their cap together with their
+        checksum and header again (so each value is paired with its own checksum, even
+        if a writer replaced it in between), by GETRANGE up to the cap: a value that grew
+        meanwhile still costs at most the cap.
+        """
+        n = len(caps)
+        pipe = self._client.pipeline(transaction=True)
+        for name, cap in zip(names[:n], caps):
+            if cap is None:
+                pipe.get(name)
+            else:
+                pipe.strlen(name)
+        pipe.mget(names[n:])
+        *firsts, rest = pipe.execute()
+        values: list[Any] = firsts + list(rest)
+        # STRLEN is 0 for an absent value: absent unless a checksum came with it.
+        fetch = [(i, cap) for i, cap in enumerate(caps)
+                 if cap is not None and (0 < firsts[i] <= cap or (firsts[i] == 0 and rest[i] is not None))]
+        for i, cap in enumerate(caps):
+            if cap is not None:
+                values[i] = Oversized(firsts[i]) if firsts[i] > cap else None
+        if fetch:
+            pipe = self._client.pipeline(transaction=True)
+            for i, cap in fetch:
+                pipe.getrange(names[i], 0, cap)  # at most cap + 1 bytes
+                pipe.get(names[n + i])
+                pipe.get(names[2 * n + i])
+            replies = pipe.execute()
+            for j, (i, cap) in enumerate(fetch):
+                inline, sum_, header = replies[3 * j : 3 * j + 3]
+                present = bool(inline) or sum_ is not None  # GETRANGE of an absent key is b""
+                values[i] = (Oversized(len(inline)) if len(inline) > cap else inline) if present else None
+                values[n + i], values[2 * n + i] = sum_, header
+        return values
+
+    def _over(self, key: str, bound: int | None, size: int | str, evidence: tuple[str, bytes | None]) -> None:
+        """A value above its bound: refused for the caller if the bound is the caller's,
+        rejected (and deleted) if no writer could have stored it (a manifest above
+        ``MAX_MANIFEST_BYTES``)."""
+        if bound is not None and (not key.startswith("ac/") or bound <= MAX_MANIFEST_BYTES):
+            raise CorruptEntryError(f"{key} in {self.url} holds {size} bytes, more than the {bound} expected")
+        return self._reject(key, f"{size} bytes, above the {MAX_MANIFEST_BYTES}-byte bound of a manifest", evidence)
+
+    def _read_chunked(self, key: str, raw_header: bytes, bound: int | None, cap: int | None) -> bytes | None:
+        header = Header.decode(raw_header)
         if header is None:
-            return self._reject(key, "malformed chunk header")
+            return self._reject(key, "malformed chunk header (or more chunks than a value may have)", ("header", raw_header))
+        if cap is not None and header.size > cap:
+            return self._over(key, bound, header.size, ("header", raw_header))
+        names = [self._chunk(header.token, i) for i in range(header.count)]
+        # The chunks' lengths first (one round trip): nothing is fetched unless every
+        # chunk exists and together they hold exactly the declared size.
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.strlen(name)
+        lengths: list[int] = pipe.execute()
+        if 0 in lengths and header.size > 0:
+            # The value was overwritten or deleted after we read its header (its old
+            # chunks are removed after the new header is published): a miss, not an error.
+            return None
+        if sum(lengths) != header.size:
+            return self._reject(key, f"chunks hold {sum(lengths)} bytes, header says {header.size}", ("header", raw_header))
         hasher = checksum_hasher()
         parts: list[bytes] = []
-        for index in range(header.count):
-            # One GET per chunk rather than one pipeline: with hiredis, many large replies
-            # in one read buffer cost more than the extra round trips (measured here).
-            part = self._client.get(self._chunk(header.token, index))
-            if part is None:
-                # The value was overwritten or deleted after we read its header (its old
-                # chunks are removed after the new header is published): a miss, not an error.
-                return None
-            hasher.update(part)  # hash as chunks arrive: no second pass over the value
-            parts.append(part)
-        data = b"".join(parts)
-        if len(data) != header.size:
-            return self._reject(key, f"chunks hold {len(data)} bytes, header says {header.size}")
+        for batch in batches(list(zip(names, lengths))):
+            if len(batch) == 1:
+                # One GETRANGE rather than a pipeline: with hiredis, large replies in one
+                # read buffer cost more than the extra round trips (measured here).
+                got = [self._client.getrange(batch[0][0], 0, max(0, batch[0][1] - 1))]
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for name, length in batch:
+                    pipe.getrange(name, 0, max(0, length - 1))
+                got = pipe.execute()
+            for part, (_name, length) in zip(got, batch):
+                if len(part) != length:
+                    return None  # replaced or removed while we read: a miss
+                hasher.update(part)  # hash as chunks arrive: no second pass over the value
+                parts.append(part)
         if hasher.digest() != header.checksum:
-            return self._reject(key, "bytes fail their checksum")
-        return data
+            return self._reject(key, "bytes fail their checksum", ("header", raw_header))
+        return b"".join(parts)
 
-    def _reject(self, key: str, why: str) -> None:
+    def _reject(self, key: str, why: str, evidence: tuple[str, bytes | None]) -> None:
         self.corrupt += 1
+        self._delete_refused(key, evidence)
         if self.on_corrupt is not None:
             self.on_corrupt(key, why)
         return None
+
+    def _delete_refused(self, key: str, evidence: tuple[str, bytes | None]) -> None:
+        """Delete a refused value so that the next write replaces it, unless it changed
+        since it was read.  Best effort: a reader that cannot delete still refuses it."""
+        if self.read_only:
+            return
+        form, seen = evidence
+        try:
+            deleted = self._delete_if_unchanged(
+                keys=[self._inline(key), self._sum(key), self._header(key)], args=[form, seen or b""]
+            )
+            if deleted and form == "header":
+                self._drop_chunks([seen])
+        except redis.RedisError:
+            pass
+
+    def quarantine(self, key: str) -> None:
+        """Delete the value under ``key`` if it fails its checksum or (``cas/``) its
+        SHA-256 address, read again here; a good value is kept."""
+        space, name = check_key(key)
+        if self.read_only:
+            return
+        with self._errors("quarantine"):
+            inline, sum_, header = self._client.mget([self._inline(key), self._sum(key), self._header(key)])
+            if inline is not None:
+                evidence: tuple[str, bytes | None] = ("inline", sum_)
+                data: bytes | None = inline if not check_framed(inline, sum_) else None
+            elif header is not None:
+                evidence = ("header", header)
+                data = self._read_chunked(key, header, None, None)  # deletes it if damaged
+                if data is None:
+                    return
+            else:
+                return
+            if data is None or (space == "cas" and content_digest(data) != name):
+                self.corrupt += 1
+                self._delete_refused(key, evidence)
 
     def has(self, key: str) -> bool:
         with self._errors("has"):
@@ -291,7 +407,7 @@ class RedisStore(Store):
                     pipe.strlen(name)
             for (name, key), value in zip(keys.items(), pipe.execute()):
                 if chunked:
-                    header = _Header.decode(value) if value is not None else None
+                    header = Header.decode(value) if value is not None else None
                     if header is None:
                         continue  # deleted since the scan, or not ours
                     yield KeyInfo(key, header.size, 0.0)
@@ -303,8 +419,10 @@ class RedisStore(Store):
         self.put_many({key: data})
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
-        for key in items:
+        for key, data in items.items():
             check_key(key)
+            if key.startswith("ac/") and len(data) > MAX_MANIFEST_BYTES:
+                raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
         self._check_writable()
         with self._errors("put"):
             small = {k: bytes(v) for k, v in items.items() if len(v) <= self.inline_max}
@@ -329,7 +447,8 @@ class RedisStore(Store):
 
     def _put_chunked(self, key: str, data: bytes) -> None:
         token = secrets.token_hex(16)
-        count = max(1, -(-len(data) // self.chunk_size))
+        chunk_size = max(self.chunk_size, -(-len(data) // MAX_CHUNKS))  # at most MAX_CHUNKS
+        count = max(1, -(-len(data) // chunk_size))
         chunk_ttl = self.ttl_s + CHUNK_TTL_GRACE_S if self.ttl_s is not None else None
         view = memoryview(data)
         # Chunks first, in bounded batches (no 64 MiB request buffer); nothing names them
@@ -338,17 +457,17 @@ class RedisStore(Store):
         batch = self._client.pipeline(transaction=False)
         pending = 0
         for index in range(count):
-            piece = view[index * self.chunk_size : (index + 1) * self.chunk_size]
+            piece = view[index * chunk_size : (index + 1) * chunk_size]
             batch.set(self._chunk(token, index), piece.tobytes(), ex=chunk_ttl)
             pending += len(piece)
-            if pending >= 8 * self.chunk_size:
+            if pending >= 8 * chunk_size:
                 batch.execute()
                 pending = 0
         batch.execute()
         # The commit point: header set and inline form removed in one MULTI.
         pipe = self._client.pipeline(transaction=True)
         pipe.get(self._header(key))
-        pipe.set(self._header(key), _Header(token, count, len(data), checksum(data)).encode(), ex=self.ttl_s)
+        pipe.set(self._header(key), Header(token, count, len(data), checksum(data)).encode(), ex=self.ttl_s)
         pipe.delete(self._inline(key), self._sum(key))
         old_header, _ok, _deleted = pipe.execute()
         self._drop_chunks([old_header])
@@ -358,7 +477,7 @@ class RedisStore(Store):
         header just before may then find a chunk gone: it reads that as a miss."""
         names: list[str] = []
         for raw in headers:
-            header = _Header.decode(raw) if raw is not None else None
+            header = Header.decode(raw) if raw is not None else None
             if header is not None:
                 names += [self._chunk(header.token, i) for i in range(header.count)]
         for start in range(0, len(names), 1000):

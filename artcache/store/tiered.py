@@ -2,13 +2,19 @@
 
 * Reads go tier by tier; a hit in a lower tier is backfilled into the faster writable
   tiers above it.  A blob (``cas/``) fetched from a lower tier is checked against its
-  SHA-256 address before it is served or backfilled: lower tiers are shared, and a
-  shared store is where corruption and tampering come from.
+  SHA-256 address before it is backfilled (or served): lower tiers are shared, and a
+  shared store is where corruption and tampering come from.  A blob that fails is
+  reported, not written anywhere, and the tier it came from is asked to quarantine it
+  (``Store.quarantine``), so the next legitimate save rewrites it.
   A tier that checks the integrity of its own values (``verifies_content = True``: Redis,
-  with an XXH3 checksum on every value) is not hashed a second time; it reports what it
-  rejects through its ``on_corrupt`` hook, which this class routes to ``on_error`` like
-  its own digest failures.  (Authenticity, as opposed to integrity, comes from signed
-  manifests: under trusted keys the ``Cache`` checks every blob's SHA-256 address.)
+  with an XXH3 checksum on every value) reports what it rejects through its
+  ``on_corrupt`` hook, which this class routes to ``on_error`` like its own digest
+  failures.  Its blobs are still hashed before a backfill: whoever can write the tier can
+  write a matching checksum, and the faster tier above trusts what it holds.  With
+  nothing to backfill into, they are served on their checksum alone (authenticity comes
+  from signed manifests: under trusted keys the ``Cache`` checks every blob's address).
+* Bounded reads (``get_many_bounded``) pass each key's bound to every tier; a tier that
+  refuses a value over its bound does not stop a lower tier from serving a good one.
 * Writes follow an explicit :class:`WritePolicy`.
 * A tier that raises is reported through ``on_error`` and skipped for ``cooldown_s``
   seconds, so a dead remote costs one timeout (the tier's own, bounded), not one per
@@ -64,6 +70,7 @@ class TieredStore(Store):
         self.tiers = list(tiers)
         self.url = ",".join(t.url for t in self.tiers)
         self.read_only = all(t.read_only for t in self.tiers)
+        self.bounded_reads = all(t.bounded_reads for t in self.tiers)  # bounds are passed down
         self.write_policy = write_policy
         self.cooldown_s = cooldown_s
         self.on_error = on_error
@@ -116,32 +123,50 @@ class TieredStore(Store):
         return self.get_many([key])[key]
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
-        wanted = list(keys)
+        return self._get_many(list(keys), None)
+
+    def get_many_bounded(self, bounds: Mapping[str, int]) -> dict[str, bytes | None]:
+        return self._get_many(list(bounds), bounds)
+
+    def _get_many(self, wanted: list[str], bounds: Mapping[str, int] | None) -> dict[str, bytes | None]:
         for key in wanted:
             check_key(key)
         found: dict[str, bytes | None] = dict.fromkeys(wanted)
         missing = list(wanted)
+        refused: CorruptEntryError | None = None
         for index, tier in enumerate(self.tiers):
             if not missing:
                 break
             if not self._available(index):
                 continue
             try:
-                got = tier.get_many(missing)
+                if bounds is None:
+                    got = tier.get_many(missing)
+                else:
+                    got = tier.get_many_bounded({k: bounds[k] for k in missing})
             except StoreError as exc:
                 self._failed(index, "get", exc)
+                continue
+            except CorruptEntryError as exc:
+                # A value over its bound in this tier: a lower tier may hold a good one
+                # (then backfilled over it).  If none does, the caller gets this error.
+                refused = refused or exc
                 continue
             hits = {}
             for key, data in got.items():
                 if data is None:
                     continue
-                if index > 0 and not self._content_ok(index, key, data):
+                if index > 0 and not self._content_ok(index, key, data, backfill=True):
                     continue
                 hits[key] = data
             if hits:
                 found.update(hits)
                 self._backfill(index, hits)
                 missing = [k for k in missing if k not in hits]
+        if refused is not None:
+            if missing:
+                raise refused
+            self.on_error(self, "get", refused)
         return found
 
     def peek(self, key: str) -> bytes | None:
@@ -155,22 +180,34 @@ class TieredStore(Store):
             except StoreError as exc:
                 self._failed(index, "peek", exc)
                 continue
-            if data is not None and (index == 0 or self._content_ok(index, key, data)):
+            if data is not None and (index == 0 or self._content_ok(index, key, data, backfill=False)):
                 return data
         return None
 
-    def _content_ok(self, index: int, key: str, data: bytes) -> bool:
+    def _content_ok(self, index: int, key: str, data: bytes, *, backfill: bool) -> bool:
+        """Whether a lower tier's value may be served (and backfilled, if ``backfill``)."""
         space, name = check_key(key)
-        if space != "cas" or _self_verifying(self.tiers[index]) or content_digest(data) == name:
+        if space != "cas":
             return True
-        self._failed(index, "get", CorruptEntryError(f"{key} from {self.tiers[index].url} fails its digest"))
+        if _self_verifying(self.tiers[index]) and not (backfill and self._backfill_targets(index)):
+            return True  # its own checksum passed, and nothing above will store it
+        if content_digest(data) == name:
+            return True
+        tier = self.tiers[index]
+        self._failed(index, "get", CorruptEntryError(f"{key} from {tier.url} fails its digest"))
+        if not tier.read_only:
+            try:
+                tier.quarantine(key)  # the tier checks again itself before removing it
+            except StoreError as exc:
+                self._failed(index, "quarantine", exc)
         return False
 
+    def _backfill_targets(self, hit_index: int) -> list[int]:
+        return [i for i in range(hit_index) if not self.tiers[i].read_only and self._available(i)]
+
     def _backfill(self, hit_index: int, items: dict[str, bytes]) -> None:
-        for index in range(hit_index):
+        for index in self._backfill_targets(hit_index):
             tier = self.tiers[index]
-            if tier.read_only or not self._available(index):
-                continue
             try:
                 tier.put_many(items)
             except StoreError as exc:
@@ -240,6 +277,16 @@ class TieredStore(Store):
             except StoreError as exc:
                 self._failed(index, "delete", exc)
         return removed
+
+    def quarantine(self, key: str) -> None:
+        check_key(key)
+        for index, tier in enumerate(self.tiers):
+            if tier.read_only or not self._available(index):
+                continue
+            try:
+                tier.quarantine(key)
+            except StoreError as exc:
+                self._failed(index, "quarantine", exc)
 
     def close(self) -> None:
         for tier in self.tiers:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from artcache.errors import StoreError
+from artcache.errors import CorruptEntryError, StoreError
 from artcache.store import KeyInfo, Store, ac_key, cas_key
 
 StoreFactory = Callable[[], Store]
@@ -202,6 +202,27 @@ class StoreConformance:
         absent = manifest_key("absent")
         got = store.get_many([*items, absent])
         assert got == {**items, absent: None}
+
+    # -- bounded reads and quarantine (Store base-class defaults pass these) -----------
+    def test_get_bounded(self, store: Store) -> None:
+        key, data = blob(payload_for("bounded", 3000))
+        manifest = manifest_key("bounded")
+        store.put_many({key: data, manifest: b"m" * 100})
+        assert store.get_bounded(key, len(data)) == data
+        assert store.get_bounded(manifest_key("absent"), 10) is None
+        assert store.get_many_bounded({key: 5000, manifest: 100}) == {key: data, manifest: b"m" * 100}
+        with pytest.raises(CorruptEntryError):
+            store.get_bounded(key, len(data) - 1)
+        with pytest.raises(CorruptEntryError):
+            store.get_many_bounded({key: 10, manifest: 100})
+        assert store.get(key) == data  # refused for that caller, not removed
+
+    def test_quarantine_keeps_good_values(self, store: Store) -> None:
+        key, data = blob(payload_for("quarantine", 500))
+        store.put(key, data)
+        store.quarantine(key)
+        store.quarantine(blob(b"never stored")[0])
+        assert store.get(key) == data
 
     # -- keys ------------------------------------------------------------------------
     @pytest.mark.parametrize("bad", BAD_KEYS)
