@@ -57,6 +57,11 @@ def turn(
         yield Turn(True, reason="off" if not enabled else "no-leases")
         return
     manifest = ac_key(key)
+    if _saved(store, manifest):
+        # The entry is there and this process could not use it (damaged, refused, guards):
+        # nobody is about to save a better one, so there is nothing to wait for.
+        yield Turn(True, reason="entry-unusable")
+        return
     start = clock()
     delay = _POLL_START_S
     lease: Lease | None = None

@@ -168,6 +168,14 @@ def test_a_leader_that_saves_nothing_does_not_serialize_the_waiters(tmp_path: Pa
     assert time.monotonic() - start < 1.4, "the waiters compiled side by side, not one after another"
 
 
+def test_an_unusable_entry_is_not_waited_for(tmp_path: Path) -> None:
+    """The entry exists but this process could not use it: compile now, never load it again."""
+    url = f"file://{tmp_path / 's'}"
+    _save_entry(url)
+    with turn(open_store(url), KEY) as t:
+        assert t.compile and t.reason == "entry-unusable"
+
+
 def test_off_stores_and_setting(tmp_path: Path) -> None:
     with turn(open_store("memory://"), KEY) as t:
         assert t.compile and t.reason == "no-leases"
