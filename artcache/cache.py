@@ -105,7 +105,8 @@ class Cache:
             self.store = store
         else:
             urls = self.settings.store_urls if store is None else store
-            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error)
+            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error,
+                                    http_token=self.settings.http_token)
         self._hits = 0
         self._misses: Counter[str] = Counter()
         self._uncacheable: Counter[str] = Counter()

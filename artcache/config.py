@@ -45,6 +45,7 @@ class Settings:
     strict: bool = False
     signing_key: str | None = None
     trusted_keys: tuple[str, ...] = field(default_factory=tuple)
+    http_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +57,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     ``ARTCACHE_STRICT``       ``1`` raises every error instead of degrading to a miss
     ``ARTCACHE_SIGNING_KEY``  private key (base64 or path) used to sign manifests
     ``ARTCACHE_TRUSTED_KEYS`` comma-separated public keys; entries signed by none are refused
+    ``ARTCACHE_HTTP_TOKEN``   bearer token for http(s):// tiers whose URL names no credentials
     """
     env = os.environ if environ is None else environ
     raw_store = env.get("ARTCACHE_STORE", "").strip()
@@ -69,4 +71,5 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         strict=_flag(env, "ARTCACHE_STRICT"),
         signing_key=env.get("ARTCACHE_SIGNING_KEY") or None,
         trusted_keys=tuple(k.strip() for k in raw_trusted.split(",") if k.strip()),
+        http_token=env.get("ARTCACHE_HTTP_TOKEN", "").strip() or None,
     )

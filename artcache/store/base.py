@@ -57,6 +57,7 @@ class Store(ABC):
 
     url: str = ""
     read_only: bool = False
+    can_list: bool = True  # False: ``iterate`` raises StoreError (e.g. bazel-remote has no listing)
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -89,7 +90,8 @@ class Store(ABC):
 
     @abstractmethod
     def iterate(self, prefix: str = "") -> Iterator[KeyInfo]:
-        """Every key starting with ``prefix`` (e.g. ``"ac/"``), in no particular order."""
+        """Every key starting with ``prefix`` (e.g. ``"ac/"``), in no particular order.
+        A store with ``can_list = False`` raises ``StoreError`` instead."""
 
     def close(self) -> None:
         """Release connections or handles.  The default has none."""
