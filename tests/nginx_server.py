@@ -16,7 +16,8 @@ not otherwise.
 
 Fixtures (import them into a test module to use them)::
 
-    nginx_server   one server for the whole session (tests isolate by a path prefix)
+    nginx_server        one server for the whole session (tests isolate by a path prefix)
+    fresh_nginx_server  a server of the test's own, for tests that stop it
 
 It skips, with the reason, when nginx or its WebDAV module is missing
 (``scripts/test.sh`` installs nginx).
@@ -220,14 +221,14 @@ class NginxServer:
     def pause(self) -> None:
         """SIGSTOP the master and its worker: connections are accepted by the kernel
         (the listen backlog) but nothing answers, as with a stalled server."""
-        for pid in self._all_pids():
+        for pid in self.all_pids():
             os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        for pid in self._all_pids():
+        for pid in self.all_pids():
             os.kill(pid, signal.SIGCONT)
 
-    def _all_pids(self) -> list[int]:
+    def all_pids(self) -> list[int]:
         pids = [self.pid]
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -274,4 +275,9 @@ def serve() -> Iterator[NginxServer]:
 
 @pytest.fixture(scope="session")
 def nginx_server() -> Iterator[NginxServer]:
+    yield from serve()
+
+
+@pytest.fixture
+def fresh_nginx_server() -> Iterator[NginxServer]:
     yield from serve()
