@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, blob_codec
 from .config import Settings, settings_from_env
 from .digest import content_digest, is_digest
 from .entry import BlobRef, Manifest, decode_body, decode_envelope, encode_body
@@ -187,7 +187,7 @@ class Cache:
                 # The signature covers blob *digests*; the local tier's read check is a
                 # non-cryptographic checksum, so under trust the address itself is checked.
                 raise CorruptEntryError(f"blob {digest[:16]} does not match its sha256 address")
-            blobs[digest] = data
+            blobs[digest] = blob_codec.decode(ref, data)  # zstd-compressed blobs, bounded by ref.raw_size
         self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())
         self._hits += 1
         return LoadedEntry(manifest, blobs), ""
@@ -209,9 +209,11 @@ class Cache:
         refs = []
         payload: dict[str, bytes] = {}
         for blob in blobs:
-            digest = content_digest(blob.data)
-            refs.append(BlobRef(blob.role, digest, len(blob.data), blob.name))
-            payload[cas_key(digest)] = blob.data
+            encoding, stored = blob_codec.encode(blob.data, compress=self.settings.compress)
+            digest = content_digest(stored)  # the address of the stored bytes, compressed or not
+            refs.append(BlobRef(blob.role, digest, len(stored), blob.name, encoding,
+                                len(blob.data) if encoding else None))
+            payload[cas_key(digest)] = stored
         manifest = Manifest(
             key=key,
             factors=dict(factors),
