@@ -361,3 +361,53 @@ def test_server_paused_mid_run_is_bounded_then_skipped(nginx_server: NginxServer
         nginx_server.resume()
     assert 0.4 < first < 1.2 and total < first + 0.5
     assert len(handler.calls) == 1
+
+
+# -- a hostile server: announced sizes are not trusted -------------------------------------
+def _canned_server(answer: bytes) -> tuple[int, threading.Thread, socket.socket]:
+    """A server that answers every request on one connection with ``answer``, then closes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return int(listener.getsockname()[1]), thread, listener
+
+
+@pytest.mark.parametrize("announced", [10 << 30, 1 << 40])
+def test_announced_length_is_not_allocated_up_front(announced: int) -> None:
+    import tracemalloc
+
+    port, thread, listener = _canned_server(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nonly these bytes" % announced)
+    store = HttpStore.from_url(f"http://127.0.0.1:{port}/x")
+    reported: list[str] = []
+    store.on_corrupt = lambda key, why: reported.append(why)
+    tracemalloc.start()
+    try:
+        try:
+            got = store.get(manifest_key("huge"))
+        except StoreError as exc:  # the body ended early: a failing server
+            got, reported = None, [str(exc)]
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        thread.join(timeout=5)
+        listener.close()
+    assert got is None and reported
+    assert peak < 128 << 20, f"held {peak} bytes for a {announced}-byte announcement"

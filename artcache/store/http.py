@@ -70,8 +70,11 @@ CorruptHandler = Callable[[str, str], None]  # (key, why)
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_POOL = 8
 # Sizes are bounded before anything is read: a server may be hostile or broken.
-MAX_VALUE_BYTES = 1 << 36
+MAX_VALUE_BYTES = 1 << 34
 MAX_LISTING_BYTES = 256 << 20
+# Reads larger than this go in pieces of this size, so that what is allocated follows the
+# bytes that actually arrive, not the length a server announces.
+_READ_PIECE = 64 << 20
 _OPTIONS = ("timeout", "ro", "verify", "ca", "token_file", "list", "cas", "pool")
 _SECRET_OPTIONS = ("token", "access_token", "password", "auth")
 _TRUE = {"1", "true", "yes", "on"}
@@ -235,20 +238,20 @@ class HttpStore(Store):
                 return self._reject(key, f"the server offers {length} bytes, over the {MAX_VALUE_BYTES} limit")
             plain = self.plain_cas and space == "cas"
             if length is None:  # no Content-Length (a chunked answer): read to a bound
-                value = response.read(MAX_VALUE_BYTES + 1, decode_content=False)
+                value = _read_up_to(response, MAX_VALUE_BYTES + 1)
                 if len(value) > MAX_VALUE_BYTES:
                     return self._reject(key, f"value over the {MAX_VALUE_BYTES} limit")
                 if not plain and len(value) < TRAILER_SIZE:
                     return self._reject(key, "value is shorter than its integrity trailer")
                 payload, raw_trailer = (value, b"") if plain else (value[:-TRAILER_SIZE], value[-TRAILER_SIZE:])
             elif plain:
-                payload, raw_trailer = response.read(length, decode_content=False), b""
+                payload, raw_trailer = _read_up_to(response, length), b""
             elif length < TRAILER_SIZE:
                 return self._reject(key, "value is shorter than its integrity trailer")
             else:
                 # Two reads: the payload arrives as its own ``bytes``, no copy to cut it.
-                payload = response.read(length - TRAILER_SIZE, decode_content=False)
-                raw_trailer = response.read(TRAILER_SIZE, decode_content=False)
+                payload = _read_up_to(response, length - TRAILER_SIZE)
+                raw_trailer = _read_up_to(response, TRAILER_SIZE)
         finally:
             self._finish(response)
         if plain:
@@ -305,7 +308,7 @@ class HttpStore(Store):
                 return []
             if response.status != 200:
                 raise self._failed("list", space + "/", response)
-            raw = response.read(MAX_LISTING_BYTES + 1, decode_content=False)
+            raw = _read_up_to(response, MAX_LISTING_BYTES + 1)
         finally:
             self._finish(response)
         if len(raw) > MAX_LISTING_BYTES:
@@ -362,6 +365,23 @@ class HttpStore(Store):
             self._executor.shutdown(wait=False)
             self._executor = None
         self._pool.close()
+
+
+def _read_up_to(response: urllib3.BaseHTTPResponse, size: int) -> bytes:
+    """At most ``size`` bytes of the body: fewer only at its end.  Up to ``_READ_PIECE``
+    in one read, which hands back the ``bytes`` the socket filled; above that in pieces
+    joined at the end (one copy, for values that large)."""
+    if size <= _READ_PIECE:
+        return response.read(size, decode_content=False)
+    pieces: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = response.read(min(_READ_PIECE, size - got), decode_content=False)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
 
 
 # -- URL helpers --------------------------------------------------------------------------
