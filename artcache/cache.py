@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__, blob_codec
 from .config import Settings, settings_from_env
 from .digest import content_digest, is_digest
-from .entry import BlobRef, Manifest, decode_body, decode_envelope, encode_body
+from .entry import BlobRef, Manifest, decode_body, decode_envelope, encode_body, format_version
 from .errors import (
     ArtcacheError,
     CorruptEntryError,
@@ -224,7 +224,7 @@ class Cache:
             summary=dict(summary or {}),
         )
         try:
-            envelope = sign_envelope(encode_body(manifest), self._signer)
+            envelope = sign_envelope(encode_body(manifest), self._signer, format_version(manifest))
             self.store.put_many(payload)
             self.store.put(ac_key(key), envelope)
         except (StoreError, CorruptEntryError) as exc:

@@ -6,8 +6,10 @@ On the wire a manifest is a msgpack *envelope*::
 
 Format versions: 1 lists each blob as ``[role, digest, size, name]``; 2 adds
 ``encoding, raw_size`` (``artcache.blob_codec``: ``"zstd"`` for a compressed blob, whose
-``digest`` and ``size`` are those of the stored frame).  This artcache writes 2 and reads
-both; an artcache that reads only 1 refuses a version-2 entry as incompatible (a miss).
+``digest`` and ``size`` are those of the stored frame).  A manifest is written in the
+oldest version that can hold it (:func:`format_version`): 2 only when a blob has an
+encoding, so an artcache that reads only 1 still reads every entry without one and refuses
+the others as incompatible (a miss).  This artcache reads both.
 
 ``body`` is the msgpack encoding of :class:`Manifest`.  A signature (Ed25519, see
 :mod:`artcache.signing`) covers ``MAGIC || version || body``; the body names every blob by
@@ -32,7 +34,7 @@ from .digest import is_digest
 from .errors import CorruptEntryError, IncompatibleEntryError
 
 MAGIC = b"ARTCACHE"
-FORMAT_VERSION = 2  # written
+FORMAT_VERSION = 2  # the newest this artcache writes
 READABLE_VERSIONS = (1, 2)
 # The format generation in every cache key (``environment.fingerprint``).  It changes only
 # when entries written before can no longer be read: this artcache still reads version 1,
@@ -99,15 +101,25 @@ def signed_payload(version: int, body: bytes) -> bytes:
 
 
 # -- encoding --------------------------------------------------------------------------
+def format_version(manifest: Manifest) -> int:
+    """The oldest format version that holds ``manifest``: 2 if a blob has an encoding."""
+    return 2 if any(b.encoding for b in manifest.blobs) else 1
+
+
 def encode_body(manifest: Manifest) -> bytes:
+    """The body, in the layout of :func:`format_version` of ``manifest``."""
+    if format_version(manifest) == 1:
+        blobs = [[b.role, b.digest, b.size, b.name] for b in manifest.blobs]
+    else:
+        blobs = [[b.role, b.digest, b.size, b.name, b.encoding, b.raw_size if b.encoding else b.size]
+                 for b in manifest.blobs]
     doc = {
         "key": manifest.key,
         "factors": dict(sorted(manifest.factors.items())),
         "environment": dict(sorted(manifest.environment.items())),
         "created": float(manifest.created),
         "producer": manifest.producer,
-        "blobs": [[b.role, b.digest, b.size, b.name, b.encoding, b.raw_size if b.encoding else b.size]
-                  for b in manifest.blobs],
+        "blobs": blobs,
         "summary": dict(manifest.summary),
     }
     try:
@@ -116,13 +128,15 @@ def encode_body(manifest: Manifest) -> bytes:
         raise CorruptEntryError(f"manifest summary is not plain data: {exc}") from exc
 
 
-def encode_envelope(body: bytes, signature: bytes | None = None, signer: str | None = None) -> bytes:
-    return msgpack.packb([MAGIC, FORMAT_VERSION, body, signature, signer], use_bin_type=True)
+def encode_envelope(
+    body: bytes, signature: bytes | None = None, signer: str | None = None, version: int = FORMAT_VERSION
+) -> bytes:
+    return msgpack.packb([MAGIC, version, body, signature, signer], use_bin_type=True)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """Unsigned envelope bytes.  :func:`artcache.signing.sign_envelope` adds a signature."""
-    return encode_envelope(encode_body(manifest))
+    return encode_envelope(encode_body(manifest), version=format_version(manifest))
 
 
 # -- decoding --------------------------------------------------------------------------

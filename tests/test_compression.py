@@ -210,3 +210,19 @@ def test_bundles_carry_compressed_blobs_as_stored(tmp_path: Path) -> None:
         entry = Cache(target, settings=SETTINGS, strict=True).lookup(KEY)
         assert entry is not None and entry.blob("code") == SOURCE
     assert sizes[True] < sizes[False] - len(SOURCE) * 0.8
+
+
+def test_an_entry_without_compressed_blobs_stays_version_1(tmp_path: Path) -> None:
+    """Readable by an artcache from before compression: what it wrote, byte for byte."""
+    pytest.importorskip("nacl", reason="PyNaCl is not installed (pip install 'artcache[sign]')")
+    signer = Signer(bytes(range(32)))
+    old = LocalStore(tmp_path / "old")
+    _old_style_entry(old, signer)
+    new = MemoryStore()
+    settings = Settings(store_urls=("memory://",), compress=False, signing_key=encode_key(bytes(range(32))))
+    cache = Cache(new, settings=settings, strict=True)
+    blobs = [NewBlob("code", SOURCE, "wrapper.py"), NewBlob("constant", WEIGHTS, "w")]
+    assert cache.save(KEY, blobs, factors={"graph": "g" * 64}, environment={"torch": "test"}) is not None
+    written, before = decode_envelope(new.get(ac_key(KEY)) or b""), decode_envelope(old.get(ac_key(KEY)) or b"")
+    assert written.version == before.version == 1
+    assert msgpack.unpackb(written.body)["blobs"] == msgpack.unpackb(before.body)["blobs"]
