@@ -25,9 +25,9 @@ It skips, with the reason, when nginx or its WebDAV module is missing
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import shutil
 import signal
 import socket
