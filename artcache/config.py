@@ -46,6 +46,8 @@ class Settings:
     signing_key: str | None = None
     trusted_keys: tuple[str, ...] = field(default_factory=tuple)
     single_flight: bool = True
+    http_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    compress: bool = True  # zstd-compress blobs where it pays (when zstandard is installed)
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +60,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     ``ARTCACHE_SIGNING_KEY``  private key (base64 or path) used to sign manifests
     ``ARTCACHE_TRUSTED_KEYS`` comma-separated public keys; entries signed by none are refused
     ``ARTCACHE_SINGLE_FLIGHT`` ``0`` turns off one-compile-for-many-processes (default on)
+    ``ARTCACHE_HTTP_TOKEN``   bearer token for http(s):// tiers whose URL names no credentials
+    ``ARTCACHE_COMPRESS``     ``0`` stores new blobs uncompressed (default: zstd where it pays)
     """
     env = os.environ if environ is None else environ
     raw_store = env.get("ARTCACHE_STORE", "").strip()
@@ -72,4 +76,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         signing_key=env.get("ARTCACHE_SIGNING_KEY") or None,
         trusted_keys=tuple(k.strip() for k in raw_trusted.split(",") if k.strip()),
         single_flight=env.get("ARTCACHE_SINGLE_FLIGHT", "1").strip().lower() not in {"0", "false", "no", "off"},
+        http_token=env.get("ARTCACHE_HTTP_TOKEN", "").strip() or None,
+        compress=env.get("ARTCACHE_COMPRESS", "1").strip().lower() not in {"0", "false", "no", "off"},
     )

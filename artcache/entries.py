@@ -20,10 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import blob_codec
 from ._version import __version__
 from .config import Settings, settings_from_env
 from .digest import content_digest, is_digest
-from .entry import BlobRef, LoadedEntry, Manifest, NewBlob, decode_body, decode_envelope, encode_body
+from .entry import (
+    BlobRef,
+    LoadedEntry,
+    Manifest,
+    NewBlob,
+    decode_body,
+    decode_envelope,
+    encode_body,
+    format_version,
+)
 from .errors import (
     ArtcacheError,
     CorruptEntryError,
@@ -87,7 +97,8 @@ class EntryStore:
             self.store = store
         else:
             urls = self.settings.store_urls if store is None else store
-            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error)
+            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error,
+                                    http_token=self.settings.http_token)
         self._hits = 0
         self._misses: Counter[str] = Counter()
         self._uncacheable: Counter[str] = Counter()
@@ -171,7 +182,7 @@ class EntryStore:
                 # non-cryptographic checksum, so under trust the address itself is checked.
                 self.store.quarantine(cas_key(digest))  # so that the next save rewrites it
                 raise CorruptEntryError(f"blob {digest[:16]} does not match its sha256 address")
-            blobs[digest] = data
+            blobs[digest] = blob_codec.decode(ref, data)  # zstd-compressed blobs, bounded by ref.raw_size
         self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())
         self._hits += 1
         return LoadedEntry(manifest, blobs), ""
@@ -193,9 +204,11 @@ class EntryStore:
         refs = []
         payload: dict[str, bytes] = {}
         for blob in blobs:
-            digest = content_digest(blob.data)
-            refs.append(BlobRef(blob.role, digest, len(blob.data), blob.name))
-            payload[cas_key(digest)] = blob.data
+            encoding, stored = blob_codec.encode(blob.data, compress=self.settings.compress)
+            digest = content_digest(stored)  # the address of the stored bytes, compressed or not
+            refs.append(BlobRef(blob.role, digest, len(stored), blob.name, encoding,
+                                len(blob.data) if encoding else None))
+            payload[cas_key(digest)] = stored
         manifest = Manifest(
             key=key,
             factors=dict(factors),
@@ -206,7 +219,7 @@ class EntryStore:
             summary=dict(summary or {}),
         )
         try:
-            envelope = sign_envelope(encode_body(manifest), self._signer)
+            envelope = sign_envelope(encode_body(manifest), self._signer, format_version(manifest))
             self.store.put_many(payload)
             self.store.put(ac_key(key), envelope)
         except (StoreError, CorruptEntryError) as exc:

@@ -4,6 +4,13 @@ On the wire a manifest is a msgpack *envelope*::
 
     [MAGIC, FORMAT_VERSION, body: bytes, signature: bytes | None, signer: str | None]
 
+Format versions: 1 lists each blob as ``[role, digest, size, name]``; 2 adds
+``encoding, raw_size`` (``artcache.blob_codec``: ``"zstd"`` for a compressed blob, whose
+``digest`` and ``size`` are those of the stored frame).  A manifest is written in the
+oldest version that can hold it (:func:`format_version`): 2 only when a blob has an
+encoding, so an artcache that reads only 1 still reads every entry without one and refuses
+the others as incompatible (a miss).  This artcache reads both.
+
 ``body`` is the msgpack encoding of :class:`Manifest`.  A signature (Ed25519, see
 :mod:`artcache.signing`) covers ``MAGIC || version || body``; the body names every blob by
 its SHA-256, so one signature covers the whole entry.  Decoding checks the envelope
@@ -27,7 +34,12 @@ from .digest import is_digest
 from .errors import CorruptEntryError, IncompatibleEntryError
 
 MAGIC = b"ARTCACHE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this artcache writes
+READABLE_VERSIONS = (1, 2)
+# The format generation in every cache key (``environment.fingerprint``).  It changes only
+# when entries written before can no longer be read: this artcache still reads version 1,
+# so the entries older writers left keep being found under the same keys.
+KEY_FORMAT = 1
 # Manifests are small (kilobytes).  Anything claiming more is refused before parsing.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _MAX_BLOB_SIZE = 1 << 40
@@ -75,12 +87,16 @@ class SummaryKey:
 @dataclass(frozen=True)
 class BlobRef:
     """One blob of an entry.  ``role`` says what it is (:class:`BlobRole`); ``name`` is a
-    label whose meaning depends on the role."""
+    label whose meaning depends on the role.  ``digest`` and ``size`` describe the stored bytes; ``encoding`` says how to get the
+    blob from them (``""``: they are the blob; ``"zstd"``: a frame that decompresses to
+    ``raw_size`` bytes).  ``raw_size`` is ``None`` for a blob stored as it is."""
 
     role: str
     digest: str
     size: int
     name: str = ""
+    encoding: str = ""
+    raw_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,14 +159,25 @@ def signed_payload(version: int, body: bytes) -> bytes:
 
 
 # -- encoding --------------------------------------------------------------------------
+def format_version(manifest: Manifest) -> int:
+    """The oldest format version that holds ``manifest``: 2 if a blob has an encoding."""
+    return 2 if any(b.encoding for b in manifest.blobs) else 1
+
+
 def encode_body(manifest: Manifest) -> bytes:
+    """The body, in the layout of :func:`format_version` of ``manifest``."""
+    if format_version(manifest) == 1:
+        blobs = [[b.role, b.digest, b.size, b.name] for b in manifest.blobs]
+    else:
+        blobs = [[b.role, b.digest, b.size, b.name, b.encoding, b.raw_size if b.encoding else b.size]
+                 for b in manifest.blobs]
     doc = {
         "key": manifest.key,
         "factors": dict(sorted(manifest.factors.items())),
         "environment": dict(sorted(manifest.environment.items())),
         "created": float(manifest.created),
         "producer": manifest.producer,
-        "blobs": [[b.role, b.digest, b.size, b.name] for b in manifest.blobs],
+        "blobs": blobs,
         "summary": dict(manifest.summary),
     }
     try:
@@ -159,13 +186,15 @@ def encode_body(manifest: Manifest) -> bytes:
         raise CorruptEntryError(f"manifest summary is not plain data: {exc}") from exc
 
 
-def encode_envelope(body: bytes, signature: bytes | None = None, signer: str | None = None) -> bytes:
-    return msgpack.packb([MAGIC, FORMAT_VERSION, body, signature, signer], use_bin_type=True)
+def encode_envelope(
+    body: bytes, signature: bytes | None = None, signer: str | None = None, version: int = FORMAT_VERSION
+) -> bytes:
+    return msgpack.packb([MAGIC, version, body, signature, signer], use_bin_type=True)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """Unsigned envelope bytes.  :func:`artcache.signing.sign_envelope` adds a signature."""
-    return encode_envelope(encode_body(manifest))
+    return encode_envelope(encode_body(manifest), version=format_version(manifest))
 
 
 # -- decoding --------------------------------------------------------------------------
@@ -185,8 +214,9 @@ def decode_envelope(data: bytes) -> Envelope:
     _magic, version, body, signature, signer = doc
     if not isinstance(version, int):
         raise CorruptEntryError("manifest version is not an integer")
-    if version != FORMAT_VERSION:
-        raise IncompatibleEntryError(f"manifest format version {version}; this artcache reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise IncompatibleEntryError(f"manifest format version {version}; this artcache reads "
+                                     f"{', '.join(map(str, READABLE_VERSIONS))}")
     if not isinstance(body, bytes):
         raise CorruptEntryError("manifest body is not bytes")
     if signature is not None and not isinstance(signature, bytes):
@@ -219,12 +249,18 @@ def decode_body(body: bytes) -> Manifest:
     _expect(isinstance(doc["blobs"], list), "blobs is not a list")
     blobs = []
     for item in doc["blobs"]:
-        _expect(isinstance(item, list) and len(item) == 4, "blob entry is not [role, digest, size, name]")
-        role, digest, size, name = item
+        # Version 1 lists [role, digest, size, name]: a blob stored as it is.
+        _expect(isinstance(item, list) and len(item) in (4, 6),
+                "blob entry is not [role, digest, size, name(, encoding, raw_size)]")
+        role, digest, size, name = item[:4]
+        encoding, raw_size = item[4:] if len(item) == 6 else ("", size)
         _expect(isinstance(role, str) and isinstance(name, str), "blob role/name not strings")
         _expect(isinstance(digest, str) and is_digest(digest), f"blob digest {digest!r} is not sha256")
         _expect(isinstance(size, int) and 0 <= size <= _MAX_BLOB_SIZE, f"blob size {size!r} out of range")
-        blobs.append(BlobRef(role, digest, size, name))
+        _expect(isinstance(encoding, str) and len(encoding) <= 16, "blob encoding is not a short string")
+        _expect(isinstance(raw_size, int) and 0 <= raw_size <= _MAX_BLOB_SIZE, f"blob raw size {raw_size!r} out of range")
+        _expect(bool(encoding) or raw_size == size, "a blob stored as it is has a raw size other than its size")
+        blobs.append(BlobRef(role, digest, size, name, encoding, raw_size if encoding else None))
     return Manifest(
         key=doc["key"],
         factors=_str_map(doc["factors"], "factors"),

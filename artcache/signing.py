@@ -110,12 +110,12 @@ class Signer:
         return bytes(self._key.sign(payload).signature)
 
 
-def sign_envelope(body: bytes, signer: Signer | None) -> bytes:
-    """Envelope bytes for ``body``, signed when ``signer`` is given."""
+def sign_envelope(body: bytes, signer: Signer | None, version: int = FORMAT_VERSION) -> bytes:
+    """Envelope bytes for ``body`` (format ``version``), signed when ``signer`` is given."""
     if signer is None:
-        return encode_envelope(body)
-    signature = signer.sign(signed_payload(FORMAT_VERSION, body))
-    return encode_envelope(body, signature, signer.key_id)
+        return encode_envelope(body, version=version)
+    signature = signer.sign(signed_payload(version, body))
+    return encode_envelope(body, signature, signer.key_id, version)
 
 
 # -- readers ----------------------------------------------------------------------------

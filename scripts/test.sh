@@ -11,4 +11,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
     || echo "warning: could not install redis-server; Redis tests will be skipped" >&2
 fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  # HTTP store tests start their own nginx (WebDAV) on a free loopback port; install it when missing.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
+    || echo "warning: could not install nginx; HTTP store tests will be skipped" >&2
+fi
 exec "$PY" -m pytest -q "$@"

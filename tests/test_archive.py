@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pty
+import random
 import struct
 import subprocess
 import sys
@@ -259,7 +260,8 @@ def test_verify_streams_large_blobs(tmp_path: Path) -> None:
     cache = Cache(store, settings=Settings(store_urls=("memory://",)), strict=True)
     blob_size = 6 << 20
     for i, key in enumerate(KEYS):
-        cache.save(key, [NewBlob("constant", bytes([i]) * blob_size)], factors={}, environment={})
+        # incompressible, so that the blobs are stored (and bundled) at their full size
+        cache.save(key, [NewBlob("constant", random.Random(i).randbytes(blob_size))], factors={}, environment={})
     export_bundle(store, tmp_path / "big.acb")
     assert (tmp_path / "big.acb").stat().st_size > 3 * blob_size
     tracemalloc.start()

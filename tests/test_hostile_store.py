@@ -181,9 +181,9 @@ def test_hostile_entry_under_a_real_key_is_rebuilt(tmp_path: Path) -> None:
         manifest = msgpack.unpackb(msgpack.unpackb(local.get(info.key))[2])
         bomb = pickle.dumps(_Shell(sentinel))
         local.put(cas_key(content_digest(bomb)), bomb)
-        manifest["blobs"] = [
-            [role, content_digest(bomb) if role == "object" else digest, len(bomb) if role == "object" else size, name]
-            for role, digest, size, name in manifest["blobs"]
+        manifest["blobs"] = [  # [role, digest, size, name, encoding, raw_size]
+            [item[0], content_digest(bomb), len(bomb), item[3], "", len(bomb)] if item[0] == "object" else item
+            for item in manifest["blobs"]
         ]
         local.put(info.key, encode_envelope(msgpack.packb(manifest, use_bin_type=True)))
     shutil.rmtree(tmp_path / "ind")

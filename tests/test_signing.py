@@ -23,6 +23,7 @@ from artcache.store.redis import RedisStore
 
 from .conftest import run_cli, run_python
 from .redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
+from artcache.testing import payload_for
 
 KEY = "5a" * 32
 
@@ -46,7 +47,8 @@ def settings(signing_key: str | None = None, trusted: tuple[str, ...] = ()) -> S
 def save(store: LocalStore, signing_key: str | None, key: str = KEY) -> None:
     cache = Cache(store, settings=settings(signing_key), strict=True)
     manifest = cache.save(
-        key, [NewBlob("code", b"print('hi')"), NewBlob("constant", b"w" * 5000, "w")],
+        # incompressible, so that the constant is stored as its 5000 bytes
+        key, [NewBlob("code", b"print('hi')"), NewBlob("constant", payload_for("w", 5000), "w")],
         factors={"graph": "g" * 64}, environment={"torch": "test"}, summary={"title": "signed"},
     )
     assert manifest is not None

@@ -97,6 +97,7 @@ class Store(ABC):
     # True where get_bounded learns a value's size before reading it (never allocates
     # past the bound); the default implementation below reads first, then checks.
     bounded_reads: bool = False
+    can_list: bool = True  # False: ``iterate`` raises StoreError (e.g. bazel-remote has no listing)
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -148,7 +149,8 @@ class Store(ABC):
 
     @abstractmethod
     def iterate(self, prefix: str = "") -> Iterator[KeyInfo]:
-        """Every key starting with ``prefix`` (e.g. ``"ac/"``), in no particular order."""
+        """Every key starting with ``prefix`` (e.g. ``"ac/"``), in no particular order.
+        A store with ``can_list = False`` raises ``StoreError`` instead."""
 
     def close(self) -> None:
         """Release connections or handles.  The default has none."""

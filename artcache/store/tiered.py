@@ -228,8 +228,8 @@ class TieredStore(Store):
     def iterate(self, prefix: str = "") -> Iterator[KeyInfo]:
         seen: set[str] = set()
         for index, tier in enumerate(self.tiers):
-            if not self._available(index):
-                continue
+            if not self._available(index) or not tier.can_list:
+                continue  # a tier that cannot list is no failing tier: list the others
             try:
                 for info in tier.iterate(prefix):
                     if info.key not in seen:
