@@ -26,6 +26,7 @@ import torch
 
 from . import _static_launch as static_launch
 from . import _torch_compat as compat
+from . import _torch_key_inputs as key_inputs
 from . import _triton_compat as triton_compat
 from . import _triton_tuning as triton_tuning
 from . import keys, pickler
@@ -142,14 +143,16 @@ class ArtcacheBackend:
         numerics = compat.numerics_flags(cpu_code=compat.may_run_cpu_code(gm, example_inputs))
         environment = self._fingerprint(example_inputs)
         options = {"mode": self.mode, "options": sorted(self.options)}
+        extra = key_inputs.extra_factors(gm)
         cache_key = keys.graph_key(
             graph_digest=pickler.hash_object(gm),
             inputs=specs,
             custom_ops=keys.custom_op_factor_value(gm, compat.custom_op_code),
-            configs=compat.config_snapshots(),
+            configs={**compat.config_snapshots(), **key_inputs.extra_configs()},
             numerics=numerics,
             environment=environment,
             compile_options=options,
+            extra=extra,
         )
         cache_key.log()
         overrides = compat.config_overrides()
@@ -158,6 +161,7 @@ class ArtcacheBackend:
             "numerics": numerics,
             "environment": environment,
             "options": options,
+            **{name: value for name, value in extra.items() if value},
             "inductor_config": {k: repr(v) for k, v in overrides["inductor"].items()},
             "functorch_config": {k: repr(v) for k, v in overrides["functorch"].items()},
         }
