@@ -333,8 +333,17 @@ def run_batch(ops: list[str], work: Path, device: str, timeout: float) -> dict[s
     cold = run_phase("cold", ops, work, store, device, timeout)
     compiled = [name for name, r in cold.items() if r["status"] == "ok" and r.get("graphs", 0) > 0]
     warm = run_phase("warm", compiled, work, store, device, timeout) if compiled else {}
+    out = _combine(cold, warm)
+    differing = [name for name, r in out.items() if r.get("warm_bitwise") is False]
+    if differing:
+        fresh = (run_phase("fresh-a", differing, work, None, device, timeout),
+                 run_phase("fresh-b", differing, work, None, device, timeout))
+        _add_fresh(out, differing, *fresh)
+    return out
+
+
+def _combine(cold: dict[str, dict[str, Any]], warm: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    differing = []
     for name, c in cold.items():
         record: dict[str, Any] = {k: v for k, v in c.items() if k not in ("outputs", "eager", "error_tail")}
         if c["status"] == "ok" and "eager" in c:
@@ -344,15 +353,33 @@ def run_batch(ops: list[str], work: Path, device: str, timeout: float) -> dict[s
             record["warm"] = {k: v for k, v in w.items() if k not in ("outputs", "op", "error_tail")}
             if w["status"] == "ok":
                 record["warm_bitwise"] = outputs_equal(c["outputs"], w["outputs"])
-                if not record["warm_bitwise"]:
-                    differing.append(name)
         out[name] = record
-    if differing:
-        a = run_phase("fresh-a", differing, work, None, device, timeout)
-        b = run_phase("fresh-b", differing, work, None, device, timeout)
-        for name in differing:
+    return out
+
+
+def _add_fresh(out: dict[str, dict[str, Any]], names: list[str], a: dict[str, Any], b: dict[str, Any]) -> None:
+    for name in names:
+        if name in a and name in b:
             both_ok = a[name]["status"] == "ok" and b[name]["status"] == "ok"
             out[name]["fresh_compiles_differ"] = (not outputs_equal(a[name]["outputs"], b[name]["outputs"])) if both_ok else None
+
+
+def collect(work: Path) -> dict[str, dict[str, Any]]:
+    """The records of a (possibly unfinished) run from its workdir: every op whose phases
+    are complete; an op still waiting for its warm phase is left out."""
+    import torch
+
+    def load(directory: Path) -> dict[str, dict[str, Any]]:
+        return {f.stem: torch.load(f, weights_only=True) for f in sorted(directory.glob("*.pt"))} if directory.is_dir() else {}
+
+    out: dict[str, dict[str, Any]] = {}
+    for batch in sorted(work.glob("batch*")):
+        cold, warm = load(batch / "cold"), load(batch / "warm")
+        cold = {n: r for n, r in cold.items() if n in warm or r["status"] != "ok" or r.get("graphs", 0) == 0}
+        records = _combine(cold, warm)
+        differing = [name for name, r in records.items() if r.get("warm_bitwise") is False]
+        _add_fresh(records, differing, load(batch / "fresh-a"), load(batch / "fresh-b"))
+        out.update(records)
     return out
 
 
@@ -448,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true", help="render what --workdir holds, run nothing")
     parser.add_argument("--worker", choices=("cold", "warm", "fresh"), help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--results", help=argparse.SUPPRESS)
@@ -457,6 +485,18 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
 
     import torch  # noqa: F401 - fail here, not in every worker, if torch is missing
+
+    if args.report_only:
+        if args.workdir is None:
+            parser.error("--report-only needs --workdir")
+        records = collect(args.workdir)
+        report = render(records, args, 0.0)
+        if args.out:
+            args.out.write_text(report)
+        if args.json:
+            args.json.write_text(json.dumps({"device": args.device, "ops": records}, indent=1, sort_keys=True, default=str))
+        print(report)
+        return 0
 
     try:
         names = [op_id(op) for op in _ops(args.device)]
