@@ -283,7 +283,10 @@ TORCH_KEY_COUNTERPARTS: Mapping[str, str] = {
     "fx_kwargs.layout_opt": "graph, inductor_config.layout_optimization",
     "fx_kwargs.static_input_idxs": "static_inputs",
     "user_defined_triton_source": "user_triton_kernels",
-    "default_cuda_device_index": "ignored: device indices never enter the key (one entry serves every GPU of a host); a graph without tensor inputs names its factories' devices in the graph",
+    # Inductor's generated code names the index it was compiled on (device guards), for
+    # graphs with or without tensor inputs alike: serving an entry on another index of
+    # one host is the load path's job, not the key's.
+    "default_cuda_device_index": "ignored: device indices never enter the key (one entry serves every GPU of a host)",
     "deterministic_algorithms_settings": "numerics.deterministic, numerics.deterministic_warn_only, numerics.fill_uninitialized_memory",
     "cpp_runtime_thread_count": "numerics.cpu_threads",
     "provenance_tracking_level": "inductor_config.trace.provenance_tracking_level",

@@ -476,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true", help="render what --workdir holds, run nothing")
+    parser.add_argument("--also", type=Path, nargs="*", default=[],
+                        help="with --report-only: more workdirs, whose records replace --workdir's for the same ops")
     parser.add_argument("--worker", choices=("cold", "warm", "fresh"), help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--results", help=argparse.SUPPRESS)
@@ -490,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             parser.error("--report-only needs --workdir")
         records = collect(args.workdir)
+        for later in args.also:
+            records.update(collect(later))
         report = render(records, args, 0.0)
         if args.out:
             args.out.write_text(report)

@@ -47,3 +47,28 @@ def test_fuzz_programs_cold_then_warm(tmp_path: Path) -> None:
         for seed, record in records.items():
             changed = conditions.changed(record["condition"])
             assert record["outcome"] == ("miss-changed" if changed else "hit"), (seed, record["outcome"], record["detail"])
+
+
+def _record(values: list[float], **stats: int) -> dict:
+    import torch
+
+    result = {"values": [torch.tensor(values)], "grad": [False]}
+    return {"eager": result, "compiled": result,
+            "stats": {"hits": 0, "saves": 0, "misses": {}, "uncacheable": {}, **stats}}
+
+
+def test_campaign_classifies_stale_hits_and_differences() -> None:
+    """The campaign's verdicts can fail: a hit under a changed condition that affects the
+    program is a stale hit, a warm result one bit off is a difference, a recompile under
+    the tripwires is a miss; a changed thread count cannot affect a GPU-only program."""
+    program = generate(13)  # forward, threads 2 -> 1 (changed)
+    cold = _record([1.0, 2.0], saves=1)
+    assert campaign.classify(program, cold, _record([1.0, 2.0], saves=1))[0] == "miss-changed"
+    assert campaign.classify(program, cold, _record([1.0, 2.0], hits=1))[0] == "stale-hit"
+    gpu = {**program, "device": "cuda"}
+    hit = {**_record([1.0, 2.0], hits=1), "fresh": _record([1.0, 2.0])["compiled"]}
+    assert campaign.classify(gpu, cold, hit)[0] == "hit-unaffected"
+    kept = generate(14)  # forward, condition kept
+    assert campaign.classify(kept, cold, _record([1.0, 2.0], hits=1))[0] == "hit"
+    assert campaign.classify(kept, cold, _record([1.0, 2.0000002], hits=1))[0] == "warm-differs"
+    assert campaign.classify(kept, cold, {"compiled_error": "TripwireError: tripwire: compile_fx ran", "stats": {}})[0] == "warm-missed"
