@@ -117,6 +117,8 @@ def test_every_torch_key_input_has_a_counterpart() -> None:
 
 
 def test_no_counterpart_for_an_input_torch_does_not_have() -> None:
+    if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13):
+        pytest.skip("the table follows torch 2.13's keys; an older torch lacks some of their inputs")
     names, _ = torch_key_inputs()
     stale = sorted(set(keys.TORCH_KEY_COUNTERPARTS) - names - set(_GPU_SYSTEM_INFO))
     assert not stale, f"TORCH_KEY_COUNTERPARTS names inputs this torch's keys lack: {stale}"
