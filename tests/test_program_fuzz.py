@@ -64,9 +64,11 @@ def test_campaign_classifies_stale_hits_and_differences() -> None:
     program = generate(13)  # forward, threads 2 -> 1 (changed)
     cold = _record([1.0, 2.0], saves=1)
     assert campaign.classify(program, cold, _record([1.0, 2.0], saves=1))[0] == "miss-changed"
+    tripped = {"compiled_error": "TripwireError", "stats": {"hits": 0, "saves": 0, "misses": {"absent": 1}, "uncacheable": {}}}
+    assert campaign.classify(program, cold, tripped)[0] == "miss-changed"
     assert campaign.classify(program, cold, _record([1.0, 2.0], hits=1))[0] == "stale-hit"
     gpu = {**program, "device": "cuda"}
-    hit = {**_record([1.0, 2.0], hits=1), "fresh": _record([1.0, 2.0])["compiled"]}
+    hit = {**_record([1.0, 2.0], hits=1), "fresh": _record([1.0, 2.0])}
     assert campaign.classify(gpu, cold, hit)[0] == "hit-unaffected"
     kept = generate(14)  # forward, condition kept
     assert campaign.classify(kept, cold, _record([1.0, 2.0], hits=1))[0] == "hit"

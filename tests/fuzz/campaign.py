@@ -6,13 +6,17 @@ with the run-time condition kept or changed between the two (``programs.py``,
         [--workdir DIR] [--out summary.json] [--reproducers tests/fuzz/reproducers]
     python -m tests.fuzz.campaign --merge a.json b.json ... --out all.json [--markdown FILE]
 
-Seeds are cut into batches; each batch runs three fresh processes on one store: ``cold``,
-``warm`` (unchanged condition, compile tripwires on) and ``changed`` (changed condition).
+Seeds are cut into batches; each batch runs fresh processes on one store: ``cold``,
+``warm`` (unchanged condition, compile tripwires on), ``changed`` (changed condition,
+tripwires on: a miss is the miss artcache counts, then the compile trips) and, for
+programs that hit under a changed condition, ``fresh`` (a plain Inductor compile under
+the warm condition, which the hit must equal).
 ``--jobs`` batches run at once.  Outcomes per program:
 
 ===================  ====================================================================
 hit                  unchanged condition: served from the store, bitwise equal to cold
-miss-changed         changed condition: the warm process compiled anew
+miss-changed         changed condition: the warm process missed (the compile that follows,
+                     a plain Inductor compile, trips the tripwires there)
 hit-unaffected       changed condition that provably cannot change this program (the
                      thread count of a program with no CPU code): hit, bitwise equal to a
                      fresh compile under the warm condition
@@ -165,17 +169,23 @@ def classify(program: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any]
         if not same_results(program, warm["compiled"], cold["compiled"]):
             return "warm-differs", "warm output not equal to cold (bitwise where deterministic)"
         return "hit", ""
-    if "eager" not in warm:
-        return "invalid", "under the warm condition: " + warm.get("eager_error", "")[:200]
-    if "compiled" not in warm:
-        return "warm-error", warm.get("compiled_error", "")[:300]
     if warm["stats"]["hits"]:
         if conditions.affects(condition, program.get("device", "cpu")):
             return "stale-hit", f"{condition['name']} {condition['cold']} -> {condition['warm']}: {json.dumps(warm['stats'])}"
-        if "fresh" not in warm or not same_results(program, warm["compiled"], warm["fresh"]):
-            return "warm-differs", "hit not bitwise equal to a fresh compile under the warm condition"
+        if "compiled" not in warm:
+            return "warm-error", warm.get("compiled_error", "")[:300]
+        fresh = warm.get("fresh") or {}
+        if "eager" not in fresh:
+            return "invalid", "under the warm condition: " + fresh.get("eager_error", "")[:200]
+        if "compiled" not in fresh or not same_results(program, warm["compiled"], fresh["compiled"]):
+            return "warm-differs", "hit not equal to a fresh compile under the warm condition (bitwise where deterministic)"
         return "hit-unaffected", ""
-    return "miss-changed", ""
+    if warm["stats"]["misses"] or warm["stats"]["saves"]:
+        return "miss-changed", ""  # the compile after the miss tripped (in a record without tripwires: ran)
+    fresh = warm.get("fresh") or {}
+    if "eager_error" in fresh:
+        return "invalid", "under the warm condition: " + fresh["eager_error"][:200]
+    return "warm-error", warm.get("compiled_error", "no lookup recorded")[:300]
 
 
 def run_batch(programs: list[dict[str, Any]], work: Path, device: str, timeout: float) -> dict[int, dict[str, Any]]:
@@ -185,12 +195,20 @@ def run_batch(programs: list[dict[str, Any]], work: Path, device: str, timeout: 
     moved = [p for p in ok if conditions.changed(p["condition"])]
     warm = {**(run_phase("warm", same, work, device, timeout) if same else {}),
             **(run_phase("changed", moved, work, device, timeout) if moved else {})}
+    # A hit must equal a fresh compile; a program that reached no lookup may be invalid
+    # under the warm condition (eager fails too).
+    recheck = [p for p in moved if "crashed" not in warm[p["seed"]]
+               and (warm[p["seed"]]["stats"]["hits"] or not warm[p["seed"]]["stats"]["misses"])]
+    if recheck:
+        for seed, fresh in run_phase("fresh", recheck, work, device, timeout).items():
+            warm[seed] = {**warm[seed], "fresh": fresh}
     out = {}
     for p in programs:
         c, w = cold[p["seed"]], warm.get(p["seed"])
         outcome, detail = classify(p, c, w)
         eager_ok = close_to_eager(c["compiled"], c["eager"]) if "compiled" in c and "eager" in c else None
-        warm_eager_ok = close_to_eager(w["compiled"], w["eager"]) if w and "compiled" in w and "eager" in w else None
+        fresh = (w or {}).get("fresh") or {}
+        warm_eager_ok = close_to_eager(w["compiled"], fresh["eager"]) if w and "compiled" in w and "eager" in fresh else None
         out[p["seed"]] = {"outcome": outcome, "detail": detail, "kind": p["kind"], "condition": p["condition"],
                           "dynamic": p["dynamic"], "cold_close_to_eager": eager_ok, "warm_close_to_eager": warm_eager_ok,
                           "uncacheable": sorted(c.get("stats", {}).get("uncacheable", {})),

@@ -5,11 +5,14 @@
   a plain Inductor compile tells whether artcache lost it;
 * ``warm``: programs whose condition is unchanged, compile tripwires installed: each must
   be served from the store;
-* ``changed``: programs whose condition changed, under the warm value, no tripwires:
-  artcache on the same store, eager, and (where artcache hit) a fresh plain Inductor
-  compile to compare with.
+* ``changed``: programs whose condition changed, under the warm value, tripwires installed
+  as well: a miss shows as the miss artcache counts and the compile that then trips (the
+  compile itself would be a plain Inductor compile, which the cold phase already ran);
+  a hit runs and its results are kept;
+* ``fresh``: a plain Inductor compile (torch's caches off) under the warm value, no
+  tripwires, for the programs that hit in ``changed``: what the hit must equal.
 
-    python -m tests.fuzz.run --phase cold|warm|changed --programs FILE --results DIR [--device cpu|cuda]
+    python -m tests.fuzz.run --phase cold|warm|changed|fresh --programs FILE --results DIR [--device cpu|cuda]
 
 One result file per program (``<seed>.pt``) in DIR; ``DIR/current`` names the program in
 progress, so that the campaign can tell which one a crashed process died on.
@@ -125,19 +128,22 @@ def _torch_caches_off() -> Any:
 
 def run_program(program: dict[str, Any], phase: str, device: str, cache: Any) -> dict[str, Any]:
     condition = program["condition"]
-    value = condition["warm"] if phase in ("warm", "changed") else condition["cold"]
+    value = condition["cold"] if phase == "cold" else condition["warm"]
     record: dict[str, Any] = {"seed": program["seed"], "phase": phase}
     artcache_compile = lambda fn: torch.compile(fn, backend=cache.backend())  # noqa: E731
     with conditions.applied(condition["name"], value, device):
-        if phase != "warm":
+        if phase in ("cold", "fresh"):
             _attempt(record, "eager", lambda: execute(program, device, None))
+        if phase == "fresh":
+            with _torch_caches_off():
+                _attempt(record, "compiled", lambda: execute(program, device, _plain_inductor))
+            return record
         before = _stats(cache)
         start = time.perf_counter()
         _attempt(record, "compiled", lambda: execute(program, device, artcache_compile))
         record["seconds"] = round(time.perf_counter() - start, 3)
         record["stats"] = _delta(before, _stats(cache))
-        hit = record["stats"]["hits"] > 0
-        if (phase == "cold" and "compiled_error" in record) or (phase == "changed" and hit):
+        if phase == "cold" and "compiled_error" in record:
             with _torch_caches_off():
                 _attempt(record, "fresh", lambda: execute(program, device, _plain_inductor))
     return record
@@ -145,7 +151,7 @@ def run_program(program: dict[str, Any], phase: str, device: str, cache: Any) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--phase", choices=("cold", "warm", "changed"), required=True)
+    parser.add_argument("--phase", choices=("cold", "warm", "changed", "fresh"), required=True)
     parser.add_argument("--programs", required=True, help="JSON list of programs")
     parser.add_argument("--results", required=True)
     parser.add_argument("--device", default="cpu")
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # which other programs ran before it in its process (see benchmarks/results/reliability.md).
     torch.set_float32_matmul_precision(torch.get_float32_matmul_precision())
     programs = json.loads(Path(args.programs).read_text())
-    if args.phase == "warm":
+    if args.phase in ("warm", "changed"):
         from tests import _tripwire
 
         _tripwire.install()
