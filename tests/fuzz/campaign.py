@@ -212,7 +212,7 @@ def run_batch(programs: list[dict[str, Any]], work: Path, device: str, timeout: 
         out[p["seed"]] = {"outcome": outcome, "detail": detail, "kind": p["kind"], "condition": p["condition"],
                           "dynamic": p["dynamic"], "cold_close_to_eager": eager_ok, "warm_close_to_eager": warm_eager_ok,
                           "uncacheable": sorted(c.get("stats", {}).get("uncacheable", {})),
-                          "cold_seconds": c.get("seconds"), "program": p}
+                          "cold_seconds": c.get("seconds"), "program": p, "batch": programs[0]["seed"]}
     return out
 
 
@@ -222,8 +222,11 @@ def write_reproducers(records: dict[int, dict[str, Any]], directory: Path, devic
         if r["outcome"] in FAILURES:
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"{device}-{seed}.json"
+            # The programs that shared its processes: a failure may depend on what ran before.
+            batch = [b["program"] for b in records.values() if b.get("batch") == r.get("batch")]
             path.write_text(json.dumps({"seed": seed, "device": device, "outcome": r["outcome"], "detail": r["detail"],
-                                        "condition": r["condition"], "program": r["program"]}, indent=1) + "\n")
+                                        "condition": r["condition"], "program": r["program"], "batch": batch},
+                                       indent=1) + "\n")
             written.append(str(path))
     return written
 
