@@ -576,9 +576,10 @@ def _plain_view_state(state: Any, mode_cls: type) -> bool:
     list of ints) and the InverseReturnMode, in an order that depends on the view op:
     ``(has_symbolic_inputs, is_multi_output, mode, *args)``, with ``out_index`` after the
     first flag for the ops with several outputs (split, chunk, unbind) and trailing
-    flags for some (expand's ``implicit``)."""
+    flags for some (expand's ``implicit``); an optional argument left out is None
+    (as_strided's ``storage_offset``)."""
     return all(
-        type(v) in (bool, int) or isinstance(v, mode_cls) or (type(v) is list and all(type(i) is int for i in v))
+        v is None or type(v) in (bool, int) or isinstance(v, mode_cls) or (type(v) is list and all(type(i) is int for i in v))
         for v in state
     )
 
