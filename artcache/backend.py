@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import bundler, keys, pickler, single_flight
-from ._torch import op_registry, rebuild
+from ._torch import key_inputs, op_registry, rebuild
 from ._torch import settings as torch_settings
 from ._torch.entry_types import entry_allowlist
 from .bundler import KernelRefs
@@ -148,16 +148,18 @@ class ArtcacheBackend:
         numerics = torch_settings.numerics_flags(cpu_code=torch_settings.may_run_cpu_code(gm, example_inputs))
         environment = self._fingerprint(example_inputs)
         options = {"mode": self.mode, "options": sorted(self.options)}
+        extra = key_inputs.extra_factors(gm)
         cache_key = keys.graph_key(
             # freezing=True is refused above; without it AOTAutograd lifts the graph's
             # parameters and buffers to inputs, so their values are not compiled in.
             graph_digest=pickler.hash_object(gm, allow=self._allowlist(), lifted_inputs=True),
             inputs=specs,
             custom_ops=keys.custom_op_factor_value(gm, op_registry.custom_op_code),
-            configs=torch_settings.config_snapshots(),
+            configs={**torch_settings.config_snapshots(), **key_inputs.extra_configs()},
             numerics=numerics,
             environment=environment,
             compile_options=options,
+            extra=extra,
         )
         cache_key.log()
         overrides = torch_settings.config_overrides()
@@ -166,6 +168,7 @@ class ArtcacheBackend:
             "numerics": numerics,
             "environment": environment,
             "options": options,
+            **{name: value for name, value in extra.items() if value},
             "inductor_config": {k: repr(v) for k, v in overrides["inductor"].items()},
             "functorch_config": {k: repr(v) for k, v in overrides["functorch"].items()},
         }

@@ -74,7 +74,15 @@ _PASS_SUFFIX = "_pass"
 _PLAIN = (type(None), bool, int, float, str, bytes, list, tuple, dict, set, frozenset)
 
 
+# Entries under an ignored prefix that still change the entry, with why.
+CONFIG_KEEP: Mapping[str, str] = {
+    "trace.provenance_tracking_level": "decides whether provenance data is stored in the compiled graph (torch keys it too)",
+}
+
+
 def _ignored(name: str) -> bool:
+    if name in CONFIG_KEEP:
+        return False
     return name in CONFIG_IGNORE or any(name.startswith(p) for p in CONFIG_IGNORE if p.endswith("."))
 
 
@@ -232,8 +240,10 @@ def graph_key(
     numerics: Mapping[str, Any],
     environment: Mapping[str, str],
     compile_options: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> CacheKey:
-    """The key of one compiled graph: a pure function of what is passed in."""
+    """The key of one compiled graph: a pure function of what is passed in.  ``extra``:
+    further factors by name (``artcache._torch.key_inputs.extra_factors``)."""
     factors = [
         Factor("graph", graph_digest, "canonical FX graph"),
         factor("inputs", inputs, f"{len(inputs)} inputs"),
@@ -243,4 +253,87 @@ def graph_key(
         factor("options", dict(compile_options)),
     ]
     factors += [factor(f"{name}_config", config_values(values)) for name, values in sorted(configs.items())]
+    factors += [factor(name, value) for name, value in sorted((extra or {}).items())]
     return make_key(factors)
+
+
+# -- every input of torch's own cache keys, and what covers it here ---------------------
+# torch's FX graph key (``FxGraphHashDetails``) and AOTAutograd key
+# (``AOTAutogradCacheDetails``), by attribute name; ``fx_kwargs.*``, ``system_info.*`` and
+# ``aot_config.*`` name the parts of those attributes.  Each value is either the factors
+# (comma-separated; ``factor.field`` for one value inside a factor) whose values include
+# that input, or ``ignored: <why>``.  Config modules (``inductor_config``,
+# ``inductor_config_comms``, ``autograd_config``) map entry by entry to their config
+# factor, except the entries ``CONFIG_IGNORE`` names.  tests/test_key_completeness.py
+# enumerates torch's inputs on the installed torch, fails on one missing here, and flips
+# each covered input to check that the key changes.
+TORCH_KEY_COUNTERPARTS: Mapping[str, str] = {
+    # FxGraphHashDetails
+    "gm": "graph",
+    "example_inputs": "inputs",
+    "cache_key_tag": "cache_key_tag",
+    "fx_kwargs.cudagraphs": "inductor_config.triton.cudagraphs",
+    "fx_kwargs.boxed_forward_device_index": "ignored: a device index, and always empty when torch keys it (the first run fills it)",
+    "fx_kwargs.cpp_wrapper": "inductor_config.cpp_wrapper",
+    "fx_kwargs.fx_wrapper": "inductor_config.fx_wrapper",
+    "fx_kwargs.extern_node_serializer": "ignored: only AOTInductor's export sets it; compile_fx, the compiler artcache calls, passes none",
+    "fx_kwargs.get_decomp_fn": "environment.torch, custom_ops",
+    "fx_kwargs.is_backward": "inputs, numerics.grad_enabled",
+    "fx_kwargs.is_inference": "inputs, numerics.grad_enabled",
+    "fx_kwargs.layout_opt": "graph, inductor_config.layout_optimization",
+    "fx_kwargs.static_input_idxs": "static_inputs",
+    "user_defined_triton_source": "user_triton_kernels",
+    # Inductor's generated code names the index it was compiled on (device guards), for
+    # graphs with or without tensor inputs alike: serving an entry on another index of
+    # one host is the load path's job, not the key's.
+    "default_cuda_device_index": "ignored: device indices never enter the key (one entry serves every GPU of a host)",
+    "deterministic_algorithms_settings": "numerics.deterministic, numerics.deterministic_warn_only, numerics.fill_uninitialized_memory",
+    "cpp_runtime_thread_count": "numerics.cpu_threads",
+    "provenance_tracking_level": "inductor_config.trace.provenance_tracking_level",
+    "default_dtype": "numerics.default_dtype",
+    "cuda_matmul_settings": "numerics.cuda_matmul_fp32_precision, numerics.cuda_fp16_reduced, numerics.cuda_bf16_reduced",
+    "cudagraph_override": "cudagraph_annotation",
+    "cudagraph_annotation": "cudagraph_annotation",
+    "torch_version": "environment.torch, environment.torch_git",
+    "system_info.hash": "environment.cuda, environment.hip, environment.triton, environment.gpu",
+    "system_info.device.name": "environment.gpu",  # the compute capability: kernels are valid across SKUs of one
+    "system_info.version.triton": "environment.triton",
+    "system_info.version.cuda": "environment.cuda",
+    "system_info.version.hip": "environment.hip",
+    "inductor_config": "inductor_config",
+    "inductor_config_comms": "inductor_comms_config",
+    "pre_grad_custom_pass": "inductor_config.pre_grad_custom_pass",
+    "post_grad_custom_pre_pass": "inductor_config.post_grad_custom_pre_pass",
+    "post_grad_custom_post_pass": "inductor_config.post_grad_custom_post_pass",
+    "joint_custom_pre_pass": "inductor_config.joint_custom_pre_pass",
+    "joint_custom_post_pass": "inductor_config.joint_custom_post_pass",
+    "_pre_fusion_custom_pass": "inductor_config._pre_fusion_custom_pass",
+    "_post_fusion_custom_pass": "inductor_config._post_fusion_custom_pass",
+    "_fuse_ddp_communication_passes": "inductor_config._fuse_ddp_communication_passes",
+    "_custom_partitioner_fn": "inductor_config.custom_partitioner_fn",
+    "precompile_enabled": "ignored: functorch's bundled_autograd_cache, which artcache's capture always turns on, whatever the user's value",
+    "custom_backend_passes": "custom_backends",
+    "custom_backend_codegen_configs": "custom_backends",
+    "var_to_hint_override": "shape_hints",
+    # AOTAutogradCacheDetails
+    "grad_enabled": "numerics.grad_enabled",
+    "autocast_state": "autocast",
+    "deterministic_algorithms": "numerics.deterministic",
+    "autograd_config": "functorch_config",
+    "triton_kernel_source_codes": "user_triton_kernels",
+    "saved_tensors_hooks_fx_wrap_cache_hashes": "saved_tensors_hooks",
+    "sac_context_fn_hashes": "checkpoint_policies",
+    "region_activation_memory_budget": "graph",  # a node's "custom" metadata, part of the graph digest
+    "custom_estimator_solver_uuids": "functorch_config.activation_memory_budget_runtime_estimator, functorch_config.activation_memory_budget_solver",
+    "aot_config.num_params_buffers": "graph",  # lifted parameters and buffers are get_attr nodes, keyed by spec
+    "aot_config.aot_id": "ignored: a per-process counter (torch leaves it out of its key too)",
+    "aot_config.keep_inference_input_mutations": "ignored: compile_fx, the compiler artcache calls, always passes True",
+    "aot_config.is_export": "ignored: always False in compile_fx",
+    "aot_config.no_tangents": "ignored: always False in compile_fx",
+    "aot_config.dynamic_shapes": "inputs",  # a dynamic size is its symbol in the input specs
+    "aot_config.aot_autograd_arg_pos_to_source": "ignored: Dynamo's names for the inputs, read for guard and log messages; static marks are keyed as static_inputs",
+    "aot_config.static_input_indices": "static_inputs",
+    "aot_config.enable_log": "ignored: logging",
+    "aot_config.pre_dispatch": "ignored: always False in compile_fx",
+    "aot_config.precompile_backend_id": "ignored: set only by torch's own precompile, never on a backend call",
+}

@@ -19,7 +19,10 @@ from pathlib import Path
 
 SUITES = {
     "tests/test_warm_start.py": "34-program corpus: cold vs warm (fresh process, tripwires) vs eager; changed factors miss",
-    "tests/test_program_fuzz.py": "random programs compiled cold and loaded warm, outputs bitwise equal (ARTCACHE_FUZZ_N programs)",
+    "tests/test_program_fuzz.py": "CI slice of the fuzzing campaign (tests/fuzz/campaign.py): kept condition hits bitwise, changed condition misses",
+    "tests/test_fuzz_reproducers.py": "replays of the campaign's failing programs (tests/fuzz/reproducers)",
+    "tests/test_key_completeness.py": "every input of torch's FX graph / AOTAutograd keys has a counterpart; each flipped changes the key",
+    "tests/test_allowlist_gaps.py": "former allowlist gaps from the OpInfo corpus served warm with tripwires",
     "tests/test_key_fuzz.py": "every live Inductor/functorch config entry, numerics flag and option flipped: key must change",
     "tests/test_hostile_store.py": "crafted entries: pickle bombs, forbidden callables, size lies, deep nesting, bad digests, malformed manifests",
     "tests/test_faults_under_load.py": "8 concurrent compiling processes; 20 writers SIGKILLed inside a save; disk full (2 limits); Redis killed and restarted",

@@ -16,6 +16,8 @@ rebuild            ``wrap_post_compile``, shape guards, lifted params/buffers   
 settings           Inductor/functorch configs, modes, numerics switches          2.11 (GPU), 2.13 (CPU)
 op_registry        custom-op registries (``torch._library``), decomposition     2.13 (CPU)
                    and lowering tables
+key_inputs         inputs of torch's own cache keys beyond configs and          2.13 (CPU)
+                   numerics (autocast, hooks, user Triton source, ...)
 entry_types        the classes a ``BundledAOTAutogradResult`` holds             2.11 (GPU), 2.13 (CPU)
 entry_parts        reading a captured entry (graphs, source, guards, bundles)    2.11 (GPU), 2.13 (CPU)
 lean_load          the hit without Inductor's compiler (wrapper source,         2.11 (GPU), 2.13 (CPU)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -114,9 +115,9 @@ def _strategy(cls: type) -> str:
 def _register_view_metas(allow: Any) -> None:
     """Functionalization ViewMeta records (outputs that alias inputs replay their views).
 
-    They are pybind11 classes, one per view op, pickled by torch as
-    ``(bool, bool, InverseReturnMode, [int, ...])``; we store exactly that state and
-    rebuild through the class's own ``__setstate__``, accepting plain ints only.
+    They are pybind11 classes, one per view op, pickled by torch as a tuple of flags, ints,
+    int lists and an InverseReturnMode (:func:`_plain_view_state`); we store exactly that
+    state and rebuild through the class's own ``__setstate__``, accepting those types only.
     """
     try:
         from torch._C import _functionalization as functionalization
@@ -129,7 +130,8 @@ def _register_view_metas(allow: Any) -> None:
     for name in dir(functionalization):
         cls = getattr(functionalization, name)
         if name.endswith("ViewMeta") and isinstance(cls, type) and hasattr(cls, "__setstate__"):
-            allow.register(cls, "custom", encode=_view_meta_state, decode=_view_meta_builder(cls, mode_cls))
+            allow.register(cls, "custom", encode=functools.partial(_view_meta_state, mode_cls=mode_cls),
+                           decode=_view_meta_builder(cls, mode_cls))
 
 
 def _view_mode(mode_cls: type, value: Any) -> Any:
@@ -138,26 +140,29 @@ def _view_mode(mode_cls: type, value: Any) -> Any:
     return mode_cls(value)
 
 
-def _plain_view_args(values: Any) -> bool:
-    return all(type(v) is int or (type(v) is list and all(type(i) is int for i in v)) for v in values)
+def _plain_view_state(state: Any, mode_cls: type) -> bool:
+    """A ViewMeta state holds flags (bool), an output index and view arguments (int, or a
+    list of ints) and the InverseReturnMode, in an order that depends on the view op:
+    ``(has_symbolic_inputs, is_multi_output, mode, *args)``, with ``out_index`` after the
+    first flag for the ops with several outputs (split, chunk, unbind) and trailing
+    flags for some (expand's ``implicit``); an optional argument left out is None
+    (as_strided's ``storage_offset``)."""
+    return all(
+        v is None or type(v) in (bool, int) or isinstance(v, mode_cls) or (type(v) is list and all(type(i) is int for i in v))
+        for v in state
+    )
 
 
-def _view_meta_state(meta: Any) -> list[Any]:
-    # (has_symbolic_inputs, is_multi_output, InverseReturnMode, *view op arguments)
-    state = list(meta.__getstate__())
-    args = [list(v) if isinstance(v, (list, tuple)) else v for v in state[3:]]
-    if not _plain_view_args(args):
+def _view_meta_state(meta: Any, mode_cls: type) -> list[Any]:
+    state = [list(v) if isinstance(v, tuple) else v for v in meta.__getstate__()]
+    if not _plain_view_state(state, mode_cls):
         raise Uncacheable("symbolic-view", "an aliased output is a view with symbolic arguments")
-    return [bool(state[0]), bool(state[1]), state[2], *args]
+    return state
 
 
 def _view_meta_builder(cls: type, mode_cls: type) -> Callable[[Any], Any]:
     def build(state: Any) -> Any:
-        ok = (
-            type(state) is list and len(state) >= 3 and type(state[0]) is bool and type(state[1]) is bool
-            and isinstance(state[2], mode_cls) and _plain_view_args(state[3:])
-        )
-        if not ok:
+        if not (type(state) is list and _plain_view_state(state, mode_cls)):
             raise CorruptEntryError(f"bad {cls.__name__} state")
         meta = cls.__new__(cls)  # type: ignore[call-overload]
         try:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import collections.abc
+import sys
 from typing import Any
 
 from ..errors import Uncacheable
+
+
+def _torch_own(fn: Any) -> bool:
+    """Whether ``fn`` is torch's own code (its module is torch or under it)."""
+    module = getattr(getattr(fn, "func", fn), "__module__", None) or ""
+    return module == "torch" or module.startswith("torch.")
 
 
 def custom_op_code(op: Any) -> dict[str, Any]:
@@ -16,12 +22,9 @@ def custom_op_code(op: Any) -> dict[str, Any]:
     device, fake kernel, autograd formula and setup_context, vmap and torch-dispatch
     rules, autocast), the fake kernel of an op defined with ``torch.library`` directly,
     Python kernels attached to the overload (``py_impl``), and decompositions and
-    Inductor lowerings registered for it.  Inductor's own tables are read only when their
-    module is loaded: a process that never imported one cannot have registered into it.
+    Inductor lowerings that user code registered for it.
     Raises ``Uncacheable`` for an op whose implementation is nowhere to be found.
     """
-    import sys
-
     from torch._library.custom_ops import OPDEFS
     from torch._library.simple_registry import singleton
 
@@ -39,16 +42,23 @@ def custom_op_code(op: Any) -> dict[str, Any]:
         parts["fake_impl"] = getattr(fake, "func", fake)
     parts["torch_dispatch_rules"] = dict(getattr(getattr(entry, "torch_dispatch_rules", None), "_data", {}) or {})
     parts["py_kernels"] = {str(k): v for k, v in getattr(op, "py_kernels", {}).items()}
+    # Decompositions and lowerings registered for the op by user code.  torch's own
+    # functions in these tables are left out: they are pinned by the torch version, and
+    # Inductor adds some while it compiles (a fallback lowering for every custom op it
+    # meets), so they depend on what this process compiled before, not on the op.  A table
+    # whose module is not loaded holds no user registration (registering imports it).
     tables = [("decomposition_table", "torch._decomp", "decomposition_table"),
               ("inductor_decompositions", "torch._inductor.decomposition", "decompositions"),
-              ("inductor_lowerings", "torch._inductor.lowering", "lowerings"),
-              ("inductor_fallbacks", "torch._inductor.lowering", "fallbacks")]
+              ("inductor_lowerings", "torch._inductor.lowering", "lowerings")]
     for role, module_name, attr in tables:
         module = sys.modules.get(module_name)
         table = getattr(module, attr, None) if module is not None else None
-        if table is not None:
-            found = [] if isinstance(table, collections.abc.Set) else [table[k] for k in (op, op.overloadpacket) if k in table]
-            parts[role] = [op in table] if isinstance(table, collections.abc.Set) else found
+        if table is None:
+            continue
+        found = [table[k] for k in (op, op.overloadpacket) if k in table]
+        user = [fn for fn in found if not _torch_own(fn)]
+        if user:
+            parts[role] = user
     if opdef is None and fake is None and not parts["py_kernels"]:
         raise Uncacheable("custom-op", f"cannot identify the implementation of {qualname}")
     return parts

@@ -34,11 +34,14 @@ def config_snapshots() -> dict[str, dict[str, Any]]:
     }
 
 
-# Per-backend float32 precision settings (torch >= 2.9's API).  Once any of them is set,
-# the legacy getters (``get_float32_matmul_precision``, ``allow_tf32``) may raise, so each
-# value is read on its own and a getter that raises is recorded as such.
-_FP32_PRECISION = (
-    ("fp32_precision", lambda: torch.backends.fp32_precision),
+# Per-backend float32 precision settings (torch >= 2.9's API).  A backend's "none"
+# inherits from torch.backends.fp32_precision, whose "none" is full precision ("ieee"), so
+# the key records each backend's *effective* precision: a process that set the default
+# explicitly (set_float32_matmul_precision("highest") writes "ieee" where it read "none")
+# computes the same and keys the same.  Once the per-backend API is used, the legacy
+# getters (get_float32_matmul_precision, allow_tf32) may raise, and they only restate
+# these values, so they are read only on a torch without the new API.
+_FP32_BACKENDS = (
     ("cuda_matmul_fp32_precision", lambda: torch.backends.cuda.matmul.fp32_precision),
     ("cudnn_conv_fp32_precision", lambda: torch.backends.cudnn.conv.fp32_precision),
     ("cudnn_rnn_fp32_precision", lambda: torch.backends.cudnn.rnn.fp32_precision),
@@ -46,6 +49,16 @@ _FP32_PRECISION = (
     ("mkldnn_conv_fp32_precision", lambda: torch.backends.mkldnn.conv.fp32_precision),
     ("mkldnn_rnn_fp32_precision", lambda: torch.backends.mkldnn.rnn.fp32_precision),
 )
+
+
+def _fp32_precisions() -> dict[str, Any]:
+    root = _read(lambda: torch.backends.fp32_precision)
+    inherited = root if root not in ("none", None) else "ieee"
+    out = {}
+    for name, getter in _FP32_BACKENDS:
+        value = _read(getter)
+        out[name] = inherited if value == "none" else value
+    return out
 
 
 def _read(getter: Callable[[], Any]) -> Any:
@@ -74,18 +87,19 @@ def numerics_flags(*, cpu_code: bool) -> dict[str, Any]:
         # Under deterministic algorithms, empty() and friends are filled (NaN, or the max
         # integer) inside the generated kernels: the fill is baked in.
         "fill_uninitialized_memory": _read(lambda: torch.utils.deterministic.fill_uninitialized_memory),
-        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
         "default_dtype": _read(lambda: str(torch.get_default_dtype())),
         "grad_enabled": _read(torch.is_grad_enabled),
         "cpu_capability": _read(torch.backends.cpu.get_cpu_capability),
-        "cuda_allow_tf32": _read(lambda: bool(cuda.allow_tf32)),
         "cuda_fp16_reduced": _read(lambda: bool(cuda.allow_fp16_reduced_precision_reduction)),
         "cuda_bf16_reduced": _read(lambda: bool(cuda.allow_bf16_reduced_precision_reduction)),
-        "cudnn_allow_tf32": _read(lambda: bool(torch.backends.cudnn.allow_tf32)),
         "cudnn_deterministic": _read(lambda: bool(torch.backends.cudnn.deterministic)),
     }
-    for name, getter in _FP32_PRECISION:
-        flags[name] = _read(getter)
+    if hasattr(torch.backends, "fp32_precision"):
+        flags.update(_fp32_precisions())
+    else:
+        flags["float32_matmul_precision"] = _read(torch.get_float32_matmul_precision)
+        flags["cuda_allow_tf32"] = _read(lambda: bool(cuda.allow_tf32))
+        flags["cudnn_allow_tf32"] = _read(lambda: bool(torch.backends.cudnn.allow_tf32))
     if cpu_code:
         flags["cpu_threads"] = _cpp_thread_count()
     return flags

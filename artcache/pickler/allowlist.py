@@ -345,6 +345,9 @@ _CALLABLE_MODULES = (
     "operator", "_operator", "math", "torch", "torch.functional", "torch.nn.functional",
     "torch._C._nn", "torch._C._linalg", "torch._C._fft", "torch._C._special",
     "torch.linalg", "torch.fft", "torch.special", "torch.fx.experimental.symbolic_shapes",
+    # Graph targets Dynamo keeps whole (in-graph torch functions): masked reductions and
+    # window functions, pure tensor math; referenced by name, never called while decoding.
+    "torch.masked._ops", "torch.signal.windows.windows",
 )
 # Objects that live in those modules but read files, import by name, or compile code,
 # or (attrgetter/methodcaller) turn data strings into attribute access.
@@ -420,4 +423,24 @@ def default_allowlist() -> Allowlist:
         if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__new__ is object.__new__:
             allow.register(cls, "dict")
     allow.register(torch.nn.Module, "dict")
+    _register_return_types(allow)
     return allow.freeze()
+
+
+def _register_return_types(allow: Allowlist) -> None:
+    """``torch.return_types``: the named result tuples of ops such as max, sort, topk,
+    aminmax (plain data; Dynamo's example values hold them).  Stored as their fields and
+    rebuilt by the C struct-sequence constructor, which runs no Python code."""
+    for name in sorted(dir(torch.return_types)):
+        cls = getattr(torch.return_types, name)
+        if isinstance(cls, type) and issubclass(cls, tuple) and type(getattr(cls, "n_sequence_fields", None)) is int:
+            allow.register(cls, "custom", encode=list, decode=_return_type_builder(cls))
+
+
+def _return_type_builder(cls: type) -> Any:
+    def build(fields: Any) -> Any:
+        if type(fields) is not list or len(fields) != cls.n_sequence_fields:  # type: ignore[attr-defined]
+            raise CorruptEntryError(f"bad {cls.__qualname__} fields")
+        return cls(fields)
+
+    return build

@@ -81,6 +81,8 @@ def _to_spec(value: Any) -> Any:
             raise Uncacheable("fx-meta-tensor-without-strides", str(exc)) from exc
     if type(value) in (list, tuple):
         return type(value)(_to_spec(v) for v in value)
+    if isinstance(value, tuple) and type(value).__module__ == "torch.return_types":  # (values, indices) of max, sort...
+        return type(value)([_to_spec(v) for v in value])
     if type(value) is dict:
         return {k: _to_spec(v) for k, v in value.items()}
     return value
