@@ -15,8 +15,9 @@ stays signed.  Export writes every blob before the manifests; a manifest may onl
 blobs that came before it.
 
 Import never trusts the file: pass 1 streams it once and checks every record's digest,
-every blob against its address, every manifest's shape (msgpack only, never pickle; the
-signature first when trusted keys are configured) and the trailer.  Only a bundle that
+every blob against its address, every manifest's envelope and core (sizes capped before a
+record is read; the signature first when trusted keys are configured, as on lookup) and
+the trailer.  Only a bundle that
 passes completely reaches pass 2, which writes blobs (re-checked, the file may have
 changed meanwhile) and then manifests, the commit points.  A refused bundle imports
 nothing.  Neither pass holds more than one record in memory.
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .digest import is_digest
-from .entry import MAX_MANIFEST_BYTES, Manifest, decode_body, decode_envelope, decode_manifest
+from .entry import MAX_MANIFEST_BYTES, Manifest, decode_core, decode_envelope, decode_manifest
 from .errors import ArtcacheError, CorruptEntryError, IncompatibleEntryError
 from .signing import TrustPolicy
 from .store import Store, ac_key, cas_key
@@ -299,10 +300,10 @@ def _verify_stream(r: _Reader, path: str, size: int, trust: TrustPolicy | None) 
 def _check_manifest(key: str, envelope: bytes, blobs: dict[str, tuple[int, int]], trust: TrustPolicy | None) -> None:
     if not is_digest(key):  # 32 raw bytes always hex to a digest; kept as a cheap invariant
         raise _refuse(f"bad entry key {key!r}")
-    parsed = decode_envelope(envelope)
+    parsed = decode_envelope(envelope)  # sizes first: the record's length is capped already
     if trust is not None:
-        trust.check(parsed)  # before the body is parsed, as on lookup
-    manifest = decode_body(parsed.body)
+        trust.check(parsed)  # over the raw bytes, before anything is parsed, as on lookup
+    manifest = decode_core(parsed.core)  # the summary is for the tools, which check it when they read it
     if manifest.key != key:
         raise _refuse(f"record {key[:16]} holds the manifest of {manifest.key[:16]}")
     for ref in manifest.blobs:

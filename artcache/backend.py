@@ -196,8 +196,9 @@ class ArtcacheBackend:
             return compiled
         except ArtcacheError as exc:
             error: ArtcacheError = exc
-        except Exception as exc:  # noqa: BLE001 - the one boundary, see below
-            # Rebuilding runs torch's post-compile code on stored data; whatever it raises,
+        except Exception as exc:  # noqa: BLE001 - the rebuild boundary (artcache.entries docstring)
+            # Rebuilding decodes stored bytes and runs torch's post-compile code on them;
+            # whatever it raises (a RuntimeError from torch, MemoryError, RecursionError),
             # the user's compile must go on (compile and overwrite the entry).  Strict mode
             # re-raises through degrade(), so tests still see every failure.
             error = CorruptEntryError(f"entry {key[:16]} could not be rebuilt: {type(exc).__name__}: {exc}")

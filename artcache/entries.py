@@ -6,6 +6,13 @@ This module is the *one* place that decides what an error means for the user's j
 error a warning (the store's write policy already decided whether it *is* an error),
 and under ``strict`` every error raises.  Stores and the serializer only raise.
 
+Four boundaries catch *any* exception (MemoryError, RecursionError, a library's own error)
+and hand it to ``degrade``, so that the user's compile goes on: :meth:`EntryStore.lookup`
+here (checking stored bytes runs msgpack, hashlib and store code on hostile input), and in
+``backend.ArtcacheBackend`` the rebuild of a looked-up entry (``_load``: decoding, then
+torch's post-compile code on stored data), the keying of a graph and the serialization of
+a compile result (both walk the user's program).  No other code catches everything.
+
 The public facade, :class:`artcache.Cache`, is an ``EntryStore`` that can also make a
 torch.compile backend (``artcache/cache.py``); the backend itself needs only this class.
 """
@@ -25,14 +32,15 @@ from ._version import __version__
 from .config import Settings, settings_from_env
 from .digest import content_digest, is_digest
 from .entry import (
+    MAX_MANIFEST_BYTES,
     BlobRef,
     LoadedEntry,
     Manifest,
     NewBlob,
-    decode_body,
+    SummaryKey,
+    decode_core,
     decode_envelope,
-    encode_body,
-    format_version,
+    encode_parts,
 )
 from .errors import (
     ArtcacheError,
@@ -112,9 +120,17 @@ class EntryStore:
         self.activity = ActivityLog(root) if root is not None and not self.store.read_only else None
 
     # -- error policy (the one place) ------------------------------------------------
-    def degrade(self, operation: str, error: ArtcacheError) -> None:
-        """Count ``error``; raise it under strict mode, else warn once per kind."""
+    def degrade(self, operation: str, error: Exception) -> None:
+        """Count ``error``; raise it under strict mode, else warn once per kind.
+
+        An exception that is not an ``ArtcacheError`` (one a catch-all boundary caught:
+        see the module docstring) counts under its own type and is raised, in strict
+        mode, as a ``CorruptEntryError`` caused by it."""
         kind = f"{operation}:{type(error).__name__}"
+        if not isinstance(error, ArtcacheError):
+            wrapped = CorruptEntryError(f"{type(error).__name__}: {error}")
+            wrapped.__cause__ = error
+            error = wrapped
         self._errors[kind] += 1
         if self.strict:
             raise error
@@ -145,6 +161,12 @@ class EntryStore:
         except StoreError as exc:
             self.degrade("lookup", exc)
             entry, reason = None, "store-error"
+        except Exception as exc:  # noqa: BLE001 - the lookup boundary (module docstring)
+            # Whatever checking hostile bytes raised beyond our own errors (a MemoryError
+            # from a store, a RecursionError, a library's exception) is a miss with a
+            # warning, never the user's failed compile; strict mode raises it.
+            self.degrade("lookup", exc)
+            entry, reason = None, "lookup-error"
         finally:
             self._lookup_seconds += time.perf_counter() - start
         if entry is None:
@@ -155,21 +177,26 @@ class EntryStore:
         return entry
 
     def _fetch(self, key: str) -> tuple[LoadedEntry | None, str]:
-        """The entry, or ``None`` and the miss reason; raises on bad data."""
-        raw = self.store.get(ac_key(key))
+        """The entry, or ``None`` and the miss reason; raises on bad data.
+
+        Bounded before trusted: the manifest is read only up to MAX_MANIFEST_BYTES, its
+        envelope's sizes are checked, under trust its signature is checked over the raw
+        bytes, and only then is its core parsed; each blob is read only up to the size
+        the manifest declares."""
+        raw = self._read_manifest(key)
         if raw is None:
             return None, "absent"
         envelope = decode_envelope(raw)
         if self._trust is not None:
-            # Before decode_body: an untrusted body is never parsed, let alone its blobs.
+            # Before decode_core: an untrusted manifest is never parsed, let alone its blobs.
             self._trust.check(envelope)
-        manifest = decode_body(envelope.body)
+        manifest = decode_core(envelope.core)
         if manifest.key != key:
             raise CorruptEntryError(f"manifest under {key[:16]} claims key {manifest.key[:16]}")
         wanted = {ref.digest: ref for ref in manifest.blobs}
-        # Bounded by the sizes the manifest declares: a larger stored blob is refused
-        # (CorruptEntryError) before it is read.
-        fetched = self.store.get_many_bounded({cas_key(d): ref.size for d, ref in wanted.items()})
+        if len(wanted) != len({(ref.digest, ref.size) for ref in manifest.blobs}):
+            raise CorruptEntryError(f"manifest under {key[:16]} gives one blob two sizes")
+        fetched = self._read_blobs(wanted)
         blobs: dict[str, bytes] = {}
         for digest, ref in wanted.items():
             data = fetched.get(cas_key(digest))
@@ -186,6 +213,19 @@ class EntryStore:
         self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())
         self._hits += 1
         return LoadedEntry(manifest, blobs), ""
+
+    def _read_manifest(self, key: str) -> bytes | None:
+        """The manifest's bytes, refused past MAX_MANIFEST_BYTES (stores with
+        ``bounded_reads`` refuse before reading; the check here covers the others)."""
+        raw = self.store.get_bounded(ac_key(key), MAX_MANIFEST_BYTES)
+        if raw is not None and len(raw) > MAX_MANIFEST_BYTES:
+            raise CorruptEntryError(f"manifest {key[:16]} is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+        return raw
+
+    def _read_blobs(self, refs: Mapping[str, BlobRef]) -> Mapping[str, bytes | None]:
+        """Each blob, refused past the size its manifest declares (before reading, where
+        the store has ``bounded_reads``; the caller checks each length in any case)."""
+        return self.store.get_many_bounded({cas_key(d): ref.size for d, ref in refs.items()})
 
     # -- save --------------------------------------------------------------------------
     def save(
@@ -209,6 +249,7 @@ class EntryStore:
             refs.append(BlobRef(blob.role, digest, len(stored), blob.name, encoding,
                                 len(blob.data) if encoding else None))
             payload[cas_key(digest)] = stored
+        summary = dict(summary or {})
         manifest = Manifest(
             key=key,
             factors=dict(factors),
@@ -216,10 +257,13 @@ class EntryStore:
             created=time.time(),
             producer=f"artcache {__version__}",
             blobs=tuple(refs),
-            summary=dict(summary or {}),
+            summary=summary,
+            compile_seconds=float(summary.get(SummaryKey.COMPILE_SECONDS, 0.0) or 0.0),
         )
+        if self._refuses_own_writes():
+            return None
         try:
-            envelope = sign_envelope(encode_body(manifest), self._signer, format_version(manifest))
+            envelope = sign_envelope(*encode_parts(manifest), self._signer)
             self.store.put_many(payload)
             self.store.put(ac_key(key), envelope)
         except (StoreError, CorruptEntryError) as exc:
@@ -229,9 +273,20 @@ class EntryStore:
         written = len(envelope) + sum(len(b) for b in payload.values())
         self._bytes_written += written
         if self.activity is not None:
-            self.activity.record("save", key=key, bytes=written,
-                                 compile_seconds=manifest.summary.get("compile_seconds", 0.0))
+            self.activity.record("save", key=key, bytes=written, compile_seconds=manifest.compile_seconds)
         return manifest
+
+    def _refuses_own_writes(self) -> bool:
+        """Under trusted keys, a process that cannot sign with a key it trusts writes no
+        manifest: it would refuse the entry itself, and writing it would replace a signed
+        entry (or shadow one in a slower tier) that trusting readers can use."""
+        if self._trust is None or (self._signer is not None and self._trust.trusts(self._signer.key_id)):
+            return False
+        if "save:unsigned" not in self._warned:
+            self._warned.add("save:unsigned")
+            log.info("artcache: trusted keys are set and this process cannot sign with one of them: "
+                     "compiled entries are not saved (set ARTCACHE_SIGNING_KEY to a trusted key to save)")
+        return True
 
     # -- bookkeeping -------------------------------------------------------------------
     def reject(self, key: str, reason: str) -> None:
@@ -245,7 +300,7 @@ class EntryStore:
     def record_hit(self, entry: LoadedEntry, load_seconds: float) -> None:
         """A looked-up entry was rebuilt and is in use: log the time it saved."""
         if self.activity is not None:
-            compile_s = float(entry.manifest.summary.get("compile_seconds", 0.0) or 0.0)
+            compile_s = entry.manifest.compile_seconds
             self.activity.record("hit", key=entry.manifest.key, bytes=sum(len(b) for b in entry.blobs.values()),
                                  load_seconds=round(load_seconds, 4),
                                  saved_seconds=round(max(0.0, compile_s - load_seconds), 4))

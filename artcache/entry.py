@@ -1,20 +1,26 @@
 """Manifest schema (the ``ac/`` keyspace) and its envelope: format version and signature.
 
-On the wire a manifest is a msgpack *envelope*::
+On the wire a manifest is a binary *envelope* (integers little-endian)::
 
-    [MAGIC, FORMAT_VERSION, body: bytes, signature: bytes | None, signer: str | None]
+    magic      b"ARTCACHE"                      8 bytes
+    version    u32                              FORMAT_VERSION
+    signer     u8 length (0 or 16)  | signature u8 length (0 or 64)
+    core       u32 length           | summary   u32 length
+    signer id (ASCII hex), signature, core (msgpack), summary (msgpack)
 
-Format versions: 1 lists each blob as ``[role, digest, size, name]``; 2 adds
-``encoding, raw_size`` (``artcache.blob_codec``: ``"zstd"`` for a compressed blob, whose
-``digest`` and ``size`` are those of the stored frame).  A manifest is written in the
-oldest version that can hold it (:func:`format_version`): 2 only when a blob has an
-encoding, so an artcache that reads only 1 still reads every entry without one and refuses
-the others as incompatible (a miss).  This artcache reads both.
+Everything a reader needs before trusting a manifest sits at fixed offsets, so a lookup
+checks the sizes, then the signature over the raw bytes, and only then parses anything.
+The signature (Ed25519, :mod:`artcache.signing`) covers :func:`signed_message`: a SHA-256
+over the magic, version, both lengths, the core and the summary; the core names every blob
+by its SHA-256, so one signature covers the whole entry.
 
-``body`` is the msgpack encoding of :class:`Manifest`.  A signature (Ed25519, see
-:mod:`artcache.signing`) covers ``MAGIC || version || body``; the body names every blob by
-its SHA-256, so one signature covers the whole entry.  Decoding checks the envelope
-before it looks inside the body, so trust can be enforced before anything is parsed.
+The *core* is what loading needs (key, factors, environment, producer, times, blobs); it
+is read field by field against its schema (:class:`_CoreReader`), never as free-form
+msgpack, so no document can make a lookup build more objects than the fields it names.
+The *summary* is plain data for ``artcache inspect``, ``ls`` and ``explain``; a lookup
+never parses it.  Both sizes are capped (:data:`MAX_MANIFEST_BYTES`, :data:`MAX_CORE_BYTES`)
+before a byte is parsed.  Format version 1 was a msgpack array; such entries read as
+incompatible (a miss), like any other version.
 
 Write order is the commit protocol: blobs first, the manifest last.  A manifest that is
 visible therefore names blobs that were fully written (they may since have been evicted,
@@ -23,6 +29,7 @@ which reads as a miss).
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,15 +41,25 @@ from .digest import is_digest
 from .errors import CorruptEntryError, IncompatibleEntryError
 
 MAGIC = b"ARTCACHE"
-FORMAT_VERSION = 2  # the newest this artcache writes
-READABLE_VERSIONS = (1, 2)
-# The format generation in every cache key (``environment.fingerprint``).  It changes only
-# when entries written before can no longer be read: this artcache still reads version 1,
-# so the entries older writers left keep being found under the same keys.
-KEY_FORMAT = 1
-# Manifests are small (kilobytes).  Anything claiming more is refused before parsing.
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-_MAX_BLOB_SIZE = 1 << 40
+FORMAT_VERSION = 2
+# Manifests are kilobytes (graph text is capped at 64 KiB); anything claiming more than
+# this is refused before it is read.  A lookup holds at most this many bytes of a manifest
+# and parses at most MAX_CORE_BYTES of them; the tools that parse a summary build at most
+# some tens of bytes of Python objects per byte of it.
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_CORE_BYTES = 1 << 20
+MAX_BLOBS = 1 << 13
+MAX_BLOB_SIZE = 1 << 40
+SIGNER_ID_CHARS = 16
+SIGNATURE_BYTES = 64
+# The largest string and map a core may hold (environment values, factor maps).
+_MAX_CORE_STR = 1 << 16
+_MAX_CORE_MAP = 4096
+_HEADER = struct.Struct("<8sIBBII")
+_SIGNED_FIELDS = struct.Struct("<8sIII")
+_SIGNATURE_CONTEXT = b"artcache manifest v2\0"
+# How a format-1 envelope starts: msgpack fixarray(5), bin8(8) b"ARTCACHE".
+_V1_PREFIX = b"\x95\xc4\x08" + MAGIC
 
 
 class BlobRole:
@@ -87,9 +104,10 @@ class SummaryKey:
 @dataclass(frozen=True)
 class BlobRef:
     """One blob of an entry.  ``role`` says what it is (:class:`BlobRole`); ``name`` is a
-    label whose meaning depends on the role.  ``digest`` and ``size`` describe the stored bytes; ``encoding`` says how to get the
-    blob from them (``""``: they are the blob; ``"zstd"``: a frame that decompresses to
-    ``raw_size`` bytes).  ``raw_size`` is ``None`` for a blob stored as it is."""
+    label whose meaning depends on the role.  ``digest`` and ``size`` describe the stored
+    bytes; ``encoding`` says how to get the blob from them (``""``: they are the blob;
+    ``"zstd"``: a frame that decompresses to ``raw_size`` bytes, :mod:`artcache.blob_codec`).
+    ``raw_size`` is ``None`` for a blob stored as it is."""
 
     role: str
     digest: str
@@ -107,7 +125,10 @@ class Manifest:
     created: float
     producer: str
     blobs: tuple[BlobRef, ...]
+    # Plain data for the tools; empty in a manifest a lookup returned (it is not parsed).
     summary: Mapping[str, Any] = field(default_factory=dict)
+    # The compile time this entry saves at each hit (also in the summary, for reading).
+    compile_seconds: float = 0.0
 
     @property
     def total_size(self) -> int:
@@ -142,88 +163,219 @@ class NewBlob:
 
 @dataclass(frozen=True)
 class Envelope:
-    """A decoded envelope: the signed bytes and the signature, body not yet parsed."""
+    """A manifest's envelope, checked for shape and size, core and summary not parsed.
+    ``core`` and ``summary`` are views into the stored bytes (no copies)."""
 
     version: int
-    body: bytes
+    core: bytes | memoryview
+    summary: bytes | memoryview
     signature: bytes | None = None
     signer: str | None = None
 
     @property
-    def signed_bytes(self) -> bytes:
-        return signed_payload(self.version, self.body)
+    def signed_message(self) -> bytes:
+        return signed_message(self.version, self.core, self.summary)
 
 
-def signed_payload(version: int, body: bytes) -> bytes:
-    return MAGIC + struct.pack("<I", version) + body
+def signed_message(version: int, core: bytes | memoryview, summary: bytes | memoryview) -> bytes:
+    """What a signature signs: a context string and the SHA-256 of the signed fields.
+
+    Hashing first lets the raw stored bytes be checked as they are (views, no copy), and
+    binds the lengths, so bytes cannot move between core and summary."""
+    digest = hashlib.sha256(_SIGNED_FIELDS.pack(MAGIC, version, len(core), len(summary)))
+    digest.update(core)
+    digest.update(summary)
+    return _SIGNATURE_CONTEXT + digest.digest()
 
 
 # -- encoding --------------------------------------------------------------------------
-def format_version(manifest: Manifest) -> int:
-    """The oldest format version that holds ``manifest``: 2 if a blob has an encoding."""
-    return 2 if any(b.encoding for b in manifest.blobs) else 1
-
-
-def encode_body(manifest: Manifest) -> bytes:
-    """The body, in the layout of :func:`format_version` of ``manifest``."""
-    if format_version(manifest) == 1:
-        blobs = [[b.role, b.digest, b.size, b.name] for b in manifest.blobs]
-    else:
-        blobs = [[b.role, b.digest, b.size, b.name, b.encoding, b.raw_size if b.encoding else b.size]
-                 for b in manifest.blobs]
-    doc = {
+def encode_parts(manifest: Manifest) -> tuple[bytes, bytes]:
+    """The core and the summary of ``manifest`` (msgpack each); refuses sizes a reader
+    would refuse, so a writer never stores an entry nobody can load."""
+    core = {
         "key": manifest.key,
-        "factors": dict(sorted(manifest.factors.items())),
-        "environment": dict(sorted(manifest.environment.items())),
         "created": float(manifest.created),
         "producer": manifest.producer,
-        "blobs": blobs,
-        "summary": dict(manifest.summary),
+        "compile_seconds": float(manifest.compile_seconds),
+        "factors": dict(sorted(manifest.factors.items())),
+        "environment": dict(sorted(manifest.environment.items())),
+        # [role, digest, size, name], and for an encoded blob also [encoding, raw_size].
+        "blobs": [[b.role, b.digest, b.size, b.name, *([b.encoding, b.raw_size] if b.encoding else [])]
+                  for b in manifest.blobs],
     }
     try:
-        return msgpack.packb(doc, use_bin_type=True)
+        parts = msgpack.packb(core, use_bin_type=True), msgpack.packb(dict(manifest.summary), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise CorruptEntryError(f"manifest summary is not plain data: {exc}") from exc
+    if len(parts[0]) > MAX_CORE_BYTES or len(manifest.blobs) > MAX_BLOBS:
+        raise CorruptEntryError(f"manifest names {len(manifest.blobs)} blobs in {len(parts[0])} bytes, over the limits")
+    if _HEADER.size + SIGNER_ID_CHARS + SIGNATURE_BYTES + len(parts[0]) + len(parts[1]) > MAX_MANIFEST_BYTES:
+        raise CorruptEntryError(f"manifest summary is {len(parts[1])} bytes, over the {MAX_MANIFEST_BYTES} limit")
+    return parts
 
 
 def encode_envelope(
-    body: bytes, signature: bytes | None = None, signer: str | None = None, version: int = FORMAT_VERSION
+    core: bytes, summary: bytes, signature: bytes | None = None, signer: str | None = None
 ) -> bytes:
-    return msgpack.packb([MAGIC, version, body, signature, signer], use_bin_type=True)
+    signer_id = (signer or "").encode("ascii")
+    sig = signature or b""
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(signer_id), len(sig), len(core), len(summary))
+    return b"".join((header, signer_id, sig, core, summary))
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """Unsigned envelope bytes.  :func:`artcache.signing.sign_envelope` adds a signature."""
-    return encode_envelope(encode_body(manifest), version=format_version(manifest))
+    return encode_envelope(*encode_parts(manifest))
 
 
 # -- decoding --------------------------------------------------------------------------
-def _unpack(data: bytes, what: str) -> Any:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise CorruptEntryError(f"{what} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+def decode_envelope(data: bytes | memoryview) -> Envelope:
+    """Check the envelope's shape and sizes; parse nothing else."""
+    view = memoryview(data)
+    if len(view) > MAX_MANIFEST_BYTES:
+        raise CorruptEntryError(f"manifest is {len(view)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+    if view[: len(_V1_PREFIX)] == _V1_PREFIX:
+        raise IncompatibleEntryError(f"manifest format version 1; this artcache reads {FORMAT_VERSION}")
+    if len(view) < _HEADER.size:
+        raise CorruptEntryError("not an artcache manifest (shorter than its header)")
+    magic, version, signer_len, sig_len, core_len, summary_len = _HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise CorruptEntryError("not an artcache manifest (bad magic)")
+    if version != FORMAT_VERSION:
+        raise IncompatibleEntryError(f"manifest format version {version}; this artcache reads {FORMAT_VERSION}")
+    if (signer_len, sig_len) not in ((0, 0), (SIGNER_ID_CHARS, SIGNATURE_BYTES)):
+        raise CorruptEntryError(f"manifest signer/signature lengths {signer_len}/{sig_len}")
+    if core_len > MAX_CORE_BYTES:
+        raise CorruptEntryError(f"manifest core is {core_len} bytes, over the {MAX_CORE_BYTES} limit")
+    start = _HEADER.size + signer_len + sig_len
+    if start + core_len + summary_len != len(view):
+        raise CorruptEntryError("manifest lengths do not add up (truncated or padded)")
+    signer = bytes(view[_HEADER.size : _HEADER.size + signer_len])
+    if signer and not all(c in b"0123456789abcdef" for c in signer):
+        raise CorruptEntryError("manifest signer id is not hex")
+    return Envelope(
+        version,
+        view[start : start + core_len],
+        view[start + core_len :],
+        bytes(view[_HEADER.size + signer_len : start]) or None,
+        signer.decode("ascii") or None,
+    )
+
+
+class _CoreReader:
+    """Reads the core field by field.  Each value's msgpack type byte is checked before it
+    is unpacked, so where the schema wants a string or a number no container can appear,
+    and headers are checked against limits before their items are read: the objects built
+    are the fields the schema names, at most ``MAX_BLOBS`` blob records of them."""
+
+    _STR = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB}
+    _NUMBER = frozenset(range(0x00, 0x80)) | frozenset(range(0xE0, 0x100)) | frozenset(range(0xCA, 0xD4))
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data)
+        self._unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=True, max_buffer_size=max(1, len(self._data)),
+            max_str_len=_MAX_CORE_STR, max_bin_len=0, max_ext_len=0,
+            max_array_len=MAX_BLOBS, max_map_len=_MAX_CORE_MAP,
+        )
+        self._unpacker.feed(self._data)
+
+    def _scalar(self, kinds: frozenset[int], what: str) -> Any:
+        at = self._unpacker.tell()
+        _expect(at < len(self._data) and self._data[at] in kinds, f"{what} has the wrong type")
+        return self._unpacker.unpack()
+
+    def text(self, what: str) -> str:
+        return self._scalar(self._STR, what)  # type: ignore[no-any-return]
+
+    def number(self, what: str) -> int | float:
+        value = self._scalar(self._NUMBER, what)
+        _expect(type(value) in (int, float), f"{what} is not a number")
+        return value  # type: ignore[no-any-return]
+
+    def array(self, what: str) -> int:
+        n: int = self._unpacker.read_array_header()
+        _expect(n <= MAX_BLOBS, f"{what} holds {n} items, over the {MAX_BLOBS} limit")
+        return n
+
+    def _map(self, what: str) -> int:
+        n: int = self._unpacker.read_map_header()
+        _expect(n <= _MAX_CORE_MAP, f"{what} holds {n} items, over the {_MAX_CORE_MAP} limit")
+        return n
+
+    def str_map(self, what: str) -> dict[str, str]:
+        return {self.text(what): self.text(what) for _ in range(self._map(what))}
+
+    def fields(self) -> int:
+        return self._map("the core")
+
+    def end(self) -> None:
+        _expect(self._unpacker.tell() == len(self._data), "trailing bytes after the core")
+
+
+_CORE_FIELDS = frozenset({"key", "created", "producer", "compile_seconds", "factors", "environment", "blobs"})
+
+
+def decode_core(core: bytes | memoryview) -> Manifest:
+    """The manifest's core (everything loading needs); ``summary`` stays empty."""
+    reader = _CoreReader(core)
+    values: dict[str, Any] = {}
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+        for _ in range(reader.fields()):
+            name = reader.text("field name")
+            _expect(name in _CORE_FIELDS and name not in values, f"unknown or repeated field {name!r}")
+            if name in ("key", "producer"):
+                values[name] = reader.text(name)
+            elif name in ("created", "compile_seconds"):
+                values[name] = float(reader.number(name))
+            elif name in ("factors", "environment"):
+                values[name] = reader.str_map(name)
+            else:
+                values[name] = tuple(_blob(reader) for _ in range(reader.array("blobs")))
+        reader.end()
+    except (msgpack.UnpackException, ValueError) as exc:  # truncated, over a limit, wrong type
+        raise CorruptEntryError(f"manifest core is not valid: {exc}") from exc
+    missing = _CORE_FIELDS - set(values)
+    _expect(not missing, f"missing fields {sorted(missing)}")
+    _expect(is_digest(values["key"]), "key is not a sha256 digest")
+    return Manifest(
+        key=values["key"], factors=values["factors"], environment=values["environment"],
+        created=values["created"], producer=values["producer"], blobs=values["blobs"],
+        compile_seconds=values["compile_seconds"],
+    )
+
+
+def _blob(reader: _CoreReader) -> BlobRef:
+    items = reader.array("blob")
+    _expect(items in (4, 6), "blob entry is not [role, digest, size, name(, encoding, raw_size)]")
+    role, digest, size, name = reader.text("role"), reader.text("digest"), reader.number("size"), reader.text("name")
+    _expect(is_digest(digest), f"blob digest {digest[:80]!r} is not sha256")
+    _expect(type(size) is int and 0 <= size <= MAX_BLOB_SIZE, f"blob size {size!r} out of range")
+    if items == 4:
+        return BlobRef(role, digest, size, name)  # type: ignore[arg-type]
+    encoding, raw_size = reader.text("encoding"), reader.number("raw size")
+    _expect(0 < len(encoding) <= 16, "blob encoding is not a short name")
+    _expect(type(raw_size) is int and 0 <= raw_size <= MAX_BLOB_SIZE, f"blob raw size {raw_size!r} out of range")
+    return BlobRef(role, digest, size, name, encoding, raw_size)  # type: ignore[arg-type]
+
+
+def decode_summary(summary: bytes | memoryview) -> dict[str, Any]:
+    """The summary (tools only: a lookup never parses it), msgpack with every limit set
+    from its length: no string, array or map can claim more than the bytes present."""
+    n = len(summary)
+    try:
+        doc = msgpack.unpackb(
+            summary, raw=False, strict_map_key=True, max_str_len=n, max_bin_len=n,
+            max_array_len=n, max_map_len=n // 2, max_ext_len=0, ext_hook=_no_ext,
+        )
     except (msgpack.UnpackException, ValueError) as exc:
-        raise CorruptEntryError(f"{what} is not valid msgpack: {exc}") from exc
+        raise CorruptEntryError(f"manifest summary is not valid msgpack: {exc}") from exc
+    _expect(isinstance(doc, dict), "summary is not a map")
+    return doc  # type: ignore[no-any-return]
 
 
-def decode_envelope(data: bytes) -> Envelope:
-    doc = _unpack(data, "manifest envelope")
-    if not isinstance(doc, list) or len(doc) != 5 or doc[0] != MAGIC:
-        raise CorruptEntryError("not an artcache manifest (bad magic or shape)")
-    _magic, version, body, signature, signer = doc
-    if not isinstance(version, int):
-        raise CorruptEntryError("manifest version is not an integer")
-    if version not in READABLE_VERSIONS:
-        raise IncompatibleEntryError(f"manifest format version {version}; this artcache reads "
-                                     f"{', '.join(map(str, READABLE_VERSIONS))}")
-    if not isinstance(body, bytes):
-        raise CorruptEntryError("manifest body is not bytes")
-    if signature is not None and not isinstance(signature, bytes):
-        raise CorruptEntryError("manifest signature is not bytes")
-    if signer is not None and not isinstance(signer, str):
-        raise CorruptEntryError("manifest signer is not a string")
-    return Envelope(version, body, signature, signer)
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} in a summary")
 
 
 def _expect(cond: bool, why: str) -> None:
@@ -231,47 +383,11 @@ def _expect(cond: bool, why: str) -> None:
         raise CorruptEntryError(f"malformed manifest: {why}")
 
 
-def _str_map(value: Any, what: str) -> dict[str, str]:
-    _expect(isinstance(value, dict), f"{what} is not a map")
-    _expect(all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()), f"{what} holds non-strings")
-    return dict(value)
-
-
-def decode_body(body: bytes) -> Manifest:
-    doc = _unpack(body, "manifest body")
-    _expect(isinstance(doc, dict), "body is not a map")
-    missing = {"key", "factors", "environment", "created", "producer", "blobs", "summary"} - set(doc)
-    _expect(not missing, f"missing fields {sorted(missing)}")
-    _expect(isinstance(doc["key"], str) and is_digest(doc["key"]), "key is not a sha256 digest")
-    _expect(isinstance(doc["created"], (int, float)), "created is not a number")
-    _expect(isinstance(doc["producer"], str), "producer is not a string")
-    _expect(isinstance(doc["summary"], dict), "summary is not a map")
-    _expect(isinstance(doc["blobs"], list), "blobs is not a list")
-    blobs = []
-    for item in doc["blobs"]:
-        # Version 1 lists [role, digest, size, name]: a blob stored as it is.
-        _expect(isinstance(item, list) and len(item) in (4, 6),
-                "blob entry is not [role, digest, size, name(, encoding, raw_size)]")
-        role, digest, size, name = item[:4]
-        encoding, raw_size = item[4:] if len(item) == 6 else ("", size)
-        _expect(isinstance(role, str) and isinstance(name, str), "blob role/name not strings")
-        _expect(isinstance(digest, str) and is_digest(digest), f"blob digest {digest!r} is not sha256")
-        _expect(isinstance(size, int) and 0 <= size <= _MAX_BLOB_SIZE, f"blob size {size!r} out of range")
-        _expect(isinstance(encoding, str) and len(encoding) <= 16, "blob encoding is not a short string")
-        _expect(isinstance(raw_size, int) and 0 <= raw_size <= _MAX_BLOB_SIZE, f"blob raw size {raw_size!r} out of range")
-        _expect(bool(encoding) or raw_size == size, "a blob stored as it is has a raw size other than its size")
-        blobs.append(BlobRef(role, digest, size, name, encoding, raw_size if encoding else None))
+def decode_manifest(data: bytes | memoryview) -> Manifest:
+    """Core and summary, without any trust check (``inspect``, ``ls``, ``gc``)."""
+    envelope = decode_envelope(data)
+    manifest = decode_core(envelope.core)
     return Manifest(
-        key=doc["key"],
-        factors=_str_map(doc["factors"], "factors"),
-        environment=_str_map(doc["environment"], "environment"),
-        created=float(doc["created"]),
-        producer=doc["producer"],
-        blobs=tuple(blobs),
-        summary=doc["summary"],
+        manifest.key, manifest.factors, manifest.environment, manifest.created, manifest.producer,
+        manifest.blobs, decode_summary(envelope.summary), manifest.compile_seconds,
     )
-
-
-def decode_manifest(data: bytes) -> Manifest:
-    """Parse envelope and body without any trust check (``inspect``, ``ls``, ``gc``)."""
-    return decode_body(decode_envelope(data).body)

@@ -16,7 +16,7 @@ from importlib import metadata
 
 import torch
 
-from .entry import KEY_FORMAT
+from .entry import FORMAT_VERSION
 
 # CPU features that change which vector code Inductor's C++ backend emits (its VecISA
 # probing selects among these); a kernel built for avx512 must not load on an avx2 host.
@@ -52,7 +52,7 @@ def fingerprint(device_types: Iterable[str] = ()) -> dict[str, str]:
     touches; GPU capability is only queried for ``cuda`` (that initializes CUDA, which a
     CUDA graph needs anyway)."""
     env = {
-        "artcache_format": str(KEY_FORMAT),
+        "artcache_format": str(FORMAT_VERSION),
         "python": f"{sys.implementation.name} {platform.python_version()}",
         "torch": torch.__version__,
         "torch_git": torch.version.git_version,

@@ -6,7 +6,9 @@ so a key file's contents can be pasted into a CI secret (``ARTCACHE_SIGNING_KEY`
 
 A key id is the first 16 hex digits of the SHA-256 of the public key.  It goes into the
 envelope's ``signer`` slot only as a *hint* for which trusted key to try: the signature
-itself is what is checked, so a forged id gains nothing.
+itself is what is checked, so a forged id gains nothing.  What is signed is
+:func:`artcache.entry.signed_message`, a digest of the envelope's raw fields: the check
+runs on the stored bytes as they are, before any of them is parsed.
 
 PyNaCl (the ``sign`` extra) is imported only when signing or trust is configured, so an
 installation without it works as long as neither is.
@@ -25,14 +27,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .entry import FORMAT_VERSION, Envelope, encode_envelope, signed_payload
+from .entry import FORMAT_VERSION, SIGNATURE_BYTES, SIGNER_ID_CHARS, Envelope, encode_envelope, signed_message
 from .errors import ArtcacheError, UntrustedEntryError
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
-SIGNATURE_BYTES = 64
-KEY_ID_HEX = 16
+KEY_ID_HEX = SIGNER_ID_CHARS
 
 
 def _nacl_signing() -> ModuleType:
@@ -110,12 +111,12 @@ class Signer:
         return bytes(self._key.sign(payload).signature)
 
 
-def sign_envelope(body: bytes, signer: Signer | None, version: int = FORMAT_VERSION) -> bytes:
-    """Envelope bytes for ``body`` (format ``version``), signed when ``signer`` is given."""
+def sign_envelope(core: bytes, summary: bytes, signer: Signer | None) -> bytes:
+    """Envelope bytes for a manifest's core and summary, signed when ``signer`` is given."""
     if signer is None:
-        return encode_envelope(body, version=version)
-    signature = signer.sign(signed_payload(version, body))
-    return encode_envelope(body, signature, signer.key_id, version)
+        return encode_envelope(core, summary)
+    signature = signer.sign(signed_message(FORMAT_VERSION, core, summary))
+    return encode_envelope(core, summary, signature, signer.key_id)
 
 
 # -- readers ----------------------------------------------------------------------------
@@ -137,9 +138,12 @@ class TrustPolicy:
     def key_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._keys))
 
+    def trusts(self, key_id: str) -> bool:
+        return key_id in self._keys
+
     def check(self, envelope: Envelope) -> None:
         """Raise ``UntrustedEntryError`` unless ``envelope`` carries a valid signature by a
-        trusted key.  Looks only at the envelope: the body stays unparsed bytes."""
+        trusted key.  Looks only at the envelope: core and summary stay unparsed bytes."""
         if envelope.signature is None or envelope.signer is None:
             raise UntrustedEntryError("entry is not signed and trusted keys are configured")
         verify_key = self._keys.get(envelope.signer)
@@ -148,7 +152,7 @@ class TrustPolicy:
         if len(envelope.signature) != SIGNATURE_BYTES:
             raise UntrustedEntryError(f"entry signature is {len(envelope.signature)} bytes, not {SIGNATURE_BYTES}")
         try:
-            verify_key.verify(envelope.signed_bytes, envelope.signature)
+            verify_key.verify(envelope.signed_message, envelope.signature)
         except self._bad_signature as exc:
             raise UntrustedEntryError(f"entry signature by key {envelope.signer} does not verify") from exc
 

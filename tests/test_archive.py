@@ -22,6 +22,7 @@ import pytest
 from artcache import Cache, CorruptEntryError, NewBlob, UntrustedEntryError, catalog
 from artcache.archive import BUNDLE_MAGIC, export_bundle, import_bundle, verify_bundle
 from artcache.config import Settings
+from artcache.entry import MAX_MANIFEST_BYTES, decode_envelope, decode_manifest, encode_envelope
 from artcache.errors import ArtcacheError, IncompatibleEntryError
 from artcache.signing import TrustPolicy
 from artcache.store import LocalStore, Store, ac_key, cas_key
@@ -93,7 +94,7 @@ def test_export_import_round_trip_is_identical(source: LocalStore, bundle_file: 
     assert catalog.verify(dest).ok and catalog.verify(dest).entries_checked == 3
     for key in KEYS:
         entry = Cache(dest, settings=Settings(store_urls=("memory://",)), strict=True).lookup(key)
-        assert entry is not None and entry.manifest.summary["title"].startswith("model")
+        assert entry is not None and decode_manifest(dest.get(ac_key(key)) or b"").summary["title"].startswith("model")
 
 
 def test_layout_is_blobs_first_then_manifests_then_trailer(bundle_file: Path) -> None:
@@ -196,6 +197,37 @@ def test_forged_trailers_are_refused(bundle_file: Path, tmp_path: Path) -> None:
     assert import_bundle(dest, tmp_path / "smaller.acb").entries == 2
 
 
+def _replace_last_manifest(data: bytes, payload: bytes) -> bytes:
+    recs = records(data)
+    s, _e, kind = recs[-1]
+    assert kind == b"M"
+    _kind, key, _len, _sha = _RECORD.unpack_from(data, s)
+    body = data[:s] + _RECORD.pack(kind, key, len(payload), hashlib.sha256(payload).digest()) + payload
+    return with_trailer(body, len(recs))
+
+
+def test_hostile_manifest_records_are_bounded(bundle_file: Path, tmp_path: Path) -> None:
+    """Manifests in an archive get the lookup's bounds: the record length is capped before
+    it is read, the core is read against its schema, and a format-1 manifest is refused."""
+    data = bundle_file.read_bytes()
+    bomb_core = b"\x81\xa5blobs\xdd\xff\xff\xff\xff"  # {"blobs": <array of 2**32 items>}
+    _assert_refused(_replace_last_manifest(data, encode_envelope(bomb_core, b"\x80")), tmp_path, "malformed|not valid")
+    v1 = msgpack.packb([b"ARTCACHE", 1, b"\x80", None, None], use_bin_type=True)
+    with pytest.raises(IncompatibleEntryError, match="version 1"):
+        (tmp_path / "v1.acb").write_bytes(_replace_last_manifest(data, v1))
+        import_bundle(LocalStore(tmp_path / "v1"), tmp_path / "v1.acb")
+    recs = records(data)
+    s, _e, _kind = recs[-1]
+    _kind, key, _len, sha = _RECORD.unpack_from(data, s)
+    huge = data[:s] + _RECORD.pack(b"M", key, MAX_MANIFEST_BYTES + 1, sha)  # no payload follows
+    tracemalloc.start()
+    try:
+        _assert_refused(huge, tmp_path, "claims")
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
 def test_rehashed_blob_substitution_is_refused(bundle_file: Path, tmp_path: Path) -> None:
     """A forger who fixes the record digest and the trailer still can't change a blob:
     its key is its SHA-256, and the manifest (maybe signed) names that key."""
@@ -243,11 +275,10 @@ def test_signed_manifests_stay_signed_and_trust_is_enforced_on_import(tmp_path: 
     recs = records(data)
     s, e, _ = recs[-1]
     kind, key, _len, _sha = _RECORD.unpack_from(data, s)
-    env = msgpack.unpackb(data[s + _RECORD.size:e], raw=False)
-    body = msgpack.unpackb(env[2], raw=False)
-    body["summary"]["title"] = "evil"
-    env[2] = msgpack.packb(body, use_bin_type=True)
-    payload = msgpack.packb(env, use_bin_type=True)
+    env = decode_envelope(data[s + _RECORD.size:e])
+    summary = msgpack.unpackb(env.summary, raw=False)
+    summary["title"] = "evil"
+    payload = encode_envelope(bytes(env.core), msgpack.packb(summary, use_bin_type=True), env.signature, env.signer)
     forged = data[:s] + _RECORD.pack(kind, key, len(payload), hashlib.sha256(payload).digest()) + payload
     (tmp_path / "forged.acb").write_bytes(with_trailer(forged, len(recs)))
     verify_bundle(tmp_path / "forged.acb")  # self-consistent...

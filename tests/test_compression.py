@@ -1,15 +1,14 @@
-"""zstd-compressed blobs: where it pays, deterministic, bounded on load, versioned, and
-readable both ways: entries written before compression still load, and a reader without
-zstandard misses cleanly on a compressed entry."""
+"""zstd-compressed blobs: where it pays, deterministic, bounded on load, and a reader
+without zstandard misses cleanly on a compressed entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import tracemalloc
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from artcache import Cache, NewBlob
@@ -17,9 +16,8 @@ from artcache.blob_codec import MIN_SIZE, RAW, ZSTD, decode, encode
 from artcache.archive import export_bundle, import_bundle
 from artcache.config import Settings, settings_from_env
 from artcache.digest import content_digest
-from artcache.entry import MAGIC, BlobRef, decode_envelope, decode_manifest, signed_payload
+from artcache.entry import BlobRef, decode_envelope, decode_manifest, encode_manifest
 from artcache.errors import CorruptEntryError, IncompatibleEntryError
-from artcache.signing import Signer, encode_key
 from artcache.store import LocalStore, MemoryStore, ac_key, cas_key
 
 from .conftest import run_python
@@ -97,7 +95,7 @@ def test_entry_round_trips_compressed_and_shrinks() -> None:
     cache = Cache(store, settings=SETTINGS, strict=True)
     _save(cache)
     raw = store.get(ac_key(KEY))
-    assert raw is not None and decode_envelope(raw).version == 2  # readers of version 1 refuse it
+    assert raw is not None and decode_envelope(raw).version == 2
     refs = {ref.role: ref for ref in decode_manifest(raw).blobs}
     assert (refs["code"].encoding, refs["code"].raw_size) == (ZSTD, len(SOURCE))
     assert refs["code"].size < len(SOURCE) // 5 and store.get(cas_key(refs["code"].digest)) is not None
@@ -128,44 +126,14 @@ def test_a_frame_that_lies_under_a_valid_address_is_a_corrupt_miss() -> None:
     code = manifest.blob("code")
     lie = encode(SOURCE[:-1] + b"!")[1]  # a valid frame of other bytes, stored under its own address
     store.put(cas_key(content_digest(lie)), lie)
-    body = msgpack.unpackb(msgpack.unpackb(store.get(ac_key(KEY)))[2])
-    body["blobs"] = [[*b[:1], content_digest(lie), len(lie), b[3], ZSTD, len(SOURCE) + 5] if b[0] == "code" else b
-                     for b in body["blobs"]]
-    store.put(ac_key(KEY), msgpack.packb([MAGIC, 2, msgpack.packb(body, use_bin_type=True), None, None]))
+    blobs = tuple(dataclasses.replace(b, digest=content_digest(lie), size=len(lie), raw_size=len(SOURCE) + 5)
+                  if b.role == "code" else b for b in manifest.blobs)
+    store.put(ac_key(KEY), encode_manifest(dataclasses.replace(manifest, blobs=blobs)))
     assert cache.lookup(KEY) is None and cache.stats().misses == {"corrupt": 1}
     assert code.raw_size == len(SOURCE)
 
 
-# -- versions: old entries still read; without zstandard a clean miss ----------------------
-def _old_style_entry(store: LocalStore, signer: Signer | None = None) -> None:
-    """An entry exactly as artcache wrote it before compression: blobs stored as they are,
-    a version-1 manifest listing [role, digest, size, name]."""
-    blobs = [("code", SOURCE, "wrapper.py"), ("constant", WEIGHTS, "w")]
-    for _role, data, _name in blobs:
-        store.put(cas_key(content_digest(data)), data)
-    body = msgpack.packb({
-        "key": KEY, "factors": {"graph": "g" * 64}, "environment": {"torch": "test"}, "created": 1.0,
-        "producer": "artcache 0.1.0", "summary": {"title": "old"},
-        "blobs": [[role, content_digest(data), len(data), name] for role, data, name in blobs],
-    }, use_bin_type=True)
-    signature = signer.sign(signed_payload(1, body)) if signer is not None else None
-    store.put(ac_key(KEY), msgpack.packb([MAGIC, 1, body, signature, signer.key_id if signer else None],
-                                         use_bin_type=True))
-
-
-def test_entries_written_before_compression_still_read(tmp_path: Path) -> None:
-    pytest.importorskip("nacl", reason="PyNaCl is not installed (pip install 'artcache[sign]')")
-    store = LocalStore(tmp_path / "old")
-    seed = bytes(range(32))
-    signer = Signer(seed)
-    _old_style_entry(store, signer)
-    cache = Cache(store, settings=Settings(store_urls=("memory://",), trusted_keys=(encode_key(signer.public_key),)),
-                  strict=True)  # under trust: the version-1 signature still verifies
-    entry = cache.lookup(KEY)
-    assert entry is not None and entry.blob("code") == SOURCE and entry.blob("constant") == WEIGHTS
-    assert all(ref.encoding == RAW and ref.raw_size is None for ref in entry.manifest.blobs)
-
-
+# -- without zstandard: a clean miss --------------------------------------------------------
 _WITHOUT_ZSTD = """
 import json, sys
 sys.modules["zstandard"] = None  # as if the package were not installed
@@ -210,19 +178,3 @@ def test_bundles_carry_compressed_blobs_as_stored(tmp_path: Path) -> None:
         entry = Cache(target, settings=SETTINGS, strict=True).lookup(KEY)
         assert entry is not None and entry.blob("code") == SOURCE
     assert sizes[True] < sizes[False] - len(SOURCE) * 0.8
-
-
-def test_an_entry_without_compressed_blobs_stays_version_1(tmp_path: Path) -> None:
-    """Readable by an artcache from before compression: what it wrote, byte for byte."""
-    pytest.importorskip("nacl", reason="PyNaCl is not installed (pip install 'artcache[sign]')")
-    signer = Signer(bytes(range(32)))
-    old = LocalStore(tmp_path / "old")
-    _old_style_entry(old, signer)
-    new = MemoryStore()
-    settings = Settings(store_urls=("memory://",), compress=False, signing_key=encode_key(bytes(range(32))))
-    cache = Cache(new, settings=settings, strict=True)
-    blobs = [NewBlob("code", SOURCE, "wrapper.py"), NewBlob("constant", WEIGHTS, "w")]
-    assert cache.save(KEY, blobs, factors={"graph": "g" * 64}, environment={"torch": "test"}) is not None
-    written, before = decode_envelope(new.get(ac_key(KEY)) or b""), decode_envelope(old.get(ac_key(KEY)) or b"")
-    assert written.version == before.version == 1
-    assert msgpack.unpackb(written.body)["blobs"] == msgpack.unpackb(before.body)["blobs"]

@@ -1,5 +1,11 @@
-"""Hostile stores: crafted entries are refused with a clear reason, nothing they hold is
-executed (a sentinel file must not appear), nothing crashes, and memory stays bounded.
+"""Hostile stores: crafted entries are refused with a clear reason, the object documents they
+hold are decoded without running anything from them (a sentinel file must not appear),
+nothing crashes, and memory stays bounded.
+
+What these tests do *not* show, because it is not true: that nothing in a store runs.  An
+entry's generated wrapper source and C++/Triton kernel libraries are code, and a hit runs
+them; a writer of an unsigned store can ship code that passes every check here.  Only
+signed entries under ``ARTCACHE_TRUSTED_KEYS`` stop that (README, "Security model").
 
 The shared (lower) tier is where hostile bytes come from: every case plants its entry in a
 MemoryStore used as the remote tier under an empty local tier, exactly like a shared cache.
@@ -7,6 +13,7 @@ MemoryStore used as the remote tier under an empty local tier, exactly like a sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -21,7 +28,7 @@ import pytest
 from artcache import Cache, CorruptEntryError, IncompatibleEntryError
 from artcache.config import Settings
 from artcache.digest import content_digest
-from artcache.entry import MAGIC, BlobRef, Manifest, encode_body, encode_envelope
+from artcache.entry import BlobRef, Manifest, decode_manifest, encode_envelope, encode_manifest
 from artcache.output_code import CompiledGraph
 from artcache.pickler import MAGIC as PICKLE_MAGIC
 from artcache.store import LocalStore, MemoryStore, TieredStore, ac_key, cas_key
@@ -81,7 +88,7 @@ def _plant(remote: MemoryStore, blobs: list[tuple[str, bytes]], *, declared: dic
         remote.put(cas_key(digest), data)
         refs.append(BlobRef(role, digest, (declared or {}).get(role, len(data)), digest if role == "data" else ""))
     manifest = Manifest(KEY, {}, {}, 0.0, "hostile", tuple(refs), {})
-    remote.put(ac_key(KEY), encode_envelope(encode_body(manifest)))
+    remote.put(ac_key(KEY), encode_manifest(manifest))
 
 
 def _cache(tmp_path: Path, remote: MemoryStore, *, strict: bool = False) -> Cache:
@@ -141,12 +148,12 @@ def test_huge_declared_size_is_refused_without_allocating(tmp_path: Path) -> Non
     "manifest",
     [
         b"\x80" * 10,
-        msgpack.packb([MAGIC, 1, b"\xc1", None, None], use_bin_type=True),
-        msgpack.packb([MAGIC, 1, msgpack.packb({"key": KEY}), None, None], use_bin_type=True),
-        msgpack.packb([MAGIC, 1, b"\x91" * 100_000 + b"\x01", None, None], use_bin_type=True),
+        encode_envelope(b"\xc1", b""),
+        encode_envelope(msgpack.packb({"key": KEY}), b"\x80"),
+        encode_envelope(b"\x91" * 100_000 + b"\x01", b"\x80"),
         pickle.dumps({"key": KEY}),
     ],
-    ids=["garbage", "bad-body", "missing-fields", "deep-body", "pickled-manifest"],
+    ids=["garbage", "bad-core", "missing-fields", "deep-core", "pickled-manifest"],
 )
 def test_malformed_manifest_is_a_corrupt_miss(tmp_path: Path, manifest: bytes) -> None:
     remote = MemoryStore()
@@ -178,14 +185,12 @@ def test_hostile_entry_under_a_real_key_is_rebuilt(tmp_path: Path) -> None:
     local = LocalStore(store)
     sentinel = tmp_path / "sentinel"
     for info in list(local.iterate("ac/")):
-        manifest = msgpack.unpackb(msgpack.unpackb(local.get(info.key))[2])
+        manifest = decode_manifest(local.get(info.key) or b"")
         bomb = pickle.dumps(_Shell(sentinel))
         local.put(cas_key(content_digest(bomb)), bomb)
-        manifest["blobs"] = [  # [role, digest, size, name, encoding, raw_size]
-            [item[0], content_digest(bomb), len(bomb), item[3], "", len(bomb)] if item[0] == "object" else item
-            for item in manifest["blobs"]
-        ]
-        local.put(info.key, encode_envelope(msgpack.packb(manifest, use_bin_type=True)))
+        blobs = tuple(BlobRef(r.role, content_digest(bomb), len(bomb), r.name) if r.role == "object" else r
+                      for r in manifest.blobs)
+        local.put(info.key, encode_manifest(dataclasses.replace(manifest, blobs=blobs)))
     shutil.rmtree(tmp_path / "ind")
     warm = run_python(script, env=env)
     assert warm.returncode == 0, warm.stderr[-3000:]

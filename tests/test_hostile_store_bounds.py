@@ -25,7 +25,7 @@ import pytest
 from artcache import Cache
 from artcache.config import Settings
 from artcache.digest import checksum, content_digest
-from artcache.entry import BlobRef, Manifest, encode_body, encode_envelope
+from artcache.entry import BlobRef, Manifest, encode_manifest
 from artcache.errors import CorruptEntryError
 from artcache.store import LocalStore, ac_key, cas_key
 from artcache.store.base import MAX_MANIFEST_BYTES
@@ -99,7 +99,7 @@ def test_sparse_blob_is_bounded_by_the_size_its_manifest_declares(tmp_path: Path
     data = payload_for("declared", 1000)
     digest = content_digest(data)
     manifest = Manifest(KEY, {}, {}, 0.0, "test", (BlobRef("object", digest, len(data), ""),), {})
-    store.put(ac_key(KEY), encode_envelope(encode_body(manifest)))
+    store.put(ac_key(KEY), encode_manifest(manifest))
     cache = Cache(store, settings=SETTINGS, strict=False)
     result, seconds, peak = cost(lambda: plant_sparse(store, cas_key(digest)), lambda: cache.lookup(KEY))
     assert result is None and cache.stats().misses == {"corrupt": 2}

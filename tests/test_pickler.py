@@ -296,8 +296,8 @@ class Custom(Opaque):
 def _allow() -> Allowlist:
     allow = default_allowlist().copy()
     for cls in (Color, Point, Frozen, Mutable, Opaque):
-        allow.register(cls)
-    allow.register(Custom, "custom", encode=lambda c: c.v * 2, decode=lambda v: Custom(v // 2))
+        allow.register(cls, reason="a test class")
+    allow.register(Custom, "custom", encode=lambda c: c.v * 2, decode=lambda v: Custom(v // 2), reason="a test class")
     return allow
 
 
@@ -321,7 +321,7 @@ def test_unregistered_classes_and_lambdas_are_uncacheable() -> None:
         with pytest.raises(Uncacheable):
             dumps(obj)
     with pytest.raises(TypeError):  # the default allowlist is frozen
-        default_allowlist().register(Opaque)
+        default_allowlist().register(Opaque, reason="a test class")
     assert default_allowlist() is default_allowlist()
 
 
@@ -343,7 +343,7 @@ def test_deferred_callable_is_imported_at_its_first_call(tmp_path: Path, monkeyp
     import artcache_deferred_probe as probe
 
     allow = default_allowlist().copy()
-    allow.register_deferred_callable("artcache_deferred_probe", "double")
+    allow.register_deferred_callable("artcache_deferred_probe", "double", reason="a test function")
     allow.freeze()
     p = dumps({"f": probe.double}, allow=allow)
     real_hash = hash_object(probe.double, allow=allow)

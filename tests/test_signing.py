@@ -9,16 +9,17 @@ import logging
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 
 from artcache import Cache, NewBlob, UntrustedEntryError
 from artcache.config import Settings, settings_from_env
-from artcache.entry import MAGIC, FORMAT_VERSION, decode_envelope, encode_envelope
+from artcache.entry import FORMAT_VERSION, decode_envelope, encode_envelope, signed_message
 from artcache.errors import ArtcacheError
 from artcache.signing import Signer, TrustPolicy, key_id, parse_key
-from artcache.store import LocalStore, ac_key
+from artcache.store import LocalStore, TieredStore, ac_key
 from artcache.store.redis import RedisStore
 
 from .conftest import run_cli, run_python
@@ -58,14 +59,15 @@ def reader(store: LocalStore, trusted: tuple[str, ...], *, strict: bool = False)
     return Cache(store, settings=settings(trusted=trusted), strict=strict)
 
 
-def envelope_fields(store: LocalStore, key: str = KEY) -> list[object]:
+def envelope_fields(store: LocalStore, key: str = KEY) -> dict[str, Any]:
     raw = store.get(ac_key(key))
     assert raw is not None
-    return msgpack.unpackb(raw, raw=False)  # type: ignore[no-any-return]
+    env = decode_envelope(raw)
+    return {"core": bytes(env.core), "summary": bytes(env.summary), "signature": env.signature, "signer": env.signer}
 
 
-def rewrite(store: LocalStore, fields: list[object], key: str = KEY) -> None:
-    store.put(ac_key(key), msgpack.packb(fields, use_bin_type=True))
+def rewrite(store: LocalStore, fields: dict[str, Any], key: str = KEY) -> None:
+    store.put(ac_key(key), encode_envelope(fields["core"], fields["summary"], fields["signature"], fields["signer"]))
 
 
 # -- keygen ---------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def test_signed_entry_is_accepted_under_trust(keys: dict[str, dict[str, str]], s
     store = LocalStore(store_dir)
     save(store, keys["alice"]["private_path"])
     fields = envelope_fields(store)
-    assert fields[4] == keys["alice"]["key_id"] and isinstance(fields[3], bytes) and len(fields[3]) == 64
+    assert fields["signer"] == keys["alice"]["key_id"] and len(fields["signature"]) == 64
     cache = reader(store, (keys["mallory"]["public_key"], keys["alice"]["public_key"]), strict=True)
     entry = cache.lookup(KEY)
     assert entry is not None and entry.blob("code") == b"print('hi')"
@@ -178,7 +180,7 @@ def test_untrusted_signature_claiming_a_trusted_key_id_is_refused(
     store = LocalStore(store_dir)
     save(store, keys["mallory"]["private_path"])
     fields = envelope_fields(store)
-    fields[4] = keys["alice"]["key_id"]  # the signer slot is a hint, not a credential
+    fields["signer"] = keys["alice"]["key_id"]  # the signer slot is a hint, not a credential
     rewrite(store, fields)
     _refused(store, keys["alice"]["public_key"], caplog)
 
@@ -189,9 +191,9 @@ def test_body_modified_after_signing_is_refused(
     store = LocalStore(store_dir)
     save(store, keys["alice"]["private_path"])
     fields = envelope_fields(store)
-    body = msgpack.unpackb(fields[2], raw=False)
-    body["summary"]["title"] = "tampered"  # still a perfectly valid manifest
-    fields[2] = msgpack.packb(body, use_bin_type=True)
+    summary = msgpack.unpackb(fields["summary"], raw=False)
+    summary["title"] = "tampered"  # still a perfectly valid manifest
+    fields["summary"] = msgpack.packb(summary, use_bin_type=True)
     rewrite(store, fields)
     assert reader(store, ()).lookup(KEY) is not None  # without trust it would load
     _refused(store, keys["alice"]["public_key"], caplog)
@@ -203,9 +205,9 @@ def test_flipped_signature_bit_is_refused(
     store = LocalStore(store_dir)
     save(store, keys["alice"]["private_path"])
     fields = envelope_fields(store)
-    sig = bytearray(fields[3])  # type: ignore[arg-type]
+    sig = bytearray(fields["signature"])
     sig[10] ^= 0x01
-    fields[3] = bytes(sig)
+    fields["signature"] = bytes(sig)
     rewrite(store, fields)
     _refused(store, keys["alice"]["public_key"], caplog)
 
@@ -213,26 +215,25 @@ def test_flipped_signature_bit_is_refused(
 def test_trust_is_checked_before_the_body_is_parsed(
     keys: dict[str, dict[str, str]], store_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A body that would fail to decode reads as "untrusted", not "corrupt": the signature
-    check ran first and nothing in the body was looked at."""
+    """A core that would fail to decode reads as "untrusted", not "corrupt": the signature
+    check ran first and nothing in the manifest was looked at."""
     store = LocalStore(store_dir)
     garbage = b"\xc1 this is not msgpack"
-    store.put(ac_key(KEY), encode_envelope(garbage, b"\0" * 64, keys["alice"]["key_id"]))
+    store.put(ac_key(KEY), encode_envelope(garbage, b"", b"\0" * 64, keys["alice"]["key_id"]))
     plain = reader(store, ())
     assert plain.lookup(KEY) is None
-    assert plain.stats().misses == {"corrupt": 1}  # without trust the body is parsed, and fails
+    assert plain.stats().misses == {"corrupt": 1}  # without trust the core is parsed, and fails
     _refused(store, keys["alice"]["public_key"], caplog)
 
 
 def test_a_validly_signed_garbage_body_only_fails_after_the_check(keys: dict[str, dict[str, str]], store_dir: Path) -> None:
-    """The converse: a trusted signature lets the body through to parsing (and a corrupt
+    """The converse: a trusted signature lets the core through to parsing (and a corrupt
     one is then "corrupt"), so the check is not just refusing everything odd."""
     store = LocalStore(store_dir)
     signer = Signer.from_setting(keys["alice"]["private_path"])
-    body = b"\xc1 this is not msgpack"
-    sig = signer.sign(MAGIC + FORMAT_VERSION.to_bytes(4, "little") + body)
-    store.put(ac_key(KEY), encode_envelope(body, sig, signer.key_id))
-    assert decode_envelope(store.get(ac_key(KEY)) or b"").signed_bytes.endswith(body)
+    core = b"\xc1 this is not msgpack"
+    sig = signer.sign(signed_message(FORMAT_VERSION, core, b""))
+    store.put(ac_key(KEY), encode_envelope(core, b"", sig, signer.key_id))
     cache = reader(store, (keys["alice"]["public_key"],))
     assert cache.lookup(KEY) is None and cache.stats().misses == {"corrupt": 1}
 
@@ -281,3 +282,34 @@ def test_signing_and_trust_in_fresh_processes(keys: dict[str, dict[str, str]], s
     bad = run_python(code, env=env | {"ARTCACHE_TRUSTED_KEYS": keys["mallory"]["public_key"]})
     assert json.loads(bad.stdout.splitlines()[-1]) == {"hits": 0, "misses": {"untrusted": 1}}
     assert "not trusted" in bad.stderr
+    # The process with other trust settings compiled and saved: it must not have replaced
+    # the signed entry, so a reader trusting its writer still hits it.
+    again = run_python(code, env=env | {"ARTCACHE_TRUSTED_KEYS": keys["alice"]["public_path"]})
+    assert json.loads(again.stdout) == {"hits": 1, "misses": {}}, again.stderr
+
+
+def test_a_reader_without_a_trusted_signing_key_never_shadows_a_signed_entry(
+    keys: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """Tiers as on a CI machine: an empty local tier over a shared one holding an entry
+    signed by alice.  A process trusting other keys misses, compiles and saves: nothing of
+    it may land in either tier, or the local copy would shadow the signed one."""
+    shared = LocalStore(tmp_path / "shared")
+    save(shared, keys["alice"]["private_path"])
+    signed = shared.get(ac_key(KEY))
+
+    def tiers() -> TieredStore:
+        return TieredStore([LocalStore(tmp_path / "local"), shared])
+
+    for trusted, signing_key in (((keys["mallory"]["public_key"],), None),
+                                 ((keys["mallory"]["public_key"],), keys["alice"]["private_path"])):
+        other = Cache(tiers(), settings=settings(signing_key, trusted))
+        assert other.lookup(KEY) is None and other.stats().misses == {"untrusted": 1}
+        assert other.save(KEY, [NewBlob("code", b"unsigned")], factors={}, environment={}) is None
+        # (The lookup backfilled the signed bytes into the local tier: the same entry.)
+        assert LocalStore(tmp_path / "local").get(ac_key(KEY)) in (None, signed) and shared.get(ac_key(KEY)) == signed
+    alice = Cache(tiers(), settings=settings(trusted=(keys["alice"]["public_key"],)), strict=True)
+    assert alice.lookup(KEY) is not None
+    # A process that signs with a key it trusts saves as before.
+    both = Cache(tiers(), settings=settings(keys["alice"]["private_path"], (keys["alice"]["public_key"],)), strict=True)
+    assert both.save("6b" * 32, [NewBlob("code", b"x")], factors={}, environment={}) is not None

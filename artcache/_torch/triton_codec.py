@@ -20,14 +20,20 @@ from typing import Any
 
 from .triton_serve import triton_available
 from ..errors import CorruptEntryError, Uncacheable
+from ..pickler.allowlist import check_instance_state
+
+# Function metadata JITFunction copies from the kernel's function (strings, or None once
+# prepare_for_pickle cleared __globals__): the only dunder names its state may hold.
+_JIT_DUNDERS = frozenset({"__globals__", "__doc__", "__name__", "__qualname__", "__module__"})
 
 
 def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] | None) -> Any:
     if type(state) is not dict or not all(type(k) is str for k in state):
         raise CorruptEntryError(f"bad {cls.__name__} state")
-    for k in state:
-        if callable(getattr(cls, k, None)):
-            raise CorruptEntryError(f"bad {cls.__name__} state key {k!r}")
+    metadata = {k for k, v in state.items() if k in _JIT_DUNDERS and (v is None or type(v) is str)}
+    # The pickler's rules for restored state: plain names, no method shadowed, callables
+    # only under declared attributes (no protocol hook such as sympy's _sympy_ planted).
+    check_instance_state(cls, {k: v for k, v in state.items() if k not in metadata})
     obj = object.__new__(cls)
     if setstate is not None:
         setstate(obj, state)
@@ -133,27 +139,30 @@ def _signature_decode(state: Any) -> Any:
 # (module, class, strategy) for the kernel objects of a TritonBundle; "getstate" means the
 # class's __getstate__/__setstate__ define its state.  Looked up by name so that a class a
 # torch/Triton version lacks is simply not allowed.
-_TRITON_CLASSES: tuple[tuple[str, str, str], ...] = (
-    ("torch._inductor.triton_bundler", "StaticallyLaunchedAutotuner", "dataclass"),
-    ("torch._inductor.runtime.triton_heuristics", "StaticTritonCompileResult", "dict"),
-    ("torch._inductor.runtime.triton_heuristics", "InductorConfig", "dict"),
-    ("torch._inductor.runtime.triton_heuristics", "_ConstRepr", "dict"),
-    ("torch._inductor.runtime.static_triton_launcher", "StaticallyLaunchedCudaKernel", "getstate-dict"),
-    ("torch._inductor.runtime.hints", "DeviceProperties", "namedtuple"),
-    ("torch._inductor.runtime.hints", "HeuristicType", "enum"),
-    ("torch._inductor.runtime.hints", "ReductionHint", "enum"),
-    ("torch._inductor.runtime.hints", "TileHint", "enum"),
-    ("torch._inductor.runtime.hints", "AutotuneHint", "enum"),
-    ("torch._inductor.runtime.coordinate_descent_tuner", "CoordescTuner", "dict"),
-    ("torch._guards", "CompileId", "dataclass"),
-    ("triton.runtime.autotuner", "Config", "dict"),
-    ("triton.runtime.jit", "KernelParam", "dict"),
+_HEURISTICS = "torch._inductor.runtime.triton_heuristics"
+_HINT = "a kernel heuristic's enum (CachingAutotuner state)"
+_TRITON_CLASSES: tuple[tuple[str, str, str, str], ...] = (
+    ("torch._inductor.triton_bundler", "StaticallyLaunchedAutotuner", "dataclass", "a statically launched kernel"),
+    (_HEURISTICS, "StaticTritonCompileResult", "dict", "a compiled kernel with its static launcher"),
+    (_HEURISTICS, "InductorConfig", "dict", "a kernel's Inductor settings"),
+    (_HEURISTICS, "_ConstRepr", "dict", "the constant repr prepare_for_pickle leaves on a JITFunction"),
+    ("torch._inductor.runtime.static_triton_launcher", "StaticallyLaunchedCudaKernel", "getstate-dict",
+     "a cubin and its launch metadata"),
+    ("torch._inductor.runtime.hints", "DeviceProperties", "namedtuple", "the GPU a kernel was built for"),
+    ("torch._inductor.runtime.hints", "HeuristicType", "enum", _HINT),
+    ("torch._inductor.runtime.hints", "ReductionHint", "enum", _HINT),
+    ("torch._inductor.runtime.hints", "TileHint", "enum", _HINT),
+    ("torch._inductor.runtime.hints", "AutotuneHint", "enum", _HINT),
+    ("torch._inductor.runtime.coordinate_descent_tuner", "CoordescTuner", "dict", "coordinate-descent tuning state"),
+    ("torch._guards", "CompileId", "dataclass", "which compile a kernel belongs to"),
+    ("triton.runtime.autotuner", "Config", "dict", "a kernel launch config (block sizes, warps)"),
+    ("triton.runtime.jit", "KernelParam", "dict", "a kernel parameter of its signature"),
 )
 # Values a kernel's signature refers to: the "no default/annotation" marker and the
 # constexpr annotation of block-size parameters.
 _TRITON_CALLABLES = (
-    ("inspect", "_empty"),
-    ("triton.language.core", "constexpr"),
+    ("inspect", "_empty", "the no-default marker of a kernel signature"),
+    ("triton.language.core", "constexpr", "the annotation of block-size parameters"),
 )
 
 
@@ -162,30 +171,34 @@ def register_triton_classes(allow: Any) -> None:
         return
     from .patching import find
 
-    for module, name, strategy in _TRITON_CLASSES:
+    for module, name, strategy, reason in _TRITON_CLASSES:
         cls = find(module, name)
         if not isinstance(cls, type):
             continue
         if strategy == "getstate-dict":
             encode, decode = _getstate_codec(cls, use_setstate=False)
-            allow.register(cls, "custom", encode=encode, decode=decode)
+            allow.register(cls, "custom", encode=encode, decode=decode, reason=reason)
         elif strategy == "dict" and cls.__new__ is not object.__new__:
             continue
         else:
-            allow.register(cls, strategy)
+            allow.register(cls, strategy, reason=reason)
     tuner = find("torch._inductor.runtime.triton_heuristics", "CachingAutotuner")
     if isinstance(tuner, type):
         _, decode = _getstate_codec(tuner, use_setstate=True)
-        allow.register(tuner, "custom", encode=_caching_autotuner_encode, decode=decode)
+        allow.register(tuner, "custom", encode=_caching_autotuner_encode, decode=decode,
+                       reason="a kernel with its configs, as torch's TritonBundle pickles it")
     jit = find("triton.runtime.jit", "JITFunction")
     if isinstance(jit, type):
         const_repr = find("torch._inductor.runtime.triton_heuristics", "_ConstRepr")
-        allow.register(jit, "custom", encode=_jit_encode, decode=_jit_decoder(jit, const_repr))
+        allow.register(jit, "custom", encode=_jit_encode, decode=_jit_decoder(jit, const_repr),
+                       reason="a kernel's JITFunction, its function and globals cleared")
     import inspect
 
-    allow.register(inspect.Parameter, "custom", encode=_parameter_encode, decode=_parameter_decode)
-    allow.register(inspect.Signature, "custom", encode=_signature_encode, decode=_signature_decode)
-    for module, name in _TRITON_CALLABLES:
+    allow.register(inspect.Parameter, "custom", encode=_parameter_encode, decode=_parameter_decode,
+                   reason="a parameter of a kernel signature")
+    allow.register(inspect.Signature, "custom", encode=_signature_encode, decode=_signature_decode,
+                   reason="a kernel's signature (JITFunction)")
+    for module, name, reason in _TRITON_CALLABLES:
         obj = find(module, name)
         if obj is not None:
-            allow.register_callable(obj)
+            allow.register_callable(obj, reason=reason)

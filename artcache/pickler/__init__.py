@@ -143,9 +143,14 @@ def loads(
     version = int.from_bytes(view[4:6], "big")
     if version != FORMAT_VERSION:
         raise IncompatibleEntryError(f"pickle format version {version}, this reader has {FORMAT_VERSION}")
+    payload = view[len(_HEADER):]
+    n = len(payload)
     try:
+        # Limits from the input's length: no string, array or map may claim more items
+        # than there are bytes left, and tag markers are the only extension values (empty).
         body = msgpack.unpackb(
-            view[len(_HEADER):], raw=False, strict_map_key=True, use_list=True, ext_hook=ext_hook
+            payload, raw=False, strict_map_key=True, use_list=True, ext_hook=ext_hook,
+            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2, max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:  # truncated, bad UTF-8, too deep
         raise CorruptEntryError(f"malformed msgpack document: {exc}") from exc

@@ -35,46 +35,6 @@ IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
-class Tag(enum.IntEnum):
-    """msgpack ExtType codes that open a *tagged array* ``[ExtType(tag, b""), *payload]``.
-
-    The numbers are part of the on-disk format: never renumber, only append (and bump
-    ``FORMAT_VERSION`` in :mod:`artcache.pickler` when a payload layout changes).
-    """
-
-    TUPLE = 1
-    DICT = 2  # dict whose keys are not all str (str-keyed dicts are native msgpack maps)
-    SET = 3
-    FROZENSET = 4
-    BIGINT = 5
-    COMPLEX = 6
-    SLICE = 7
-    RANGE = 8
-    ELLIPSIS = 9
-    BLOB = 10  # bytes stored out of band: [tag, digest, size]
-    BYTEARRAY = 11
-    ORDERED_DICT = 12
-    DEFAULT_DICT = 13
-    ORDERED_SET = 14
-    PARTIAL = 15
-    OBJ = 20  # allowlisted class instance: [tag, "module:qualname", payload]
-    FN = 21  # allowlisted callable or class reference: [tag, "module:qualname"]
-    OP = 22  # torch.ops OpOverload: [tag, namespace, op, overload]
-    OP_PACKET = 23
-    HOP = 24  # HigherOrderOperator: [tag, name]
-    DTYPE = 30
-    DEVICE = 31
-    SIZE = 32
-    MEMORY_FORMAT = 33
-    LAYOUT = 34
-    TENSOR = 35
-    SYM = 36  # SymInt/SymFloat/SymBool: [tag, kind, expr, hint]
-    SYMPY = 37
-    TREESPEC = 38
-    GRAPH_MODULE = 40
-    NODE = 41
-
-
 def is_plain_name(name: object) -> bool:
     """True for an identifier that is not a dunder (``__globals__``, ``__class__``...)."""
     return isinstance(name, str) and bool(IDENT_RE.match(name)) and not name.startswith("__")
@@ -104,6 +64,8 @@ class ClassEntry:
     strategy: str
     encode: Callable[[Any], Any] | None = None
     decode: Callable[[Any], Any] | None = None
+    # Extra checks of a "dict"/"dataclass" instance's decoded state (raise CorruptEntryError).
+    check: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +103,13 @@ class Allowlist:
     Classes are registered by object (stored as ``"module:qualname"``); the loader maps a
     name back through this registry only, so a name nobody registered never reaches
     ``import``.  Callables (FX targets, defaultdict factories) are either registered one by
-    one or allowed by *module*: see :meth:`resolve_callable` for why that walk is safe.
+    one or allowed by *module*: see :meth:`resolve_callable` for what a module admits.
+
+    Every entry carries a one-line reason (:meth:`reasons`): why an entry needs it, or why a
+    name is denied.  Decoding *constructs* these classes; the callables are only referenced,
+    for torch's runtime to call later, and none of them evaluates strings, loads libraries
+    or touches files (``tests/test_hostile_pickler.py`` decodes random documents naming every
+    entry with those operations trapped).
     """
 
     def __init__(self) -> None:
@@ -151,6 +119,7 @@ class Allowlist:
         self._deferred: set[str] = set()
         self._modules: set[str] = set()
         self._denied: set[str] = set()
+        self._reasons: dict[str, str] = {}
         self._frozen = False
 
     # -- building -------------------------------------------------------------------
@@ -163,6 +132,7 @@ class Allowlist:
         new._deferred = set(self._deferred)
         new._modules = set(self._modules)
         new._denied = set(self._denied)
+        new._reasons = dict(self._reasons)
         return new
 
     def freeze(self) -> Allowlist:
@@ -173,13 +143,25 @@ class Allowlist:
         if self._frozen:
             raise TypeError("this Allowlist is frozen; register on allowlist.copy()")
 
+    def _note(self, key: str, reason: object) -> None:
+        if not isinstance(reason, str) or not reason.strip() or "\n" in reason or "\r" in reason:
+            raise ValueError(f"allowlist entry {key} needs a one-line reason, got {reason!r}")
+        self._reasons[key] = reason.strip()
+
+    def reasons(self) -> dict[str, str]:
+        """Every entry and its reason: ``module:qualname`` (classes and callables),
+        ``module:*`` (a module's functions), ``deny module:name`` (refused names)."""
+        return dict(self._reasons)
+
     def register(
         self,
         cls: type,
         strategy: Strategy = "auto",
         *,
+        reason: str,
         encode: Callable[[Any], Any] | None = None,
         decode: Callable[[Any], Any] | None = None,
+        check: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Allow instances of ``cls`` (exact type, not subclasses), rebuilt by ``strategy``.
 
@@ -187,6 +169,8 @@ class Allowlist:
         frozen classes work and ``__init__``/``__post_init__`` do not run: the stored state
         is restored as it was).  ``enum``: by value.  ``namedtuple``: ``cls._make(fields)``.
         ``dict``: ``object.__new__`` + ``__dict__`` update.  ``custom``: ``decode(encode(obj))``.
+        ``check`` (``dict``/``dataclass``) vets the decoded state beyond the generic rules
+        of :func:`check_instance_state`.
         """
         self._check_mutable()
         if not isinstance(cls, type):
@@ -201,6 +185,8 @@ class Allowlist:
                 raise TypeError("strategy 'custom' needs both encode and decode")
         elif encode is not None or decode is not None:
             raise TypeError("encode/decode are only for strategy 'custom'")
+        if check is not None and strategy not in ("dict", "dataclass"):
+            raise TypeError("check is only for strategies 'dict' and 'dataclass'")
         if strategy == "dataclass" and not dataclasses.is_dataclass(cls):
             raise TypeError(f"{name} is not a dataclass")
         if strategy == "enum" and not issubclass(cls, enum.Enum):
@@ -210,34 +196,40 @@ class Allowlist:
         if strategy == "dict" and cls.__new__ is not object.__new__:
             # object.__new__ on a class with its own __new__ would skip invariants it sets up.
             raise TypeError(f"{name} defines __new__; register it with strategy 'custom'")
-        entry = ClassEntry(cls, name, strategy, encode, decode)
+        self._note(name, reason)
+        entry = ClassEntry(cls, name, strategy, encode, decode, check)
         self._by_cls[cls] = entry
         self._by_name[name] = entry
 
-    def register_callable(self, fn: Any, name: str | None = None) -> None:
+    def register_callable(self, fn: Any, name: str | None = None, *, reason: str) -> None:
         """Allow one callable by name (``module:qualname`` unless given)."""
         self._check_mutable()
-        self._callables[name or qualified_name(fn)] = fn
+        key = name or qualified_name(fn)
+        self._note(key, reason)
+        self._callables[key] = fn
 
-    def register_deferred_callable(self, module: str, name: str) -> None:
+    def register_deferred_callable(self, module: str, name: str, *, reason: str) -> None:
         """Allow the callable ``module:name`` without importing ``module`` now: while that
         module is not imported, the name loads as a :class:`DeferredCallable` (so register
         only callables that nothing compares by identity while the module is unloaded)."""
         self._check_mutable()
         if not _MODULE_RE.match(module) or not is_plain_name(name):
             raise ValueError(f"not a callable reference: {module}:{name}")
+        self._note(f"{module}:{name}", reason)
         self._deferred.add(f"{module}:{name}")
 
-    def allow_module(self, module: str) -> None:
-        """Allow, by name, callables *defined in* ``module`` (see :meth:`resolve_callable`)."""
+    def allow_module(self, module: str, *, reason: str) -> None:
+        """Allow, by name, the *functions* defined in ``module`` (see :meth:`resolve_callable`)."""
         self._check_mutable()
         if not _MODULE_RE.match(module):
             raise ValueError(f"not a module name: {module!r}")
+        self._note(f"{module}:*", reason)
         self._modules.add(module)
 
-    def deny(self, name: str) -> None:
-        """Refuse ``module:qualname`` even though its module is allowed."""
+    def deny(self, name: str, *, reason: str) -> None:
+        """Refuse ``module:name`` even though its module is allowed."""
         self._check_mutable()
+        self._note(f"deny {name}", reason)
         self._denied.add(name)
 
     # -- lookups --------------------------------------------------------------------
@@ -249,6 +241,21 @@ class Allowlist:
         if entry is None:
             raise CorruptEntryError(f"class not allowlisted: {name!r}")
         return entry
+
+    def callable_names(self) -> list[str]:
+        """Every name :meth:`resolve_callable` accepts in this process: registered classes
+        and callables, deferred ones, and each function of an allowed module."""
+        names = set(self._by_name) | set(self._callables) | self._deferred
+        for module_name in self._modules:
+            module = sys.modules.get(module_name)
+            for attr in list(vars(module)) if module is not None else ():
+                name = f"{module_name}:{attr}"
+                try:
+                    self.resolve_callable(name)
+                except CorruptEntryError:
+                    continue
+                names.add(name)
+        return sorted(names)
 
     def callable_name(self, fn: Any) -> str:
         """The name under which ``fn`` resolves back to itself; Uncacheable otherwise."""
@@ -268,19 +275,20 @@ class Allowlist:
         raise Uncacheable("callable-not-allowlisted", f"{module}:{getattr(fn, '__qualname__', fn)!r}")
 
     def resolve_callable(self, name: object) -> Any:
-        """Map ``module:qualname`` to an object without importing or calling anything foreign.
+        """Map ``module:name`` to an object without importing or calling anything foreign.
 
-        Why this is safe although it walks attributes:
-        * the module must be one the reader allowed *exactly* (no prefix matching), and is
-          taken from ``sys.modules`` (or imported: it is a module the reader named);
-        * each segment is an identifier and not a dunder, so the walk cannot reach
-          ``__globals__``, ``__builtins__``, ``__subclasses__`` or spell a call or index;
-        * the first step reads the module's ``__dict__`` (no lazy ``__getattr__`` import
-          hooks run), later steps may only descend through *classes*, and a step that lands
-          on a module is refused, so ``torch:os.system`` cannot hop from torch into ``os``;
-        * the object found must itself be *defined* in an allowed module (its ``__module__``),
-          so re-exports such as ``torch.load`` (from ``torch.serialization``) are refused,
-          and the few dangerous objects that do live in allowed modules are denied by name.
+        Registered classes and callables resolve by their exact name.  An allowed *module*
+        admits only its functions, and only these:
+        * the module is one the reader allowed *exactly* (no prefix matching), taken from
+          ``sys.modules`` (or imported: it is a module the reader named);
+        * ``name`` is one identifier, not a dunder, read from the module's ``__dict__`` (no
+          lazy ``__getattr__`` hook runs, and no walk reaches a class's methods, so e.g.
+          ``ShapeEnv.evaluate_guards_expression``, which ``eval``s, is out of reach);
+        * the object is a plain Python or builtin *function* (no class: some constructors
+          compile code or open files, e.g. ``torch.CompilationUnit``), *defined* in an
+          allowed module (its ``__module__``), so re-exports such as ``torch.load`` (from
+          ``torch.serialization``) are refused, and the few functions of allowed modules
+          that load libraries, read files or evaluate strings are denied by name.
         Nothing found is called here; defaultdict factories and graph targets only run when
         the caller uses the loaded object.
         """
@@ -293,25 +301,20 @@ class Allowlist:
         entry = self._by_name.get(name)
         if entry is not None:
             return entry.cls
-        module_name, sep, qual = name.partition(":")
+        module_name, sep, attr = name.partition(":")
         if not sep or name in self._denied or module_name not in self._modules:
             raise CorruptEntryError(f"callable not allowlisted: {name!r}")
-        parts = qual.split(".")
-        if not all(is_plain_name(p) for p in parts):
-            raise CorruptEntryError(f"callable name has a forbidden segment: {name!r}")
+        if not is_plain_name(attr):
+            raise CorruptEntryError(f"callable name is not one plain identifier: {name!r}")
         module = sys.modules.get(module_name)
         if module is None:
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
                 raise CorruptEntryError(f"module of {name!r} is not importable") from exc
-        obj: Any = vars(module).get(parts[0], _MISSING)
-        for part in parts[1:]:
-            if not isinstance(obj, type):
-                raise CorruptEntryError(f"callable path {name!r} leaves classes")
-            obj = getattr(obj, part, _MISSING)
-        if obj is _MISSING or isinstance(obj, types.ModuleType) or not callable(obj):
-            raise CorruptEntryError(f"callable not found or not callable: {name!r}")
+        obj = vars(module).get(attr, _MISSING)
+        if not isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+            raise CorruptEntryError(f"{name!r} is not a function of an allowed module")
         if getattr(obj, "__module__", None) not in self._modules:
             raise CorruptEntryError(f"{name!r} is defined outside the allowed modules")
         return obj
@@ -340,21 +343,116 @@ def _infer_strategy(cls: type) -> str:
     return "dict"
 
 
+# -- instance state ---------------------------------------------------------------------------
+# Cached derived values that must not be restored: torch's dataclass_with_cached_hash keeps
+# the hash in ``_hash`` (its own __reduce__ drops it); a stored one would let a document pick
+# the hashes of its objects, and so which of them a set or dict compares with ``==``.
+DERIVED_STATE = frozenset({"_hash"})
+
+
+@functools.cache
+def declared_attributes(cls: type) -> frozenset[str]:
+    """Attribute names ``cls`` declares: dataclass fields and annotations along its MRO."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        names.update(vars(klass).get("__annotations__", {}))
+    if dataclasses.is_dataclass(cls):
+        names.update(f.name for f in dataclasses.fields(cls))
+    return frozenset(names)
+
+
+def check_instance_state(cls: type, state: dict[str, Any]) -> None:
+    """The rules every restored ``__dict__`` follows (``dict`` strategy, Triton codecs).
+
+    * names are plain identifiers, never dunders (``__reduce_ex__``, ``__sympy__``...);
+    * derived caches (:data:`DERIVED_STATE`) are not restored;
+    * a name the class defines as a method is not shadowed by stored state;
+    * a *callable* value sits only under a name the class declares (a field or an
+      annotation): protocol hooks that libraries look up on any object, such as sympy's
+      ``_sympy_`` (called when a sympy number is compared with the object), can therefore
+      never be planted on a decoded object.
+    """
+    declared = declared_attributes(cls)
+    for key, value in state.items():
+        if not is_plain_name(key) or key in DERIVED_STATE:
+            raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}")
+        if callable(getattr(cls, key, None)):
+            raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}: shadows a method")
+        if callable(value) and key not in declared:
+            raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}: a callable under an undeclared name")
+
+
+def _check_module_state(state: dict[str, Any]) -> None:
+    """nn.Module state: ``__getattr__`` serves ``_parameters``/``_buffers``/``_modules``
+    entries as attributes, so they may only hold what their names promise; hook tables are
+    empty (a hook would be called with the module's inputs)."""
+    kinds = {"_parameters": torch.nn.Parameter, "_buffers": torch.Tensor, "_modules": torch.nn.Module}
+    for table, kind in kinds.items():
+        values = state.get(table, {})
+        if not isinstance(values, dict) or not all(
+            type(k) is str and not k.startswith("__") and (v is None or isinstance(v, kind)) for k, v in values.items()
+        ):
+            raise CorruptEntryError(f"bad nn.Module {table}")
+    for key, value in state.items():
+        if "hook" in key and value:
+            raise CorruptEntryError(f"nn.Module state {key} is not empty")
+
+
+def _check_sym_int_eq(state: dict[str, Any]) -> None:
+    # SymIntEqByExpr hashes sympy.Integer(val), and int() of a constant sympy expression
+    # evaluates it (Pow(10, 10**9) would take minutes).  Stored values are ints, which a
+    # stored SymInt's expression folds to (a sympy Integer), or expressions with symbols,
+    # which int() refuses at once.
+    val = state.get("val")
+    ok = type(val) is int or isinstance(val, sympy.Integer) or (isinstance(val, sympy.Basic) and not val.is_number)
+    if set(state) != {"val"} or not ok:
+        raise CorruptEntryError("bad SymIntEqByExpr state")
+
+
+# -- the default allowlist, audited entry by entry ----------------------------------------------
 # Modules whose own functions FX graphs call (Dynamo, make_fx and Inductor graphs).
 _CALLABLE_MODULES = (
-    "operator", "_operator", "math", "torch", "torch.functional", "torch.nn.functional",
-    "torch._C._nn", "torch._C._linalg", "torch._C._fft", "torch._C._special",
-    "torch.linalg", "torch.fft", "torch.special", "torch.fx.experimental.symbolic_shapes",
-    # Graph targets Dynamo keeps whole (in-graph torch functions): masked reductions and
-    # window functions, pure tensor math; referenced by name, never called while decoding.
-    "torch.masked._ops", "torch.signal.windows.windows",
+    ("operator", "Python operators in Dynamo graphs (getitem, add, mul...)"),
+    ("_operator", "the C twin of operator, which Dynamo graphs name too"),
+    ("math", "math functions on Python numbers and symbolic sizes"),
+    ("torch", "torch's tensor operations (torch.add, torch.cat...) as graph targets"),
+    ("torch.functional", "Python tensor functions re-exported by torch (einsum, split...)"),
+    ("torch.nn.functional", "F.* functions of user code (linear, gelu, softmax...)"),
+    ("torch._C._nn", "C implementations F.* functions dispatch to (linear, pad...)"),
+    ("torch._C._linalg", "C implementations of torch.linalg"),
+    ("torch._C._fft", "C implementations of torch.fft"),
+    ("torch._C._special", "C implementations of torch.special"),
+    ("torch.linalg", "torch.linalg functions of user code"),
+    ("torch.fft", "torch.fft functions of user code"),
+    ("torch.special", "torch.special functions of user code"),
+    ("torch.fx.experimental.symbolic_shapes", "symbolic-size helpers of user code (sym_eq, guard_or_false...)"),
+    ("torch.masked._ops", "masked reductions Dynamo keeps whole as graph targets (pure tensor math)"),
+    ("torch.signal.windows.windows", "window functions Dynamo keeps whole as graph targets (pure tensor math)"),
 )
-# Objects that live in those modules but read files, import by name, or compile code,
-# or (attrgetter/methodcaller) turn data strings into attribute access.
+# Functions of those modules that read or write files, load libraries, import by name,
+# evaluate strings or call a function they are given (found by scanning each function's
+# code for such names, then read one by one).
 _DENIED = (
-    "torch:compile", "torch:load", "torch:save", "torch:from_file",
-    "torch:set_default_tensor_type", "torch:_import_dotted_name", "torch:_load_global_deps",
-    "operator:attrgetter", "operator:methodcaller", "_operator:attrgetter", "_operator:methodcaller",
+    ("torch:compile", "compiles code"),
+    ("torch:load", "reads files and unpickles"),
+    ("torch:save", "writes files"),
+    ("torch:from_file", "maps a file named by a string"),
+    ("torch:set_default_tensor_type", "imports a class named by a string"),
+    ("torch:_import_dotted_name", "imports a module named by a string"),
+    ("torch:_load_global_deps", "loads shared libraries with ctypes"),
+    ("torch:_preload_cuda_deps", "loads shared libraries with ctypes (older torch)"),
+    ("torch:_preload_cuda_lib", "loads shared libraries with ctypes"),
+    ("torch:_get_cuda_dep_paths", "searches the file system"),
+    ("torch:_import_device_backends", "imports plug-ins from entry points"),
+    ("torch:_is_device_backend_autoload_enabled", "reads the environment"),
+    ("torch:_register_device_module", "installs a module into sys.modules"),
+    ("torch:import_ir_module", "loads TorchScript code from a file"),
+    ("torch:import_ir_module_from_buffer", "loads TorchScript code from bytes"),
+    ("torch:fork", "calls the function it is given on another thread"),
+    ("operator:attrgetter", "turns a data string into attribute access"),
+    ("operator:methodcaller", "turns a data string into a method call"),
+    ("_operator:attrgetter", "turns a data string into attribute access"),
+    ("_operator:methodcaller", "turns a data string into a method call"),
 )
 # builtins is never allowed as a module (eval, exec, open, __import__ live there).
 _BUILTINS = (
@@ -362,23 +460,34 @@ _BUILTINS = (
     "isinstance", "int", "float", "bool", "complex", "str", "bytes", "tuple", "list", "dict",
     "set", "frozenset", "slice", "range",
 )
+_BUILTIN_REASON = "a Python builtin on plain values, as Dynamo graphs call it"
 # Internals that Dynamo/AOTAutograd graphs call; tolerated if a torch version lacks one.
 _TORCH_CALLABLES = (
-    ("torch._C", "_set_grad_enabled"),
-    ("torch.amp.autocast_mode", "_enter_autocast"),
-    ("torch.amp.autocast_mode", "_exit_autocast"),
+    ("torch._C", "_set_grad_enabled", "graphs switch grad mode around no_grad regions"),
+    ("torch.amp.autocast_mode", "_enter_autocast", "graphs enter autocast regions"),
+    ("torch.amp.autocast_mode", "_exit_autocast", "graphs leave autocast regions"),
+    # Classes graphs name as values (isinstance checks, constructors of sizes and info).
+    ("torch", "Tensor", "the tensor class (isinstance checks, output types)"),
+    ("torch.nn.parameter", "Parameter", "the parameter class (isinstance checks, output types)"),
+    ("torch", "Size", "builds a size tuple"),
+    ("torch", "SymInt", "the symbolic int class (isinstance checks)"),
+    ("torch", "SymFloat", "the symbolic float class (isinstance checks)"),
+    ("torch", "SymBool", "the symbolic bool class (isinstance checks)"),
+    ("torch", "finfo", "floating-point type limits"),
+    ("torch", "iinfo", "integer type limits"),
 )
 # Classes found in node.meta of Dynamo/AOT graphs (pytree key paths of unbacked bindings,
 # shape-prop metadata), by module and name so an absent one (older torch) is skipped.
+_KEY_PATH = "a pytree key path of an unbacked symbol binding (node.meta)"
 _META_CLASSES = (
-    ("torch.fx.passes.shape_prop", "TensorMetadata"),
-    ("torch.utils._pytree", "SequenceKey"),
-    ("torch.utils._pytree", "MappingKey"),
-    ("torch.utils._pytree", "GetAttrKey"),
-    ("torch.fx.experimental.symbolic_shapes", "CallMethodKey"),
-    ("torch.fx.experimental.symbolic_shapes", "ConvertIntKey"),
-    ("torch.fx.experimental.symbolic_shapes", "DivideByKey"),
-    ("torch.fx.experimental.symbolic_shapes", "InnerTensorKey"),
+    ("torch.fx.passes.shape_prop", "TensorMetadata", "shape-prop metadata of a node (node.meta)"),
+    ("torch.utils._pytree", "SequenceKey", _KEY_PATH),
+    ("torch.utils._pytree", "MappingKey", _KEY_PATH),
+    ("torch.utils._pytree", "GetAttrKey", _KEY_PATH),
+    ("torch.fx.experimental.symbolic_shapes", "CallMethodKey", _KEY_PATH),
+    ("torch.fx.experimental.symbolic_shapes", "ConvertIntKey", _KEY_PATH),
+    ("torch.fx.experimental.symbolic_shapes", "DivideByKey", _KEY_PATH),
+    ("torch.fx.experimental.symbolic_shapes", "InnerTensorKey", _KEY_PATH),
 )
 
 
@@ -400,29 +509,34 @@ def default_allowlist() -> Allowlist:
     no module-level mutable registry exists for code elsewhere to widen behind our back.
     """
     allow = Allowlist()
-    for module in _CALLABLE_MODULES:
-        allow.allow_module(module)
-    for name in _DENIED:
-        allow.deny(name)
+    for module, reason in _CALLABLE_MODULES:
+        allow.allow_module(module, reason=reason)
+    for name, reason in _DENIED:
+        allow.deny(name, reason=reason)
     for name in _BUILTINS:
-        allow.register_callable(getattr(builtins, name), f"builtins:{name}")
-    for module, name in _TORCH_CALLABLES:
+        allow.register_callable(getattr(builtins, name), f"builtins:{name}", reason=_BUILTIN_REASON)
+    for module, name, reason in _TORCH_CALLABLES:
         fn = _lookup(module, name)
         if fn is not None:
-            allow.register_callable(fn, f"{module}:{name}")
-    allow.register(TensorSpec, "dataclass")
-    for module, name in _META_CLASSES:
+            allow.register_callable(fn, f"{module}:{name}", reason=reason)
+    allow.register(TensorSpec, "dataclass", reason="what FX node metadata keeps of a traced tensor")
+    for module, name, reason in _META_CLASSES:
         cls = _lookup(module, name)
         if isinstance(cls, type):
-            allow.register(cls)
+            allow.register(cls, reason=reason)
+    sym_int_eq = _lookup("torch.fx.experimental.symbolic_shapes", "SymIntEqByExpr")
+    if isinstance(sym_int_eq, type):
+        allow.register(sym_int_eq, "dict", reason="a size compared by its expression (dynamic-shape metadata)",
+                       check=_check_sym_int_eq)
     # Leaf modules that symbolic_trace keeps as call_module targets (nn.Linear, nn.ReLU...).
     # Their state is their __dict__ (_parameters, _buffers, hyper-parameters, empty hook
-    # dicts); any hook callable inside would fail to encode, so nothing runs on load.
+    # dicts), checked by _check_module_state, so nothing runs on load.
     for name in getattr(torch.nn.modules, "__all__", ()):
         cls = getattr(torch.nn.modules, name, None)
         if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__new__ is object.__new__:
-            allow.register(cls, "dict")
-    allow.register(torch.nn.Module, "dict")
+            allow.register(cls, "dict", reason="a leaf module a traced graph calls (call_module)",
+                           check=_check_module_state)
+    allow.register(torch.nn.Module, "dict", reason="the root module of a traced graph", check=_check_module_state)
     _register_return_types(allow)
     return allow.freeze()
 
@@ -434,7 +548,8 @@ def _register_return_types(allow: Allowlist) -> None:
     for name in sorted(dir(torch.return_types)):
         cls = getattr(torch.return_types, name)
         if isinstance(cls, type) and issubclass(cls, tuple) and type(getattr(cls, "n_sequence_fields", None)) is int:
-            allow.register(cls, "custom", encode=list, decode=_return_type_builder(cls))
+            allow.register(cls, "custom", encode=list, decode=_return_type_builder(cls),
+                           reason="a named result tuple of an op (max, sort...), rebuilt from its fields")
 
 
 def _return_type_builder(cls: type) -> Any:

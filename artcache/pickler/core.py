@@ -26,7 +26,13 @@ from torch.utils._ordered_set import OrderedSet
 
 from artcache.digest import content_digest, is_digest
 from artcache.errors import CorruptEntryError, IncompatibleEntryError, Uncacheable
-from artcache.pickler.allowlist import Allowlist, DeferredCallable, qualified_name
+from artcache.pickler.allowlist import (
+    DERIVED_STATE,
+    Allowlist,
+    DeferredCallable,
+    check_instance_state,
+    qualified_name,
+)
 
 # Nesting bound on both sides: dumps refuses deeper objects (Uncacheable) and loads refuses
 # deeper documents (CorruptEntryError) before Python's own recursion limit is near.
@@ -164,7 +170,7 @@ def _encode_obj(enc: Encoder, obj: Any, depth: int) -> list[Any]:
     elif s == "namedtuple":
         payload = [enc.enc(x, depth) for x in obj]
     elif s == "dict":
-        payload = {k: enc.enc(v, depth) for k, v in vars(obj).items()}
+        payload = {k: enc.enc(v, depth) for k, v in vars(obj).items() if k not in DERIVED_STATE}
     else:
         payload = enc.enc(entry.encode(obj), depth)  # type: ignore[misc]
     return [EXT[Tag.OBJ], entry.name, payload]
@@ -329,8 +335,40 @@ class Decoder:
         return list(zip(items[::2], items[1::2]))
 
 
-def _hashable(build: Callable[[], Any]) -> Any:
+# Types Python compares natively: ``==`` between two of them runs no Python-level code.
+_NATIVE = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _comparable(a: Any, b: Any, depth: int = 0) -> bool:
+    """Whether ``a == b`` is safe to run for two decoded values whose hashes collide.
+
+    Safe: natively compared scalars, sympy values (against each other or such scalars),
+    and tuples of those compared position by position.  Anything else is refused, because
+    comparing it may run code chosen by the document: sympy's ``Number.__eq__`` sympifies
+    a tuple or list it is compared with, and ``sympify`` parses the strings inside with
+    ``eval``; records compare their fields the same way.  Legitimate documents have no
+    such collisions (their sets and dicts held distinct values when they were written).
+    """
+    if a is b:
+        return True
+    if (type(a) in _NATIVE or isinstance(a, sympy.Basic)) and (type(b) in _NATIVE or isinstance(b, sympy.Basic)):
+        return True
+    if type(a) is tuple and type(b) is tuple and depth < MAX_DEPTH:
+        return len(a) != len(b) or all(_comparable(x, y, depth + 1) for x, y in zip(a, b))
+    return False
+
+
+def _hashable(keys: list[Any], build: Callable[[], Any]) -> Any:
+    """``build()`` a set or dict of decoded ``keys`` once no two of them would be compared
+    with ``==`` unless that is safe (:func:`_comparable`): sets and dicts call ``__eq__``
+    exactly on hash collisions, so the hashes are checked first."""
+    buckets: dict[int, list[Any]] = {}
     try:
+        for key in keys:
+            bucket = buckets.setdefault(hash(key), [])
+            if not all(_comparable(other, key) for other in bucket):
+                raise CorruptEntryError("two keys or elements collide in hash and may not be compared")
+            bucket.append(key)
         return build()
     except TypeError as exc:  # an unhashable key or element
         raise CorruptEntryError(f"bad key or element: {exc}") from exc
@@ -373,13 +411,16 @@ def _dec_defaultdict(d: Decoder, a: list[Any], depth: int) -> collections.defaul
     corrupt_unless(len(a) >= 2, "bad defaultdict")
     factory = d.dec(a[1], depth)
     corrupt_unless(factory is None or callable(factory), "defaultdict factory is not callable")
-    return _hashable(lambda: collections.defaultdict(factory, d.dec_pairs(a, depth, 2)))
+    pairs = d.dec_pairs(a, depth, 2)
+    return _hashable([k for k, _ in pairs], lambda: collections.defaultdict(factory, pairs))
 
 
 def _dec_partial(d: Decoder, a: list[Any], depth: int) -> functools.partial[Any]:
     corrupt_unless(len(a) == 4, "bad partial")
     func, args, kwargs = (d.dec(x, depth) for x in a[1:])
     corrupt_unless(callable(func) and type(args) is list and type(kwargs) is dict, "bad partial")
+    # getattr bound to stored arguments would be attribute access spelled by the document.
+    corrupt_unless(func is not getattr, "a partial of getattr")
     return functools.partial(func, *args, **kwargs)
 
 
@@ -396,6 +437,8 @@ def _dec_obj(d: Decoder, a: list[Any], depth: int) -> Any:
     if s == "custom":
         return entry.decode(payload)  # type: ignore[misc]
     if s == "enum":
+        # Enum lookup hashes and compares the payload with the members' values: plain only.
+        corrupt_unless(type(payload) in _NATIVE, f"bad {entry.name} value")
         try:
             return cls(payload)
         except ValueError as exc:
@@ -409,14 +452,15 @@ def _dec_obj(d: Decoder, a: list[Any], depth: int) -> Any:
         names = {f.name for f in fields(cls)}
         if set(payload) != names:
             raise IncompatibleEntryError(f"{entry.name} fields changed: stored {sorted(payload)}")
+    else:
+        # Instance state may not shadow a method (a stored `forward` would make calling the
+        # module run whatever allowlisted callable the document chose), nor plant a protocol
+        # hook such as sympy's `_sympy_` (see check_instance_state).
+        check_instance_state(cls, payload)
+    if entry.check is not None:
+        entry.check(payload)
     obj = object.__new__(cls)
     if s == "dict":
-        # Instance state may not shadow a method (e.g. a stored `forward` attribute would
-        # make calling the module run whatever allowlisted callable the document chose).
-        corrupt_unless(
-            all(type(k) is str and not callable(getattr(cls, k, None)) for k in payload),
-            f"bad {entry.name} state key",
-        )
         obj.__dict__.update(payload)
     else:
         for k, v in payload.items():
@@ -424,15 +468,25 @@ def _dec_obj(d: Decoder, a: list[Any], depth: int) -> Any:
     return obj
 
 
+def _dec_collection(kind: Callable[[list[Any]], Any], d: Decoder, a: list[Any], depth: int) -> Any:
+    items = d.dec_items(a, depth)
+    return _hashable(items, lambda: kind(items))
+
+
+def _dec_mapping(kind: Callable[[list[tuple[Any, Any]]], Any], d: Decoder, a: list[Any], depth: int) -> Any:
+    pairs = d.dec_pairs(a, depth)
+    return _hashable([k for k, _ in pairs], lambda: kind(pairs))
+
+
 def plain_tag_handlers() -> dict[int, DecodeHandler]:
     """Decoders of plain Python values, by tag code."""
     h: dict[Tag, DecodeHandler] = {
         Tag.TUPLE: lambda d, a, dp: tuple(d.dec_items(a, dp)),
-        Tag.DICT: lambda d, a, dp: _hashable(lambda: dict(d.dec_pairs(a, dp))),
-        Tag.SET: lambda d, a, dp: _hashable(lambda: set(d.dec_items(a, dp))),
-        Tag.FROZENSET: lambda d, a, dp: _hashable(lambda: frozenset(d.dec_items(a, dp))),
-        Tag.ORDERED_DICT: lambda d, a, dp: _hashable(lambda: collections.OrderedDict(d.dec_pairs(a, dp))),
-        Tag.ORDERED_SET: lambda d, a, dp: _hashable(lambda: OrderedSet(d.dec_items(a, dp))),
+        Tag.DICT: lambda d, a, dp: _dec_mapping(dict, d, a, dp),
+        Tag.SET: lambda d, a, dp: _dec_collection(set, d, a, dp),
+        Tag.FROZENSET: lambda d, a, dp: _dec_collection(frozenset, d, a, dp),
+        Tag.ORDERED_DICT: lambda d, a, dp: _dec_mapping(collections.OrderedDict, d, a, dp),
+        Tag.ORDERED_SET: lambda d, a, dp: _dec_collection(OrderedSet, d, a, dp),
         Tag.DEFAULT_DICT: _dec_defaultdict, Tag.BIGINT: _dec_bigint, Tag.COMPLEX: _dec_complex,
         Tag.SLICE: _dec_slice, Tag.RANGE: _dec_range, Tag.ELLIPSIS: lambda d, a, dp: ...,
         Tag.BLOB: _dec_blob, Tag.BYTEARRAY: _dec_bytearray, Tag.PARTIAL: _dec_partial,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from ..entry import MAX_MANIFEST_BYTES as ENTRY_MANIFEST_CAP
 from ..errors import CorruptEntryError, StoreError
 from .leases import Lease
 
@@ -27,7 +28,7 @@ KEYSPACES = ("cas", "ac")
 # No store writes a manifest (``ac/`` value) larger than this, and the local and Redis
 # stores refuse to read one before allocating it: a manifest is parsed, so its size is
 # bounded before a byte of it is read.
-MAX_MANIFEST_BYTES = 64 << 20
+MAX_MANIFEST_BYTES = ENTRY_MANIFEST_CAP
 # fullmatch, not ``$``: ``$`` also matches before a trailing newline, which would let
 # "cas/<hex>\n" alias "cas/<hex>" in one backend and be a different key in another.
 _KEY_RE = re.compile(r"(cas|ac)/([0-9a-f]{64})")

@@ -148,8 +148,13 @@ class LocalStore(Store):
                     return None
                 except _fs.TooLarge as big:
                     if store_cap is not None and big.size > store_cap:
+                        # Damage or a plant: set aside (a legitimate save heals it) and
+                        # reported, so the caller's error policy warns about it.
                         self._set_aside(shard, name, big.inode)
-                        return None
+                        raise CorruptEntryError(
+                            f"{key} in {self.url} holds {big.size} bytes, over the {store_cap}-byte manifest "
+                            "limit; quarantined"
+                        ) from None
                     raise CorruptEntryError(
                         f"{key} in {self.url} holds {big.size} bytes, more than the {max_bytes} expected"
                     ) from None

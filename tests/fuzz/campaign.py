@@ -254,7 +254,7 @@ def summarize(records: dict[int, dict[str, Any]], meta: dict[str, Any]) -> dict[
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    lines = [f"| outcome | programs |", "|---|---:|"]
+    lines = ["| outcome | programs |", "|---|---:|"]
     lines += [f"| {k}{' (failure)' if k in FAILURES else ''} | {n} |" for k, n in summary["counts"].items()]
     lines += ["", "| kind | " + " | ".join(sorted(summary["counts"])) + " |", "|---|" + "---:|" * len(summary["counts"])]
     for kind, counts in summary["by_kind"].items():
