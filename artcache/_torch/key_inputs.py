@@ -124,8 +124,9 @@ def user_triton_kernels(gm: torch.fx.GraphModule) -> list[list[Any]]:
         ):
             kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
             found.append(("launch", kernel, kernel_side_table.get_constant_args(node.kwargs["constant_args_idx"])))
-        for node in module.graph.find_nodes(op="call_function"):
-            if isinstance(node.target, torch._ops.OpOverload):
+        # find_nodes(op="call_function") needs a target before torch 2.13: walk the nodes.
+        for node in module.graph.nodes:
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
                 for kernel in _op_triton_kernels(node.target):
                     found.append((f"op {node.target._name}", kernel, None))
     if not found:
