@@ -221,6 +221,27 @@ def test_triton_state_follows_the_same_rules() -> None:
             triton_codec._new_with_state(Kernel, state, None)
 
 
+def test_a_typed_callable_attribute_holds_only_its_type() -> None:
+    """A kernel tuner's ``fn`` is its JITFunction, assigned without an annotation: a real
+    one decodes (every GPU hit refused it while undeclared), any other callable there is
+    refused.  A stand-in type plays the JITFunction here."""
+
+    class Jit:
+        def __call__(self) -> None: ...
+
+    class Tuner:
+        pass
+
+    typed = {"fn": Jit}
+    assert isinstance(triton_codec._new_with_state(Tuner, {"fn": Jit()}, None, typed).fn, Jit)
+    assert triton_codec._new_with_state(Tuner, {"fn": None}, None, typed).fn is None
+    with pytest.raises(CorruptEntryError):
+        triton_codec._new_with_state(Tuner, {"fn": Jit()}, None)  # undeclared: refused
+    for planted in (torch.add, print, Jit):
+        with pytest.raises(CorruptEntryError):
+            triton_codec._new_with_state(Tuner, {"fn": planted}, None, typed)
+
+
 # -- the allowlist, entry by entry ------------------------------------------------------------
 def test_every_allowlist_entry_has_a_one_line_reason() -> None:
     allow = entry_allowlist()

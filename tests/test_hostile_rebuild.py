@@ -19,7 +19,7 @@ from artcache.config import Settings
 from artcache.entry import LoadedEntry, decode_manifest
 from artcache.errors import CorruptEntryError
 from artcache.output_code import CompiledGraph
-from artcache.store import LocalStore, cas_key
+from artcache.store import LocalStore
 
 from .conftest import run_python
 
@@ -44,9 +44,11 @@ def _tamper(store: Path, *, rekey: bool) -> None:
     from torch._inductor.codecache import code_hash
 
     local = LocalStore(store)
+    reader = Cache(local, settings=SETTINGS, strict=True)
     for info in list(local.iterate("ac/")):
         manifest = decode_manifest(local.get(info.key) or b"")
-        loaded = LoadedEntry(manifest, {r.digest: local.get(cas_key(r.digest)) or b"" for r in manifest.blobs})
+        loaded = reader.lookup(manifest.key)  # verified and decompressed, as a hit reads it
+        assert loaded is not None
         graph = CompiledGraph.from_loaded(loaded)
         for code in entry_parts.output_codes(graph.entry):
             code.source_code = "def call(args):\n    return (\n"  # unbalanced: a SyntaxError

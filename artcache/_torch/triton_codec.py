@@ -27,13 +27,14 @@ from ..pickler.allowlist import check_instance_state
 _JIT_DUNDERS = frozenset({"__globals__", "__doc__", "__name__", "__qualname__", "__module__"})
 
 
-def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] | None) -> Any:
+def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] | None,
+                    typed_callables: Mapping[str, type] | None = None) -> Any:
     if type(state) is not dict or not all(type(k) is str for k in state):
         raise CorruptEntryError(f"bad {cls.__name__} state")
     metadata = {k for k, v in state.items() if k in _JIT_DUNDERS and (v is None or type(v) is str)}
     # The pickler's rules for restored state: plain names, no method shadowed, callables
     # only under declared attributes (no protocol hook such as sympy's _sympy_ planted).
-    check_instance_state(cls, {k: v for k, v in state.items() if k not in metadata})
+    check_instance_state(cls, {k: v for k, v in state.items() if k not in metadata}, typed_callables)
     obj = object.__new__(cls)
     if setstate is not None:
         setstate(obj, state)
@@ -42,7 +43,8 @@ def _new_with_state(cls: type, state: Any, setstate: Callable[[Any, Any], None] 
     return obj
 
 
-def _getstate_codec(cls: type, *, use_setstate: bool) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+def _getstate_codec(cls: type, *, use_setstate: bool,
+                    typed_callables: Mapping[str, type] | None = None) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """Store what the class's own ``__getstate__`` returns (what torch's pickle stores);
     rebuild with ``object.__new__`` and its ``__setstate__`` (or a ``__dict__`` update)."""
     setstate = cls.__dict__.get("__setstate__") if use_setstate else None
@@ -53,7 +55,7 @@ def _getstate_codec(cls: type, *, use_setstate: bool) -> tuple[Callable[[Any], A
         return {k: v for k, v in obj.__getstate__().items() if not isinstance(getattr(cls, k, None), functools.cached_property)}
 
     def decode(state: Any) -> Any:
-        return _new_with_state(cls, state, setstate)
+        return _new_with_state(cls, state, setstate, typed_callables)
 
     return encode, decode
 
@@ -183,11 +185,14 @@ def register_triton_classes(allow: Any) -> None:
         else:
             allow.register(cls, strategy, reason=reason)
     tuner = find("torch._inductor.runtime.triton_heuristics", "CachingAutotuner")
+    jit = find("triton.runtime.jit", "JITFunction")
     if isinstance(tuner, type):
-        _, decode = _getstate_codec(tuner, use_setstate=True)
+        # The tuner's kernel function, assigned in __init__ without an annotation: only a
+        # JITFunction (decoded by its own codec below, its function and globals cleared).
+        _, decode = _getstate_codec(tuner, use_setstate=True,
+                                    typed_callables={"fn": jit} if isinstance(jit, type) else None)
         allow.register(tuner, "custom", encode=_caching_autotuner_encode, decode=decode,
                        reason="a kernel with its configs, as torch's TritonBundle pickles it")
-    jit = find("triton.runtime.jit", "JITFunction")
     if isinstance(jit, type):
         const_repr = find("torch._inductor.runtime.triton_heuristics", "_ConstRepr")
         allow.register(jit, "custom", encode=_jit_encode, decode=_jit_decoder(jit, const_repr),

@@ -18,7 +18,7 @@ import importlib
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -361,7 +361,7 @@ def declared_attributes(cls: type) -> frozenset[str]:
     return frozenset(names)
 
 
-def check_instance_state(cls: type, state: dict[str, Any]) -> None:
+def check_instance_state(cls: type, state: dict[str, Any], typed_callables: Mapping[str, type] | None = None) -> None:
     """The rules every restored ``__dict__`` follows (``dict`` strategy, Triton codecs).
 
     * names are plain identifiers, never dunders (``__reduce_ex__``, ``__sympy__``...);
@@ -370,14 +370,22 @@ def check_instance_state(cls: type, state: dict[str, Any]) -> None:
     * a *callable* value sits only under a name the class declares (a field or an
       annotation): protocol hooks that libraries look up on any object, such as sympy's
       ``_sympy_`` (called when a sympy number is compared with the object), can therefore
-      never be planted on a decoded object.
+      never be planted on a decoded object;
+    * ``typed_callables`` names further attributes that hold a callable of one exact kind
+      (a Triton kernel object's ``fn`` is its ``JITFunction``, assigned in ``__init__``
+      without an annotation): there a callable passes only as an instance of that type.
     """
     declared = declared_attributes(cls)
+    typed = typed_callables or {}
     for key, value in state.items():
         if not is_plain_name(key) or key in DERIVED_STATE:
             raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}")
         if callable(getattr(cls, key, None)):
             raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}: shadows a method")
+        if key in typed and value is not None:
+            if not isinstance(value, typed[key]):
+                raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}: not a {typed[key].__qualname__}")
+            continue
         if callable(value) and key not in declared:
             raise CorruptEntryError(f"bad {cls.__qualname__} state key {key!r}: a callable under an undeclared name")
 

@@ -170,7 +170,7 @@ def classify(program: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any]
             return "warm-differs", "warm output not equal to cold (bitwise where deterministic)"
         return "hit", ""
     if warm["stats"]["hits"]:
-        if conditions.affects(condition, program.get("device", "cpu")):
+        if conditions.affects(condition, program.get("device", "cpu"), program["kind"]):
             return "stale-hit", f"{condition['name']} {condition['cold']} -> {condition['warm']}: {json.dumps(warm['stats'])}"
         if "compiled" not in warm:
             return "warm-error", warm.get("compiled_error", "")[:300]

@@ -37,11 +37,16 @@ def changed(condition: dict[str, Any]) -> bool:
     return bool(condition["cold"] != condition["warm"])
 
 
-def affects(condition: dict[str, Any], device: str) -> bool:
+def affects(condition: dict[str, Any], device: str, kind: str = "forward") -> bool:
     """Whether the condition can change the compiled program.  The thread count sizes the
-    buffers of Inductor's C++ code only: a program all on a GPU runs none."""
+    buffers of Inductor's C++ code only: a program all on a GPU runs none.  An optimizer's
+    ``step`` sets grad mode itself (``torch.set_grad_enabled(differentiable)``, and the
+    generator never makes a differentiable optimizer), so the ambient grad mode does not
+    reach its graph; a hit there is then checked bitwise against a fresh compile."""
     if condition["name"] == "threads":
         return device == "cpu"
+    if condition["name"] == "grad_mode" and kind == "optimizer":
+        return False
     return True
 
 
