@@ -471,6 +471,10 @@ def render(records: dict[str, dict[str, Any]], args: argparse.Namespace, elapsed
     lines += ["", "## Skipped", ""]
     for reason in sorted({s for s, _ in skipped}):
         lines.append(f"- {reason}: " + ", ".join(f"`{n}`" for s, n in skipped if s == reason))
+    errors = collections.Counter(r["error"].split("\n")[0][:160] for r in records.values() if r.get("skip") == "eager-error")
+    if errors:
+        lines += ["", "Most common eager errors:", ""]
+        lines += [f"- {n} x `{message}`" for message, n in errors.most_common(5)]
     mismatch = sorted(n for n, r in records.items() if r.get("cold_matches_eager") is False)
     lines += ["", f"## Cold compile vs eager beyond rtol=atol=1e-3 (Inductor's numerics, not the cache): {len(mismatch)}", "",
               ", ".join(f"`{n}`" for n in mismatch) or "none"]
