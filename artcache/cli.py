@@ -1,7 +1,10 @@
 """The ``artcache`` command: parse arguments, call the library, print.  No logic here.
 
 Every command that prints data takes ``--format table|json``; every command that deletes
-takes ``--dry-run`` and prints its plan first.
+prints its plan first, takes ``--dry-run``, and on a terminal asks before deleting unless
+``-y``.  Stored strings are printed escaped (:mod:`artcache.cli_io`).  A tier that fails
+is skipped with a warning; ``verify``, ``export`` and ``import``, which need every tier,
+exit 1 instead.  Closing stdout early (``| head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from .activity import ActivityLog
 from .cli_io import confirm, emit, human, on_terminal, printable, shown_url, silence_stdout, table, when
 from .config import parse_size, settings_from_env
 from .entries import local_root
-from .entry import decode_envelope, decode_manifest
-from .errors import ArtcacheError
+from .entry import Envelope, decode_envelope, decode_manifest
+from .errors import ArtcacheError, UntrustedEntryError
 from .explain import MAX_CANDIDATES, explain
 from .store import Store, TieredStore, ac_key, open_store
 from .summary_view import SignerView, render_entry
@@ -57,8 +60,16 @@ def _tiers_down(args: argparse.Namespace, what: str) -> int:
     return EXIT_INCOMPLETE if down else 0
 
 
-def _signer_view(signer: str, trust: signing.TrustPolicy | None) -> SignerView:
-    return SignerView(signer, None if trust is None else bool(signer) and trust.trusts(signer))
+def _signer_view(envelope: Envelope, trust: signing.TrustPolicy | None) -> SignerView:
+    """Who signed, and under trusted keys whether a lookup would accept the signature."""
+    signer = envelope.signer or ""
+    if trust is None:
+        return SignerView(signer, None)
+    try:
+        trust.check(envelope)
+    except UntrustedEntryError as exc:
+        return SignerView(signer, False, str(exc))
+    return SignerView(signer, True)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -85,7 +96,7 @@ def cmd_inspect(args: argparse.Namespace, store: Store) -> int:
     if raw is None:
         raise ArtcacheError(f"entry {key[:16]} vanished or failed its checksum")
     manifest = decode_manifest(raw)
-    signer = _signer_view(decode_envelope(raw).signer or "", _trust())
+    signer = _signer_view(decode_envelope(raw), _trust())
     data = asdict(manifest) | {"signer": signer.key_id or None, "trusted": signer.trusted}
     _emit(args, data, render_entry(manifest, signer, graph=args.graph, factors=args.factors))
     return 0
@@ -214,8 +225,9 @@ def cmd_verify(args: argparse.Namespace, store: Store) -> int:
         text += f"\nsigners: {signers}"
     if report.quarantined:
         root = local_root(store)
-        where = f" to {root / 'quarantine'}" if root is not None else ""
-        text += f"\nquarantined {len(report.quarantined)} file(s){printable(where)}: a save of the same entry heals them"
+        where = f"to {root / 'quarantine'}" if root is not None else "(a shared tier deletes them)"
+        text += (f"\nquarantined {len(report.quarantined)} file(s) {printable(where)}: "
+                 "a save of the same entry heals them")
     text += (
         f"\nchecked {report.entries_checked} entries, {report.blobs_checked} blobs, "
         f"{human(report.bytes_checked)}: {'OK' if report.ok else f'{len(report.problems)} problem(s)'}"

@@ -41,12 +41,11 @@ class SignerView:
 
     key_id: str  # "" when unsigned
     trusted: bool | None  # None: no trusted keys configured, so nothing was checked
+    why: str = ""  # why a lookup would refuse it, when untrusted
 
     def text(self) -> str:
-        if not self.key_id:
-            return "unsigned" + (" (untrusted: ARTCACHE_TRUSTED_KEYS is set)" if self.trusted is False else "")
-        verdict = {None: "", True: " (trusted)", False: " (untrusted)"}[self.trusted]
-        return f"key {self.key_id}{verdict}"
+        verdict = {None: "", True: " (trusted: signature verified)", False: f" (untrusted: {self.why})"}[self.trusted]
+        return ("unsigned" if not self.key_id else f"key {self.key_id}") + printable(verdict)
 
 
 def _function_and_kind(summary: Any) -> tuple[str, str]:

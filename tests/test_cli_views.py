@@ -136,7 +136,9 @@ def test_signer_shown_and_trust_checked(store_dir: Path, tmp_path: Path) -> None
     proc = run_cli("--store", url(store_dir), "verify", "--format", "json", env=trusting)
     assert proc.returncode == 1
     assert [(p["kind"], p["key"][0]) for p in json.loads(proc.stdout)["problems"]] == [("untrusted", "b")]
-    assert "(trusted)" in run_cli("--store", url(store_dir), "inspect", "aaaa", env=trusting).stdout
+    assert "(trusted: signature verified)" in run_cli("--store", url(store_dir), "inspect", "aaaa", env=trusting).stdout
+    assert "unsigned (untrusted: entry is not signed" in run_cli("--store", url(store_dir), "inspect", "bbbb",
+                                                                 env=trusting).stdout
 
     other = {"ARTCACHE_TRUSTED_KEYS": theirs.public_path}
     proc = run_cli("--store", url(store_dir), "verify", env=other)
