@@ -3,7 +3,7 @@
 Everything a store holds is hostile, titles and graph text included: :func:`printable`
 escapes control and format characters (ANSI escapes, carriage returns, bidirectional
 overrides) so that no stored string can move the cursor, rewrite earlier lines or
-reorder what a terminal shows.  ``_table`` escapes every cell; multi-line text is
+reorder what a terminal shows.  :func:`table` escapes every cell; multi-line text is
 escaped line by line.
 """
 
