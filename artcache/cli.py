@@ -191,7 +191,7 @@ def cmd_explain(args: argparse.Namespace, store: Store) -> int:
     root = local_root(store)
     result = explain(store, ActivityLog(root) if root is not None else None, args.key,
                      limit=None if args.all else MAX_CANDIDATES)
-    lines = [f"{result.source} {result.key[:16]}" + (" (stored now)" if result.stored else "")]
+    lines = [f"{result.source} {printable(result.key[:16])}" + (" (stored now)" if result.stored else "")]
     if not result.candidates:
         lines.append("no stored entries to compare with")
     for c in result.candidates:
@@ -263,12 +263,14 @@ def _run_plan(args: argparse.Namespace, store: Store, plan: catalog.DeletePlan) 
 
 def cmd_gc(args: argparse.Namespace, store: Store) -> int:
     max_size = parse_size(args.max_size) if args.max_size else settings_from_env().max_size
-    return _run_plan(args, store, catalog.plan_gc(store, max_size))
+    code = _run_plan(args, store, catalog.plan_gc(store, max_size))
+    return code or _tiers_down(args, "nothing there was planned or deleted")
 
 
 def cmd_rm(args: argparse.Namespace, store: Store) -> int:
     keys = [catalog.find_entry(store, ref) for ref in args.entries]
-    return _run_plan(args, store, catalog.plan_rm(store, keys))
+    code = _run_plan(args, store, catalog.plan_rm(store, keys))
+    return code or _tiers_down(args, "the entries there were not deleted")
 
 
 def _progress(args: argparse.Namespace) -> archive.Progress | None:
@@ -372,10 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
     p = add("gc", "remove broken entries, old orphan blobs, and LRU entries over a size", dry=True)
     p.add_argument("--max-size", help="shrink the store to this size (e.g. 20G); default $ARTCACHE_MAX_SIZE")
-    p.set_defaults(func=cmd_gc)
+    p.set_defaults(func=cmd_gc, needs_every_tier=True)
     p = add("rm", "remove entries and the blobs only they use", dry=True)
     p.add_argument("entries", nargs="+", help="entry keys or unique prefixes")
-    p.set_defaults(func=cmd_rm)
+    p.set_defaults(func=cmd_rm, needs_every_tier=True)
     p = add("export", "write entries and their blobs to one self-verifying bundle file", progress=True)
     p.add_argument("file", help="bundle file to write")
     p.add_argument("--keys", nargs="+", metavar="K", help="entry keys or unique prefixes (default: every entry)")
@@ -411,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         silence_stdout()
         return EXIT_PIPE
     except ArtcacheError as exc:
-        print(f"artcache: error: {exc}", file=sys.stderr)
+        print(f"artcache: error: {printable(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -98,6 +98,14 @@ def test_import_fails_when_a_tier_is_down(tiered_dead: str, store_dir: Path, tmp
     assert "down" in proc.stderr and "redis://127.0.0.1" in proc.stderr
 
 
+def test_rm_fails_when_a_tier_is_down_and_ls_warns(tiered_dead: str) -> None:
+    listing = run_cli("--store", tiered_dead, "ls")
+    assert listing.returncode == 0 and "model a" in listing.stdout
+    assert listing.stderr.count("\n") == 1 and "is down" in listing.stderr and "timeout" not in listing.stderr
+    proc = run_cli("--store", tiered_dead, "rm", "aaaa")
+    assert proc.returncode == 1 and "not deleted" in proc.stderr, proc.stdout + proc.stderr
+
+
 def test_verify_import_export_pass_with_every_tier_up(store_dir: Path, tmp_path: Path) -> None:
     _save(store_dir, "a" * 64, title="model a")
     bundle = tmp_path / "b.bundle"
