@@ -61,7 +61,7 @@ def test_piped_to_head_exits_quietly(store_dir: Path, args: list[str]) -> None:
     # Long titles make every listing far larger than a pipe's buffer, so the writes go on
     # after `head` has exited.
     for c in "abcdef":
-        _save(store_dir, c * 64, title=f"{c} " * 40_000, extra={"inputs": [f"x{i}" for i in range(20_000)]})
+        _save(store_dir, c * 64, title=f"{c} " * 100_000, extra={"inputs": [f"x{i}" for i in range(20_000)]})
     cmd = [sys.executable, "-m", "artcache.cli", "--store", url(store_dir), *args]
     head = subprocess.run(f"{' '.join(cmd)} | head -c 10", shell=True, env=_cli_env(), capture_output=True,
                           text=True, timeout=120)
