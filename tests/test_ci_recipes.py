@@ -184,6 +184,14 @@ def test_gitlab_recipe(tmp_path: Path) -> None:
     assert_cold(stats(f"file://{ws}/.artcache-store", env))
     ws, env = _gitlab_job(job, runner, storage)
     assert_warm(stats(f"file://{ws}/.artcache-store", env))
+    # A damaged cached bundle imports nothing: the job still passes, compiles cold and
+    # leaves a good bundle behind.
+    [bundle] = storage.rglob("*.bundle")
+    bundle.write_bytes(bundle.read_bytes()[:-100])
+    ws, env = _gitlab_job(job, runner, storage)
+    assert_cold(stats(f"file://{ws}/.artcache-store", env))
+    ws, env = _gitlab_job(job, runner, storage)
+    assert_warm(stats(f"file://{ws}/.artcache-store", env))
 
 
 # -- a shared Redis tier with signing ---------------------------------------------------------
