@@ -94,7 +94,11 @@ def confirm(question: str, *, stdin: TextIO | None = None, stderr: TextIO | None
     sys.stdout.flush()  # the plan first, then the question
     stderr.write(f"{question} [y/N] ")
     stderr.flush()
-    answer = stdin.readline()
+    try:
+        answer = stdin.readline()
+    except KeyboardInterrupt:  # Ctrl-C at the question is a no, not a traceback
+        stderr.write("\n")
+        return False
     return answer.strip().lower() in {"y", "yes"}
 
 
