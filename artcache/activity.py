@@ -228,6 +228,20 @@ class ActivityLog:
         return ActivityTotals(hits, dict(misses), saves, dict(uncacheable), bytes_loaded, bytes_saved,
                               round(seconds, 3), first, last)
 
+    def reset(self) -> None:
+        """Zero the counters (``artcache stats --reset``): the event log goes; the miss
+        records stay, so ``explain`` still works.  A process appending meanwhile writes
+        to the old file or starts a new one: at most its line is lost."""
+        try:
+            directory = self._open_dir(create=False)
+        except OSError:
+            return  # no activity yet: nothing to zero
+        try:
+            for name in (_EVENTS_OLD, _EVENTS):
+                _unlink_quietly(directory, name)
+        finally:
+            os.close(directory)
+
     def miss_record(self, key: str | None = None) -> dict[str, Any] | None:
         """The record of a missed key (or prefix), or the most recent one."""
         try:

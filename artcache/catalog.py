@@ -7,13 +7,16 @@ out separately (:func:`execute`), so ``--dry-run`` shows exactly what would go.
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
+from .config import parse_size
 from .digest import content_digest
-from .entry import Manifest, decode_manifest
-from .errors import ArtcacheError, CorruptEntryError, IncompatibleEntryError
+from .entry import Manifest, decode_envelope, decode_manifest
+from .errors import ArtcacheError, CorruptEntryError, IncompatibleEntryError, StoreError, UntrustedEntryError
+from .signing import TrustPolicy
 from .store import KeyInfo, Store, ac_key, cas_key
 
 # Blobs are written before their manifest, so a blob nobody references may belong to a
@@ -24,7 +27,7 @@ ORPHAN_GRACE_S = 3600.0
 @dataclass(frozen=True)
 class EntryInfo:
     key: str
-    status: str  # "ok", "missing-blobs", "corrupt", "incompatible"
+    status: str  # "ok", "missing-blobs", "corrupt", "incompatible", "misfiled"
     detail: str
     created: float
     last_used: float
@@ -34,6 +37,7 @@ class EntryInfo:
     blob_count: int
     blob_bytes: int
     missing_blobs: int
+    signer: str = ""  # key id of the signature (not checked here: `verify` checks it), "" unsigned
 
     @property
     def size(self) -> int:
@@ -56,9 +60,22 @@ class StoreScan:
 
 @dataclass(frozen=True)
 class Problem:
+    """One finding of :func:`verify`.  ``kind``:
+
+    ``corrupt-manifest``  a manifest failed its checksum or does not decode
+    ``incompatible``      a manifest of another format version
+    ``misfiled``          a manifest filed under a key it does not claim
+    ``untrusted``         under trusted keys: unsigned, or not by a trusted key, or forged
+    ``missing-blob``      a blob a manifest names is absent
+    ``corrupt-blob``      a blob failed the store's checksum (the store quarantined it)
+    ``bad-blob``          a blob's bytes do not hash to its address (quarantined)
+    ``tier-down``         a tier could not be read: what it holds was not checked
+    """
+
     key: str
-    kind: str  # "corrupt-manifest", "incompatible", "missing-blob", "bad-blob"
+    kind: str
     detail: str
+    quarantined: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,10 +85,40 @@ class VerifyReport:
     blobs_checked: int
     bytes_checked: int
     problems: tuple[Problem, ...]
+    signers: dict[str, int] = field(default_factory=dict)  # key id ("" unsigned) -> entries
+    trusted_signers: tuple[str, ...] = ()  # the key ids ARTCACHE_TRUSTED_KEYS names, if set
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def quarantined(self) -> tuple[str, ...]:
+        return tuple(p.key for p in self.problems if p.quarantined)
+
+
+@dataclass(frozen=True)
+class TierFailure:
+    url: str
+    operation: str
+    error: str
+
+
+class TierErrors:
+    """An ``on_error`` handler for :func:`artcache.store.open_store` that remembers which
+    tiers failed (so a command that needs every tier can fail) and which values a tier
+    refused as corrupt."""
+
+    def __init__(self) -> None:
+        self.down: list[TierFailure] = []
+        self.corrupt: list[TierFailure] = []
+
+    def __call__(self, store: Store, operation: str, error: Exception) -> None:
+        failure = TierFailure(store.url, operation, str(error))
+        (self.down if isinstance(error, StoreError) else self.corrupt).append(failure)
+
+    def down_tiers(self) -> list[str]:
+        return list(dict.fromkeys(f.url for f in self.down))
 
 
 @dataclass(frozen=True)
@@ -123,20 +170,24 @@ def find_entry(store: Store, ref: str) -> str:
 def _entry_info(store: Store, info: KeyInfo, blob_sizes: dict[str, int]) -> tuple[EntryInfo, Manifest | None]:
     key = info.key[3:]
     raw = store.peek(info.key)
-    status, detail, manifest = "ok", "", None
+    status, detail, manifest, signer = "ok", "", None, ""
     if raw is None:
         status, detail = "corrupt", "manifest unreadable (quarantined or removed)"
     else:
         try:
+            signer = decode_envelope(raw).signer or ""
             manifest = decode_manifest(raw)
         except IncompatibleEntryError as exc:
             status, detail = "incompatible", str(exc)
         except CorruptEntryError as exc:
             status, detail = "corrupt", str(exc)
     if manifest is None:
-        return EntryInfo(key, status, detail, 0.0, info.last_used, "", "", info.size, 0, 0, 0), None
+        return EntryInfo(key, status, detail, 0.0, info.last_used, "", "", info.size, 0, 0, 0, signer), None
     missing = sum(1 for ref in manifest.blobs if ref.digest not in blob_sizes)
-    if missing:
+    if manifest.key != key:
+        # A lookup of `key` refuses it (the manifest is for another key): a plant or damage.
+        status, detail = "misfiled", f"filed under {key[:16]} but claims key {manifest.key[:16]}"
+    elif missing:
         status, detail = "missing-blobs", f"{missing} of {len(manifest.blobs)} blobs absent"
     entry = EntryInfo(
         key=key,
@@ -150,6 +201,7 @@ def _entry_info(store: Store, info: KeyInfo, blob_sizes: dict[str, int]) -> tupl
         blob_count=len(manifest.blobs),
         blob_bytes=sum(ref.size for ref in manifest.blobs),
         missing_blobs=missing,
+        signer=signer,
     )
     return entry, manifest
 
@@ -177,11 +229,66 @@ def scan(store: Store) -> StoreScan:
     )
 
 
+# -- selection (ls --sort/--filter/--limit) -------------------------------------------
+# Sort orders and their natural direction: newest, largest first; names alphabetically.
+SORT_KEYS = {
+    "last-used": (lambda e: e.last_used, True),
+    "created": (lambda e: e.created, True),
+    "size": (lambda e: e.size, True),
+    "blobs": (lambda e: e.blob_count, True),
+    "key": (lambda e: e.key, False),
+    "title": (lambda e: e.title.lower(), False),
+    "status": (lambda e: e.status, False),
+    "signer": (lambda e: e.signer, False),
+}
+FILTER_FIELDS = ("key", "status", "title", "signer", "producer")
+
+
+def _matcher(expr: str) -> Callable[[EntryInfo], bool]:
+    """One ``--filter``: ``FIELD=GLOB`` (case-insensitive), ``size>N``/``size<N`` (``20M``),
+    or plain text found in the key or the title."""
+    for op in (">", "<"):
+        name, sep, value = expr.partition(op)
+        if sep and name.strip() == "size":
+            limit = parse_size(value)
+            return (lambda e: e.size > limit) if op == ">" else (lambda e: e.size < limit)
+    name, sep, pattern = expr.partition("=")
+    if sep:
+        name = name.strip().lower()
+        if name not in FILTER_FIELDS:
+            raise ArtcacheError(f"cannot filter on {name!r}: use one of {', '.join(FILTER_FIELDS)}, "
+                                "size>N or size<N")
+        pattern = pattern.lower()
+        return lambda e: fnmatch.fnmatchcase(str(getattr(e, name)).lower(), pattern)
+    text = expr.lower()
+    return lambda e: text in e.title.lower() or e.key.startswith(text)
+
+
+def select(entries: Sequence[EntryInfo], *, sort: str = "last-used", reverse: bool = False,
+           filters: Sequence[str] = (), limit: int | None = None) -> tuple[EntryInfo, ...]:
+    """The entries that pass every filter, sorted, at most ``limit`` of them."""
+    if sort not in SORT_KEYS:
+        raise ArtcacheError(f"cannot sort by {sort!r}: use one of {', '.join(SORT_KEYS)}")
+    if limit is not None and limit < 0:
+        raise ArtcacheError(f"--limit must be at least 0, not {limit}")
+    tests = [_matcher(f) for f in filters]
+    chosen = [e for e in entries if all(t(e) for t in tests)]
+    keyfunc, descending = SORT_KEYS[sort]
+    chosen.sort(key=lambda e: e.key)  # ties in a stable, meaningful order
+    chosen.sort(key=keyfunc, reverse=descending != reverse)
+    return tuple(chosen[:limit] if limit is not None else chosen)
+
+
 # -- verification -------------------------------------------------------------------
-def verify(store: Store) -> VerifyReport:
-    """Decode every manifest and check every blob it names against its SHA-256."""
+def verify(store: Store, trust: TrustPolicy | None = None) -> VerifyReport:
+    """Decode every manifest and check every blob it names against its SHA-256.
+
+    A blob that fails is quarantined (the store moves it aside: a legitimate save heals
+    it) and reported as such; an absent blob is only reported.  Under ``trust`` every
+    manifest's signature is checked as a lookup would."""
     problems: list[Problem] = []
     checked: dict[str, bool] = {}
+    signers: dict[str, int] = {}
     entries = 0
     nbytes = 0
     for info in store.iterate("ac/"):
@@ -189,9 +296,16 @@ def verify(store: Store) -> VerifyReport:
         key = info.key[3:]
         raw = store.peek(info.key)
         if raw is None:
-            problems.append(Problem(key, "corrupt-manifest", "failed its checksum; quarantined"))
+            problems.append(Problem(key, "corrupt-manifest", "failed its checksum; quarantined", quarantined=True))
             continue
         try:
+            envelope = decode_envelope(raw)
+            signers[envelope.signer or ""] = signers.get(envelope.signer or "", 0) + 1
+            if trust is not None:
+                try:
+                    trust.check(envelope)
+                except UntrustedEntryError as exc:
+                    problems.append(Problem(key, "untrusted", str(exc)))
             manifest = decode_manifest(raw)
         except IncompatibleEntryError as exc:
             problems.append(Problem(key, "incompatible", str(exc)))
@@ -199,16 +313,27 @@ def verify(store: Store) -> VerifyReport:
         except CorruptEntryError as exc:
             problems.append(Problem(key, "corrupt-manifest", str(exc)))
             continue
+        if manifest.key != key:
+            problems.append(Problem(key, "misfiled", f"filed under {key[:16]} but claims key {manifest.key[:16]}"))
         for ref in manifest.blobs:
-            if ref.digest not in checked:
-                data = store.peek(cas_key(ref.digest))
-                nbytes += len(data) if data is not None else 0
-                checked[ref.digest] = data is not None and content_digest(data) == ref.digest
-                if data is None:
-                    problems.append(Problem(key, "missing-blob", f"{ref.role} {ref.digest[:16]} absent"))
-                elif not checked[ref.digest]:
-                    problems.append(Problem(key, "bad-blob", f"{ref.role} {ref.digest[:16]} fails sha256"))
-    return VerifyReport(store.url, entries, len(checked), nbytes, tuple(problems))
+            if ref.digest in checked:
+                continue
+            blob = cas_key(ref.digest)
+            present = store.has(blob)
+            data = store.peek(blob) if present else None
+            nbytes += len(data) if data is not None else 0
+            checked[ref.digest] = data is not None and content_digest(data) == ref.digest
+            what = f"{ref.role} {ref.digest[:16]}"
+            if not present:
+                problems.append(Problem(key, "missing-blob", f"{what} absent"))
+            elif data is None:
+                problems.append(Problem(key, "corrupt-blob", f"{what} failed its checksum; quarantined",
+                                        quarantined=True))
+            elif not checked[ref.digest]:
+                store.quarantine(blob)  # the store checks the address again before moving it
+                problems.append(Problem(key, "bad-blob", f"{what} fails sha256; quarantined", quarantined=True))
+    trusted = trust.key_ids if trust is not None else ()
+    return VerifyReport(store.url, entries, len(checked), nbytes, tuple(problems), signers, trusted)
 
 
 # -- deletion plans -----------------------------------------------------------------

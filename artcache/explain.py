@@ -1,8 +1,11 @@
 """Why did a lookup miss?  Compare a missed key's factors with the stored entries.
 
 The subject is a miss record (written by the backend into the local tier's activity log)
-or a stored entry; candidates are the stored entries, nearest first (same graph, then
-fewest differing factors).  For each differing factor the readable values behind the
+or a stored entry; candidates are the stored entries, nearest first: every entry of the
+same graph before any other (the same graph compiled under other conditions is where a
+miss's cause is), then fewest differing factors, then most recently used.  The nearest
+``MAX_CANDIDATES`` are kept unless ``limit=None`` (``explain --all``); ``omitted`` says
+how many were left out.  For each differing factor the readable values behind the
 digests are compared (``torch 2.13.0 vs 2.11.0``, ``inductor config max_autotune``).
 """
 
@@ -41,6 +44,7 @@ class Explanation:
     source: str  # "miss record" or "stored entry"
     stored: bool  # the key itself is in the store now (e.g. saved after the miss)
     candidates: tuple[Candidate, ...]
+    omitted: int = 0  # candidates left out by the limit
 
 
 def _value_changes(name: str, ours: Any, theirs: Any) -> tuple[str, ...]:
@@ -73,9 +77,11 @@ def _subject(store: Store, activity: ActivityLog | None, ref: str | None) -> tup
     raise ArtcacheError("no recorded miss to explain (give a key, or run a compile that misses first)")
 
 
-def explain(store: Store, activity: ActivityLog | None, ref: str | None = None) -> Explanation:
+def explain(
+    store: Store, activity: ActivityLog | None, ref: str | None = None, *, limit: int | None = MAX_CANDIDATES
+) -> Explanation:
     key, source, factors, values = _subject(store, activity, ref)
-    candidates = []
+    candidates: list[tuple[Candidate, float]] = []
     stored = False
     for info in store.iterate("ac/"):
         other = info.key[3:]
@@ -96,6 +102,9 @@ def explain(store: Store, activity: ActivityLog | None, ref: str | None = None) 
                 continue
             diffs.append(FactorDiff(name, _value_changes(name, values.get(name), theirs.get(name))))
         same_graph = factors.get("graph") == manifest.factors.get("graph")
-        candidates.append(Candidate(other, str(manifest.summary.get("title", "")), same_graph, tuple(diffs)))
-    candidates.sort(key=lambda c: (not c.same_graph, len(c.differing)))
-    return Explanation(key, source, stored, tuple(candidates[:MAX_CANDIDATES]))
+        candidate = Candidate(other, str(manifest.summary.get("title", "")), same_graph, tuple(diffs))
+        candidates.append((candidate, info.last_used))
+    candidates.sort(key=lambda item: (not item[0].same_graph, len(item[0].differing), -item[1], item[0].key))
+    ranked = tuple(c for c, _used in candidates)
+    kept = ranked if limit is None else ranked[:limit]
+    return Explanation(key, source, stored, kept, len(ranked) - len(kept))

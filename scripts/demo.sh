@@ -20,4 +20,4 @@ print(f"first call: cold {cold['first_call_s']:.2f} s, warm {warm['first_call_s'
 PYEOF
 artcache ls
 entry=$(artcache ls --format json | "$PY" -c "import json,sys; print(json.load(sys.stdin)['entries'][0]['key'])")
-artcache inspect "$entry"
+artcache inspect --graph "$entry"

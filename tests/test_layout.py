@@ -37,7 +37,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"pickler"}),
     frozenset({"_torch"}),
     frozenset({"bundler", "output_code", "backend"}),
-    frozenset({"cache", "archive", "catalog", "explain", "summary_view", "cli", "testing", "__init__"}),
+    frozenset({"cache", "archive", "catalog", "explain", "summary_view", "cli_io", "cli", "testing", "__init__"}),
 )
 # Private namespaces whose use marks a reach into torch's or Triton's internals.
 PRIVATE = ("torch._inductor", "torch._functorch", "torch._dynamo", "triton")
