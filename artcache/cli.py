@@ -53,6 +53,7 @@ def _emit(args: argparse.Namespace, data: Any, table: str) -> None:
 
 def _open(args: argparse.Namespace) -> Store:
     settings = settings_from_env()
+    settings.check()  # a bad ARTCACHE_* value is one line on stderr and exit 2
     urls = args.store.split(",") if args.store else list(settings.store_urls)
     return open_store(urls, http_token=settings.http_token)
 

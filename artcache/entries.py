@@ -19,11 +19,12 @@ torch.compile backend (``artcache/cache.py``); the backend itself needs only thi
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from .entry import (
 )
 from .errors import (
     ArtcacheError,
+    ConfigError,
     CorruptEntryError,
     IncompatibleEntryError,
     StoreError,
@@ -51,9 +53,20 @@ from .errors import (
 )
 from .signing import load_keys, sign_envelope
 from .activity import ActivityLog
-from .store import Store, ac_key, cas_key, open_store
+from .store import MemoryStore, Store, ac_key, cas_key, open_store
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time in this process.
+
+    The one piece of process-wide memory here: the backend builds a cache per graph, and
+    a configuration problem is worth one warning, not one per graph.  Python's own
+    ``warnings`` registry cannot hold it: it is cleared whenever code enters
+    ``warnings.catch_warnings``, which torch does while compiling."""
+    log.warning("%s", message)
 
 
 def local_root(store: Store) -> Path | None:
@@ -99,14 +112,6 @@ class EntryStore:
     ) -> None:
         self.settings = settings if settings is not None else settings_from_env()
         self.strict = self.settings.strict if strict is None else strict
-        keys = load_keys(self.settings.signing_key, self.settings.trusted_keys)
-        self._signer, self._trust = keys.signer, keys.trust
-        if isinstance(store, Store):
-            self.store = store
-        else:
-            urls = self.settings.store_urls if store is None else store
-            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error,
-                                    http_token=self.settings.http_token)
         self._hits = 0
         self._misses: Counter[str] = Counter()
         self._uncacheable: Counter[str] = Counter()
@@ -116,10 +121,52 @@ class EntryStore:
         self._bytes_written = 0
         self._lookup_seconds = 0.0
         self._warned: set[str] = set()
+        problems = list(self.settings.problems)
+        self._signer = self._trust = None
+        try:
+            keys = load_keys(self.settings.signing_key, self.settings.trusted_keys)
+            self._signer, self._trust = keys.signer, keys.trust
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if problems:
+            # A setting that cannot be used turns the whole cache off: its intent (a size
+            # cap, signing, trust) cannot be honoured, and guessing could fill a disk or
+            # serve entries the user meant to refuse.
+            self._bad_setting(problems[0], "the cache is off in this process")
+            self.settings = replace(self.settings, disabled=True)
+            self.store = MemoryStore()
+        elif isinstance(store, Store):
+            self.store = store
+        else:
+            urls = self.settings.store_urls if store is None else store
+            bad_tiers = self._errors.total()
+            try:
+                self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error,
+                                        http_token=self.settings.http_token, on_bad_tier=self._bad_tier)
+            except StoreError:
+                if self.strict or self._errors.total() == bad_tiers:
+                    raise  # strict, or not a tier's fault (no URL at all): the caller's error
+                # Every tier was bad and each was warned about: the cache is off.
+                self.settings = replace(self.settings, disabled=True)
+                self.store = MemoryStore()
         root = local_root(self.store)
         self.activity = ActivityLog(root) if root is not None and not self.store.read_only else None
 
     # -- error policy (the one place) ------------------------------------------------
+    def _bad_setting(self, problem: str, consequence: str, error: ArtcacheError | None = None) -> None:
+        """A configuration error: raised under strict mode (``error``, else a
+        ``ConfigError``), else one warning per process, however many graphs build a cache."""
+        if self.strict:
+            raise error if error is not None else ConfigError(problem)
+        _warn_once(f"artcache: {problem}; {consequence} (ARTCACHE_STRICT=1 makes this an error)")
+
+    def _bad_tier(self, url: str, error: StoreError) -> None:
+        # Only this tier is left out; open_store raises if none is left.
+        self._errors[f"open:{type(error).__name__}"] += 1
+        text = str(error)
+        message = f"cannot open the store: {text}" if url in text else f"cannot open the store {url}: {text}"
+        self._bad_setting(message, "that store is not used", error)
+
     def degrade(self, operation: str, error: Exception) -> None:
         """Count ``error``; raise it under strict mode, else warn once per kind.
 
