@@ -19,8 +19,7 @@ from . import archive, catalog, signing
 from ._version import __version__
 from .config import parse_size, settings_from_env
 from .errors import ArtcacheError
-from .activity import ActivityLog
-from .entries import local_root
+from .entries import activity_log
 from .explain import explain
 from .store import Store, open_store
 from .summary_view import render_entry
@@ -93,10 +92,11 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
         "orphan_blobs": len(snap.orphan_blobs),
         "quarantined_files": snap.quarantined_files,
     }
-    root = local_root(store)
-    if root is not None:
-        # Activity of every process that used this local tier (hits, misses, time saved).
-        totals = ActivityLog(root).totals()
+    activity = activity_log(store, settings_from_env())
+    if activity is not None:
+        # Activity of every process on this machine that used this store (hits, misses,
+        # time saved): beside the local tier, or in the stats directory of a remote one.
+        totals = activity.totals()
         data.update(
             hits=totals.hits,
             misses=sum(totals.misses.values()),
@@ -113,8 +113,7 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, store: Store) -> int:
-    root = local_root(store)
-    result = explain(store, ActivityLog(root) if root is not None else None, args.key)
+    result = explain(store, activity_log(store, settings_from_env()), args.key)
     lines = [f"{result.source} {result.key[:16]}" + (" (stored now)" if result.stored else "")]
     if not result.candidates:
         lines.append("no stored entries to compare with")

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import blob_codec
 from ._version import __version__
-from .config import Settings, settings_from_env
+from .config import Settings, settings_from_env, stats_root
 from .digest import content_digest, is_digest
 from .entry import (
     MAX_MANIFEST_BYTES,
@@ -72,6 +72,51 @@ def _warn_once(message: str) -> None:
 def local_root(store: Store) -> Path | None:
     """The directory of the local (first) tier, where per-machine activity is kept."""
     return store.local_root
+
+
+def activity_log(store: Store, settings: Settings, *, writing: bool = False) -> ActivityLog | None:
+    """Where this machine records what the cache did with ``store`` (``artcache stats``
+    and ``explain`` read it): beside the local tier; for a store without one (Redis or
+    HTTP only), in a directory of its own under ``settings.stats_dir`` (made when
+    ``writing``).  ``None`` for an in-process store or no stats directory, and for
+    writing beside a read-only local tier."""
+    root = local_root(store)
+    if root is not None:
+        return None if writing and store.read_only else ActivityLog(root)
+    if not store.persistent or not settings.stats_dir:
+        return None
+    path = stats_root(settings, store.url)
+    if writing:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.info("artcache: cannot keep stats in %s: %s", path, exc)
+            return None
+    return ActivityLog(path)
+
+
+# Miss reasons of lookups that found stored bytes damaged (not merely absent or foreign).
+DAMAGED_REASONS = frozenset({"corrupt", "lookup-error", "unloadable"})
+_MISS_REASONS: dict[type[Exception], str] = {
+    UntrustedEntryError: "untrusted",
+    IncompatibleEntryError: "incompatible",
+    CorruptEntryError: "corrupt",
+    StoreError: "store-error",
+}
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What one lookup found: the entry, or the miss ``reason`` and what was wrong."""
+
+    entry: LoadedEntry | None
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def damaged(self) -> bool:
+        """The miss is a damaged entry (a recompile worth a warning), not an absent one."""
+        return self.reason in DAMAGED_REASONS
 
 
 @dataclass(frozen=True)
@@ -121,6 +166,8 @@ class EntryStore:
         self._bytes_written = 0
         self._lookup_seconds = 0.0
         self._warned: set[str] = set()
+        self._lookup_damage: list[str] | None = None  # set while a lookup runs
+        self._lookup_warns = True
         problems = list(self.settings.problems)
         self._signer = self._trust = None
         try:
@@ -149,8 +196,7 @@ class EntryStore:
                 # Every tier was bad and each was warned about: the cache is off.
                 self.settings = replace(self.settings, disabled=True)
                 self.store = MemoryStore()
-        root = local_root(self.store)
-        self.activity = ActivityLog(root) if root is not None and not self.store.read_only else None
+        self.activity = activity_log(self.store, self.settings, writing=True)
 
     # -- error policy (the one place) ------------------------------------------------
     def _bad_setting(self, problem: str, consequence: str, error: ArtcacheError | None = None) -> None:
@@ -167,8 +213,9 @@ class EntryStore:
         message = f"cannot open the store: {text}" if url in text else f"cannot open the store {url}: {text}"
         self._bad_setting(message, "that store is not used", error)
 
-    def degrade(self, operation: str, error: Exception) -> None:
-        """Count ``error``; raise it under strict mode, else warn once per kind.
+    def degrade(self, operation: str, error: Exception, *, warn: bool = True) -> None:
+        """Count ``error``; raise it under strict mode, else warn once per kind (unless
+        ``warn`` is false: the caller reports it in its own words).
 
         An exception that is not an ``ArtcacheError`` (one a catch-all boundary caught:
         see the module docstring) counts under its own type and is raised, in strict
@@ -181,47 +228,60 @@ class EntryStore:
         self._errors[kind] += 1
         if self.strict:
             raise error
-        if kind not in self._warned:
+        if warn and kind not in self._warned:
             self._warned.add(kind)
             log.warning("artcache: %s failed, continuing without the cache: %s", operation, error)
 
     def _tier_error(self, store: Store, operation: str, error: Exception) -> None:
         # A tiered store reports each tier failure here; it has already skipped the tier.
         wrapped = error if isinstance(error, ArtcacheError) else StoreError(str(error))
+        damage = self._lookup_damage
+        if damage is not None and isinstance(wrapped, CorruptEntryError):
+            # Damaged stored bytes seen during a lookup: the lookup names them in its
+            # miss (or says the entry was healed from another tier).
+            damage.append(str(wrapped))
+            self.degrade(f"{operation} on {store.url}", wrapped, warn=self._lookup_warns)
+            return
         self.degrade(f"{operation} on {store.url}", wrapped)
 
     # -- lookup ------------------------------------------------------------------------
     def lookup(self, key: str) -> LoadedEntry | None:
         """The entry stored under ``key`` with all its blobs, or ``None`` (a miss)."""
+        return self.lookup_detailed(key).entry
+
+    def lookup_detailed(self, key: str, *, warn: bool = True) -> Lookup:
+        """The entry, or why there is none.  With ``warn`` false, damaged stored bytes are
+        counted (and raised under strict mode) but not logged: the caller (the backend's
+        one line per graph) reports them.  Other errors (a tier down, an untrusted entry)
+        warn as always."""
         start = time.perf_counter()
+        self._lookup_damage, self._lookup_warns = [], warn
+        detail = ""
         try:
             entry, reason = self._fetch(key)
-        except UntrustedEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "untrusted"
-        except IncompatibleEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "incompatible"
-        except CorruptEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "corrupt"
-        except StoreError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "store-error"
+        except (UntrustedEntryError, IncompatibleEntryError, CorruptEntryError, StoreError) as exc:
+            self.degrade("lookup", exc, warn=warn or not isinstance(exc, CorruptEntryError))
+            reason = next(r for t, r in _MISS_REASONS.items() if isinstance(exc, t))
+            entry, detail = None, str(exc)
         except Exception as exc:  # noqa: BLE001 - the lookup boundary (module docstring)
             # Whatever checking hostile bytes raised beyond our own errors (a MemoryError
             # from a store, a RecursionError, a library's exception) is a miss with a
             # warning, never the user's failed compile; strict mode raises it.
-            self.degrade("lookup", exc)
-            entry, reason = None, "lookup-error"
+            self.degrade("lookup", exc, warn=warn)
+            entry, reason, detail = None, "lookup-error", f"{type(exc).__name__}: {exc}"
         finally:
             self._lookup_seconds += time.perf_counter() - start
+            damage, self._lookup_damage = self._lookup_damage, None
+        if damage and entry is None and reason in ("absent", "missing-blob"):
+            # A store set aside a damaged manifest or blob and read it as absent.
+            reason, detail = "corrupt", damage[0]
+        elif damage and entry is not None:
+            log.info("artcache: %s served after damage in one tier was skipped: %s", key[:12], damage[0])
         if entry is None:
             self._misses[reason] += 1
             if self.activity is not None:
                 self.activity.record("miss", key=key, reason=reason)
-            return None
-        return entry
+        return Lookup(entry, reason, detail)
 
     def _fetch(self, key: str) -> tuple[LoadedEntry | None, str]:
         """The entry, or ``None`` and the miss reason; raises on bad data.

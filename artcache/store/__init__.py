@@ -131,9 +131,9 @@ def open_store(
         raise StoreError("no store could be opened")
     if len(stores) == 1:
         store = stores[0]
-        if store.verifies_content:
-            # A lone shared store has no tiered store to report its rejected blobs to
-            # the caller's error policy: report them here.
+        if store.verifies_content or store.local_root is not None:
+            # A lone store has no tiered store to report its rejected (or, locally,
+            # set-aside) values to the caller's error policy: report them here.
             store.on_corrupt = lambda key, why: on_error(
                 store, "get", CorruptEntryError(f"{key} from {store.url}: {why}")
             )

@@ -85,8 +85,12 @@ class Store(ABC):
     # get() checks each value's integrity itself (a checksum trailer) and returns None for
     # a value that fails, so a tiered store need not hash what it returns again.
     verifies_content: bool = False
-    # Where a verifying store reports each value it refused; set by whoever opened it.
+    # Where a verifying store reports each value it refused (a local store: each damaged
+    # file it set aside); set by whoever opened it.
     on_corrupt: CorruptHandler | None = None
+    # Its contents outlive the process (false for an in-process store): then, when it has
+    # no local_root, this machine's activity with it is kept in a stats directory.
+    persistent: bool = True
 
     @property
     def local_root(self) -> Path | None:
