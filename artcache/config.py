@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -96,7 +96,7 @@ class Settings:
     max_size: int | None = None
     disabled: bool = False
     strict: bool = False
-    signing_key: str | None = None
+    signing_key: str | None = field(default=None, repr=False)  # may hold the private key itself
     trusted_keys: tuple[str, ...] = field(default_factory=tuple)
     single_flight: bool = True
     http_token: str | None = field(default=None, repr=False)  # a secret: never printed
@@ -106,6 +106,12 @@ class Settings:
     # One line per unusable variable, naming it and the fix; the value it had is ignored.
     # Whoever builds a cache from these settings decides what they mean (check()).
     problems: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # Store URLs may carry passwords: shown redacted (secret fields are left out).
+        shown = [f"store_urls={tuple(redact_url(u) for u in self.store_urls)!r}"]
+        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "store_urls"]
+        return f"Settings({', '.join(shown)})"
 
     def check(self) -> None:
         """Raise ``ConfigError`` naming the first problem, if any."""

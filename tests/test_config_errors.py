@@ -176,3 +176,16 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path: Path, env: dict[str, str]
 
 def test_config_error_is_an_artcache_error() -> None:
     assert issubclass(ConfigError, ArtcacheError)
+
+
+def test_a_down_tier_never_logs_its_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("redis")
+    pytest.importorskip("urllib3")
+    from artcache import Cache
+
+    urls = f"file://{tmp_path}/l,redis://user:{SECRET}@127.0.0.1:1/0?timeout=0.2,http://bob:{SECRET}@127.0.0.1:1/c"
+    cache = Cache(settings=settings_from_env({"ARTCACHE_STORE": urls, "XDG_CACHE_HOME": str(tmp_path)}))
+    with caplog.at_level(logging.DEBUG, logger="artcache"):
+        assert cache.lookup("ab" * 32) is None
+    assert "127.0.0.1:1" in caplog.text and SECRET not in caplog.text
+    assert SECRET not in repr(cache.store.url) and SECRET not in repr(cache.settings)
