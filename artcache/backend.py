@@ -105,7 +105,8 @@ class ArtcacheBackend:
 
     # -- what the cache did, one line per graph --------------------------------------------
     def _report_miss(self, key: str, title: str, miss: Lookup, compile_s: float, saved: str) -> None:
-        """``saved``: "saved", or why not ("uncacheable (reason)", "not saved (...)")."""
+        """One line for a graph that missed and was compiled; ``saved`` is "saved" or why
+        not.  A miss on a damaged entry is a warning."""
         outcome = f"compiled in {compile_s:.1f} s, {saved}"
         names = ["miss", f"miss_{miss.reason}"]
         if saved == "saved":
@@ -113,8 +114,8 @@ class ArtcacheBackend:
         if miss.damaged:
             # Not silent: the user pays a full compile for bytes that were stored.
             names.append("damaged")
-            log.warning("artcache: miss (%s) %s %s: the stored entry is damaged (%s); compiling again, "
-                        "the new entry replaces it: %s", miss.reason, key[:12], title, miss.detail, outcome)
+            log.warning("artcache: miss (%s) %s %s: the stored entry is damaged (%s); compiling again "
+                        "(a saved entry replaces it): %s", miss.reason, key[:12], title, miss.detail, outcome)
         else:
             log.info("artcache: miss (%s) %s %s: %s", miss.reason, key[:12], title, outcome)
         torch_logs.count(*names)

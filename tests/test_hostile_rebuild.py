@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from artcache import Cache
+from artcache import Cache, blob_codec
 from artcache._torch import entry_parts
 from artcache.config import Settings
 from artcache.entry import LoadedEntry, decode_manifest
@@ -46,7 +46,8 @@ def _tamper(store: Path, *, rekey: bool) -> None:
     local = LocalStore(store)
     for info in list(local.iterate("ac/")):
         manifest = decode_manifest(local.get(info.key) or b"")
-        loaded = LoadedEntry(manifest, {r.digest: local.get(cas_key(r.digest)) or b"" for r in manifest.blobs})
+        loaded = LoadedEntry(manifest, {r.digest: blob_codec.decode(r, local.get(cas_key(r.digest)) or b"")
+                                        for r in manifest.blobs})
         graph = CompiledGraph.from_loaded(loaded)
         for code in entry_parts.output_codes(graph.entry):
             code.source_code = "def call(args):\n    return (\n"  # unbalanced: a SyntaxError
