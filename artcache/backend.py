@@ -300,9 +300,10 @@ def artcache_backend(
 ) -> Callable[..., Any]:
     """``torch.compile(backend="artcache")``: an entry store configured from the environment.
 
-    A store that cannot even be opened (unwritable directory, bad URL, missing extra) is a
-    broken store like any other: the graph is compiled without the cache, with a warning,
-    unless ``ARTCACHE_STRICT=1``.
+    A bad setting is one warning naming it (``EntryStore``): a store URL that cannot be
+    opened (unwritable directory, unknown option, missing extra) leaves out that tier, any
+    other bad value turns the cache off, and the graph is compiled either way, unless
+    ``ARTCACHE_STRICT=1``.
     """
     settings = settings_from_env()
     try:

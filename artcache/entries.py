@@ -145,7 +145,12 @@ class EntryStore:
 
     With ``settings.signing_key`` every saved manifest is signed; with
     ``settings.trusted_keys`` a lookup refuses (miss ``"untrusted"``) any entry without a
-    valid signature by one of them.  A configured key that cannot be used raises here.
+    valid signature by one of them.
+
+    A setting that cannot be used (``settings.problems``, a key that does not load) turns
+    the cache off with one warning each (the store is then an empty in-process one and
+    ``settings.disabled`` is true); a store URL that cannot be opened leaves out only that
+    tier.  Under strict mode both raise (``ConfigError``, ``StoreError``).
     """
 
     def __init__(
@@ -179,7 +184,8 @@ class EntryStore:
             # A setting that cannot be used turns the whole cache off: its intent (a size
             # cap, signing, trust) cannot be honoured, and guessing could fill a disk or
             # serve entries the user meant to refuse.
-            self._bad_setting(problems[0], "the cache is off in this process")
+            for problem in problems:
+                self._bad_setting(problem, "the cache is off in this process")
             self.settings = replace(self.settings, disabled=True)
             self.store = MemoryStore()
         elif isinstance(store, Store):
