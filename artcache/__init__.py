@@ -12,6 +12,7 @@ from .cache import Cache, CacheStats
 from .entry import LoadedEntry, NewBlob
 from .errors import (
     ArtcacheError,
+    ConfigError,
     CorruptEntryError,
     IncompatibleEntryError,
     StoreError,
@@ -23,6 +24,7 @@ __all__ = [
     "ArtcacheError",
     "Cache",
     "CacheStats",
+    "ConfigError",
     "CorruptEntryError",
     "IncompatibleEntryError",
     "LoadedEntry",

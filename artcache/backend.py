@@ -25,17 +25,19 @@ import torch
 
 from . import bundler, keys, pickler, single_flight
 from ._torch import key_inputs, op_registry, rebuild
+from ._torch import logs as torch_logs
 from ._torch import settings as torch_settings
 from ._torch.entry_types import entry_allowlist
 from .bundler import KernelRefs
 from .config import settings_from_env
-from .entries import EntryStore
-from .entry import SummaryKey
+from .entries import EntryStore, Lookup
+from .entry import LoadedEntry, SummaryKey
 from .environment import fingerprint
 from .errors import ArtcacheError, CorruptEntryError, StoreError, Uncacheable
-from .output_code import CompiledGraph
+from .output_code import CompiledGraph, graph_title
 
 log = logging.getLogger(__name__)
+torch_logs.register()  # the `artcache` log name in torch._logging (TORCH_LOGS=artcache)
 
 # GPU entries are re-saved with tuning winners found during this many first calls (and at exit).
 _RESAVE_CALLS = 4
@@ -67,26 +69,26 @@ class ArtcacheBackend:
 
     # -- the path ------------------------------------------------------------------------
     def _compile(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        title = graph_title(gm)
         try:
             key, specs, values = self._key(gm, example_inputs)
         except Uncacheable as exc:
-            return self._uncacheable(exc, gm, example_inputs)
+            return self._uncacheable(exc, gm, example_inputs, title)
         except Exception as exc:  # noqa: BLE001 - the keying boundary, see below
             # Keying reads torch's global settings and registries and walks user code;
             # whatever that raises, the user's compile goes on without the cache (one
             # warning; strict mode raises through degrade()).
             self.cache.degrade("key", ArtcacheError(f"cannot compute the key: {type(exc).__name__}: {exc}"))
-            return self._uncacheable(Uncacheable("key-error", type(exc).__name__), gm, example_inputs)
-        hit = self._load(key.key, gm, example_inputs)
+            return self._uncacheable(Uncacheable("key-error", type(exc).__name__), gm, example_inputs, title)
+        hit, miss = self._load(key.key, gm, example_inputs, title)
         if hit is not None:
             return hit
         self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
         with single_flight.turn(self.cache.store, key.key, enabled=self.cache.settings.single_flight) as turn:
             if not turn.compile:
                 # Another process compiled this key while we waited: load its entry.
-                hit = self._load(key.key, gm, example_inputs)
+                hit, _ = self._load(key.key, gm, example_inputs, title, waited_s=turn.waited_s)
                 if hit is not None:
-                    log.info("artcache: loaded %s after waiting %.1f s for another process", key.key[:16], turn.waited_s)
                     return hit
             on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
             start = time.perf_counter()
@@ -94,11 +96,31 @@ class ArtcacheBackend:
                 compiled = torch_settings.compile_fx(gm, example_inputs)
             compile_s = time.perf_counter() - start
             graph = CompiledGraph.captured(capture)
-            self._save(key, graph, gm, specs, values, compile_s)
+            saved = self._save(key, graph, gm, specs, values, compile_s)
+        self._report_miss(key.key, title, miss, compile_s, saved)
         kernels = graph.triton_kernels() if on_gpu else None
         if kernels:
             return self._resave_after_tuning(compiled, key, graph, kernels, gm, specs, values, compile_s)
         return compiled
+
+    # -- what the cache did, one line per graph --------------------------------------------
+    def _report_miss(self, key: str, title: str, miss: Lookup, compile_s: float, saved: str) -> None:
+        """One line for a graph that missed and was compiled; ``saved`` is "saved" or why
+        not.  A miss on a damaged entry is a warning."""
+        outcome = f"compiled in {compile_s:.1f} s, {saved}"
+        names = ["miss", f"miss_{miss.reason}"]
+        if saved == "saved":
+            names.append("save")
+        if miss.damaged:
+            # Not silent: the user pays a full compile for bytes that were stored.
+            names.append("damaged")
+            log.warning("artcache: miss (%s) %s %s: the stored entry is damaged (%s); compiling again "
+                        "(a saved entry replaces it): %s", miss.reason, key[:12], title, miss.detail, outcome)
+        else:
+            log.info("artcache: miss (%s) %s %s: %s", miss.reason, key[:12], title, outcome)
+        torch_logs.count(*names)
+        torch_logs.trace("miss", {"key": key, "reason": miss.reason, "detail": miss.detail, "title": title,
+                                  "compile_seconds": round(compile_s, 3), "saved": saved})
 
     def _resave_after_tuning(
         self, compiled: Callable[..., Any], key: keys.CacheKey, graph: CompiledGraph,
@@ -180,20 +202,24 @@ class ArtcacheBackend:
             self._environment[devices] = fingerprint(devices)
         return self._environment[devices]
 
-    def _load(self, key: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any] | None:
+    def _load(
+        self, key: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title: str,
+        *, waited_s: float | None = None,
+    ) -> tuple[Callable[..., Any] | None, Lookup]:
+        """The loaded callable (reported as a hit), or ``None`` and why it missed.  (The
+        title is this graph's: a lookup never parses the stored summary.)"""
         start = time.perf_counter()
-        loaded = self.cache.lookup(key)
+        found = self.cache.lookup_detailed(key, warn=False)
+        loaded = found.entry
         if loaded is None:
-            return None
+            return None, found
         try:
             graph = CompiledGraph.from_loaded(loaded)
             lifted = rebuild.lifted_inputs(gm)
             if not graph.guards_hold([*lifted, *example_inputs]):
                 self.cache.reject(key, "guards")
-                return None
+                return None, Lookup(None, "guards", "the entry's shape guards reject these inputs")
             compiled = graph.load(example_inputs, cudagraphs=torch_settings.cudagraphs_enabled(), lifted=lifted)
-            self.cache.record_hit(loaded, time.perf_counter() - start)
-            return compiled
         except ArtcacheError as exc:
             error: ArtcacheError = exc
         except Exception as exc:  # noqa: BLE001 - the rebuild boundary (artcache.entries docstring)
@@ -203,9 +229,24 @@ class ArtcacheBackend:
             # re-raises through degrade(), so tests still see every failure.
             error = CorruptEntryError(f"entry {key[:16]} could not be rebuilt: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
-        self.cache.degrade("load", error)
+        else:
+            load_s = time.perf_counter() - start
+            self.cache.record_hit(loaded, load_s)
+            self._report_hit(loaded, title, load_s, waited_s)
+            return compiled, found
+        self.cache.degrade("load", error, warn=False)  # reported in the graph's one line
         self.cache.reject(key, "unloadable")
-        return None
+        return None, Lookup(None, "unloadable", str(error))
+
+    def _report_hit(self, loaded: LoadedEntry, title: str, load_s: float, waited_s: float | None) -> None:
+        manifest = loaded.manifest
+        saved_s = max(0.0, manifest.compile_seconds - load_s)
+        waited = f" after waiting {waited_s:.1f} s for another process" if waited_s is not None else ""
+        log.info("artcache: hit %s %s: loaded in %.2f s%s, %.1f s saved", manifest.key[:12], title, load_s,
+                 waited, saved_s)
+        torch_logs.count("hit")
+        torch_logs.trace("hit", {"key": manifest.key, "title": title, "load_seconds": round(load_s, 4),
+                                 "saved_seconds": round(saved_s, 3), "waited_seconds": waited_s})
 
     def _save(
         self,
@@ -216,26 +257,38 @@ class ArtcacheBackend:
         values: dict[str, Any],
         compile_s: float,
     ) -> None:
+        """Save the entry; what happened, for the graph's line: "saved", or why not."""
         try:
             blobs = graph.to_blobs()
             summary = graph.summary(gm, specs)
         except Uncacheable as exc:
             self.cache.record_uncacheable(exc.reason)
-            log.info("artcache: graph not cached (%s)", exc)
-            return
+            torch_logs.count("uncacheable", f"uncacheable_{exc.reason}")
+            return f"not saved: uncacheable ({exc})"
         except Exception as exc:  # noqa: BLE001 - the compile succeeded; never lose it to a save bug
             self.cache.record_uncacheable("serializer-error")
             self.cache.degrade("save", CorruptEntryError(f"cannot serialize: {type(exc).__name__}: {exc}"))
-            return
+            torch_logs.count("uncacheable", "uncacheable_serializer-error")
+            return "not saved: uncacheable (serializer-error)"
         summary[SummaryKey.COMPILE_SECONDS] = round(compile_s, 3)
         summary[SummaryKey.FACTOR_VALUES] = values
         environment = self._fingerprint([])
-        self.cache.save(key.key, blobs, factors=key.digests(), environment=environment, summary=summary)
+        manifest = self.cache.save(key.key, blobs, factors=key.digests(), environment=environment, summary=summary)
+        return "saved" if manifest is not None else "not saved (the store did not take it; see the warning above)"
 
-    def _uncacheable(self, exc: Uncacheable, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+    def _uncacheable(
+        self, exc: Uncacheable, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title: str
+    ) -> Callable[..., Any]:
         self.cache.record_uncacheable(exc.reason)
-        log.info("artcache: compiling without the cache (%s)", exc)
-        return torch_settings.compile_fx(gm, example_inputs)
+        start = time.perf_counter()
+        compiled = torch_settings.compile_fx(gm, example_inputs)
+        compile_s = time.perf_counter() - start
+        log.info("artcache: uncacheable (%s) - %s: compiled in %.1f s without the cache%s", exc.reason, title,
+                 compile_s, f" ({exc.detail})" if exc.detail else "")
+        torch_logs.count("uncacheable", f"uncacheable_{exc.reason}")
+        torch_logs.trace("uncacheable", {"reason": exc.reason, "detail": exc.detail, "title": title,
+                                         "compile_seconds": round(compile_s, 3)})
+        return compiled
 
 
 def artcache_backend(
@@ -247,9 +300,10 @@ def artcache_backend(
 ) -> Callable[..., Any]:
     """``torch.compile(backend="artcache")``: an entry store configured from the environment.
 
-    A store that cannot even be opened (unwritable directory, bad URL, missing extra) is a
-    broken store like any other: the graph is compiled without the cache, with a warning,
-    unless ``ARTCACHE_STRICT=1``.
+    A bad setting is one warning naming it (``EntryStore``): a store URL that cannot be
+    opened (unwritable directory, unknown option, missing extra) leaves out that tier, any
+    other bad value turns the cache off, and the graph is compiled either way, unless
+    ``ARTCACHE_STRICT=1``.
     """
     settings = settings_from_env()
     try:

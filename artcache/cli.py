@@ -18,10 +18,9 @@ from typing import Any
 
 from . import archive, catalog, signing
 from ._version import __version__
-from .activity import ActivityLog
 from .cli_io import confirm, emit, human, on_terminal, printable, shown_url, silence_stdout, table, when
 from .config import parse_size, settings_from_env
-from .entries import local_root
+from .entries import activity_log, local_root
 from .entry import Envelope, decode_envelope, decode_manifest
 from .errors import ArtcacheError, UntrustedEntryError
 from .explain import MAX_CANDIDATES, explain
@@ -43,6 +42,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def _open(args: argparse.Namespace) -> Store:
     settings = settings_from_env()
+    settings.check()  # a bad ARTCACHE_* value is one line on stderr and exit 2
     urls = args.store.split(",") if args.store else list(settings.store_urls)
     return open_store(urls, http_token=settings.http_token, on_error=args.tier_errors)
 
@@ -145,10 +145,10 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
     else:
         lines.append(f"size               {human(local_bytes)} (no cap: set ARTCACHE_MAX_SIZE, e.g. 20G)")
     lines.append(f"quarantined files  {snap.quarantined_files}")
-    root = local_root(store)
-    activity = ActivityLog(root) if root is not None else None
+    activity = activity_log(store, settings)
     if activity is not None:
-        # Activity of every process that used this local tier (hits, misses, time saved).
+        # Activity of every process on this machine that used this store (hits, misses,
+        # time saved): beside the local tier, or in the stats directory of a remote one.
         totals = activity.totals()
         misses = sum(totals.misses.values())
         lookups = totals.hits + misses
@@ -179,7 +179,7 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
         lines.append(f"since              {when(totals.first_event)}")
     if args.reset:
         if activity is None:
-            raise ArtcacheError(f"{shown_url(store.url)} has no local tier, so no counters to reset")
+            raise ArtcacheError(f"{shown_url(store.url)} keeps no stats on this machine, so no counters to reset")
         activity.reset()
         data["reset"] = True
         lines.append("counters reset (entries and miss records kept)")
@@ -188,8 +188,7 @@ def cmd_stats(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, store: Store) -> int:
-    root = local_root(store)
-    result = explain(store, ActivityLog(root) if root is not None else None, args.key,
+    result = explain(store, activity_log(store, settings_from_env()), args.key,
                      limit=None if args.all else MAX_CANDIDATES)
     lines = [f"{result.source} {printable(result.key[:16])}" + (" (stored now)" if result.stored else "")]
     if not result.candidates:

@@ -19,17 +19,18 @@ torch.compile backend (``artcache/cache.py``); the backend itself needs only thi
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import blob_codec
 from ._version import __version__
-from .config import Settings, settings_from_env
+from .config import Settings, settings_from_env, stats_root
 from .digest import content_digest, is_digest
 from .entry import (
     MAX_MANIFEST_BYTES,
@@ -44,6 +45,7 @@ from .entry import (
 )
 from .errors import (
     ArtcacheError,
+    ConfigError,
     CorruptEntryError,
     IncompatibleEntryError,
     StoreError,
@@ -51,14 +53,70 @@ from .errors import (
 )
 from .signing import load_keys, sign_envelope
 from .activity import ActivityLog
-from .store import Store, ac_key, cas_key, open_store
+from .store import MemoryStore, Store, ac_key, cas_key, open_store
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time in this process.
+
+    The one piece of process-wide memory here: the backend builds a cache per graph, and
+    a configuration problem is worth one warning, not one per graph.  Python's own
+    ``warnings`` registry cannot hold it: it is cleared whenever code enters
+    ``warnings.catch_warnings``, which torch does while compiling."""
+    log.warning("%s", message)
 
 
 def local_root(store: Store) -> Path | None:
     """The directory of the local (first) tier, where per-machine activity is kept."""
     return store.local_root
+
+
+def activity_log(store: Store, settings: Settings, *, writing: bool = False) -> ActivityLog | None:
+    """Where this machine records what the cache did with ``store`` (``artcache stats``
+    and ``explain`` read it): beside the local tier; for a store without one (Redis or
+    HTTP only), in a directory of its own under ``settings.stats_dir`` (made when
+    ``writing``).  ``None`` for an in-process store or no stats directory, and for
+    writing beside a read-only local tier."""
+    root = local_root(store)
+    if root is not None:
+        return None if writing and store.read_only else ActivityLog(root)
+    if not store.persistent or not settings.stats_dir:
+        return None
+    path = stats_root(settings, store.url)
+    if writing:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.info("artcache: cannot keep stats in %s: %s", path, exc)
+            return None
+    return ActivityLog(path)
+
+
+# Miss reasons of lookups that found stored bytes damaged (not merely absent or foreign).
+DAMAGED_REASONS = frozenset({"corrupt", "lookup-error", "unloadable"})
+_MISS_REASONS: dict[type[Exception], str] = {
+    UntrustedEntryError: "untrusted",
+    IncompatibleEntryError: "incompatible",
+    CorruptEntryError: "corrupt",
+    StoreError: "store-error",
+}
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What one lookup found: the entry, or the miss ``reason`` and what was wrong."""
+
+    entry: LoadedEntry | None
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def damaged(self) -> bool:
+        """The miss is a damaged entry (a recompile worth a warning), not an absent one."""
+        return self.reason in DAMAGED_REASONS
 
 
 @dataclass(frozen=True)
@@ -87,7 +145,12 @@ class EntryStore:
 
     With ``settings.signing_key`` every saved manifest is signed; with
     ``settings.trusted_keys`` a lookup refuses (miss ``"untrusted"``) any entry without a
-    valid signature by one of them.  A configured key that cannot be used raises here.
+    valid signature by one of them.
+
+    A setting that cannot be used (``settings.problems``, a key that does not load) turns
+    the cache off with one warning each (the store is then an empty in-process one and
+    ``settings.disabled`` is true); a store URL that cannot be opened leaves out only that
+    tier.  Under strict mode both raise (``ConfigError``, ``StoreError``).
     """
 
     def __init__(
@@ -99,14 +162,6 @@ class EntryStore:
     ) -> None:
         self.settings = settings if settings is not None else settings_from_env()
         self.strict = self.settings.strict if strict is None else strict
-        keys = load_keys(self.settings.signing_key, self.settings.trusted_keys)
-        self._signer, self._trust = keys.signer, keys.trust
-        if isinstance(store, Store):
-            self.store = store
-        else:
-            urls = self.settings.store_urls if store is None else store
-            self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error,
-                                    http_token=self.settings.http_token)
         self._hits = 0
         self._misses: Counter[str] = Counter()
         self._uncacheable: Counter[str] = Counter()
@@ -116,12 +171,57 @@ class EntryStore:
         self._bytes_written = 0
         self._lookup_seconds = 0.0
         self._warned: set[str] = set()
-        root = local_root(self.store)
-        self.activity = ActivityLog(root) if root is not None and not self.store.read_only else None
+        self._lookup_damage: list[str] | None = None  # set while a lookup runs
+        self._lookup_warns = True
+        problems = list(self.settings.problems)
+        self._signer = self._trust = None
+        try:
+            keys = load_keys(self.settings.signing_key, self.settings.trusted_keys)
+            self._signer, self._trust = keys.signer, keys.trust
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if problems:
+            # A setting that cannot be used turns the whole cache off: its intent (a size
+            # cap, signing, trust) cannot be honoured, and guessing could fill a disk or
+            # serve entries the user meant to refuse.
+            for problem in problems:
+                self._bad_setting(problem, "the cache is off in this process")
+            self.settings = replace(self.settings, disabled=True)
+            self.store = MemoryStore()
+        elif isinstance(store, Store):
+            self.store = store
+        else:
+            urls = self.settings.store_urls if store is None else store
+            bad_tiers = self._errors.total()
+            try:
+                self.store = open_store(urls, max_size=self.settings.max_size, on_error=self._tier_error,
+                                        http_token=self.settings.http_token, on_bad_tier=self._bad_tier)
+            except StoreError:
+                if self.strict or self._errors.total() == bad_tiers:
+                    raise  # strict, or not a tier's fault (no URL at all): the caller's error
+                # Every tier was bad and each was warned about: the cache is off.
+                self.settings = replace(self.settings, disabled=True)
+                self.store = MemoryStore()
+        self.activity = activity_log(self.store, self.settings, writing=True)
 
     # -- error policy (the one place) ------------------------------------------------
-    def degrade(self, operation: str, error: Exception) -> None:
-        """Count ``error``; raise it under strict mode, else warn once per kind.
+    def _bad_setting(self, problem: str, consequence: str, error: ArtcacheError | None = None) -> None:
+        """A configuration error: raised under strict mode (``error``, else a
+        ``ConfigError``), else one warning per process, however many graphs build a cache."""
+        if self.strict:
+            raise error if error is not None else ConfigError(problem)
+        _warn_once(f"artcache: {problem}; {consequence} (ARTCACHE_STRICT=1 makes this an error)")
+
+    def _bad_tier(self, url: str, error: StoreError) -> None:
+        # Only this tier is left out; open_store raises if none is left.
+        self._errors[f"open:{type(error).__name__}"] += 1
+        text = str(error)
+        message = f"cannot open the store: {text}" if url in text else f"cannot open the store {url}: {text}"
+        self._bad_setting(message, "that store is not used", error)
+
+    def degrade(self, operation: str, error: Exception, *, warn: bool = True) -> None:
+        """Count ``error``; raise it under strict mode, else warn once per kind (unless
+        ``warn`` is false: the caller reports it in its own words).
 
         An exception that is not an ``ArtcacheError`` (one a catch-all boundary caught:
         see the module docstring) counts under its own type and is raised, in strict
@@ -134,47 +234,60 @@ class EntryStore:
         self._errors[kind] += 1
         if self.strict:
             raise error
-        if kind not in self._warned:
+        if warn and kind not in self._warned:
             self._warned.add(kind)
             log.warning("artcache: %s failed, continuing without the cache: %s", operation, error)
 
     def _tier_error(self, store: Store, operation: str, error: Exception) -> None:
         # A tiered store reports each tier failure here; it has already skipped the tier.
         wrapped = error if isinstance(error, ArtcacheError) else StoreError(str(error))
+        damage = self._lookup_damage
+        if damage is not None and isinstance(wrapped, CorruptEntryError):
+            # Damaged stored bytes seen during a lookup: the lookup names them in its
+            # miss (or says the entry was healed from another tier).
+            damage.append(str(wrapped))
+            self.degrade(f"{operation} on {store.url}", wrapped, warn=self._lookup_warns)
+            return
         self.degrade(f"{operation} on {store.url}", wrapped)
 
     # -- lookup ------------------------------------------------------------------------
     def lookup(self, key: str) -> LoadedEntry | None:
         """The entry stored under ``key`` with all its blobs, or ``None`` (a miss)."""
+        return self.lookup_detailed(key).entry
+
+    def lookup_detailed(self, key: str, *, warn: bool = True) -> Lookup:
+        """The entry, or why there is none.  With ``warn`` false, damaged stored bytes are
+        counted (and raised under strict mode) but not logged: the caller (the backend's
+        one line per graph) reports them.  Other errors (a tier down, an untrusted entry)
+        warn as always."""
         start = time.perf_counter()
+        self._lookup_damage, self._lookup_warns = [], warn
+        detail = ""
         try:
             entry, reason = self._fetch(key)
-        except UntrustedEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "untrusted"
-        except IncompatibleEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "incompatible"
-        except CorruptEntryError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "corrupt"
-        except StoreError as exc:
-            self.degrade("lookup", exc)
-            entry, reason = None, "store-error"
+        except (UntrustedEntryError, IncompatibleEntryError, CorruptEntryError, StoreError) as exc:
+            self.degrade("lookup", exc, warn=warn or not isinstance(exc, CorruptEntryError))
+            reason = next(r for t, r in _MISS_REASONS.items() if isinstance(exc, t))
+            entry, detail = None, str(exc)
         except Exception as exc:  # noqa: BLE001 - the lookup boundary (module docstring)
             # Whatever checking hostile bytes raised beyond our own errors (a MemoryError
             # from a store, a RecursionError, a library's exception) is a miss with a
             # warning, never the user's failed compile; strict mode raises it.
-            self.degrade("lookup", exc)
-            entry, reason = None, "lookup-error"
+            self.degrade("lookup", exc, warn=warn)
+            entry, reason, detail = None, "lookup-error", f"{type(exc).__name__}: {exc}"
         finally:
             self._lookup_seconds += time.perf_counter() - start
+            damage, self._lookup_damage = self._lookup_damage, None
+        if damage and entry is None and reason in ("absent", "missing-blob"):
+            # A store set aside a damaged manifest or blob and read it as absent.
+            reason, detail = "corrupt", damage[0]
+        elif damage and entry is not None:
+            log.info("artcache: %s served after damage in one tier was skipped: %s", key[:12], damage[0])
         if entry is None:
             self._misses[reason] += 1
             if self.activity is not None:
                 self.activity.record("miss", key=key, reason=reason)
-            return None
-        return entry
+        return Lookup(entry, reason, detail)
 
     def _fetch(self, key: str) -> tuple[LoadedEntry | None, str]:
         """The entry, or ``None`` and the miss reason; raises on bad data.

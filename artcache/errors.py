@@ -15,6 +15,15 @@ class StoreError(ArtcacheError):
     """A store could not complete an operation (I/O error, timeout, full disk, bad URL)."""
 
 
+class ConfigError(ArtcacheError):
+    """A setting is wrong: an environment variable or an option of a store URL.  The
+    message names it and says how to fix it, on one line, with no credential in it."""
+
+
+class StoreConfigError(ConfigError, StoreError):
+    """A store URL that cannot be used as written (unknown option, bad value or port)."""
+
+
 class CorruptEntryError(ArtcacheError):
     """Stored bytes failed a check: digest mismatch, truncation, malformed encoding,
     or a type the loader does not allow."""

@@ -16,6 +16,8 @@ entry (:mod:`artcache.bundler`): nothing is traced, lowered, compiled or tuned.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -139,10 +141,9 @@ class CompiledGraph:
     def summary(self, gm: torch.fx.GraphModule, input_specs: Sequence[str]) -> dict[str, Any]:
         """Plain data for the manifest, read by ``artcache inspect`` (no code runs there)."""
         text = gm.code if len(gm.code) <= MAX_GRAPH_TEXT else gm.code[:MAX_GRAPH_TEXT] + "\n# ... truncated"
-        nodes = sum(1 for n in gm.graph.nodes if n.op == "call_function")
-        kind = "training (forward + backward)" if entry_parts.has_backward(self.entry) else "inference"
+        title = graph_title(gm, training=entry_parts.has_backward(self.entry))
         return {
-            SummaryKey.TITLE: f"{nodes}-op graph, {kind}",
+            SummaryKey.TITLE: title,
             SummaryKey.INPUTS: list(input_specs),
             SummaryKey.GUARDS: entry_parts.guards(self.entry),
             SummaryKey.GRAPH: text,
@@ -151,3 +152,21 @@ class CompiledGraph:
             SummaryKey.AUTOTUNE: bundler.autotune_summary(self.entry, self.kernels),
             SummaryKey.GENERATED_SOURCE_BYTES: sum(len(s) for s in entry_parts.generated_sources(self.entry)),
         }
+
+
+# The outermost frame of an FX node's stack trace: the function torch.compile traced.
+_FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in ([^\s]+)')
+
+
+def graph_title(gm: torch.fx.GraphModule, *, training: bool = False) -> str:
+    """What a graph is to its user: "forward at model.py:42 (3 ops)", from the first
+    operation's stack trace (Dynamo records one per node); "graph (3 ops)" without one."""
+    ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    count = f"{len(ops)} op{'s' if len(ops) != 1 else ''}{', training' if training else ''}"
+    for node in ops:
+        trace = node.meta.get("stack_trace")
+        match = _FRAME_RE.search(trace) if isinstance(trace, str) else None
+        if match:
+            path, line, function = match.groups()
+            return f"{function} at {os.path.basename(path)}:{line} ({count})"
+    return f"graph ({count})"

@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from .entry import FORMAT_VERSION, SIGNATURE_BYTES, SIGNER_ID_CHARS, Envelope, encode_envelope, signed_message
-from .errors import ArtcacheError, UntrustedEntryError
+from .errors import ArtcacheError, ConfigError, UntrustedEntryError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,9 @@ def parse_key(value: str, what: str) -> bytes:
         return raw
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ArtcacheError(f"{what} {value!r} is neither a base64 Ed25519 key nor a key file")
+        # A private key's value may be the (mistyped) secret itself: it is never shown.
+        shown = "the value" if what == "private key" else repr(value)
+        raise ArtcacheError(f"{what}: {shown} is neither a base64 Ed25519 key nor an existing key file")
     if what == "private key" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         # Like ssh, point out a key others can read; refusing would break read-only CI mounts.
         log.warning("artcache: private key file %s is readable by other users (chmod 600 it)", path)
@@ -174,11 +176,18 @@ class Keys:
 def load_keys(signing_key: str | None, trusted_keys: tuple[str, ...]) -> Keys:
     """Build both from :class:`artcache.config.Settings` values.  Nothing configured means
     nothing imported; a configured but unusable key raises ``ArtcacheError`` (failing
-    loudly beats silently writing unsigned or reading untrusted entries)."""
-    return Keys(
-        signer=Signer.from_setting(signing_key) if signing_key else None,
-        trust=TrustPolicy.from_setting(trusted_keys) if trusted_keys else None,
-    )
+    loudly beats silently writing unsigned or reading untrusted entries): a ``ConfigError``
+    naming the variable (``EntryStore`` turns it into a warning and a disabled cache)."""
+    try:
+        signer = Signer.from_setting(signing_key) if signing_key else None
+    except ArtcacheError as exc:
+        raise ConfigError(f"ARTCACHE_SIGNING_KEY: {exc} (set it to a key file made by `artcache keygen`, "
+                          "or its contents)") from exc
+    try:
+        trust = TrustPolicy.from_setting(trusted_keys) if trusted_keys else None
+    except ArtcacheError as exc:
+        raise ConfigError(f"ARTCACHE_TRUSTED_KEYS: {exc} (set it to comma-separated public keys or .pub files)") from exc
+    return Keys(signer=signer, trust=trust)
 
 
 # -- key generation ---------------------------------------------------------------------

@@ -106,8 +106,12 @@ def test_bad_key_settings_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ArtcacheError, match="neither a base64"):
         parse_key(str(tmp_path / "nope"), "public key")
     (tmp_path / "junk.pub").write_text("not a key\n")
-    with pytest.raises(ArtcacheError, match="does not hold"):
-        Cache(LocalStore(tmp_path / "s"), settings=settings(trusted=(str(tmp_path / "junk.pub"),)))
+    with pytest.raises(ArtcacheError, match="ARTCACHE_TRUSTED_KEYS.*does not hold"):
+        Cache(LocalStore(tmp_path / "s"), settings=settings(trusted=(str(tmp_path / "junk.pub"),)), strict=True)
+    # Not strict: one warning and the cache is off (a trust setting that cannot be
+    # honoured must not serve entries the user meant to refuse).
+    off = Cache(LocalStore(tmp_path / "s"), settings=settings(trusted=(str(tmp_path / "junk.pub"),)))
+    assert off.settings.disabled and off.lookup(KEY) is None
 
 
 def test_env_settings_reach_the_cache(keys: dict[str, dict[str, str]]) -> None:
@@ -126,8 +130,12 @@ def test_missing_pynacl_is_a_clear_error_and_unconfigured_needs_none(keys: dict[
     plain = run_python(block + f"artcache.Cache({store_url!r}).lookup('00' * 32); print('ok')")
     assert plain.returncode == 0 and plain.stdout.strip() == "ok", plain.stderr
     signed = run_python(block + f"artcache.Cache({store_url!r})",
-                        env={"ARTCACHE_TRUSTED_KEYS": keys["alice"]["public_key"]})
+                        env={"ARTCACHE_TRUSTED_KEYS": keys["alice"]["public_key"], "ARTCACHE_STRICT": "1"})
     assert signed.returncode != 0 and "PyNaCl is not installed" in signed.stderr and "artcache[sign]" in signed.stderr
+    lenient = run_python(block + f"print(artcache.Cache({store_url!r}).settings.disabled)",
+                         env={"ARTCACHE_TRUSTED_KEYS": keys["alice"]["public_key"]})
+    assert lenient.returncode == 0 and lenient.stdout.strip() == "True", lenient.stderr
+    assert "PyNaCl is not installed" in lenient.stderr and "ARTCACHE_TRUSTED_KEYS" in lenient.stderr
 
 
 # -- writers sign, readers check ------------------------------------------------------

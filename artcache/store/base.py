@@ -13,6 +13,7 @@ Keys are validated everywhere so that a key can never name a path outside a stor
 
 from __future__ import annotations
 
+import difflib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,6 +41,14 @@ def check_key(key: str) -> tuple[str, str]:
     if match is None:
         raise StoreError(f"invalid store key {key!r}: expected 'cas/<sha256>' or 'ac/<sha256>'")
     return match.group(1), match.group(2)
+
+
+def unknown_option_message(shown_url: str, name: str, known: Iterable[str]) -> str:
+    """One line refusing URL option ``name`` by name, with the nearest known one."""
+    known = list(known)
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return f"{shown_url}: unknown option {name!r} ({hint}known: {', '.join(known)})"
 
 
 def cas_key(digest: str) -> str:
@@ -76,8 +85,12 @@ class Store(ABC):
     # get() checks each value's integrity itself (a checksum trailer) and returns None for
     # a value that fails, so a tiered store need not hash what it returns again.
     verifies_content: bool = False
-    # Where a verifying store reports each value it refused; set by whoever opened it.
+    # Where a verifying store reports each value it refused (a local store: each damaged
+    # file it set aside); set by whoever opened it.
     on_corrupt: CorruptHandler | None = None
+    # Its contents outlive the process (false for an in-process store): then, when it has
+    # no local_root, this machine's activity with it is kept in a stats directory.
+    persistent: bool = True
 
     @property
     def local_root(self) -> Path | None:

@@ -55,9 +55,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..digest import content_digest
-from ..errors import StoreError
+from ..errors import StoreConfigError, StoreError
 from ._frame import TRAILER_SIZE, check_framed, trailer
-from .base import KEYSPACES, KeyInfo, Store, check_key
+from .base import KEYSPACES, KeyInfo, Store, check_key, unknown_option_message
 
 try:
     import urllib3
@@ -142,24 +142,24 @@ class HttpStore(Store):
         shown = _redacted(parts, [(k, v) for k, v in pairs if k in _OPTIONS])
         for name, _value in pairs:
             if name.lower() in _SECRET_OPTIONS:
-                raise StoreError(f"{shown}: do not put a {name} in a store URL (it ends up in logs); "
+                raise StoreConfigError(f"{shown}: do not put a {name} in a store URL (it ends up in logs); "
                                  "use token_file=/path or ARTCACHE_HTTP_TOKEN")
             if name not in _OPTIONS:
-                raise StoreError(f"{shown}: unknown option {name!r} (known: {', '.join(_OPTIONS)})")
+                raise StoreConfigError(unknown_option_message(shown, name, _OPTIONS))
         options = dict(pairs)
         try:
             timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
             pool = int(options.get("pool", DEFAULT_POOL))
             _port = parts.port  # raises on a malformed port
         except ValueError as exc:
-            raise StoreError(f"{shown}: bad option or port: {exc}") from exc
+            raise StoreConfigError(f"{shown}: bad timeout, pool or port ({exc})") from exc
         authorization = _authorization(parts, options.get("token_file"), token, shown)
         ca = options.get("ca") or None
         if ca is not None and not Path(ca).is_file():
-            raise StoreError(f"{shown}: CA bundle {ca} is not a file")
+            raise StoreConfigError(f"{shown}: CA bundle {ca} is not a file")
         cas = options.get("cas", "framed")
         if cas not in ("framed", "plain"):
-            raise StoreError(f"{shown}: cas must be 'framed' or 'plain', got {cas!r}")
+            raise StoreConfigError(f"{shown}: cas must be 'framed' or 'plain', got {cas!r}")
         base = urlunsplit((parts.scheme, _netloc(parts), parts.path, "", ""))
         return cls(
             base,
@@ -411,14 +411,14 @@ def _flag(options: Mapping[str, str], name: str, default: bool, shown: str) -> b
         return True
     if lowered in _FALSE:
         return False
-    raise StoreError(f"{shown}: option {name} must be 1 or 0, got {value!r}")
+    raise StoreConfigError(f"{shown}: option {name} must be 1 or 0, got {value!r}")
 
 
 def _authorization(parts: Any, token_file: str | None, token: str | None, shown: str) -> str | None:
     """The ``Authorization`` header value, from the URL's user, a token file or the setting."""
     has_user = parts.username is not None or parts.password is not None
     if has_user and token_file:
-        raise StoreError(f"{shown}: give either user:password@ or token_file=, not both")
+        raise StoreConfigError(f"{shown}: give either user:password@ or token_file=, not both")
     if has_user:
         user, password = unquote(parts.username or ""), unquote(parts.password or "")
         return urllib3.make_headers(basic_auth=f"{user}:{password}")["authorization"]
@@ -426,9 +426,9 @@ def _authorization(parts: Any, token_file: str | None, token: str | None, shown:
         try:
             file_token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{shown}: cannot read token_file {token_file}: {type(exc).__name__}") from exc
+            raise StoreConfigError(f"{shown}: cannot read token_file {token_file}: {type(exc).__name__}") from exc
         if not file_token or any(c in file_token for c in "\r\n"):
-            raise StoreError(f"{shown}: token_file {token_file} must hold one line, the token")
+            raise StoreConfigError(f"{shown}: token_file {token_file} must hold one line, the token")
         return f"Bearer {file_token}"
     if token:
         return f"Bearer {token.strip()}"

@@ -145,6 +145,10 @@ class LocalStore(Store):
                                               mark_used=mark_used)
                 except _fs.TornFile as why:
                     self._set_aside(shard, name, why.inode)
+                    if self.on_corrupt is not None:
+                        # Set aside and read as a miss; whoever opened the store hears of
+                        # it, so a recompile it causes is not silent.
+                        self.on_corrupt(key, f"{why.args[0]}; quarantined")
                     return None
                 except _fs.TooLarge as big:
                     if store_cap is not None and big.size > store_cap:

@@ -12,6 +12,8 @@ from .base import KeyInfo, Store, check_key
 
 
 class MemoryStore(Store):
+    persistent = False  # gone with the process: no activity is kept for it
+
     def __init__(self, *, max_size: int | None = None, read_only: bool = False, name: str = "") -> None:
         self.url = f"memory://{name}"
         self.max_size = max_size

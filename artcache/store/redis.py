@@ -2,7 +2,7 @@
 
 URL::
 
-    redis://[:password@]host:port/db[?prefix=ci1][&ttl=86400][&timeout=2][&ro=1][&chunk=1048576]
+    redis://[:password@]host:port/db[?prefix=ci1][&ttl=86400][&timeout=2][&ro=1][&chunk=8M]
 
 Layout under the namespace ``base = "artcache:v2:" [+ prefix + ":"]``::
 
@@ -69,8 +69,9 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..config import parse_size, redact_url
 from ..digest import checksum, checksum_hasher, content_digest
-from ..errors import CorruptEntryError, StoreError
+from ..errors import ConfigError, CorruptEntryError, StoreConfigError, StoreError
 from ._frame import check_framed, trailer
 from ._redis_layout import (
     DELETE_IF_UNCHANGED,
@@ -80,7 +81,7 @@ from ._redis_layout import (
     batches,
     lowest,
 )
-from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
+from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key, unknown_option_message
 from .leases import Lease, RedisLease
 
 try:
@@ -102,6 +103,19 @@ _SCAN_COUNT = 1000
 _LAYOUT = "artcache:v2:"
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _OUR_OPTIONS = ("prefix", "namespace", "ttl", "timeout", "ro", "chunk")
+_OPTION_HELP = {
+    "port": "expected redis://host:port/db with a numeric port",
+    "timeout": "seconds, e.g. timeout=2",
+    "ttl": "whole seconds, e.g. ttl=86400",
+    "chunk": "a size, e.g. chunk=8M",
+}
+# redis-py's own URL options (its URL_QUERY_ARGUMENT_PARSERS and TLS settings).
+_REDIS_PY_OPTIONS = frozenset({
+    "db", "socket_timeout", "socket_connect_timeout", "socket_read_size", "socket_keepalive",
+    "retry_on_timeout", "retry_on_error", "max_connections", "health_check_interval",
+    "ssl_check_hostname", "ssl_include_verify_flags", "ssl_exclude_verify_flags", "ssl_min_version",
+    "protocol", "client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
+})
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -139,22 +153,36 @@ class RedisStore(Store):
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
+        """A store for ``url``.  An option neither artcache nor redis-py knows is refused
+        by name (a typo such as ``tll=60`` would otherwise reach redis-py as a keyword
+        and fail at the first command); sizes take ``parse_size`` units (``chunk=8M``)."""
         parts = urlsplit(url.strip())
+        shown = redact_url(url)
         ours: dict[str, str] = {}
         theirs: list[tuple[str, str]] = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name in _OUR_OPTIONS:
                 ours[name] = value
-            else:  # redis-py's own options (e.g. ssl_cert_reqs) pass through
+            elif name in _REDIS_PY_OPTIONS:  # redis-py's own options pass through
                 theirs.append((name, value))
+            else:
+                raise StoreConfigError(unknown_option_message(shown, name, _OUR_OPTIONS))
+        option = ""
         try:
+            option = "port"
+            _port = parts.port  # raises on a malformed port
+            option = "timeout"
             timeout = float(ours.get("timeout", DEFAULT_TIMEOUT_S))
+            option = "ttl"
             ttl = int(ours["ttl"]) if ours.get("ttl") else None
-            chunk = int(ours["chunk"]) if ours.get("chunk") else None
-        except ValueError as exc:
-            raise StoreError(f"{url}: bad option: {exc}") from exc
+            option = "chunk"
+            chunk = parse_size(ours["chunk"]) if ours.get("chunk") else None
+        except (ValueError, ConfigError) as exc:
+            value = ours.get(option, "") if option != "port" else ""
+            raise StoreConfigError(f"{shown}: bad {option}{f' {value!r}' if value else ''} "
+                                   f"({_OPTION_HELP[option]})") from exc
         if timeout <= 0:
-            raise StoreError(f"{url}: timeout must be positive")
+            raise StoreConfigError(f"{shown}: timeout must be positive ({_OPTION_HELP['timeout']})")
         connection_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs), ""))
         try:
             client = redis.Redis.from_url(
@@ -166,8 +194,10 @@ class RedisStore(Store):
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
-        except (ValueError, redis.RedisError) as exc:
-            raise StoreError(f"bad redis URL {url!r}: {exc}") from exc
+        except (ValueError, TypeError, redis.RedisError) as exc:
+            # redis-py's messages quote parts of the URL: only its exception type is shown.
+            raise StoreConfigError(f"{shown}: not a usable redis URL ({type(exc).__name__}); "
+                                   "expected redis://[:password@]host:port/db") from None
         return cls(
             client,
             url=_redacted(parts.scheme, parts.hostname, parts.port, parts.path, parts.query),

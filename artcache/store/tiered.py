@@ -76,8 +76,9 @@ class TieredStore(Store):
         self.on_error = on_error
         self._down_until = [0.0] * len(self.tiers)
         for index, tier in enumerate(self.tiers):
-            if _self_verifying(tier):
-                tier.on_corrupt = self._corrupt_reporter(index)  # type: ignore[attr-defined]
+            # Verifying tiers report each value they refuse; a local tier reports the
+            # damaged files it sets aside.
+            tier.on_corrupt = self._corrupt_reporter(index)
 
     @property
     def local_root(self) -> Path | None:
