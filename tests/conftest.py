@@ -12,6 +12,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Nothing the tests run writes under the user's own cache directory: default stores
+    and the stats of Redis- and HTTP-only stores go under ``$XDG_CACHE_HOME``, which every
+    test process (and every process it starts) sees pointing at a temporary directory."""
+    if not hasattr(config, "workerinput"):
+        import tempfile
+
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="artcache-tests-xdg-")
+
+
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     path = tmp_path / "store"
