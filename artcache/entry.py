@@ -72,6 +72,8 @@ class BlobRole:
     ``EXTERN_KERNELS``  (optional) import paths of the callables generated wrappers call
                  as ``extern_kernels.<name>`` (a hit can then skip Inductor's compiler)
     ``TUNING``   (GPU, optional) autotuning done at the first runs after the compile
+    ``FROZEN``   (frozen graphs only) the flat arguments the compiled forward still takes;
+                 its parameters and buffers are constants of the pickled graph
     """
 
     OBJECT = "object"
@@ -79,6 +81,7 @@ class BlobRole:
     KERNEL = "kernel"
     EXTERN_KERNELS = "extern_kernels"
     TUNING = "tuning"
+    FROZEN = "frozen"
 
 
 class SummaryKey:
