@@ -7,8 +7,8 @@ out-of-band bytes (``data``), the C++ kernel libraries (``kernel``), the import 
 the wrappers' extern kernels (``extern_kernels``, optional), the first runs' autotuning
 (``tuning``, GPU, optional) and, for a frozen graph (Inductor's ``freezing``), the flat
 arguments its forward still takes (``frozen``).  A frozen graph's constants (its weights as
-freezing left them: folded, re-laid-out or pre-packed) are tensors of the pickled graph,
-so they are ``data`` blobs, content-addressed like every tensor storage.
+freezing left them: folded or re-laid-out) are tensors of the pickled graph, so they are
+``data`` blobs, content-addressed like every tensor storage.
 
 Loading builds only allowlisted types (``artcache._torch.entry_types.entry_allowlist``),
 then :meth:`CompiledGraph.load` runs torch's post-compile steps (wrapper module load, input

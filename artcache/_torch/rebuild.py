@@ -52,9 +52,9 @@ def rebuild(
 
     ``example_inputs`` are the graph's inputs; ``lifted`` (:func:`lifted_inputs`) go first
     in every call, as in torch's own compiled callable.  ``frozen_args``: for a frozen
-    graph, the flat arguments its forward takes (``artcache._torch.freezing``).  Must run inside Dynamo's backend
-    call, so that its TracingContext receives the output strides and the SymInt inputs
-    carry the entry's guards into Dynamo's shape env.
+    graph, the flat arguments its forward takes (``artcache._torch.freezing``).  Must run
+    inside Dynamo's backend call, so that its TracingContext receives the output strides
+    and the SymInt inputs carry the entry's guards into Dynamo's shape env.
     """
     from torch._inductor.cudagraph_utils import BoxedDeviceIndex
     from torch._inductor.utils import BoxedBool
