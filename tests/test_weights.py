@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from artcache import weights
 from artcache.errors import Uncacheable
-from artcache.weights import CHUNK_WORDS, weights_digest
+from artcache.weights import weights_digest
 
 
 def _weights(seed: int = 0) -> list[torch.Tensor]:
@@ -46,11 +47,12 @@ def test_layout_and_order_are_part_of_the_digest(on_device: bool) -> None:
     assert weights_digest([w[0].reshape(32, 64), *w[1:]], on_device=on_device) != base
 
 
-def test_device_path_crosses_chunks() -> None:
-    big = torch.randn(CHUNK_WORDS + 5)
+def test_device_path_crosses_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weights, "CHUNK_WORDS", 1000)
+    big = torch.randn(2500)
     base = weights_digest([big], on_device=True)
     later = big.clone()
-    later[CHUNK_WORDS + 3] += 1  # a word in the second chunk
+    later[2003] += 1  # a word in the third chunk
     assert weights_digest([later], on_device=True) != base
     assert weights_digest([big.clone()], on_device=True) == base
 
