@@ -125,3 +125,48 @@ def test_constants_are_stored_once_across_entries(tmp_path: Path) -> None:
     # are small enough to be inlined in each entry's document.
     weights = sum(p.numel() * p.element_size() for p in PROGRAMS["mlp"].build(0)[0].parameters() if p.dim() == 2)
     assert sum(first[d] for d in shared) >= weights, (first, second)
+
+
+_LENIENT = r"""
+import json, torch
+import artcache
+from tests.corpus.frozen import PROGRAMS, run
+torch._inductor.config.freezing = True
+cache = artcache.Cache()
+outs = run(PROGRAMS["mlp"], lambda m: torch.compile(m, backend=cache.backend()), seed=0, step=False)
+eager = run(PROGRAMS["mlp"], None, seed=0, step=False)
+s = cache.stats()
+print(json.dumps({"ok": all(torch.allclose(a, b, atol=1e-4) for a, b in zip(outs, eager)),
+                  "hits": s.hits, "misses": s.misses, "saves": s.saves}))
+"""
+
+
+def test_a_bad_argument_selection_is_a_miss(tmp_path: Path) -> None:
+    """A frozen entry whose stored argument selection names arguments the graph does not
+    have: the hit is refused (a miss, one warning), the graph compiles and is saved anew."""
+    from dataclasses import replace
+
+    from artcache import Cache
+    from artcache.entry import BlobRole
+    from artcache.output_code import CompiledGraph
+
+    store = f"file://{tmp_path}/store"
+    env = {"ARTCACHE_STORE": store, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    first = run_python(_LENIENT, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    cache = Cache(store, strict=True)
+    keys = [info.key.split("/", 1)[1] for info in cache.store.iterate("ac/")]
+    assert len(keys) == 1
+    loaded = cache.lookup(keys[0])
+    assert loaded is not None and any(ref.role == BlobRole.FROZEN for ref in loaded.manifest.blobs)
+    graph = CompiledGraph.from_loaded(loaded)
+    assert graph.frozen_args is not None
+    bad = replace(graph, frozen_args=(999, *graph.frozen_args))
+    manifest = loaded.manifest
+    cache.save(manifest.key, bad.to_blobs(), factors=manifest.factors, environment=manifest.environment,
+               summary=dict(manifest.summary))
+    again = run_python(_LENIENT, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result == {"ok": True, "hits": 0, "misses": {"unloadable": 1}, "saves": 1}, (result, again.stderr[-3000:])
+    assert again.stderr.count("selects arguments the graph does not have") == 1, again.stderr[-3000:]
