@@ -170,3 +170,26 @@ def test_a_bad_argument_selection_is_a_miss(tmp_path: Path) -> None:
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result == {"ok": True, "hits": 0, "misses": {"unloadable": 1}, "saves": 1}, (result, again.stderr[-3000:])
     assert again.stderr.count("selects arguments the graph does not have") == 1, again.stderr[-3000:]
+
+
+def test_an_unreadable_freezing_wrapper_compiles_without_an_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose fw_compiler_freezing wrapper has another shape: the user's compile
+    goes on and runs correctly, and nothing is saved."""
+    from artcache import Cache
+    from artcache._torch import freezing
+    from artcache.errors import Uncacheable
+
+    def unreadable(wrapper: object) -> tuple[int, ...]:
+        raise Uncacheable("freezing-wrapper", "test")
+
+    monkeypatch.setattr(freezing, "_selection", unreadable)
+    monkeypatch.setattr(torch._inductor.config, "freezing", True)
+    cache = Cache("memory://", strict=True)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    x = torch.randn(4, 8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend=cache.backend())(x)
+        torch.testing.assert_close(out, model(x))
+    stats = cache.stats()
+    assert stats.saves == 0 and stats.hits == 0 and stats.uncacheable == {"no-entry": 1}, stats

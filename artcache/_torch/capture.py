@@ -115,10 +115,12 @@ def capture_compile() -> Iterator[Capture]:
             # The backward graph as a pickled GraphModule, whose reload execs stored Python
             # source; only compiled autograd reads it, and the backward is already compiled.
             entry.serialized_bw_module = None
-        if frozen.selection is not None:
+        if frozen.frozen:
             # A frozen forward names its constants; the entry must hold them.  Raising
             # here would fail the user's compile: an entry that cannot be made is none.
             try:
+                if frozen.selection is None:
+                    return
                 hold_constants(entry, frozen)
             except Uncacheable:
                 return

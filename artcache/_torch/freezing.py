@@ -43,7 +43,8 @@ Whether an entry serves the weights of the calling process is the key's business
 parameter and buffer.  Checked on torch 2.13 (CPU).  The wrapper, its closure's names and
 ``inner_compile`` passed by keyword read the same in every torch source compared (releases
 before and after 2.11); the GPU cases ``frozen_resnet50``/``frozen_gpt2`` check 2.11.  A
-wrapper of another shape is ``Uncacheable("freezing-wrapper")``, never a wrong entry.
+wrapper of another shape leaves no entry (the graph is compiled, not cached), never a
+wrong one.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class FrozenRecord:
 
     gm: Any = None
     selection: tuple[int, ...] | None = None
+    frozen: bool = False  # a frozen forward was compiled (selection None: it is not storable)
 
 
 def _selection(wrapper: Callable[..., Any]) -> tuple[int, ...]:
@@ -115,7 +117,11 @@ def recording(record: FrozenRecord) -> Iterator[None]:
         graph = seen.get("graph")
         if graph is None or wrapper is graph:  # AOT compilation returns the graph itself
             return wrapper
-        record.gm, record.selection = seen["gm"], _selection(wrapper)
+        record.frozen, record.gm = True, seen["gm"]
+        try:
+            record.selection = _selection(wrapper)
+        except Uncacheable:
+            record.selection = None  # the compile goes on; the capture saves no entry
 
         @functools.wraps(wrapper)
         def frozen(args: list[Any]) -> Any:
