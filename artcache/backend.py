@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from . import bundler, keys, pickler, single_flight
-from ._torch import key_inputs, op_registry, rebuild
+from . import bundler, keys, pickler, single_flight, weights
+from ._torch import freezing, key_inputs, op_registry, rebuild
 from ._torch import logs as torch_logs
 from ._torch import settings as torch_settings
 from ._torch.entry_types import entry_allowlist
@@ -163,17 +163,17 @@ class ArtcacheBackend:
         """The key, the input specs, and the readable values behind the factors (kept in
         the manifest and in miss records so ``artcache explain`` can name what differs)."""
         specs = keys.input_specs(gm, example_inputs)
-        if torch_settings.freezing_enabled():
-            # Freezing bakes parameter values into the graph through a compiler path that
-            # AOTAutograd's result capture does not cover.
-            raise Uncacheable("freezing", "inductor config freezing=True")
         numerics = torch_settings.numerics_flags(cpu_code=torch_settings.may_run_cpu_code(gm, example_inputs))
         environment = self._fingerprint(example_inputs)
         options = {"mode": self.mode, "options": sorted(self.options)}
         extra = key_inputs.extra_factors(gm)
+        if freezing.parameter_freezing():
+            # A frozen graph compiles the values of the parameters and buffers that are
+            # otherwise inputs: the entry serves only these weights.
+            extra["frozen_weights"] = weights.weights_digest(rebuild.lifted_inputs(gm))
         cache_key = keys.graph_key(
-            # freezing=True is refused above; without it AOTAutograd lifts the graph's
-            # parameters and buffers to inputs, so their values are not compiled in.
+            # AOTAutograd lifts the graph's parameters and buffers to inputs: only their
+            # specs are hashed here, and a frozen graph's values by frozen_weights above.
             graph_digest=pickler.hash_object(gm, allow=self._allowlist(), lifted_inputs=True),
             inputs=specs,
             custom_ops=keys.custom_op_factor_value(gm, op_registry.custom_op_code),

@@ -71,6 +71,8 @@ class CompileCapture:
 
     entry: Any = None
     bundle: KernelBundle = field(default_factory=KernelBundle)
+    # For a frozen graph (Inductor's freezing): the flat arguments its forward takes.
+    frozen_args: tuple[int, ...] | None = None
 
 
 @contextlib.contextmanager
@@ -91,6 +93,7 @@ def capturing(*, on_gpu: bool) -> Iterator[CompileCapture]:
     # capture_compile has collected the built C++ libraries on its way out.
     result.entry = capture.entry
     result.bundle = KernelBundle(cpp=dict(capture.cpp_kernels))
+    result.frozen_args = capture.frozen_selection
 
 
 def triton_kernels(entry: Any) -> KernelRefs:

@@ -72,6 +72,8 @@ class BlobRole:
     ``EXTERN_KERNELS``  (optional) import paths of the callables generated wrappers call
                  as ``extern_kernels.<name>`` (a hit can then skip Inductor's compiler)
     ``TUNING``   (GPU, optional) autotuning done at the first runs after the compile
+    ``FROZEN``   (frozen graphs only) the flat arguments the compiled forward still takes;
+                 its parameters and buffers are constants of the pickled graph
     """
 
     OBJECT = "object"
@@ -79,17 +81,21 @@ class BlobRole:
     KERNEL = "kernel"
     EXTERN_KERNELS = "extern_kernels"
     TUNING = "tuning"
+    FROZEN = "frozen"
 
 
 class SummaryKey:
     """Keys of ``Manifest.summary``: plain data for ``artcache inspect`` and ``explain``,
     written at save and never needed to load an entry (so a reader tolerates any of them
-    missing).  Values: ``TITLE`` str; ``INPUTS``/``GUARDS`` lists of str; ``GRAPH`` the FX
+    missing).  Values: ``TITLE`` str; ``FUNCTION`` str (the compiled function and its
+    file:line, or ""); ``KIND`` str ("inference" or "training", with ", frozen"); ``INPUTS``/``GUARDS`` lists of str; ``GRAPH`` the FX
     graph's code (capped); ``KERNELS``/``CONSTANTS``/``AUTOTUNE`` lists of maps;
     ``GENERATED_SOURCE_BYTES`` int; ``COMPILE_SECONDS`` float; ``FACTOR_VALUES`` map of the
     readable values behind each key factor."""
 
     TITLE = "title"
+    FUNCTION = "function"
+    KIND = "kind"
     INPUTS = "inputs"
     GUARDS = "guards"
     GRAPH = "graph"

@@ -143,6 +143,19 @@ def make_key(factors: Iterable[Factor]) -> CacheKey:
     return CacheKey(h.hexdigest(), ordered)
 
 
+def pass_uuid(custom_pass: Any, where: str) -> str:
+    """A custom pass's ``uuid()``, torch's CustomGraphPass protocol.  Without one, or with
+    an empty one (torch bypasses its own cache then too), nothing identifies what the pass
+    does to the code: the graph is uncacheable."""
+    uuid = getattr(custom_pass, "uuid", None)
+    if not callable(uuid):
+        raise Uncacheable("custom-pass", f"{where} is set to a pass without uuid()")
+    value = uuid()
+    if not value:
+        raise Uncacheable("custom-pass", f"{where} is set to a pass whose uuid() is {value!r}")
+    return str(value)
+
+
 def config_values(config: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a config snapshot (``module.get_config_copy()``) that enter the key.
 
@@ -154,10 +167,7 @@ def config_values(config: Mapping[str, Any]) -> dict[str, Any]:
         if _ignored(name):
             continue
         if callable(value) or (name.endswith(_PASS_SUFFIX) and not isinstance(value, _PLAIN)):
-            uuid = getattr(value, "uuid", None)
-            if not callable(uuid):
-                raise Uncacheable("custom-pass", f"config {name} is set to a pass without uuid()")
-            value = ["custom-pass", str(uuid())]
+            value = ["custom-pass", pass_uuid(value, f"config {name}")]
         try:
             canonical_bytes(value)
         except Uncacheable as exc:

@@ -4,8 +4,11 @@ An entry's blobs (:class:`artcache.entry.BlobRole`): the pickled ``BundledAOTAut
 (``object``: forward and backward ``CompiledFxGraph`` with their generated source, Triton
 bundle, output strides and shape guards, and AOTAutograd's runtime metadata) with its
 out-of-band bytes (``data``), the C++ kernel libraries (``kernel``), the import paths of
-the wrappers' extern kernels (``extern_kernels``, optional) and the first runs' autotuning
-(``tuning``, GPU, optional).
+the wrappers' extern kernels (``extern_kernels``, optional), the first runs' autotuning
+(``tuning``, GPU, optional) and, for a frozen graph (Inductor's ``freezing``), the flat
+arguments its forward still takes (``frozen``).  A frozen graph's constants (its weights as
+freezing left them: folded or re-laid-out) are tensors of the pickled graph, so they are
+``data`` blobs, content-addressed like every tensor storage.
 
 Loading builds only allowlisted types (``artcache._torch.entry_types.entry_allowlist``),
 then :meth:`CompiledGraph.load` runs torch's post-compile steps (wrapper module load, input
@@ -44,12 +47,15 @@ class CompiledGraph:
     # "<name>" -> import path of the callable the wrappers call as extern_kernels.<name>:
     # recorded at capture (:meth:`captured`), read back on load (``lean_load``)
     extern_kernels: Mapping[str, lean_load.Ref] = field(default_factory=dict)
+    # A frozen graph: the indices of the flat arguments (lifted parameters and buffers,
+    # then the graph's inputs) that its forward takes; None for every other graph.
+    frozen_args: tuple[int, ...] | None = None
 
     @classmethod
     def captured(cls, capture: bundler.CompileCapture) -> CompiledGraph:
         """The graph a compile just produced, in the compiling process (where Inductor's
         extern-kernel registry is loaded, so the references can be recorded)."""
-        graph = cls(capture.entry, capture.bundle)
+        graph = cls(capture.entry, capture.bundle, frozen_args=capture.frozen_args)
         refs = lean_load.extern_kernel_refs(entry_parts.generated_sources(capture.entry))
         return replace(graph, extern_kernels=refs)
 
@@ -74,6 +80,8 @@ class CompiledGraph:
         if self.extern_kernels:
             refs = {name: list(ref) for name, ref in sorted(self.extern_kernels.items())}
             blobs.append(NewBlob(BlobRole.EXTERN_KERNELS, pickler.dumps(refs, allow=allow).data))
+        if self.frozen_args is not None:
+            blobs.append(NewBlob(BlobRole.FROZEN, pickler.dumps({"args": list(self.frozen_args)}, allow=allow).data))
         if self.kernels.winners or self.kernels.tuned:
             tuning = {"winners": dict(sorted(self.kernels.winners.items())), "results": dict(sorted(self.kernels.tuned.items()))}
             tdoc = pickler.dumps(tuning, allow=allow)
@@ -116,7 +124,14 @@ class CompiledGraph:
             ):
                 raise CorruptEntryError("bad extern_kernels record")
             externs = {name: (ref[0], ref[1]) for name, ref in refs.items()}
-        return cls(entry, KernelBundle(cpp, winners, tuned), externs)
+        frozen_args = None
+        if any(ref.role == BlobRole.FROZEN for ref in manifest.blobs):
+            record = pickler.loads(loaded.blob(BlobRole.FROZEN), data, allow=allow, verify=False)
+            args = record.get("args") if type(record) is dict else None
+            if type(args) is not list or not all(type(i) is int and 0 <= i < 1 << 20 for i in args):
+                raise CorruptEntryError("bad frozen-graph record")
+            frozen_args = tuple(args)
+        return cls(entry, KernelBundle(cpp, winners, tuned), externs, frozen_args)
 
     def guards_hold(self, example_inputs: Sequence[Any]) -> bool:
         return rebuild.guards_hold(self.entry, example_inputs)
@@ -135,15 +150,18 @@ class CompiledGraph:
             with lean_load.hit_post_compile(graphs, enabled=lean) as lean_post_compile:
                 log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                           lightened, len(graphs), lean_post_compile)
-                return rebuild.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs, lifted=lifted)
+                return rebuild.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs, lifted=lifted,
+                                       frozen_args=self.frozen_args)
 
     # -- inspect ---------------------------------------------------------------------------
     def summary(self, gm: torch.fx.GraphModule, input_specs: Sequence[str]) -> dict[str, Any]:
         """Plain data for the manifest, read by ``artcache inspect`` (no code runs there)."""
         text = gm.code if len(gm.code) <= MAX_GRAPH_TEXT else gm.code[:MAX_GRAPH_TEXT] + "\n# ... truncated"
-        title = graph_title(gm, training=entry_parts.has_backward(self.entry))
+        training, frozen = entry_parts.has_backward(self.entry), self.frozen_args is not None
         return {
-            SummaryKey.TITLE: title,
+            SummaryKey.TITLE: graph_title(gm, training=training, frozen=frozen),
+            SummaryKey.FUNCTION: graph_function(gm),
+            SummaryKey.KIND: graph_kind(training=training, frozen=frozen),
             SummaryKey.INPUTS: list(input_specs),
             SummaryKey.GUARDS: entry_parts.guards(self.entry),
             SummaryKey.GRAPH: text,
@@ -158,15 +176,27 @@ class CompiledGraph:
 _FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in ([^\s]+)')
 
 
-def graph_title(gm: torch.fx.GraphModule, *, training: bool = False) -> str:
-    """What a graph is to its user: "forward at model.py:42 (3 ops)", from the first
-    operation's stack trace (Dynamo records one per node); "graph (3 ops)" without one."""
-    ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
-    count = f"{len(ops)} op{'s' if len(ops) != 1 else ''}{', training' if training else ''}"
-    for node in ops:
+def graph_function(gm: torch.fx.GraphModule) -> str:
+    """The compiled function and where it is: "forward at model.py:42", from the first
+    operation's stack trace (Dynamo records one per node); "" without one."""
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
         trace = node.meta.get("stack_trace")
         match = _FRAME_RE.search(trace) if isinstance(trace, str) else None
         if match:
             path, line, function = match.groups()
-            return f"{function} at {os.path.basename(path)}:{line} ({count})"
-    return f"graph ({count})"
+            return f"{function} at {os.path.basename(path)}:{line}"
+    return ""
+
+
+def graph_kind(*, training: bool, frozen: bool) -> str:
+    return ("training" if training else "inference") + (", frozen" if frozen else "")
+
+
+def graph_title(gm: torch.fx.GraphModule, *, training: bool = False, frozen: bool = False) -> str:
+    """What a graph is to its user: "forward at model.py:42 (3 ops)" ("graph (3 ops)"
+    without a stack trace), with ", training" or ", frozen" after the count."""
+    ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
+    count = f"{ops} op{'s' if ops != 1 else ''}{', training' if training else ''}{', frozen' if frozen else ''}"
+    return f"{graph_function(gm) or 'graph'} ({count})"

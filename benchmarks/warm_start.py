@@ -95,25 +95,25 @@ BACKENDS = {FLOOR: "eager", TORCH_COLD: "inductor", TORCH_WARM: "inductor", AC_C
 
 
 class _ArtcacheProbe:
-    """Collects every artcache ``Cache`` the backend creates, and artcache's log warnings,
+    """Collects every artcache ``EntryStore`` (``Cache``) a backend creates, and its warnings,
     so a child can report hits / misses / saves / errors.  Without this a warm run that
     silently degraded to a miss (and compiled) would pass for a slow warm start."""
 
     def __init__(self) -> None:
         import logging
 
-        from artcache.cache import Cache
+        from artcache.entries import EntryStore
 
         self.caches: list[Any] = []
         self.warnings: list[str] = []
-        original_init = Cache.__init__
+        original_init = EntryStore.__init__
         caches = self.caches
 
         def recording_init(cache: Any, *args: Any, **kwargs: Any) -> None:
             original_init(cache, *args, **kwargs)
             caches.append(cache)
 
-        Cache.__init__ = recording_init  # type: ignore[method-assign]  # this process only
+        EntryStore.__init__ = recording_init  # type: ignore[method-assign]  # this process only
 
         probe = self
 

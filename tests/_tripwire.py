@@ -40,6 +40,8 @@ TARGETS = [
     ("torch._inductor.compile_fx", "compile_fx_inner"),
     ("torch._inductor.compile_fx", "_compile_fx_inner"),
     ("torch._inductor.compile_fx", "fx_codegen_and_compile"),
+    ("torch._inductor.compile_fx", "fw_compiler_freezing"),
+    ("torch._inductor.freezing", "freeze"),
     ("torch._functorch.aot_autograd", "aot_module_simplified"),
     ("torch._functorch.aot_autograd", "create_aot_state"),
     ("torch._functorch._aot_autograd.graph_compile", "aot_stage1_graph_capture"),

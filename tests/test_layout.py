@@ -31,7 +31,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "artcache"
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "digest", "config", "_version"}),
-    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec"}),
+    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec", "weights"}),
     frozenset({"store", "activity"}),
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),

@@ -13,6 +13,9 @@ module             what it touches                                              
 patching           class attributes it patches and restores; lookups by name    2.11 (GPU), 2.13 (CPU)
 capture            AOTAutogradCache's bundled entry; ``CppCodeCache.load_async``  2.11 (GPU), 2.13 (CPU)
 rebuild            ``wrap_post_compile``, shape guards, lifted params/buffers    2.11 (GPU), 2.13 (CPU)
+freezing           ``compile_fx.fw_compiler_freezing`` (its wrapper's closure),  2.13 (CPU); 2.11: tests/gpu
+                   ``CompiledFxGraph.constants``/``frozen_param_names``,
+                   ``cpp.weight_prepack``, ``unset_fake_temporarily``
 settings           Inductor/functorch configs, modes, numerics switches          2.11 (GPU), 2.13 (CPU)
 op_registry        custom-op registries (``torch._library``), decomposition     2.13 (CPU)
                    and lowering tables

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import Uncacheable
+from .freezing import FrozenRecord, hold_constants, recording
 from .patching import PATCH_LOCK, patched
 
 
@@ -58,6 +59,8 @@ class Capture:
 
     entry: Any = None
     cpp_kernels: dict[str, CppKernel] = dataclasses.field(default_factory=dict)
+    # A frozen graph's argument selection (artcache._torch.freezing), else None.
+    frozen_selection: tuple[int, ...] | None = None
     _pending: dict[str, tuple[type, Callable[[], Any]]] = dataclasses.field(default_factory=dict)
 
     def collect_kernels(self) -> None:
@@ -101,6 +104,7 @@ def capture_compile() -> Iterator[Capture]:
     ac = autograd_cache_module()
     cpp = _cpp_code_cache()
     capture = Capture()
+    frozen = FrozenRecord()
     original_load_async = cpp.__dict__["load_async"]
 
     def save(key: str, entry: Any, remote: bool = False) -> None:
@@ -111,6 +115,18 @@ def capture_compile() -> Iterator[Capture]:
             # The backward graph as a pickled GraphModule, whose reload execs stored Python
             # source; only compiled autograd reads it, and the backward is already compiled.
             entry.serialized_bw_module = None
+        if frozen.frozen:
+            # A frozen forward names its constants; the entry must hold them.  Raising
+            # here would fail the user's compile: an entry that cannot be made is none.
+            try:
+                if frozen.selection is None:
+                    return
+                hold_constants(entry, frozen)
+            except Uncacheable:
+                return
+            finally:
+                frozen.gm = None
+            capture.frozen_selection = frozen.selection
         capture.entry = entry
 
     def load_async(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -140,6 +156,7 @@ def capture_compile() -> Iterator[Capture]:
         stack.enter_context(patched(ac.AOTAutogradCache, "_lookup", staticmethod(lambda *a, **k: None)))
         stack.enter_context(patched(ac.AOTAutogradCache, "save", staticmethod(save)))
         stack.enter_context(patched(cpp, "load_async", classmethod(load_async)))
+        stack.enter_context(recording(frozen))
         yield capture
     capture.collect_kernels()
 

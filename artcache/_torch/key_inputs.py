@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..code_digest import code_digest
+from ..keys import pass_uuid
 from ..errors import Uncacheable
 
 
@@ -163,10 +164,7 @@ def custom_backends() -> dict[str, Any]:
     for device, custom_pass in sorted(getattr(common, "custom_backend_passes", {}).items()):
         if custom_pass is None:
             continue
-        uuid = getattr(custom_pass, "uuid", None)
-        if not callable(uuid):
-            raise Uncacheable("custom-pass", f"the custom pass registered for {device} has no uuid()")
-        out[f"pass {device}"] = str(uuid())
+        out[f"pass {device}"] = pass_uuid(custom_pass, f"the custom pass registered for {device}")
     for device, config in sorted(getattr(common, "custom_backend_codegen_configs", {}).items()):
         if config is not None:
             values = config.save_config_portable(ignore_private_configs=False)

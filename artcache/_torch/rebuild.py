@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .capture import autograd_cache_module
+from .freezing import selecting
 
 
 def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
@@ -44,14 +45,16 @@ def lifted_inputs(gm: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def rebuild(
-    entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = ()
+    entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = (),
+    frozen_args: Sequence[int] | None = None,
 ) -> Callable[..., Any]:
     """The compiled callable of ``entry``: torch's post-compile steps, no compilation.
 
     ``example_inputs`` are the graph's inputs; ``lifted`` (:func:`lifted_inputs`) go first
-    in every call, as in torch's own compiled callable.  Must run inside Dynamo's backend
-    call, so that its TracingContext receives the output strides and the SymInt inputs
-    carry the entry's guards into Dynamo's shape env.
+    in every call, as in torch's own compiled callable.  ``frozen_args``: for a frozen
+    graph, the flat arguments its forward takes (``artcache._torch.freezing``).  Must run
+    inside Dynamo's backend call, so that its TracingContext receives the output strides
+    and the SymInt inputs carry the entry's guards into Dynamo's shape env.
     """
     from torch._inductor.cudagraph_utils import BoxedDeviceIndex
     from torch._inductor.utils import BoxedBool
@@ -68,7 +71,7 @@ def rebuild(
         aot_config = dataclasses.replace(aot_config, enable_log=False)
     context = torch._guards.TracingContext.try_get()
     tracing = contextlib.nullcontext() if context is not None else _fresh_tracing()
-    with tracing:
+    with tracing, selecting(entry, frozen_args):
         compiled = entry.wrap_post_compile([*lifted, *example_inputs], aot_config, fx_config)
 
     if lifted:

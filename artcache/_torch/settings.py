@@ -150,9 +150,5 @@ def inductor_config_patch(patch: Mapping[str, Any]) -> contextlib.AbstractContex
     return torch._inductor.config.patch(patch)  # type: ignore[no-any-return]
 
 
-def freezing_enabled() -> bool:
-    return bool(torch._inductor.config.freezing)
-
-
 def cudagraphs_enabled() -> bool:
     return bool(torch._inductor.config.triton.cudagraphs)

@@ -61,8 +61,28 @@ class VocabLoss(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
 
 
+class GPT2Logits(nn.Module):
+    """GPT-2 small (transformers, from its config: random weights, nothing downloaded)
+    returning its logits, so the compiled callable returns one tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        self.lm = GPT2LMHeadModel(GPT2Config(use_cache=False))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids).logits
+
+
 def make(width: int = 256, model: str = "net") -> nn.Module:
     torch.manual_seed(0)
+    if model == "resnet50":
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None).cuda().eval()
+    if model == "gpt2":
+        return GPT2Logits().cuda().eval()
     if model == "long_names":
         return LongNames().cuda()
     if model == "vocab_loss":
@@ -70,6 +90,10 @@ def make(width: int = 256, model: str = "net") -> nn.Module:
     return Net(width).cuda()
 
 
-def inputs(batch: int, width: int = 256, seed: int = 1) -> torch.Tensor:
+def inputs(batch: int, width: int = 256, seed: int = 1, model: str = "net") -> torch.Tensor:
     g = torch.Generator(device="cuda").manual_seed(seed)
+    if model == "resnet50":  # images: the batch size divided by 8 (64 -> 8 images)
+        return torch.randn(max(1, batch // 8), 3, 224, 224, device="cuda", generator=g)
+    if model == "gpt2":  # token ids: 2 sequences of 128
+        return torch.randint(0, 50257, (2, 128), device="cuda", generator=g)
     return torch.randn(batch, width, device="cuda", generator=g)
