@@ -25,7 +25,6 @@ import torch
 
 from ..code_digest import code_digest
 from ..keys import pass_uuid
-from ..errors import Uncacheable
 
 
 def _graph_modules(gm: torch.fx.GraphModule) -> Iterator[torch.fx.GraphModule]:
