@@ -1,0 +1,555 @@
+"""The precompile tier: a hit in a fresh process runs a frame without Dynamo tracing it.
+
+``artcache.precompile(fn)`` (or ``Cache.precompile``) wraps a function or module.  At a
+call it binds the arguments and looks up a *frame entry*, keyed by named factors: the
+digest of the frame's code and the values it reads (:func:`artcache.code_digest.code_digest`),
+the argument specs, the environment (torch version and build, Python, devices), mode and
+options.  A frame entry holds what Dynamo produced for the frame, as plain data:
+
+* **guards**: every guard Dynamo installed, translated to checks that read the frame's
+  locals and globals through access paths (``artcache._torch.frame_capture``): tensor
+  facts, constant values, types and named objects by identity, dict lengths, absent
+  attributes; plus one snapshot of the global state (grad mode, autocast, default dtype
+  and device, deterministic algorithms, mode stacks, saved-tensor hooks);
+* **the replay**: the access path of each graph input and how the frame's return value
+  is built from the graph's outputs.  Only frames that are one graph with nothing else
+  to do qualify: no graph break, no Python side effect, no symbolic shapes;
+* the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
+  user function Dynamo inlined.
+
+A call evaluates the guards before anything runs; all must hold.  Then the graph entry is
+looked up, its process-dependent factors (configs, numerics, environment, options) are
+recomputed here and compared with those in its manifest, and the compiled graph is called
+with the inputs read through the paths.  Anything else (no entry, a failed guard, a frame
+that cannot qualify, an entry that cannot be read) falls back to ``torch.compile`` with
+the artcache backend: Dynamo traces and the graphs still hit.  The fallback's first trace
+in a process records a frame entry when the frame qualifies, or counts why it does not
+(``Precompiled.reasons``, and ``precompile-<reason>`` in ``Cache.stats().uncacheable``).
+
+Frame entries go through the safe pickler (plain data only), are signed like every entry,
+and ``artcache inspect`` shows their guards, inputs and graph key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import keys, pickler
+from ._torch import frame_capture as fc
+from ._torch import rebuild
+from ._torch import settings as torch_settings
+from .backend import ArtcacheBackend
+from .code_digest import code_digest, installed_module
+from .entries import EntryStore
+from .entry import BlobRole, NewBlob, SummaryKey
+from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
+from .output_code import CompiledGraph
+
+log = logging.getLogger(__name__)
+
+FRAME_SCHEMA = 1
+# Graph factors a frame entry pins itself (its code digests, guards and argument specs):
+# the others are recomputed from this process before the graph entry is used.
+_GRAPH_FACTORS = frozenset({"graph", "inputs", "custom_ops", "static_inputs", "cudagraph_annotation",
+                            "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels"})
+# Graph factors holding user code that Dynamo does not inline (so no guard covers it).
+_USER_CODE_FACTORS = ("custom_ops", "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels")
+_CONSTANTS = (type(None), bool, int, float, str)
+_MAX_STRUCTURE_DEPTH = 16
+_MISSING = object()
+
+
+# -- plain-data checks, valid for entries from a store -------------------------------------
+def _is_path(path: Any) -> bool:
+    if type(path) is not list or not path or len(path) > 64:
+        return False
+    root = path[0]
+    if type(root) is not list or len(root) != 2 or root[0] not in ("L", "G", "M") or type(root[1]) is not str:
+        return False
+    return all(type(s) is list and len(s) == 2 and ((s[0] == "a" and type(s[1]) is str)
+               or (s[0] == "i" and type(s[1]) in (str, int))) for s in path[1:])
+
+
+def _is_name(value: Any) -> bool:
+    return type(value) is list and len(value) == 2 and all(type(v) is str for v in value)
+
+
+_CHECK_ARG = {
+    "eq": lambda v: type(v) in _CONSTANTS,
+    "tensor": lambda v: type(v) is list and len(v) == 8,
+    "type": _is_name,
+    "is": _is_name,
+    "absent": lambda v: type(v) is str,
+    "hasattr": lambda v: type(v) is str,
+    "len": lambda v: type(v) is int,
+}
+
+
+def _is_structure(value: Any, depth: int = 0) -> bool:
+    if type(value) is not list or not value or depth > _MAX_STRUCTURE_DEPTH:
+        return False
+    kind, rest = value[0], value[1:]
+    if kind in ("o", "in"):
+        return len(rest) == 1 and type(rest[0]) is int and rest[0] >= 0
+    if kind == "c":
+        return len(rest) == 1 and type(rest[0]) in _CONSTANTS
+    if kind in ("tuple", "list"):
+        return len(rest) == 1 and type(rest[0]) is list and all(_is_structure(v, depth + 1) for v in rest[0])
+    if kind == "dict":
+        return len(rest) == 1 and type(rest[0]) is list and all(
+            type(kv) is list and len(kv) == 2 and type(kv[0]) is str and _is_structure(kv[1], depth + 1) for kv in rest[0])
+    return False
+
+
+@dataclass(frozen=True)
+class FrameEntry:
+    """What a precompiled frame needs, as plain data (see the module docstring)."""
+
+    guards: list[list[Any]]
+    state: str
+    inputs: list[list[list[Any]]]
+    output: list[Any]
+    graph_key: str
+    cpu_code: bool
+    traced: list[list[str]]
+
+    def plain(self) -> dict[str, Any]:
+        return {"schema": FRAME_SCHEMA, "guards": self.guards, "state": self.state, "inputs": self.inputs,
+                "output": self.output, "graph_key": self.graph_key, "cpu_code": self.cpu_code, "traced": self.traced}
+
+    @classmethod
+    def from_plain(cls, doc: Any) -> FrameEntry:
+        """Validate a decoded document field by field; CorruptEntryError on anything else."""
+        ok = (type(doc) is dict and doc.get("schema") == FRAME_SCHEMA
+              and type(doc.get("guards")) is list and all(
+                  type(g) is list and len(g) == 3 and g[0] in _CHECK_ARG and _is_path(g[1]) and _CHECK_ARG[g[0]](g[2])
+                  for g in doc["guards"])
+              and type(doc.get("state")) is str
+              and type(doc.get("inputs")) is list and all(_is_path(p) for p in doc["inputs"])
+              and _is_structure(doc.get("output"))
+              and type(doc.get("graph_key")) is str and keys_is_digest(doc["graph_key"])
+              and type(doc.get("cpu_code")) is bool
+              and type(doc.get("traced")) is list and all(
+                  type(t) is list and len(t) == 3 and all(type(v) is str for v in t) for t in doc["traced"]))
+        if not ok:
+            raise CorruptEntryError("bad frame entry document")
+        return cls(doc["guards"], doc["state"], doc["inputs"], doc["output"], doc["graph_key"], doc["cpu_code"],
+                   doc["traced"])
+
+
+def keys_is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _resolve(path: list[list[Any]], f_locals: Mapping[str, Any], f_globals: Mapping[str, Any]) -> Any:
+    kind, name = path[0]
+    try:
+        obj = f_locals.get(name, _MISSING) if kind == "L" else (
+            f_globals.get(name, _MISSING) if kind == "G" else sys.modules.get(name, _MISSING))
+        for step, key in path[1:]:
+            if obj is _MISSING:
+                break
+            obj = getattr(obj, key, _MISSING) if step == "a" else obj[key]
+    except (KeyError, IndexError, TypeError):
+        return _MISSING
+    return obj
+
+
+def _holds(check: list[Any], value: Any) -> bool:
+    kind, _, want = check
+    if value is _MISSING:
+        return False
+    if kind == "eq":
+        return type(value) is type(want) and value == want
+    if kind == "tensor":
+        return fc.tensor_facts(value) == want
+    if kind == "type":
+        return type(value) is fc.resolve_named(want)
+    if kind == "is":
+        return value is fc.resolve_named(want)
+    if kind == "absent":
+        return want not in getattr(value, "__dict__", {})
+    if kind == "hasattr":
+        return hasattr(value, want)
+    try:
+        return len(value) == want  # "len"
+    except TypeError:
+        return False
+
+
+def _path_text(path: list[list[Any]]) -> str:
+    (kind, name), text = path[0], ""
+    text = {"L": f"L[{name!r}]", "G": f"G[{name!r}]", "M": f"module {name}"}[kind]
+    for step, key in path[1:]:
+        text += f".{key}" if step == "a" else f"[{key!r}]"
+    return text
+
+
+def guard_text(check: list[Any]) -> str:
+    want = check[2] if check[0] != "tensor" else " ".join(str(v) for v in check[2])
+    return f"{check[0]:<7} {_path_text(check[1])} {want}"
+
+
+def _build(structure: list[Any], outputs: Any, inputs: list[Any]) -> Any:
+    kind, arg = structure
+    if kind == "o":
+        return outputs[arg]
+    if kind == "in":
+        return inputs[arg]
+    if kind == "c":
+        return arg
+    if kind == "tuple":
+        return tuple(_build(s, outputs, inputs) for s in arg)
+    if kind == "list":
+        return [_build(s, outputs, inputs) for s in arg]
+    return {k: _build(s, outputs, inputs) for k, s in arg}
+
+
+def _structure(value: Any, outputs: Any, inputs: list[Any], depth: int = 0) -> list[Any]:
+    """How the frame's return value ``value`` is made of the graph's ``outputs`` (by
+    identity), its ``inputs`` and constants; NotPrecompilable for anything else."""
+    if depth > _MAX_STRUCTURE_DEPTH:
+        raise NotPrecompilable("output", "nested too deep")
+    for i, out in enumerate(outputs):
+        if value is out:
+            return ["o", i]
+    for i, arg in enumerate(inputs):
+        if value is arg:
+            return ["in", i]
+    if type(value) in _CONSTANTS and not (type(value) is float and value != value):
+        return ["c", value]
+    if type(value) in (tuple, list):
+        return [type(value).__name__, [_structure(v, outputs, inputs, depth + 1) for v in value]]
+    if type(value) is dict and all(type(k) is str for k in value):
+        return ["dict", [[k, _structure(v, outputs, inputs, depth + 1)] for k, v in value.items()]]
+    raise NotPrecompilable("output", f"returns a {type(value).__name__} not made of graph outputs")
+
+
+class _Replay:
+    """A loaded frame entry: its guards and the compiled graph it calls."""
+
+    def __init__(self, entry: FrameEntry, compiled: Callable[..., Any], f_globals: Mapping[str, Any]) -> None:
+        self.entry = entry
+        self.compiled = compiled
+        self.f_globals = f_globals
+
+    def failed_guard(self, f_locals: Mapping[str, Any]) -> str | None:
+        for check in self.entry.guards:
+            if not _holds(check, _resolve(check[1], f_locals, self.f_globals)):
+                return guard_text(check)
+        if fc.global_state() != self.entry.state:
+            return "global state"
+        if not fc.global_hooks_empty():
+            return "global module hooks"
+        return None
+
+    def __call__(self, f_locals: Mapping[str, Any]) -> Any:
+        inputs = [_resolve(path, f_locals, self.f_globals) for path in self.entry.inputs]
+        outputs = self.compiled(*inputs)
+        return _build(self.entry.output, outputs, inputs)
+
+
+class _GraphRecord:
+    """One backend call during a recorded Dynamo compile."""
+
+    def __init__(self) -> None:
+        self.trace: fc.FrameTrace | None = None
+        self.problem = ""
+        self.keys: list[tuple[str, dict[str, Any]]] = []
+        self.lifted = 0
+        self.outputs: Any = None
+        self.inputs: list[Any] = []
+
+
+class _Recorder:
+    """The backend and guard filter given to Dynamo on the fallback path: compiles through
+    the artcache backend and notes what the frame entry needs."""
+
+    def __init__(self, backend: ArtcacheBackend) -> None:
+        self.backend = backend
+        self.graphs: list[_GraphRecord] = []
+        self.guards: list[list[Any]] | None = None
+        self.guard_problem: NotPrecompilable | None = None
+        self.guard_calls = 0
+
+    def reset(self) -> None:
+        self.graphs, self.guards, self.guard_problem, self.guard_calls = [], None, None, 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        record = _GraphRecord()
+        self.graphs.append(record)
+        try:
+            record.trace = fc.FrameTrace(gm)
+        except (AttributeError, KeyError, TypeError) as exc:  # a torch without what the trace reads
+            record.problem = f"trace unreadable: {type(exc).__name__}: {exc}"
+        record.lifted = len(rebuild.lifted_inputs(gm))
+        self.backend.on_key = lambda key, info: record.keys.append((key, info))
+        try:
+            compiled = self.backend(gm, example_inputs)
+        finally:
+            self.backend.on_key = None
+
+        def run(*args: Any) -> Any:
+            out = compiled(*args)
+            if record.outputs is None:
+                record.outputs, record.inputs = out, list(args)
+            return out
+
+        if getattr(compiled, "_boxed_call", False):
+            run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
+    def guard_filter(self, entries: list[Any]) -> list[bool]:
+        self.guard_calls += 1
+        try:
+            translated = [fc.translate_guard(entry) for entry in entries]
+            self.guards = [g for g in translated if g is not None]
+        except NotPrecompilable as exc:
+            self.guard_problem = exc
+        return [True] * len(entries)
+
+
+class Precompiled:
+    """``fn`` (a function, bound method or module) called through the precompile tier;
+    see the module docstring.  ``reasons`` counts why calls went through Dynamo."""
+
+    def __init__(self, fn: Callable[..., Any], cache: EntryStore, *, mode: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.fn = fn
+        self._module = fn if isinstance(fn, torch.nn.Module) else None
+        target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+        self._code_fn = getattr(target, "__func__", target)
+        self._self = getattr(target, "__self__", None)
+        self._signature = inspect.signature(self._code_fn)
+        self._globals: Mapping[str, Any] = getattr(self._code_fn, "__globals__", {})
+        self.cache = cache
+        self._backend = ArtcacheBackend(cache, mode=mode, options=options)
+        self._recorder = _Recorder(self._backend)
+        self._target = target
+        self._dynamo: Callable[..., Any] | None = None
+        self._replays: list[_Replay] = []
+        self._tried: set[str] = set()
+        self._code_digest: str | None = None
+        self.reasons: Counter[str] = Counter()
+        self.replayed = 0
+
+    # -- the call --------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._module is not None and _module_hooks(self._module):
+            return self._fallback(None, args, kwargs, "module-hooks")
+        f_locals = self._bind(args, kwargs)
+        for replay in self._replays:
+            if replay.failed_guard(f_locals) is None:
+                self.replayed += 1
+                return replay(f_locals)
+        try:
+            key, factors = self._frame_key(f_locals)
+        except Uncacheable as exc:
+            return self._fallback(None, args, kwargs, f"key-{exc.reason}")
+        if key.key in self._tried:  # looked up once in this process: Dynamo's own cache serves it now
+            return self._through_dynamo(*args, **kwargs)
+        self._tried.add(key.key)
+        replay, reason = self._load(key.key, f_locals)
+        if replay is None:
+            return self._fallback(key, args, kwargs, reason, factors)
+        self._replays.append(replay)
+        self.replayed += 1
+        return replay(f_locals)
+
+    def _through_dynamo(self, *args: Any, **kwargs: Any) -> Any:
+        """The fallback: ``torch.compile`` with the recording artcache backend (built at the
+        first fallback, so that a process served by replays never sets Dynamo up)."""
+        if self._dynamo is None:
+            self._dynamo = torch.compile(self._target, backend=self._recorder, dynamic=False,
+                                         options={"guard_filter_fn": self._recorder.guard_filter})
+        return self._dynamo(*args, **kwargs)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def _frame_key(self, f_locals: Mapping[str, Any]) -> tuple[keys.CacheKey, dict[str, Any]]:
+        if self._code_digest is None:
+            self._code_digest = code_digest(self._code_fn)
+        tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
+        values = {
+            "frame_code": f"{self._code_fn.__module__}.{self._code_fn.__qualname__} {self._code_digest}",
+            "frame_args": [_arg_spec(name, value) for name, value in f_locals.items()],
+            "environment": self._backend.fingerprint(tensors),
+            "options": {"mode": self._backend.mode, "options": sorted(self._backend.options)},
+            "precompile": FRAME_SCHEMA,
+        }
+        return keys.make_key(keys.factor(name, value) for name, value in values.items()), values
+
+    # -- the hit ---------------------------------------------------------------------------
+    def _load(self, key: str, f_locals: Mapping[str, Any]) -> tuple[_Replay | None, str]:
+        loaded = self.cache.lookup(key)
+        if loaded is None:
+            return None, "absent"
+        try:
+            doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
+            entry = FrameEntry.from_plain(doc)
+            replay = _Replay(entry, _never_called, self._globals)
+            failed = replay.failed_guard(f_locals)
+            if failed is not None:
+                log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
+                self.cache.reject(key, "guards")
+                return None, "guards"
+            for module, qualname, digest in entry.traced:
+                if _traced_digest(module, qualname) != digest:
+                    self.cache.reject(key, "traced-code")
+                    return None, "traced-code"
+            compiled = self._load_graph(entry, f_locals)
+            if compiled is None:
+                self.cache.reject(key, "graph")
+                return None, "graph"
+        except ArtcacheError as exc:
+            self.cache.degrade("precompile", exc)
+            self.cache.reject(key, "unloadable")
+            return None, "unloadable"
+        self.cache.record_hit(loaded, 0.0)
+        return _Replay(entry, compiled, self._globals), ""
+
+    def _load_graph(self, entry: FrameEntry, f_locals: Mapping[str, Any]) -> Callable[..., Any] | None:
+        inputs = [_resolve(path, f_locals, self._globals) for path in entry.inputs]
+        if not all(isinstance(t, torch.Tensor) for t in inputs):
+            return None
+        loaded = self.cache.lookup(entry.graph_key)
+        if loaded is None:
+            return None
+        ambient = self._backend.ambient_digests(entry.cpu_code, inputs)
+        stored = loaded.manifest.factors
+        if set(stored) != set(ambient) | (_GRAPH_FACTORS & set(stored)) or any(
+                stored[name] != digest for name, digest in ambient.items()):
+            log.info("artcache: graph entry %s was made under other settings", entry.graph_key[:16])
+            self.cache.reject(entry.graph_key, "settings")
+            return None
+        graph = CompiledGraph.from_loaded(loaded)
+        if not graph.guards_hold(inputs):
+            self.cache.reject(entry.graph_key, "guards")
+            return None
+        with torch_settings.inductor_config_patch(torch_settings.mode_options(self._backend.mode, self._backend.options)):
+            compiled = graph.load(inputs, cudagraphs=torch_settings.cudagraphs_enabled())
+        self.cache.record_hit(loaded, 0.0)
+        return compiled  # type: ignore[no-any-return]
+
+    # -- the fallback: Dynamo, recording ---------------------------------------------------
+    def _fallback(self, key: keys.CacheKey | None, args: tuple[Any, ...], kwargs: Mapping[str, Any], reason: str,
+                  factors: dict[str, Any] | None = None) -> Any:
+        self.reasons[reason] += 1
+        if key is None or reason != "absent":
+            return self._through_dynamo(*args, **kwargs)
+        state, hooks_empty = fc.global_state(), fc.global_hooks_empty()
+        f_locals = self._bind(args, kwargs)
+        self._recorder.reset()
+        out = self._through_dynamo(*args, **kwargs)
+        try:
+            entry = self._capture(out, state, hooks_empty)
+        except NotPrecompilable as exc:
+            self.reasons[f"not-precompilable:{exc.reason}"] += 1
+            self.cache.record_uncacheable(f"precompile-{exc.reason}")
+            log.info("artcache: frame %s is not precompilable (%s)", self._code_fn.__qualname__, exc)
+            return out
+        finally:
+            self._recorder.reset()
+        self._save(key, entry, factors or {}, f_locals)
+        return out
+
+    def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry:
+        rec = self._recorder
+        if len(rec.graphs) != 1:
+            raise NotPrecompilable("graph-count" if rec.graphs else "no-graph", f"{len(rec.graphs)} graphs")
+        graph = rec.graphs[0]
+        if graph.trace is None:
+            raise NotPrecompilable("trace", graph.problem)
+        graph.trace.check()
+        if graph.trace.frame_code is not self._code_fn.__code__:
+            raise NotPrecompilable("nested-frame", graph.trace.frame_code.co_name)
+        if rec.guard_problem is not None:
+            raise rec.guard_problem
+        if rec.guard_calls != 1 or rec.guards is None:
+            raise NotPrecompilable("guard-sets", f"{rec.guard_calls} guard sets")
+        if not hooks_empty:
+            raise NotPrecompilable("global-module-hooks")
+        if graph.lifted:
+            raise NotPrecompilable("lifted-attributes", f"{graph.lifted} tensors")
+        if len(graph.keys) != 1:
+            raise NotPrecompilable("graph-uncacheable")
+        graph_key, info = graph.keys[0]
+        for name in _USER_CODE_FACTORS:
+            if info.get(name):
+                raise NotPrecompilable(f"graph-{name}")
+        if graph.outputs is None or len(graph.inputs) != len(graph.trace.input_paths):
+            raise NotPrecompilable("graph-not-called")
+        structure = _structure(out, graph.outputs, graph.inputs)
+        traced = [_traced_name(code) for code in graph.trace.traced_code]
+        return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
+                          [t for t in traced if t is not None])
+
+    def _save(self, key: keys.CacheKey, entry: FrameEntry, values: dict[str, Any], f_locals: Mapping[str, Any]) -> None:
+        try:
+            data = pickler.dumps(entry.plain()).data
+        except Uncacheable as exc:
+            self.cache.record_uncacheable(f"precompile-{exc.reason}")
+            return
+        summary = {
+            SummaryKey.TITLE: f"precompiled frame {self._code_fn.__module__}.{self._code_fn.__qualname__}",
+            SummaryKey.INPUTS: [_path_text(p) for p in entry.inputs],
+            SummaryKey.GUARDS: [guard_text(g) for g in entry.guards] + ["global state " + entry.state],
+            "graph_entry": entry.graph_key,
+            "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in entry.traced],
+            SummaryKey.FACTOR_VALUES: values,
+        }
+        tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
+        self.cache.save(key.key, [NewBlob(BlobRole.OBJECT, data)], factors=key.digests(),
+                        environment=self._backend.fingerprint(tensors), summary=summary)
+
+
+def _never_called(*args: Any) -> Any:
+    raise AssertionError("a frame entry's guards are checked before its graph is loaded")
+
+
+def _module_hooks(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or not fc.global_hooks_empty())
+
+
+def _arg_spec(name: str, value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
+    if type(value) in _CONSTANTS:
+        return f"{name}: {value!r}"
+    return f"{name}: {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _traced_name(code: Any) -> list[str] | None:
+    """``[module, qualname, digest]`` of a user function Dynamo inlined; ``None`` for
+    installed code (pinned by the environment factor).  NotPrecompilable when the
+    function cannot be found again by its name."""
+    module = fc.module_of_code(code)
+    if module is not None and code_digest_installed(module):
+        return None
+    if module is None or "<" in code.co_qualname:
+        raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
+    fn = fc.resolve_named([module, code.co_qualname])
+    if getattr(fn, "__code__", None) is not code:
+        raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
+    return [module, code.co_qualname, code_digest(fn)]
+
+
+def _traced_digest(module: str, qualname: str) -> str | None:
+    fn = fc.resolve_named([module, qualname])
+    return code_digest(fn) if getattr(fn, "__code__", None) is not None else None
+
+
+def code_digest_installed(module: str) -> bool:
+    return installed_module(module)
