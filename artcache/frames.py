@@ -149,20 +149,6 @@ def keys_is_digest(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
-def _resolve(path: list[list[Any]], f_locals: Mapping[str, Any], f_globals: Mapping[str, Any]) -> Any:
-    kind, name = path[0]
-    try:
-        obj = f_locals.get(name, _MISSING) if kind == "L" else (
-            f_globals.get(name, _MISSING) if kind == "G" else sys.modules.get(name, _MISSING))
-        for step, key in path[1:]:
-            if obj is _MISSING:
-                break
-            obj = getattr(obj, key, _MISSING) if step == "a" else obj[key]
-    except (KeyError, IndexError, TypeError):
-        return _MISSING
-    return obj
-
-
 def _holds(check: list[Any], value: Any) -> bool:
     kind, _, want = check
     if value is _MISSING:
@@ -234,27 +220,75 @@ def _structure(value: Any, outputs: Any, inputs: list[Any], depth: int = 0) -> l
 
 
 class _Replay:
-    """A loaded frame entry: its guards and the compiled graph it calls."""
+    """A loaded frame entry: its guards and the compiled graph it calls.
+
+    Guard paths share prefixes (``L['self']._modules['fc1']`` under many guards), so each
+    distinct prefix is one node, resolved once per call in order."""
 
     def __init__(self, entry: FrameEntry, compiled: Callable[..., Any], f_globals: Mapping[str, Any]) -> None:
         self.entry = entry
         self.compiled = compiled
         self.f_globals = f_globals
+        self._nodes: list[tuple[int, str, Any]] = []  # (parent node or -1, step, key)
+        index: dict[tuple[Any, ...], int] = {}
+
+        def node(path: list[list[Any]]) -> int:
+            key: tuple[Any, ...] = ()
+            parent = -1
+            for step, name in path:
+                key += ((step, name, type(name).__name__),)
+                if key not in index:
+                    index[key] = len(self._nodes)
+                    self._nodes.append((parent, step, name))
+                parent = index[key]
+            return parent
+
+        self._checks = [(node(check[1]), check) for check in entry.guards]
+        self.inputs = [node(path) for path in entry.inputs]
+        self._state: fc.StateCheck | None = None
+
+    def _resolve_all(self, f_locals: Mapping[str, Any]) -> list[Any]:
+        values: list[Any] = []
+        for parent, step, name in self._nodes:
+            obj = f_locals if step == "L" else self.f_globals if step == "G" else sys.modules if step == "M" else (
+                values[parent])
+            if obj is _MISSING:
+                values.append(_MISSING)
+                continue
+            try:
+                values.append(getattr(obj, name, _MISSING) if step == "a" else obj.get(name, _MISSING)
+                              if step in ("L", "G", "M") else obj[name])
+            except (KeyError, IndexError, TypeError):
+                values.append(_MISSING)
+        return values
 
     def failed_guard(self, f_locals: Mapping[str, Any]) -> str | None:
-        for check in self.entry.guards:
-            if not _holds(check, _resolve(check[1], f_locals, self.f_globals)):
-                return guard_text(check)
-        if fc.global_state() != self.entry.state:
-            return "global state"
-        if not fc.global_hooks_empty():
-            return "global module hooks"
-        return None
+        """The first check that fails for this call (``None``: all hold)."""
+        return self.check(f_locals)[0]
 
-    def __call__(self, f_locals: Mapping[str, Any]) -> Any:
-        inputs = [_resolve(path, f_locals, self.f_globals) for path in self.entry.inputs]
-        outputs = self.compiled(*inputs)
-        return _build(self.entry.output, outputs, inputs)
+    def check(self, f_locals: Mapping[str, Any]) -> tuple[str | None, list[Any]]:
+        """The first failing check (or ``None``) and every path's value for this call."""
+        values = self._resolve_all(f_locals)
+        for at, check in self._checks:
+            if not _holds(check, values[at]):
+                return guard_text(check), values
+        if self._state is None:
+            if fc.global_state() != self.entry.state:
+                return "global state", values
+            self._state = fc.StateCheck()  # verified equal: from now on the fast check
+        elif not self._state.holds():
+            return "global state", values
+        if not fc.global_hooks_empty():
+            return "global module hooks", values
+        return None, values
+
+    def try_call(self, f_locals: Mapping[str, Any]) -> tuple[bool, Any]:
+        """Check the guards; if they all hold, run the graph and rebuild the frame's result."""
+        failed, values = self.check(f_locals)
+        if failed is not None:
+            return False, None
+        inputs = [values[at] for at in self.inputs]
+        return True, _build(self.entry.output, self.compiled(*inputs), inputs)
 
 
 class _GraphRecord:
@@ -347,9 +381,10 @@ class Precompiled:
             return self._fallback(None, args, kwargs, "module-hooks")
         f_locals = self._bind(args, kwargs)
         for replay in self._replays:
-            if replay.failed_guard(f_locals) is None:
+            ok, out = replay.try_call(f_locals)
+            if ok:
                 self.replayed += 1
-                return replay(f_locals)
+                return out
         try:
             key, factors = self._frame_key(f_locals)
         except Uncacheable as exc:
@@ -361,8 +396,11 @@ class Precompiled:
         if replay is None:
             return self._fallback(key, args, kwargs, reason, factors)
         self._replays.append(replay)
+        ok, out = replay.try_call(f_locals)
+        if not ok:  # the global state changed since the check a moment ago
+            return self._through_dynamo(*args, **kwargs)
         self.replayed += 1
-        return replay(f_locals)
+        return out
 
     def _through_dynamo(self, *args: Any, **kwargs: Any) -> Any:
         """The fallback: ``torch.compile`` with the recording artcache backend (built at the
@@ -399,7 +437,7 @@ class Precompiled:
             doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
             entry = FrameEntry.from_plain(doc)
             replay = _Replay(entry, _never_called, self._globals)
-            failed = replay.failed_guard(f_locals)
+            failed, values = replay.check(f_locals)
             if failed is not None:
                 log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
                 self.cache.reject(key, "guards")
@@ -408,7 +446,7 @@ class Precompiled:
                 if _traced_digest(module, qualname) != digest:
                     self.cache.reject(key, "traced-code")
                     return None, "traced-code"
-            compiled = self._load_graph(entry, f_locals)
+            compiled = self._load_graph(entry, [values[at] for at in replay.inputs])
             if compiled is None:
                 self.cache.reject(key, "graph")
                 return None, "graph"
@@ -417,10 +455,10 @@ class Precompiled:
             self.cache.reject(key, "unloadable")
             return None, "unloadable"
         self.cache.record_hit(loaded, 0.0)
-        return _Replay(entry, compiled, self._globals), ""
+        replay.compiled = compiled
+        return replay, ""
 
-    def _load_graph(self, entry: FrameEntry, f_locals: Mapping[str, Any]) -> Callable[..., Any] | None:
-        inputs = [_resolve(path, f_locals, self._globals) for path in entry.inputs]
+    def _load_graph(self, entry: FrameEntry, inputs: list[Any]) -> Callable[..., Any] | None:
         if not all(isinstance(t, torch.Tensor) for t in inputs):
             return None
         loaded = self.cache.lookup(entry.graph_key)

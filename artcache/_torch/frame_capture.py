@@ -143,6 +143,24 @@ def global_state() -> str:
     ], sort_keys=True)
 
 
+class StateCheck:
+    """A fast check that the global state is still what :func:`global_state` returned
+    when this object was made (the C++ guard, then the few values it does not cover)."""
+
+    def __init__(self) -> None:
+        self._guard = torch._C._dynamo.guards.GlobalStateGuard()
+        self._rest = _rest_of_state()
+
+    def holds(self) -> bool:
+        return bool(self._guard.check()) and _rest_of_state() == self._rest
+
+
+def _rest_of_state() -> tuple[Any, ...]:
+    return (torch.is_inference_mode_enabled(), torch.get_default_device(), torch._C._len_torch_function_stack(),
+            torch._C._len_torch_dispatch_stack(), torch._C._autograd._top_saved_tensors_default_hooks(False) is None,
+            torch._C._is_fwd_grad_enabled())
+
+
 def global_hooks_empty() -> bool:
     """No global module hooks are registered (Dynamo guards only their type; a replayed
     frame calls no module's ``__call__``, so any such hook makes it refuse)."""
