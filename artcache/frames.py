@@ -83,13 +83,16 @@ def _is_name(value: Any) -> bool:
 
 
 _CHECK_ARG = {
-    "eq": lambda v: type(v) in _CONSTANTS,
+    "eq": lambda v: type(v) is list and len(v) == 2 and type(v[0]) is str,  # compared whole, never interpreted
     "tensor": lambda v: type(v) is list and len(v) == 8,
     "type": _is_name,
     "is": _is_name,
     "absent": lambda v: type(v) is str,
     "hasattr": lambda v: type(v) is str,
     "len": lambda v: type(v) is int,
+    "torch": _is_name,
+    "same": _is_path,
+    "keys": lambda v: type(v) is list and all(type(k) in (str, int) for k in v),
 }
 
 
@@ -120,10 +123,12 @@ class FrameEntry:
     graph_key: str
     cpu_code: bool
     traced: list[list[str]]
+    wrapped: bool  # the frame Dynamo traced is torch's wrapper around fn (fc.is_inline_wrapper)
 
     def plain(self) -> dict[str, Any]:
         return {"schema": FRAME_SCHEMA, "guards": self.guards, "state": self.state, "inputs": self.inputs,
-                "output": self.output, "graph_key": self.graph_key, "cpu_code": self.cpu_code, "traced": self.traced}
+                "output": self.output, "graph_key": self.graph_key, "cpu_code": self.cpu_code, "traced": self.traced,
+                "wrapped": self.wrapped}
 
     @classmethod
     def from_plain(cls, doc: Any) -> FrameEntry:
@@ -136,27 +141,33 @@ class FrameEntry:
               and type(doc.get("inputs")) is list and all(_is_path(p) for p in doc["inputs"])
               and _is_structure(doc.get("output"))
               and type(doc.get("graph_key")) is str and keys_is_digest(doc["graph_key"])
-              and type(doc.get("cpu_code")) is bool
+              and type(doc.get("cpu_code")) is bool and type(doc.get("wrapped")) is bool
               and type(doc.get("traced")) is list and all(
                   type(t) is list and len(t) == 3 and all(type(v) is str for v in t) for t in doc["traced"]))
         if not ok:
             raise CorruptEntryError("bad frame entry document")
         return cls(doc["guards"], doc["state"], doc["inputs"], doc["output"], doc["graph_key"], doc["cpu_code"],
-                   doc["traced"])
+                   doc["traced"], doc["wrapped"])
 
 
 def keys_is_digest(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
-def _holds(check: list[Any], value: Any) -> bool:
+def _holds(check: list[Any], value: Any, other: Any) -> bool:
     kind, _, want = check
     if value is _MISSING:
         return False
+    if kind == "same":
+        return value is other
     if kind == "eq":
-        return type(value) is type(want) and value == want
+        return fc.constant_form(value) == want
     if kind == "tensor":
         return fc.tensor_facts(value) == want
+    if kind == "torch":
+        return fc.torch_constant(value) == want
+    if kind == "keys":
+        return isinstance(value, dict) and list(value) == want
     if kind == "type":
         return type(value) is fc.resolve_named(want)
     if kind == "is":
@@ -180,7 +191,8 @@ def _path_text(path: list[list[Any]]) -> str:
 
 
 def guard_text(check: list[Any]) -> str:
-    want = check[2] if check[0] != "tensor" else " ".join(str(v) for v in check[2])
+    want = (" ".join(str(v) for v in check[2]) if check[0] == "tensor" else
+            _path_text(check[2]) if check[0] == "same" else check[2])
     return f"{check[0]:<7} {_path_text(check[1])} {want}"
 
 
@@ -219,6 +231,16 @@ def _structure(value: Any, outputs: Any, inputs: list[Any], depth: int = 0) -> l
     raise NotPrecompilable("output", f"returns a {type(value).__name__} not made of graph outputs")
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """A call's locals two ways: the function's own (arguments bound, defaults applied,
+    closure cells by name), and those of torch's wrapper Dynamo traces for torch's own
+    functions (``fn``, ``args``, ``kwargs``: see ``FrameEntry.wrapped``)."""
+
+    direct: dict[str, Any]
+    wrapped: dict[str, Any]
+
+
 class _Replay:
     """A loaded frame entry: its guards and the compiled graph it calls.
 
@@ -228,7 +250,7 @@ class _Replay:
     def __init__(self, entry: FrameEntry, compiled: Callable[..., Any], f_globals: Mapping[str, Any]) -> None:
         self.entry = entry
         self.compiled = compiled
-        self.f_globals = f_globals
+        self.f_globals = fc.wrapper_globals() if entry.wrapped else f_globals
         self._nodes: list[tuple[int, str, Any]] = []  # (parent node or -1, step, key)
         index: dict[tuple[Any, ...], int] = {}
 
@@ -243,11 +265,12 @@ class _Replay:
                 parent = index[key]
             return parent
 
-        self._checks = [(node(check[1]), check) for check in entry.guards]
+        self._checks = [(node(check[1]), check, node(check[2]) if check[0] == "same" else -1) for check in entry.guards]
         self.inputs = [node(path) for path in entry.inputs]
         self._state: fc.StateCheck | None = None
 
-    def _resolve_all(self, f_locals: Mapping[str, Any]) -> list[Any]:
+    def _resolve_all(self, frame: _Frame) -> list[Any]:
+        f_locals = frame.wrapped if self.entry.wrapped else frame.direct
         values: list[Any] = []
         for parent, step, name in self._nodes:
             obj = f_locals if step == "L" else self.f_globals if step == "G" else sys.modules if step == "M" else (
@@ -262,15 +285,11 @@ class _Replay:
                 values.append(_MISSING)
         return values
 
-    def failed_guard(self, f_locals: Mapping[str, Any]) -> str | None:
-        """The first check that fails for this call (``None``: all hold)."""
-        return self.check(f_locals)[0]
-
-    def check(self, f_locals: Mapping[str, Any]) -> tuple[str | None, list[Any]]:
+    def check(self, frame: _Frame) -> tuple[str | None, list[Any]]:
         """The first failing check (or ``None``) and every path's value for this call."""
-        values = self._resolve_all(f_locals)
-        for at, check in self._checks:
-            if not _holds(check, values[at]):
+        values = self._resolve_all(frame)
+        for at, check, other in self._checks:
+            if not _holds(check, values[at], values[other] if other >= 0 else None):
                 return guard_text(check), values
         if self._state is None:
             if fc.global_state() != self.entry.state:
@@ -282,12 +301,14 @@ class _Replay:
             return "global module hooks", values
         return None, values
 
-    def try_call(self, f_locals: Mapping[str, Any]) -> tuple[bool, Any]:
+    def try_call(self, frame: _Frame) -> tuple[bool, Any]:
         """Check the guards; if they all hold, run the graph and rebuild the frame's result."""
-        failed, values = self.check(f_locals)
+        failed, values = self.check(frame)
         if failed is not None:
             return False, None
         inputs = [values[at] for at in self.inputs]
+        if any(value is _MISSING for value in inputs):  # every input has a tensor guard; never reached
+            return False, None
         return True, _build(self.entry.output, self.compiled(*inputs), inputs)
 
 
@@ -363,6 +384,8 @@ class Precompiled:
         self._code_fn = getattr(target, "__func__", target)
         self._self = getattr(target, "__self__", None)
         self._signature = inspect.signature(self._code_fn)
+        code = getattr(self._code_fn, "__code__", None)
+        self._cells = list(zip(code.co_freevars, self._code_fn.__closure__ or ())) if code is not None else []
         self._globals: Mapping[str, Any] = getattr(self._code_fn, "__globals__", {})
         self.cache = cache
         self._backend = ArtcacheBackend(cache, mode=mode, options=options)
@@ -373,30 +396,31 @@ class Precompiled:
         self._tried: set[str] = set()
         self._code_digest: str | None = None
         self.reasons: Counter[str] = Counter()
+        self.refusals: dict[str, str] = {}  # why the frame is not precompilable, in full
         self.replayed = 0
 
     # -- the call --------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._module is not None and _module_hooks(self._module):
             return self._fallback(None, args, kwargs, "module-hooks")
-        f_locals = self._bind(args, kwargs)
+        frame = self._bind(args, kwargs)
         for replay in self._replays:
-            ok, out = replay.try_call(f_locals)
+            ok, out = replay.try_call(frame)
             if ok:
                 self.replayed += 1
                 return out
         try:
-            key, factors = self._frame_key(f_locals)
+            key, factors = self._frame_key(frame.direct)
         except Uncacheable as exc:
             return self._fallback(None, args, kwargs, f"key-{exc.reason}")
         if key.key in self._tried:  # looked up once in this process: Dynamo's own cache serves it now
             return self._through_dynamo(*args, **kwargs)
         self._tried.add(key.key)
-        replay, reason = self._load(key.key, f_locals)
+        replay, reason = self._load(key.key, frame)
         if replay is None:
             return self._fallback(key, args, kwargs, reason, factors)
         self._replays.append(replay)
-        ok, out = replay.try_call(f_locals)
+        ok, out = replay.try_call(frame)
         if not ok:  # the global state changed since the check a moment ago
             return self._through_dynamo(*args, **kwargs)
         self.replayed += 1
@@ -410,10 +434,16 @@ class Precompiled:
                                          options={"guard_filter_fn": self._recorder.guard_filter})
         return self._dynamo(*args, **kwargs)
 
-    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Frame:
         bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
         bound.apply_defaults()
-        return dict(bound.arguments)
+        direct = dict(bound.arguments)
+        for name, cell in self._cells:
+            try:
+                direct.setdefault(name, cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        return _Frame(direct, {"fn": self._target, "args": args, "kwargs": dict(kwargs)})
 
     def _frame_key(self, f_locals: Mapping[str, Any]) -> tuple[keys.CacheKey, dict[str, Any]]:
         if self._code_digest is None:
@@ -429,7 +459,7 @@ class Precompiled:
         return keys.make_key(keys.factor(name, value) for name, value in values.items()), values
 
     # -- the hit ---------------------------------------------------------------------------
-    def _load(self, key: str, f_locals: Mapping[str, Any]) -> tuple[_Replay | None, str]:
+    def _load(self, key: str, frame: _Frame) -> tuple[_Replay | None, str]:
         loaded = self.cache.lookup(key)
         if loaded is None:
             return None, "absent"
@@ -437,7 +467,7 @@ class Precompiled:
             doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
             entry = FrameEntry.from_plain(doc)
             replay = _Replay(entry, _never_called, self._globals)
-            failed, values = replay.check(f_locals)
+            failed, values = replay.check(frame)
             if failed is not None:
                 log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
                 self.cache.reject(key, "guards")
@@ -487,19 +517,20 @@ class Precompiled:
         if key is None or reason != "absent":
             return self._through_dynamo(*args, **kwargs)
         state, hooks_empty = fc.global_state(), fc.global_hooks_empty()
-        f_locals = self._bind(args, kwargs)
+        direct = self._bind(args, kwargs).direct
         self._recorder.reset()
         out = self._through_dynamo(*args, **kwargs)
         try:
             entry = self._capture(out, state, hooks_empty)
         except NotPrecompilable as exc:
             self.reasons[f"not-precompilable:{exc.reason}"] += 1
+            self.refusals[exc.reason] = str(exc)
             self.cache.record_uncacheable(f"precompile-{exc.reason}")
             log.info("artcache: frame %s is not precompilable (%s)", self._code_fn.__qualname__, exc)
             return out
         finally:
             self._recorder.reset()
-        self._save(key, entry, factors or {}, f_locals)
+        self._save(key, entry, factors or {}, direct)
         return out
 
     def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry:
@@ -510,7 +541,8 @@ class Precompiled:
         if graph.trace is None:
             raise NotPrecompilable("trace", graph.problem)
         graph.trace.check()
-        if graph.trace.frame_code is not self._code_fn.__code__:
+        wrapped = fc.is_inline_wrapper(graph.trace.frame_code)
+        if graph.trace.frame_code is not getattr(self._code_fn, "__code__", None) and not wrapped:
             raise NotPrecompilable("nested-frame", graph.trace.frame_code.co_name)
         if rec.guard_problem is not None:
             raise rec.guard_problem
@@ -531,7 +563,7 @@ class Precompiled:
         structure = _structure(out, graph.outputs, graph.inputs)
         traced = [_traced_name(code) for code in graph.trace.traced_code]
         return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
-                          [t for t in traced if t is not None])
+                          [t for t in traced if t is not None], wrapped)
 
     def _save(self, key: keys.CacheKey, entry: FrameEntry, values: dict[str, Any], f_locals: Mapping[str, Any]) -> None:
         try:
@@ -563,7 +595,8 @@ def _module_hooks(module: torch.nn.Module) -> bool:
 
 def _arg_spec(name: str, value: Any) -> str:
     if isinstance(value, torch.Tensor):
-        return f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
+        return (f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
+                f" grad={value.requires_grad}")
     if type(value) in _CONSTANTS:
         return f"{name}: {value!r}"
     return f"{name}: {type(value).__module__}.{type(value).__qualname__}"

@@ -40,7 +40,8 @@ _GLOBAL_STATE_GUARDS = frozenset({
     "GRAD_MODE", "DETERMINISTIC_ALGORITHMS", "GLOBAL_STATE", "TORCH_FUNCTION_STATE",
     "DEFAULT_DEVICE", "AUTOGRAD_SAVED_TENSORS_HOOKS",
 })
-_IMPORT_PREFIX = "__import_"  # Dynamo's alias of an imported module in the frame's globals
+_IMPORT_PREFIX = "__import_"
+_BUILTINS_PREFIX = "__builtins_dict__"  # Dynamo's alias of an inlined function's builtins  # Dynamo's alias of an imported module in the frame's globals
 
 
 def _sources() -> Any:
@@ -61,14 +62,14 @@ def source_path(source: Any) -> list[list[Any]]:
         "AttrSource", "ParamBufferSource", "UnspecializedParamBufferSource") if hasattr(s, name))
     if type(source) in transparent:
         return source_path(source.base)
-    if type(source) is s.LocalSource:
-        if getattr(source, "is_derefed_cell_contents", False):
-            raise NotPrecompilable("source", f"closure cell {source.local_name}")
+    if type(source) is s.LocalSource:  # a local, or the contents of a closure cell by its name
         return [["L", source.local_name]]
     if type(source) is s.GlobalSource:
         name = source.global_name
         if name.startswith(_IMPORT_PREFIX):
             return [["M", name[len(_IMPORT_PREFIX):].replace("_dot_", ".")]]
+        if name.startswith(_BUILTINS_PREFIX):  # the builtins namespace of an inlined function
+            return [["M", "builtins"]]
         if name.startswith("__"):
             raise NotPrecompilable("source", f"Dynamo-installed global {name}")
         return [["G", name]]
@@ -78,7 +79,9 @@ def source_path(source: Any) -> list[list[Any]]:
         index = source.index
         if type(index) not in (str, int) or getattr(source, "index_is_slice", False):
             raise NotPrecompilable("source", f"{type(source).__name__} with index {type(index).__name__}")
-        return [*source_path(source.base), ["i", index]]
+        base = source_path(source.base)
+        # A name looked up in the builtins namespace: an attribute of the builtins module.
+        return [*base, ["a" if base == [["M", "builtins"]] else "i", index]]
     raise NotPrecompilable("source", type(source).__name__)
 
 
@@ -102,6 +105,10 @@ def named(value: Any) -> list[str]:
     for name in ([module, qualname], [module, getattr(value, "__name__", qualname)]):
         if resolve_named(name) is value:
             return name
+    # Interpreter types with no importable name of their own (method, function, cell).
+    for attr, candidate in vars(types).items():
+        if candidate is value and not attr.startswith("_"):
+            return ["types", attr]
     raise NotPrecompilable("unnamed-object", f"{module}.{qualname} does not name the object it came from")
 
 
@@ -182,10 +189,13 @@ def translate_guard(entry: Any) -> list[Any] | None:
         return None  # the capture refuses any graph with symbols (FrameTrace.check)
     path = source_path(guard.originating_source)
     value = entry.value if entry.has_value else None
-    if kind == "CONSTANT_MATCH" or (kind == "ID_MATCH" and (value is None or type(value) is bool)):
-        if type(value) not in _CONSTANT_TYPES or (type(value) is float and value != value):
+    if kind == "CONSTANT_MATCH" and torch_constant(value):
+        return ["torch", path, torch_constant(value)]
+    if kind in ("CONSTANT_MATCH", "EQUALS_MATCH") or (kind == "ID_MATCH" and (value is None or type(value) is bool)):
+        form = constant_form(value)
+        if form is None:
             raise NotPrecompilable(f"guard {kind}", type(value).__name__)
-        return ["eq", path, value]
+        return ["eq", path, form]
     if kind == "TENSOR_MATCH":
         facts = tensor_facts(value)
         if not facts:
@@ -193,7 +203,7 @@ def translate_guard(entry: Any) -> list[Any] | None:
         return ["tensor", path, facts]
     if kind == "TYPE_MATCH":
         return ["type", path, named(type(value))]
-    if kind in ("MODULE_MATCH", "BUILTIN_MATCH", "FUNCTION_MATCH", "ID_MATCH", "CLASS_MATCH"):
+    if kind in ("MODULE_MATCH", "BUILTIN_MATCH", "FUNCTION_MATCH", "ID_MATCH", "CLASS_MATCH", "CLOSURE_MATCH"):
         if not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)):
             raise NotPrecompilable(f"guard {kind}", f"on a {type(value).__name__}")
         return ["is", path, named(value)]
@@ -204,6 +214,17 @@ def translate_guard(entry: Any) -> list[Any] | None:
         return ["len", path, 0]
     if kind in ("DICT_LENGTH", "LIST_LENGTH", "SEQUENCE_LENGTH", "TUPLE_LENGTH", "LENGTH_CHECK"):
         return ["len", path, len(value)]  # type: ignore[arg-type]
+    if kind in ("DICT_KEYS_MATCH", "DICT_KEYS"):
+        keys = list(value.keys()) if isinstance(value, dict) else None  # type: ignore[union-attr]
+        if keys is None or not all(type(k) in (str, int) for k in keys):
+            raise NotPrecompilable(f"guard {kind}", "keys that are not str or int")
+        return ["keys", path, keys]
+    if kind == "DUPLICATE_INPUT":  # two sources, one object
+        create = guard.create_fn
+        other = create.keywords.get("source_b") if isinstance(create, functools.partial) else None
+        if other is None:
+            raise NotPrecompilable(f"guard {kind}", "no second source")
+        return ["same", path, source_path(other)]
     if kind == "HASATTR":
         return ["hasattr", path, _keyword(guard, "attr")]
     raise NotPrecompilable(f"guard {kind}", entry.name)
@@ -278,6 +299,42 @@ def _side_effects(effects: Any) -> bool:
         if not isinstance(var.mutation_type, (AttributeMutationNew, ValueMutationNew)) or var in effects.store_attr_mutations:
             return True
     return bool(effects.tensor_hooks or effects.save_for_backward)
+
+
+def constant_form(value: Any, depth: int = 0) -> list[Any] | None:
+    """A constant as plain data that keeps its exact type (``True`` is not ``1``, a tuple
+    is not a list): ``[type name, value]``, or ``[tuple|list, [forms]]``.  ``None`` for
+    anything else, NaN and nesting past 8 levels included."""
+    if type(value) in _CONSTANT_TYPES and not (type(value) is float and value != value):
+        return [type(value).__name__, value]
+    if type(value) in (tuple, list) and depth < 8 and len(value) <= 64:
+        forms = [constant_form(v, depth + 1) for v in value]
+        return None if any(f is None for f in forms) else [type(value).__name__, forms]
+    return None
+
+
+def torch_constant(value: Any) -> list[str]:
+    """``[type name, str]`` of a dtype, device, layout or memory format (what a
+    ``["torch", ...]`` check compares), ``[]`` for anything else."""
+    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return [type(value).__name__, str(value)]
+    return []
+
+
+def is_inline_wrapper(code: types.CodeType) -> bool:
+    """Whether ``code`` is the wrapper Dynamo traces instead of a function of torch's own
+    (``torch._dynamo.external_utils.wrap_inline``): its locals are ``fn`` (a closure
+    cell holding the function), ``args`` and ``kwargs``."""
+    from torch._dynamo import external_utils
+
+    return code.co_name == "inner" and code.co_filename == external_utils.__file__
+
+
+def wrapper_globals() -> dict[str, Any]:
+    """The globals of the frame :func:`is_inline_wrapper` recognizes."""
+    from torch._dynamo import external_utils
+
+    return vars(external_utils)
 
 
 def module_of_code(code: types.CodeType) -> str | None:
