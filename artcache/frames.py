@@ -50,108 +50,19 @@ from .backend import ArtcacheBackend
 from .code_digest import code_digest, installed_module
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
-from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
+from .frame_entry import CONSTANTS, FRAME_SCHEMA, FrameEntry, build_output, guard_text, output_structure, path_text
+from .errors import ArtcacheError, NotPrecompilable, Uncacheable
 from .output_code import CompiledGraph
 
 log = logging.getLogger(__name__)
 
-FRAME_SCHEMA = 1
 # Graph factors a frame entry pins itself (its code digests, guards and argument specs):
 # the others are recomputed from this process before the graph entry is used.
 _GRAPH_FACTORS = frozenset({"graph", "inputs", "custom_ops", "static_inputs", "cudagraph_annotation",
                             "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels"})
 # Graph factors holding user code that Dynamo does not inline (so no guard covers it).
 _USER_CODE_FACTORS = ("custom_ops", "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels")
-_CONSTANTS = (type(None), bool, int, float, str)
-_MAX_STRUCTURE_DEPTH = 16
 _MISSING = object()
-
-
-# -- plain-data checks, valid for entries from a store -------------------------------------
-def _is_path(path: Any) -> bool:
-    if type(path) is not list or not path or len(path) > 64:
-        return False
-    root = path[0]
-    if type(root) is not list or len(root) != 2 or root[0] not in ("L", "G", "M") or type(root[1]) is not str:
-        return False
-    return all(type(s) is list and len(s) == 2 and ((s[0] == "a" and type(s[1]) is str)
-               or (s[0] == "i" and type(s[1]) in (str, int))) for s in path[1:])
-
-
-def _is_name(value: Any) -> bool:
-    return type(value) is list and len(value) == 2 and all(type(v) is str for v in value)
-
-
-_CHECK_ARG = {
-    "eq": lambda v: type(v) is list and len(v) == 2 and type(v[0]) is str,  # compared whole, never interpreted
-    "tensor": lambda v: type(v) is list and len(v) == 8,
-    "type": _is_name,
-    "is": _is_name,
-    "absent": lambda v: type(v) is str,
-    "hasattr": lambda v: type(v) is str,
-    "len": lambda v: type(v) is int,
-    "torch": _is_name,
-    "same": _is_path,
-    "keys": lambda v: type(v) is list and all(type(k) in (str, int) for k in v),
-}
-
-
-def _is_structure(value: Any, depth: int = 0) -> bool:
-    if type(value) is not list or not value or depth > _MAX_STRUCTURE_DEPTH:
-        return False
-    kind, rest = value[0], value[1:]
-    if kind in ("o", "in"):
-        return len(rest) == 1 and type(rest[0]) is int and rest[0] >= 0
-    if kind == "c":
-        return len(rest) == 1 and type(rest[0]) in _CONSTANTS
-    if kind in ("tuple", "list"):
-        return len(rest) == 1 and type(rest[0]) is list and all(_is_structure(v, depth + 1) for v in rest[0])
-    if kind == "dict":
-        return len(rest) == 1 and type(rest[0]) is list and all(
-            type(kv) is list and len(kv) == 2 and type(kv[0]) is str and _is_structure(kv[1], depth + 1) for kv in rest[0])
-    return False
-
-
-@dataclass(frozen=True)
-class FrameEntry:
-    """What a precompiled frame needs, as plain data (see the module docstring)."""
-
-    guards: list[list[Any]]
-    state: str
-    inputs: list[list[list[Any]]]
-    output: list[Any]
-    graph_key: str
-    cpu_code: bool
-    traced: list[list[str]]
-    wrapped: bool  # the frame Dynamo traced is torch's wrapper around fn (fc.is_inline_wrapper)
-
-    def plain(self) -> dict[str, Any]:
-        return {"schema": FRAME_SCHEMA, "guards": self.guards, "state": self.state, "inputs": self.inputs,
-                "output": self.output, "graph_key": self.graph_key, "cpu_code": self.cpu_code, "traced": self.traced,
-                "wrapped": self.wrapped}
-
-    @classmethod
-    def from_plain(cls, doc: Any) -> FrameEntry:
-        """Validate a decoded document field by field; CorruptEntryError on anything else."""
-        ok = (type(doc) is dict and doc.get("schema") == FRAME_SCHEMA
-              and type(doc.get("guards")) is list and all(
-                  type(g) is list and len(g) == 3 and g[0] in _CHECK_ARG and _is_path(g[1]) and _CHECK_ARG[g[0]](g[2])
-                  for g in doc["guards"])
-              and type(doc.get("state")) is str
-              and type(doc.get("inputs")) is list and all(_is_path(p) for p in doc["inputs"])
-              and _is_structure(doc.get("output"))
-              and type(doc.get("graph_key")) is str and keys_is_digest(doc["graph_key"])
-              and type(doc.get("cpu_code")) is bool and type(doc.get("wrapped")) is bool
-              and type(doc.get("traced")) is list and all(
-                  type(t) is list and len(t) == 3 and all(type(v) is str for v in t) for t in doc["traced"]))
-        if not ok:
-            raise CorruptEntryError("bad frame entry document")
-        return cls(doc["guards"], doc["state"], doc["inputs"], doc["output"], doc["graph_key"], doc["cpu_code"],
-                   doc["traced"], doc["wrapped"])
-
-
-def keys_is_digest(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _holds(check: list[Any], value: Any, other: Any) -> bool:
@@ -180,55 +91,6 @@ def _holds(check: list[Any], value: Any, other: Any) -> bool:
         return len(value) == want  # "len"
     except TypeError:
         return False
-
-
-def _path_text(path: list[list[Any]]) -> str:
-    (kind, name), text = path[0], ""
-    text = {"L": f"L[{name!r}]", "G": f"G[{name!r}]", "M": f"module {name}"}[kind]
-    for step, key in path[1:]:
-        text += f".{key}" if step == "a" else f"[{key!r}]"
-    return text
-
-
-def guard_text(check: list[Any]) -> str:
-    want = (" ".join(str(v) for v in check[2]) if check[0] == "tensor" else
-            _path_text(check[2]) if check[0] == "same" else check[2])
-    return f"{check[0]:<7} {_path_text(check[1])} {want}"
-
-
-def _build(structure: list[Any], outputs: Any, inputs: list[Any]) -> Any:
-    kind, arg = structure
-    if kind == "o":
-        return outputs[arg]
-    if kind == "in":
-        return inputs[arg]
-    if kind == "c":
-        return arg
-    if kind == "tuple":
-        return tuple(_build(s, outputs, inputs) for s in arg)
-    if kind == "list":
-        return [_build(s, outputs, inputs) for s in arg]
-    return {k: _build(s, outputs, inputs) for k, s in arg}
-
-
-def _structure(value: Any, outputs: Any, inputs: list[Any], depth: int = 0) -> list[Any]:
-    """How the frame's return value ``value`` is made of the graph's ``outputs`` (by
-    identity), its ``inputs`` and constants; NotPrecompilable for anything else."""
-    if depth > _MAX_STRUCTURE_DEPTH:
-        raise NotPrecompilable("output", "nested too deep")
-    for i, out in enumerate(outputs):
-        if value is out:
-            return ["o", i]
-    for i, arg in enumerate(inputs):
-        if value is arg:
-            return ["in", i]
-    if type(value) in _CONSTANTS and not (type(value) is float and value != value):
-        return ["c", value]
-    if type(value) in (tuple, list):
-        return [type(value).__name__, [_structure(v, outputs, inputs, depth + 1) for v in value]]
-    if type(value) is dict and all(type(k) is str for k in value):
-        return ["dict", [[k, _structure(v, outputs, inputs, depth + 1)] for k, v in value.items()]]
-    raise NotPrecompilable("output", f"returns a {type(value).__name__} not made of graph outputs")
 
 
 @dataclass(frozen=True)
@@ -309,7 +171,7 @@ class _Replay:
         inputs = [values[at] for at in self.inputs]
         if any(value is _MISSING for value in inputs):  # every input has a tensor guard; never reached
             return False, None
-        return True, _build(self.entry.output, self.compiled(*inputs), inputs)
+        return True, build_output(self.entry.output, self.compiled(*inputs), inputs)
 
 
 class _GraphRecord:
@@ -392,6 +254,7 @@ class Precompiled:
         self._recorder = _Recorder(self._backend)
         self._target = target
         self._dynamo: Callable[..., Any] | None = None
+        self._dynamo_module: Callable[..., Any] | None = None
         self._replays: list[_Replay] = []
         self._tried: set[str] = set()
         self._code_digest: str | None = None
@@ -402,7 +265,11 @@ class Precompiled:
     # -- the call --------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._module is not None and _module_hooks(self._module):
-            return self._fallback(None, args, kwargs, "module-hooks")
+            # Hooks run in the module's __call__: compile the module itself (no frame entry).
+            self.reasons["module-hooks"] += 1
+            if self._dynamo_module is None:
+                self._dynamo_module = torch.compile(self._module, backend=self._backend, dynamic=False)
+            return self._dynamo_module(*args, **kwargs)
         frame = self._bind(args, kwargs)
         for replay in self._replays:
             ok, out = replay.try_call(frame)
@@ -560,7 +427,7 @@ class Precompiled:
                 raise NotPrecompilable(f"graph-{name}")
         if graph.outputs is None or len(graph.inputs) != len(graph.trace.input_paths):
             raise NotPrecompilable("graph-not-called")
-        structure = _structure(out, graph.outputs, graph.inputs)
+        structure = output_structure(out, graph.outputs, graph.inputs)
         traced = [_traced_name(code) for code in graph.trace.traced_code]
         return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
                           [t for t in traced if t is not None], wrapped)
@@ -573,7 +440,7 @@ class Precompiled:
             return
         summary = {
             SummaryKey.TITLE: f"precompiled frame {self._code_fn.__module__}.{self._code_fn.__qualname__}",
-            SummaryKey.INPUTS: [_path_text(p) for p in entry.inputs],
+            SummaryKey.INPUTS: [path_text(p) for p in entry.inputs],
             SummaryKey.GUARDS: [guard_text(g) for g in entry.guards] + ["global state " + entry.state],
             "graph_entry": entry.graph_key,
             "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in entry.traced],
@@ -597,7 +464,7 @@ def _arg_spec(name: str, value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return (f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
                 f" grad={value.requires_grad}")
-    if type(value) in _CONSTANTS:
+    if type(value) in CONSTANTS:
         return f"{name}: {value!r}"
     return f"{name}: {type(value).__module__}.{type(value).__qualname__}"
 

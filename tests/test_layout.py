@@ -7,7 +7,8 @@ Every ``import`` counts, wherever it is: at the top, inside a function, or under
 
     0  errors, digest, config, _version          what everything uses
     1  entry, keys, code_digest, environment,     the data model: manifests, keys and
-       signing, blob_codec                        their factors, signatures, blob encodings
+       signing, blob_codec, frame_entry           their factors, signatures, blob encodings,
+                                                  precompiled frame entries
     2  store/, activity                           bytes in, bytes out; the per-machine log
                                                   kept beside the local tier
     3  entries, single_flight                     whole entries in a store: trust, errors, stats;
@@ -31,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "artcache"
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "digest", "config", "_version"}),
-    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec"}),
+    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec", "frame_entry"}),
     frozenset({"store", "activity"}),
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),
