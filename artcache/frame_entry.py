@@ -74,11 +74,14 @@ class FrameEntry:
     cpu_code: bool
     traced: list[list[str]]
     wrapped: bool  # the frame Dynamo traced is torch's wrapper around fn (fc.is_inline_wrapper)
+    # Per graph input, the first input sharing its storage: a call whose inputs alias
+    # differently (the same tensor twice, views of one base) is refused, whatever guards say.
+    storage: list[int]
 
     def plain(self) -> dict[str, Any]:
         return {"schema": FRAME_SCHEMA, "guards": self.guards, "state": self.state, "inputs": self.inputs,
                 "output": self.output, "graph_key": self.graph_key, "cpu_code": self.cpu_code, "traced": self.traced,
-                "wrapped": self.wrapped}
+                "wrapped": self.wrapped, "storage": self.storage}
 
     @classmethod
     def from_plain(cls, doc: Any) -> FrameEntry:
@@ -92,12 +95,14 @@ class FrameEntry:
               and _is_structure(doc.get("output"))
               and type(doc.get("graph_key")) is str and keys_is_digest(doc["graph_key"])
               and type(doc.get("cpu_code")) is bool and type(doc.get("wrapped")) is bool
+              and type(doc.get("storage")) is list and len(doc["storage"]) == len(doc["inputs"])
+              and all(type(i) is int for i in doc["storage"])
               and type(doc.get("traced")) is list and all(
                   type(t) is list and len(t) == 3 and all(type(v) is str for v in t) for t in doc["traced"]))
         if not ok:
             raise CorruptEntryError("bad frame entry document")
         return cls(doc["guards"], doc["state"], doc["inputs"], doc["output"], doc["graph_key"], doc["cpu_code"],
-                   doc["traced"], doc["wrapped"])
+                   doc["traced"], doc["wrapped"], doc["storage"])
 
 
 def keys_is_digest(value: str) -> bool:

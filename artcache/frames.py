@@ -161,6 +161,8 @@ class _Replay:
             return "global state", values
         if not fc.global_hooks_empty():
             return "global module hooks", values
+        if fc.storage_groups([values[at] for at in self.inputs]) != self.entry.storage:
+            return "inputs alias differently", values
         return None, values
 
     def try_call(self, frame: _Frame) -> tuple[bool, Any]:
@@ -383,6 +385,7 @@ class Precompiled:
         self.reasons[reason] += 1
         if key is None or reason != "absent":
             return self._through_dynamo(*args, **kwargs)
+        self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": factors or {}})  # for explain
         state, hooks_empty = fc.global_state(), fc.global_hooks_empty()
         direct = self._bind(args, kwargs).direct
         self._recorder.reset()
@@ -430,7 +433,7 @@ class Precompiled:
         structure = output_structure(out, graph.outputs, graph.inputs)
         traced = [_traced_name(code) for code in graph.trace.traced_code]
         return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
-                          [t for t in traced if t is not None], wrapped)
+                          [t for t in traced if t is not None], wrapped, fc.storage_groups(graph.inputs))
 
     def _save(self, key: keys.CacheKey, entry: FrameEntry, values: dict[str, Any], f_locals: Mapping[str, Any]) -> None:
         try:

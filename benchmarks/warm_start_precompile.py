@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,6 @@ PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", AOT
 
 
 # -- child ---------------------------------------------------------------------------------
-def _aot_target(model: Any) -> Callable[..., Any]:
-    return model.forward
-
-
 def child_main(args: argparse.Namespace) -> None:
     import torch
     import torch._dynamo  # noqa: F401 - before the clock, in every child
@@ -86,12 +82,17 @@ def child_main(args: argparse.Namespace) -> None:
     elif args.variant in (PRECOMPILE, "artcache-precompile-cold"):
         fn = artcache.precompile(workload.model, cache=cache)
     elif args.variant == "torch-aot-save":
-        compiled = torch.compile(_aot_target(workload.model), fullgraph=True).aot_compile(((example,), {}))
-        compiled.save_compiled_function(args.aot_file)
+        if example is None:
+            raise SystemExit(f"no aot_compile example input for {args.model}")
+        # Traced under the step's grad mode (the MLP's step runs under no_grad): the saved
+        # guards check it.  The module is external data (torch pickles no nn.Module).
+        with torch.no_grad():
+            compiled = torch.compile(workload.model.forward, fullgraph=True).aot_compile(((example,), {}))
+        compiled.save_compiled_function(args.aot_file, external_data={"model": workload.model})
         fn = compiled
     else:  # torch-aot-load(-fresh)
         with open(args.aot_file, "rb") as f:
-            fn = torch.compiler.load_compiled_function(f)
+            fn = torch.compiler.load_compiled_function(f, external_data={"model": workload.model})
     out = workload.step(fn)
     sync()
     result["first_call_s"] = time.perf_counter() - start

@@ -154,13 +154,13 @@ def test_tracer_tripwire_catches_a_trace(tmp_path: Path) -> None:
 @pytest.mark.parametrize("doc", [
     None, [], {"schema": 1},
     {"schema": 1, "guards": [["eval", [["L", "x"]], "1"]], "state": "", "inputs": [], "output": ["c", 1],
-     "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False},
+     "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False, "storage": []},
     {"schema": 1, "guards": [], "state": "", "inputs": [[["X", "os"]]], "output": ["c", 1],
-     "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False},
+     "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False, "storage": []},
     {"schema": 1, "guards": [], "state": "", "inputs": [], "output": ["call", "os.system"],
-     "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False},
+     "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False, "storage": []},
     {"schema": 1, "guards": [], "state": "", "inputs": [], "output": ["c", 1],
-     "graph_key": "../../etc", "cpu_code": True, "traced": [], "wrapped": False},
+     "graph_key": "../../etc", "cpu_code": True, "traced": [], "wrapped": False, "storage": []},
 ])
 def test_malformed_frame_entries_are_refused(doc: Any) -> None:
     from artcache.errors import CorruptEntryError
@@ -176,6 +176,29 @@ def test_well_formed_frame_entry_round_trips() -> None:
 
     entry = FrameEntry([["eq", [["L", "k"]], ["int", 3]], ["same", [["M", "torch"]], [["G", "torch"]]]], "{}",
                        [[["L", "x"]]], ["tuple", [["o", 0], ["in", 0], ["c", None]]], "a" * 64, True,
-                       [["m", "f", "d"]], False)
+                       [["m", "f", "d"]], False, [0])
     doc = pickler.loads(pickler.dumps(entry.plain()).data, {})
     assert FrameEntry.from_plain(doc) == entry
+
+
+@pytest.mark.slow
+def test_inputs_that_alias_differently_are_refused(runs: dict[str, Any]) -> None:
+    """mutate_input was recorded with two distinct tensors; called with one tensor twice,
+    the entry is refused (its graph assumed no aliasing) and Dynamo's path computes the
+    aliased program, equal to eager."""
+    code = (
+        "import json, torch, artcache\n"
+        "from tests.corpus.programs import PROGRAMS\n"
+        "fn, (x, y) = PROGRAMS['mutate_input'].build()\n"
+        "a, b = x.clone(), x.clone()\n"
+        "cache = artcache.Cache(strict=True)\n"
+        "out = artcache.precompile(fn, cache=cache)(a, a)\n"
+        "expected = fn(b, b)\n"
+        "torch.testing.assert_close(out, expected)\n"
+        "torch.testing.assert_close(a, b)\n"
+        "print(json.dumps({'misses': cache.stats().misses}))\n"
+    )
+    env = {"ARTCACHE_STORE": runs["store"], "TORCHINDUCTOR_CACHE_DIR": str(runs["tmp"] / "ind-alias")}
+    proc = run_python(code, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["misses"].get("guards") == 1

@@ -132,6 +132,19 @@ def tensor_facts(value: Any) -> list[Any]:
             value.storage_offset(), bool(value.requires_grad), str(torch._C._dispatch_keys(value))]
 
 
+def storage_groups(tensors: Sequence[Any]) -> list[int]:
+    """For each tensor, the index of the first one sharing its storage (``-1`` for a
+    value that is not a tensor): the aliasing pattern of a graph's inputs."""
+    first: dict[int, int] = {}
+    out = []
+    for index, value in enumerate(tensors):
+        if not isinstance(value, torch.Tensor):
+            out.append(-1)
+            continue
+        out.append(first.setdefault(value.untyped_storage().data_ptr(), index))
+    return out
+
+
 def global_state() -> str:
     """Everything Dynamo's global-state guards compare, as one string: the C++
     ``GlobalStateGuard`` state (grad mode, autocast, default dtype, deterministic
