@@ -431,7 +431,10 @@ class Precompiled:
         if graph.outputs is None or len(graph.inputs) != len(graph.trace.input_paths):
             raise NotPrecompilable("graph-not-called")
         structure = output_structure(out, graph.outputs, graph.inputs)
-        traced = [_traced_name(code) for code in graph.trace.traced_code]
+        # Code nested in the frame's or a traced function's code (a generator expression, a
+        # local function) is part of that code's digest (code_digest walks code constants).
+        nested = set().union(*(_nested_code(c) for c in [graph.trace.frame_code, *graph.trace.traced_code]))
+        traced = [_traced_name(code) for code in graph.trace.traced_code if code not in nested]
         return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
                           [t for t in traced if t is not None], wrapped, fc.storage_groups(graph.inputs))
 
@@ -463,7 +466,16 @@ def _module_hooks(module: torch.nn.Module) -> bool:
                 or module._backward_pre_hooks or not fc.global_hooks_empty())
 
 
+def _module_structure(module: torch.nn.Module) -> str:
+    """A digest of a module's tree (names, classes, training flags): two modules of one
+    class with different children get different frame keys, each its own entry."""
+    tree = [[n, f"{type(m).__module__}.{type(m).__qualname__}", m.training] for n, m in module.named_modules()]
+    return keys.factor("module", tree).digest[:16]
+
+
 def _arg_spec(name: str, value: Any) -> str:
+    if isinstance(value, torch.nn.Module):
+        return f"{name}: module {type(value).__module__}.{type(value).__qualname__} {_module_structure(value)}"
     if isinstance(value, torch.Tensor):
         return (f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
                 f" grad={value.requires_grad}")
@@ -485,6 +497,17 @@ def _traced_name(code: Any) -> list[str] | None:
     if getattr(fn, "__code__", None) is not code:
         raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
     return [module, code.co_qualname, code_digest(fn)]
+
+
+def _nested_code(code: Any) -> set[Any]:
+    out: set[Any] = set()
+    stack = [code]
+    while stack:
+        for const in stack.pop().co_consts:
+            if isinstance(const, type(code)) and const not in out:
+                out.add(const)
+                stack.append(const)
+    return out
 
 
 def _traced_digest(module: str, qualname: str) -> str | None:

@@ -110,7 +110,7 @@ def test_warm_process_signed_and_compiled_nothing(runs: dict[str, Any]) -> None:
 def test_inspect_shows_a_frame_entry(runs: dict[str, Any]) -> None:
     proc = run_cli("ls", "--format", "json", env={"ARTCACHE_STORE": runs["store"]})
     assert proc.returncode == 0, proc.stderr
-    frames = [e for e in json.loads(proc.stdout) if "precompiled frame" in json.dumps(e)]
+    frames = [e for e in json.loads(proc.stdout)["entries"] if e["title"].startswith("precompiled frame")]
     assert frames, proc.stdout[:2000]
     shown = run_cli("inspect", frames[0]["key"], env={"ARTCACHE_STORE": runs["store"]})
     assert shown.returncode == 0, shown.stderr
