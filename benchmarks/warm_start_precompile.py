@@ -60,6 +60,7 @@ def child_main(args: argparse.Namespace) -> None:
     import torch._dynamo  # noqa: F401 - before the clock, in every child
 
     import artcache
+    from artcache.frames import Precompiled
 
     device = torch.device(args.device)
 
@@ -109,7 +110,7 @@ def child_main(args: argparse.Namespace) -> None:
     result["steady_step_s"] = statistics.median(times) if times else None
     if workload.compare_to_eager:
         result["max_abs_err_vs_eager"] = float((first - workload.step(workload.model).detach().float().cpu()).abs().max())
-    if isinstance(fn, artcache.frames.Precompiled):
+    if isinstance(fn, Precompiled):
         result["replayed"] = fn.replayed
         result["fallbacks"] = dict(fn.reasons)
         result["refusals"] = fn.refusals
