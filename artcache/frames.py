@@ -51,7 +51,7 @@ from .code_digest import code_digest, installed_module
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
 from .frame_entry import CONSTANTS, FRAME_SCHEMA, FrameEntry, build_output, guard_text, output_structure, path_text
-from .errors import ArtcacheError, NotPrecompilable, Uncacheable
+from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
 from .output_code import CompiledGraph
 
 log = logging.getLogger(__name__)
@@ -350,12 +350,19 @@ class Precompiled:
                 self.cache.reject(key, "graph")
                 return None, "graph"
         except ArtcacheError as exc:
-            self.cache.degrade("precompile", exc)
-            self.cache.reject(key, "unloadable")
-            return None, "unloadable"
-        self.cache.record_hit(loaded, 0.0)
-        replay.compiled = compiled
-        return replay, ""
+            error: ArtcacheError = exc
+        except Exception as exc:  # noqa: BLE001 - the rebuild boundary (artcache.entries docstring)
+            # Evaluating stored guards and rebuilding the graph run torch code on stored
+            # data; whatever it raises, the call goes on through Dynamo (strict mode raises).
+            error = CorruptEntryError(f"frame entry {key[:16]} could not be used: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        else:
+            self.cache.record_hit(loaded, 0.0)
+            replay.compiled = compiled
+            return replay, ""
+        self.cache.degrade("precompile", error)
+        self.cache.reject(key, "unloadable")
+        return None, "unloadable"
 
     def _load_graph(self, entry: FrameEntry, inputs: list[Any]) -> Callable[..., Any] | None:
         if not all(isinstance(t, torch.Tensor) for t in inputs):
