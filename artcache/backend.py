@@ -18,6 +18,7 @@ import functools
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,13 @@ class ArtcacheBackend:
         self.cache = cache
         self.mode = mode
         self.options = dict(options or {})
+        if self.options.pop("precompile", None):
+            # torch.compile gives a backend no say before Dynamo traces a frame, so a
+            # backend option cannot skip the trace: the precompile tier is a wrapper.
+            # A warning (shown once per process by Python's default filter), not an error.
+            warnings.warn("artcache: options={'precompile': True} cannot skip Dynamo through torch.compile; "
+                          "use artcache.precompile(fn) (or Cache.precompile). Compiling with the artcache backend.",
+                          stacklevel=2)
         self._environment: dict[frozenset[str], dict[str, str]] = {}
         self._allow: pickler.Allowlist | None = None
         # Called with each computed graph key and what the graph's factors were made of

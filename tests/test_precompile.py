@@ -202,3 +202,20 @@ def test_inputs_that_alias_differently_are_refused(runs: dict[str, Any]) -> None
     proc = run_python(code, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["misses"].get("guards") == 1
+
+
+@pytest.mark.slow
+def test_precompile_option_on_torch_compile_compiles_and_says_where_it_works(tmp_path: Path) -> None:
+    """``torch.compile(..., backend="artcache", options={"precompile": True})``: torch
+    gives a backend no say before Dynamo traces, so the option cannot skip Dynamo there; it
+    must not reach Inductor's config (an unknown key) nor fail the compile, and it says to
+    use ``artcache.precompile``."""
+    proc = run_python(
+        "import torch\n"
+        "x = torch.randn(3)\n"
+        "out = torch.compile(lambda x: x.sin() + 1, backend='artcache', options={'precompile': True})(x)\n"
+        "assert torch.allclose(out, x.sin() + 1)\n",
+        env={"ARTCACHE_STORE": f"file://{tmp_path}/store", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "artcache.precompile" in proc.stderr
