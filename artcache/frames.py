@@ -65,32 +65,41 @@ _USER_CODE_FACTORS = ("custom_ops", "checkpoint_policies", "saved_tensors_hooks"
 _MISSING = object()
 
 
-def _holds(check: list[Any], value: Any, other: Any) -> bool:
+def _check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
+    """One stored check as a function of (value at its path, value at its second path).
+    Named objects are resolved once: a check then compares identity with the object the
+    name gave when the replay was made (a later rebinding of the name makes no new match)."""
     kind, _, want = check
-    if value is _MISSING:
-        return False
     if kind == "same":
-        return value is other
+        return lambda value, other: value is other
     if kind == "eq":
-        return fc.constant_form(value) == want
+        return lambda value, other: fc.constant_form(value) == want
     if kind == "tensor":
-        return fc.tensor_facts(value) == want
+        tensor = fc.tensor_check(want)
+        return lambda value, other: tensor(value)
     if kind == "torch":
-        return fc.torch_constant(value) == want
+        return lambda value, other: fc.torch_constant(value) == want
     if kind == "keys":
-        return isinstance(value, dict) and list(value) == want
-    if kind == "type":
-        return type(value) is fc.resolve_named(want)
-    if kind == "is":
-        return value is fc.resolve_named(want)
+        return lambda value, other: isinstance(value, dict) and list(value) == want
+    if kind in ("type", "is"):
+        named = fc.resolve_named(want)
+        if named is None:
+            return lambda value, other: False
+        if kind == "type":
+            return lambda value, other: type(value) is named
+        return lambda value, other: value is named
     if kind == "absent":
-        return want not in getattr(value, "__dict__", {})
+        return lambda value, other: want not in getattr(value, "__dict__", {})
     if kind == "hasattr":
-        return hasattr(value, want)
-    try:
-        return len(value) == want  # "len"
-    except TypeError:
-        return False
+        return lambda value, other: hasattr(value, want)
+
+    def length(value: Any, other: Any) -> bool:  # "len"
+        try:
+            return len(value) == want
+        except TypeError:
+            return False
+
+    return length
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,14 @@ class _Replay:
                 parent = index[key]
             return parent
 
-        self._checks = [(node(check[1]), check, node(check[2]) if check[0] == "same" else -1) for check in entry.guards]
+        self._checks = []
+        seen = set()
+        for check in entry.guards:
+            at, other = node(check[1]), node(check[2]) if check[0] == "same" else -1
+            identity = (check[0], at, other, repr(check[2]))
+            if identity not in seen:  # Dynamo repeats some guards (hook dicts, generic-dict checks)
+                seen.add(identity)
+                self._checks.append((at, other, _check_fn(check), check))
         self.inputs = [node(path) for path in entry.inputs]
         self._state: fc.StateCheck | None = None
 
@@ -150,8 +166,9 @@ class _Replay:
     def check(self, frame: _Frame) -> tuple[str | None, list[Any]]:
         """The first failing check (or ``None``) and every path's value for this call."""
         values = self._resolve_all(frame)
-        for at, check, other in self._checks:
-            if not _holds(check, values[at], values[other] if other >= 0 else None):
+        for at, other, holds, check in self._checks:
+            value = values[at]
+            if value is _MISSING or not holds(value, values[other] if other >= 0 else None):
                 return guard_text(check), values
         if self._state is None:
             if fc.global_state() != self.entry.state:

@@ -132,6 +132,28 @@ def tensor_facts(value: Any) -> list[Any]:
             value.storage_offset(), bool(value.requires_grad), str(torch._C._dispatch_keys(value))]
 
 
+def tensor_check(facts: list[Any]) -> Any:
+    """A fast ``tensor_facts(value) == facts`` for every call after the first: the first
+    match compares the full facts; later calls compare the same values field by field
+    against objects resolved once (dtype, device, the dispatch key set)."""
+    cached: list[Any] = []
+
+    def holds(value: Any) -> bool:
+        if not cached:
+            if tensor_facts(value) != facts:
+                return False
+            cached.extend([type(value), value.dtype, value.device, tuple(facts[3]), tuple(facts[4]), facts[5],
+                           facts[6], torch._C._dispatch_keys(value)])
+            return True
+        cls, dtype, device, shape, stride, offset, grad, keys = cached
+        return (type(value) is cls and value.dtype is dtype and value.layout is torch.strided
+                and value.device == device and value.shape == shape and value.stride() == stride
+                and value.storage_offset() == offset and value.requires_grad is grad
+                and torch._C._dispatch_keys(value) == keys)
+
+    return holds
+
+
 def storage_groups(tensors: Sequence[Any]) -> list[int]:
     """For each tensor, the index of the first one sharing its storage (``-1`` for a
     value that is not a tensor): the aliasing pattern of a graph's inputs."""
