@@ -4,6 +4,7 @@ torch's own ``aot_compile`` + ``load_compiled_function``.
 
     python benchmarks/warm_start_precompile.py [--models mlp] [--device cpu|cuda]
         [--repeats 3] [--steps 30] [--out FILE]
+    ARTCACHE_STORE=<filled store> python benchmarks/warm_start_precompile.py --steady [--models mlp]
 
 =======================  ================================================================
 floor                    ``torch.compile(model, backend="eager")``: Dynamo tracing and an
@@ -129,6 +130,34 @@ def _example_input(model: str, device: Any) -> Any:
     return None
 
 
+def steady_main(args: argparse.Namespace) -> None:
+    """``--steady``: per-call time of a replayed frame against the same graph behind
+    Dynamo's own guards, in one process, interleaved in rounds (the precompile tier checks
+    its guards in Python at every call).  Needs a store that the cold runs filled."""
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    import artcache
+
+    workload = BUILDERS[args.models.split(",")[0]](torch.device(args.device))
+    cache = artcache.Cache()
+    paths = {"artcache-precompile": artcache.precompile(workload.model, cache=cache),
+             "artcache (Dynamo's guards)": torch.compile(workload.model, backend=cache.backend())}
+    for fn in paths.values():
+        workload.step(fn)
+    rounds: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.repeats * 10):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                workload.step(fn)
+            rounds[name].append((time.perf_counter() - start) / args.steps)
+    for name, times in rounds.items():
+        print(f"{name:28s} median {statistics.median(times) * 1e3:.3f} ms  min {min(times) * 1e3:.3f} ms")
+    replayed = paths["artcache-precompile"]
+    print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}")
+
+
 # -- parent --------------------------------------------------------------------------------
 def spawn(args: argparse.Namespace, model: str, variant: str, root: Path, env: dict[str, str]) -> dict[str, Any] | None:
     result = root / f"result-{model}-{variant}-{time.monotonic_ns()}.json"
@@ -226,6 +255,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="")
+    parser.add_argument("--steady", action="store_true", help="per-call time in one process (ARTCACHE_STORE filled)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -238,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
         child_main(args)
+        return
+    if args.steady:
+        steady_main(args)
         return
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     results = {}
