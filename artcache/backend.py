@@ -18,6 +18,7 @@ import functools
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,8 +52,18 @@ class ArtcacheBackend:
         self.cache = cache
         self.mode = mode
         self.options = dict(options or {})
+        if self.options.pop("precompile", None):
+            # torch.compile gives a backend no say before Dynamo traces a frame, so a
+            # backend option cannot skip the trace: the precompile tier is a wrapper.
+            # A warning (shown once per process by Python's default filter), not an error.
+            warnings.warn("artcache: options={'precompile': True} cannot skip Dynamo through torch.compile; "
+                          "use artcache.precompile(fn) (or Cache.precompile). Compiling with the artcache backend.",
+                          stacklevel=2)
         self._environment: dict[frozenset[str], dict[str, str]] = {}
         self._allow: pickler.Allowlist | None = None
+        # Called with each computed graph key and what the graph's factors were made of
+        # (the precompile tier records which graph entry a frame uses).
+        self.on_key: Callable[[str, dict[str, Any]], None] | None = None
 
     def _allowlist(self) -> pickler.Allowlist:
         """The allowlist a graph is hashed with: every type an entry may hold (Dynamo
@@ -163,27 +174,27 @@ class ArtcacheBackend:
         """The key, the input specs, and the readable values behind the factors (kept in
         the manifest and in miss records so ``artcache explain`` can name what differs)."""
         specs = keys.input_specs(gm, example_inputs)
-        numerics = torch_settings.numerics_flags(cpu_code=torch_settings.may_run_cpu_code(gm, example_inputs))
-        environment = self._fingerprint(example_inputs)
-        options = {"mode": self.mode, "options": sorted(self.options)}
+        cpu_code = torch_settings.may_run_cpu_code(gm, example_inputs)
+        ambient = self._ambient(cpu_code, example_inputs)
+        numerics, environment, options = ambient["numerics"], ambient["environment"], ambient["compile_options"]
         extra = key_inputs.extra_factors(gm)
         if freezing.parameter_freezing():
             # A frozen graph compiles the values of the parameters and buffers that are
             # otherwise inputs: the entry serves only these weights.
             extra["frozen_weights"] = weights.weights_digest(rebuild.lifted_inputs(gm))
+        custom_ops = keys.custom_op_factor_value(gm, op_registry.custom_op_code)
         cache_key = keys.graph_key(
             # AOTAutograd lifts the graph's parameters and buffers to inputs: only their
             # specs are hashed here, and a frozen graph's values by frozen_weights above.
             graph_digest=pickler.hash_object(gm, allow=self._allowlist(), lifted_inputs=True),
             inputs=specs,
-            custom_ops=keys.custom_op_factor_value(gm, op_registry.custom_op_code),
-            configs={**torch_settings.config_snapshots(), **key_inputs.extra_configs()},
-            numerics=numerics,
-            environment=environment,
-            compile_options=options,
+            custom_ops=custom_ops,
+            **ambient,
             extra=extra,
         )
         cache_key.log()
+        if self.on_key is not None:
+            self.on_key(cache_key.key, {"cpu_code": cpu_code, "custom_ops": custom_ops, **extra})
         overrides = torch_settings.config_overrides()
         values = {
             "inputs": specs,
@@ -196,7 +207,25 @@ class ArtcacheBackend:
         }
         return cache_key, specs, values
 
-    def _fingerprint(self, example_inputs: Sequence[Any]) -> dict[str, str]:
+    def _ambient(self, cpu_code: bool, example_inputs: Sequence[Any]) -> dict[str, Any]:
+        """The key inputs read from the process rather than the graph (``keys.ambient_factors``)."""
+        return {
+            "configs": {**torch_settings.config_snapshots(), **key_inputs.extra_configs()},
+            "numerics": torch_settings.numerics_flags(cpu_code=cpu_code),
+            "environment": self.fingerprint(example_inputs),
+            "compile_options": {"mode": self.mode, "options": sorted(self.options)},
+        }
+
+    def ambient_digests(self, cpu_code: bool, example_inputs: Sequence[Any]) -> dict[str, str]:
+        """Digest by factor name of every key factor read from this process: a graph
+        entry's manifest must hold the same ones to serve a precompiled frame here."""
+        with torch_settings.inductor_config_patch(torch_settings.mode_options(self.mode, self.options)):
+            factors = keys.ambient_factors(**self._ambient(cpu_code, example_inputs))
+            factors += [keys.factor(name, value) for name, value in key_inputs.ambient_extra_factors().items()]
+        return {f.name: f.digest for f in factors}
+
+    def fingerprint(self, example_inputs: Sequence[Any]) -> dict[str, str]:
+        """The environment factor for inputs on these devices (computed once per device set)."""
         devices = frozenset(x.device.type for x in example_inputs if isinstance(x, torch.Tensor))
         if devices not in self._environment:
             self._environment[devices] = fingerprint(devices)
@@ -272,7 +301,7 @@ class ArtcacheBackend:
             return "not saved: uncacheable (serializer-error)"
         summary[SummaryKey.COMPILE_SECONDS] = round(compile_s, 3)
         summary[SummaryKey.FACTOR_VALUES] = values
-        environment = self._fingerprint([])
+        environment = self.fingerprint([])
         manifest = self.cache.save(key.key, blobs, factors=key.digests(), environment=environment, summary=summary)
         return "saved" if manifest is not None else "not saved (the store did not take it; see the warning above)"
 

@@ -3,13 +3,14 @@ trust, the error policy, stats) that also makes ``torch.compile`` backends."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .entries import CacheStats, EntryStore
 
 if TYPE_CHECKING:
     from .backend import ArtcacheBackend
+    from .frames import Precompiled
 
 __all__ = ["Cache", "CacheStats"]
 
@@ -28,3 +29,14 @@ class Cache(EntryStore):
         from .backend import ArtcacheBackend
 
         return ArtcacheBackend(self, mode=mode, options=options)
+
+    def precompile(
+        self, fn: Callable[..., Any], *, mode: str | None = None, options: Mapping[str, Any] | None = None
+    ) -> Precompiled:
+        """``fn`` (a function, bound method or ``nn.Module``) compiled through the precompile
+        tier: a hit in a fresh process runs without Dynamo tracing the frame
+        (:mod:`artcache.frames`); anything else goes through ``torch.compile`` with this
+        cache's backend."""
+        from .frames import Precompiled
+
+        return Precompiled(fn, self, mode=mode, options=options)

@@ -67,6 +67,11 @@ def _installed_module(name: str | None) -> bool:
     return bool(path) and str(path).startswith(_installed_roots())
 
 
+def installed_module(name: str | None) -> bool:
+    """Whether module ``name`` is installed code (named by its package, never walked)."""
+    return _installed_module(name)
+
+
 def _package_identity(name: str) -> str:
     top = name.split(".", 1)[0]
     version = getattr(sys.modules.get(top), "__version__", "")

@@ -11,7 +11,9 @@ and hand it to ``degrade``, so that the user's compile goes on: :meth:`EntryStor
 here (checking stored bytes runs msgpack, hashlib and store code on hostile input), and in
 ``backend.ArtcacheBackend`` the rebuild of a looked-up entry (``_load``: decoding, then
 torch's post-compile code on stored data), the keying of a graph and the serialization of
-a compile result (both walk the user's program).  No other code catches everything.
+a compile result (both walk the user's program), and in ``frames.Precompiled._load`` the
+use of a precompiled frame entry (its guards and its graph's rebuild).  No other code
+catches everything.
 
 The public facade, :class:`artcache.Cache`, is an ``EntryStore`` that can also make a
 torch.compile backend (``artcache/cache.py``); the backend itself needs only this class.

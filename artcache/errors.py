@@ -47,3 +47,10 @@ class Uncacheable(ArtcacheError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class NotPrecompilable(Uncacheable):
+    """A frame cannot skip Dynamo (``artcache.precompile``): it runs through Dynamo, and
+    its compiled graphs are still cached.  ``reason`` names why (a graph break, a guard
+    kind, a side effect, ...)."""
+

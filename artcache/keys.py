@@ -258,13 +258,28 @@ def graph_key(
         Factor("graph", graph_digest, "canonical FX graph"),
         factor("inputs", inputs, f"{len(inputs)} inputs"),
         factor("custom_ops", custom_ops, ", ".join(op[0] for op in custom_ops)),
+        *ambient_factors(configs=configs, numerics=numerics, environment=environment, compile_options=compile_options),
+    ]
+    factors += [factor(name, value) for name, value in sorted((extra or {}).items())]
+    return make_key(factors)
+
+
+def ambient_factors(
+    *,
+    configs: Mapping[str, Mapping[str, Any]],
+    numerics: Mapping[str, Any],
+    environment: Mapping[str, str],
+    compile_options: Mapping[str, Any],
+) -> list[Factor]:
+    """The factors of a graph key that come from the process, not from the graph: a
+    precompiled frame (``artcache.precompile``) recomputes them to check that the graph
+    entry it names still fits this process."""
+    return [
         factor("numerics", dict(numerics)),
         factor("environment", dict(environment), f"torch {environment.get('torch', '?')}"),
         factor("options", dict(compile_options)),
+        *(factor(f"{name}_config", config_values(values)) for name, values in sorted(configs.items())),
     ]
-    factors += [factor(f"{name}_config", config_values(values)) for name, values in sorted(configs.items())]
-    factors += [factor(name, value) for name, value in sorted((extra or {}).items())]
-    return make_key(factors)
 
 
 # -- every input of torch's own cache keys, and what covers it here ---------------------

@@ -71,7 +71,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 
-sys.path.insert(0, str(THIS.parent))  # the report module beside this file, however it is run
+sys.path.insert(0, str(THIS.parent))  # the model and report modules beside this file, however it is run
+from warm_start_models import BUILDERS, ArtcacheProbe
 from warm_start_report import (
     AC_COLD,
     AC_REMOTE,
@@ -83,8 +84,14 @@ from warm_start_report import (
     fmt_ms,
     render,
 )
-from warm_start_models import BUILDERS, MODELS, cpu_model, dist_version
 
+MODELS: dict[str, tuple[str, ...]] = {
+    # model -> the packages it needs beyond torch
+    "mlp": (),
+    "gpt2": ("transformers",),
+    "gpt2-train": ("transformers",),
+    "resnet50": ("torchvision",),
+}
 ALL_VARIANTS = (FLOOR, TORCH_COLD, TORCH_WARM, AC_COLD, AC_WARM, AC_REMOTE)
 BACKENDS = {FLOOR: "eager", TORCH_COLD: "inductor", TORCH_WARM: "inductor", AC_COLD: "artcache", AC_WARM: "artcache", AC_REMOTE: "artcache"}
 
@@ -92,54 +99,6 @@ BACKENDS = {FLOOR: "eager", TORCH_COLD: "inductor", TORCH_WARM: "inductor", AC_C
 # =========================================================================================
 # Child: one fresh process, one model, one variant
 # =========================================================================================
-
-
-class _ArtcacheProbe:
-    """Collects every artcache ``EntryStore`` (``Cache``) a backend creates, and its warnings,
-    so a child can report hits / misses / saves / errors.  Without this a warm run that
-    silently degraded to a miss (and compiled) would pass for a slow warm start."""
-
-    def __init__(self) -> None:
-        import logging
-
-        from artcache.entries import EntryStore
-
-        self.caches: list[Any] = []
-        self.warnings: list[str] = []
-        original_init = EntryStore.__init__
-        caches = self.caches
-
-        def recording_init(cache: Any, *args: Any, **kwargs: Any) -> None:
-            original_init(cache, *args, **kwargs)
-            caches.append(cache)
-
-        EntryStore.__init__ = recording_init  # type: ignore[method-assign]  # this process only
-
-        probe = self
-
-        class _Record(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                probe.warnings.append(record.getMessage()[:500])
-
-        logger = logging.getLogger("artcache")
-        logger.addHandler(_Record(level=logging.WARNING))
-        # Adding a handler disables Python's last-resort stderr printing: keep it visible.
-        logger.addHandler(logging.StreamHandler())
-
-    def summary(self) -> dict[str, Any]:
-        total: dict[str, Any] = {"caches": len(self.caches), "hits": 0, "misses": {}, "saves": 0, "errors": {}, "uncacheable": {}, "bytes_read": 0, "bytes_written": 0, "lookup_s": 0.0}
-        for cache in self.caches:
-            stats = cache.stats()
-            total["hits"] += stats.hits
-            total["saves"] += stats.saves
-            total["bytes_read"] += stats.bytes_read
-            total["bytes_written"] += stats.bytes_written
-            total["lookup_s"] += stats.lookup_seconds
-            for name in ("misses", "errors", "uncacheable"):
-                for key, count in getattr(stats, name).items():
-                    total[name][key] = total[name].get(key, 0) + count
-        total["warnings"] = self.warnings
-        return total
 
 
 def artcache_entry_point_installed() -> bool:
@@ -281,7 +240,7 @@ def child_main(args: argparse.Namespace) -> None:
     t_first = time.perf_counter()
     # The probe imports artcache and the fallback registration its backend: imports that
     # the backend lookup would do in this window anyway, so they are timed here too.
-    probe = _ArtcacheProbe() if backend == "artcache" else None
+    probe = ArtcacheProbe() if backend == "artcache" else None
     if backend == "artcache" and args.register_backend:
         _register_artcache_backend()
     profiler = _FirstCallProfile(args.profile) if args.profile else None
@@ -337,11 +296,11 @@ def info_main(args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
+        "cpu_model": _cpu_model(),
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
     }
     for name in ("triton", "pytorch-triton", "transformers", "torchvision", "artcache"):
-        version = dist_version(name)
+        version = _dist_version(name)
         if version:
             info[name] = version
     if args.device == "cuda":
@@ -352,6 +311,26 @@ def info_main(args: argparse.Namespace) -> None:
         info["cuda"] = torch.version.cuda
         info["gpu_capability"] = "sm_%d%d" % torch.cuda.get_device_capability(0)
     Path(args.result).write_text(json.dumps(info))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 # =========================================================================================

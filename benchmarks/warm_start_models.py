@@ -1,24 +1,14 @@
-"""The warm-start benchmark's models: each builds a model and one step of work on it.
-
-Imported by ``warm_start.py`` (and its variants) in the child process only: the parent
-never imports torch.  Every model is built from its config with seeded random weights, so
-nothing is downloaded.
+"""The models of the warm-start benchmarks (``warm_start.py``, ``warm_start_precompile.py``)
+and the probe a child uses to report what artcache did.  Imported by the children only:
+builders import torch (and transformers or torchvision) inside, so the parent never does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-import platform
 from typing import Any
 
-MODELS: dict[str, tuple[str, ...]] = {
-    # model -> the packages it needs beyond torch
-    "mlp": (),
-    "gpt2": ("transformers",),
-    "gpt2-train": ("transformers",),
-    "resnet50": ("torchvision",),
-}
 
 @dataclass
 class Workload:
@@ -106,23 +96,49 @@ def _resnet50(device: Any) -> Workload:
 BUILDERS: dict[str, Callable[[Any], Workload]] = {"mlp": _mlp, "gpt2": _gpt2, "gpt2-train": _gpt2_train, "resnet50": _resnet50}
 
 
-def cpu_model() -> str:
-    """The processor's model name, for the report's machine line."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+class ArtcacheProbe:
+    """Collects every artcache ``EntryStore`` (``Cache``) a backend creates, and artcache's log warnings,
+    so a child can report hits / misses / saves / errors.  Without this a warm run that
+    silently degraded to a miss (and compiled) would pass for a slow warm start."""
 
+    def __init__(self) -> None:
+        import logging
 
-def dist_version(name: str) -> str | None:
-    """An installed distribution's version, or None (a model's optional package)."""
-    from importlib import metadata
+        from artcache.entries import EntryStore
 
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+        self.caches: list[Any] = []
+        self.warnings: list[str] = []
+        original_init = EntryStore.__init__
+        caches = self.caches
+
+        def recording_init(cache: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(cache, *args, **kwargs)
+            caches.append(cache)
+
+        EntryStore.__init__ = recording_init  # type: ignore[method-assign]  # this process only
+
+        probe = self
+
+        class _Record(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                probe.warnings.append(record.getMessage()[:500])
+
+        logger = logging.getLogger("artcache")
+        logger.addHandler(_Record(level=logging.WARNING))
+        # Adding a handler disables Python's last-resort stderr printing: keep it visible.
+        logger.addHandler(logging.StreamHandler())
+
+    def summary(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"caches": len(self.caches), "hits": 0, "misses": {}, "saves": 0, "errors": {}, "uncacheable": {}, "bytes_read": 0, "bytes_written": 0, "lookup_s": 0.0}
+        for cache in self.caches:
+            stats = cache.stats()
+            total["hits"] += stats.hits
+            total["saves"] += stats.saves
+            total["bytes_read"] += stats.bytes_read
+            total["bytes_written"] += stats.bytes_written
+            total["lookup_s"] += stats.lookup_seconds
+            for name in ("misses", "errors", "uncacheable"):
+                for key, count in getattr(stats, name).items():
+                    total[name][key] = total[name].get(key, 0) + count
+        total["warnings"] = self.warnings
+        return total

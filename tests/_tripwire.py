@@ -154,3 +154,22 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         loader.exec_module = exec_and_patch  # type: ignore[method-assign]
         return spec
+
+
+def arm_tracer(armed: Any) -> None:
+    """Make Dynamo's bytecode tracer (the instruction translator that traces a frame)
+    raise whenever ``armed()`` is true: a precompiled hit must not trace the frame.
+    Imports Dynamo (the precompile tier's hit path imports it anyway)."""
+    from torch._dynamo import symbolic_convert
+
+    original = symbolic_convert.InstructionTranslator.run
+
+    def run(self: Any) -> Any:
+        if armed():
+            CALLS.append("InstructionTranslator.run")
+            STACKS.append("InstructionTranslator.run:\n" + "".join(traceback.format_stack(limit=16)[:-1]))
+            raise TripwireError("tripwire: Dynamo traced a frame in the warm process")
+        return original(self)
+
+    symbolic_convert.InstructionTranslator.run = run  # type: ignore[method-assign]
+

@@ -7,14 +7,15 @@ Every ``import`` counts, wherever it is: at the top, inside a function, or under
 
     0  errors, digest, config, _version          what everything uses
     1  entry, keys, code_digest, environment,     the data model: manifests, keys and
-       signing, blob_codec                        their factors, signatures, blob encodings
+       signing, blob_codec, frame_entry           their factors, signatures, blob encodings,
+                                                  precompiled frame entries
     2  store/, activity                           bytes in, bytes out; the per-machine log
                                                   kept beside the local tier
     3  entries, single_flight                     whole entries in a store: trust, errors, stats;
                                                   one compile for many processes
     4  pickler/                                   the safe serializer and its codecs
     5  _torch/                                    every reach into torch and Triton internals
-    6  bundler, output_code, backend              the compile path
+    6  bundler, output_code, backend, frames      the compile path; the precompile tier
     7  cache, archive, catalog, explain,          the public facade and the tools
        summary_view, cli, testing/, __init__
 """
@@ -31,12 +32,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "artcache"
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "digest", "config", "_version"}),
-    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec", "weights"}),
+    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec", "weights", "frame_entry"}),
     frozenset({"store", "activity"}),
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),
     frozenset({"_torch"}),
-    frozenset({"bundler", "output_code", "backend"}),
+    frozenset({"bundler", "output_code", "backend", "frames"}),
     frozenset({"cache", "archive", "catalog", "explain", "summary_view", "cli_io", "cli", "testing", "__init__"}),
 )
 # Private namespaces whose use marks a reach into torch's or Triton's internals.

@@ -32,6 +32,9 @@ triton_tuning      the miss: first-run autotuning winners                       
 static_launch      static launchers for kernels torch missed for their names    2.11 + Triton 3.6 (H100, H200)
 logs               ``torch._logging`` log registry and ``trace_structured``,     2.13 (CPU)
                    ``torch._dynamo.utils.counters``
+frame_capture      ``guard_filter_fn`` entries, ``Source`` classes, the          2.13 (CPU)
+                   instruction translator's side effects, shape env and traced
+                   code, ``GlobalStateGuard``, dispatch keys
 =================  ===========================================================  ==============================
 
 On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or

@@ -174,14 +174,21 @@ def custom_backends() -> dict[str, Any]:
 def extra_factors(gm: torch.fx.GraphModule) -> dict[str, Any]:
     """Factor name -> value, for ``keys.graph_key(extra=...)``."""
     return {
-        "autocast": autocast_state(),
-        "cache_key_tag": cache_key_tag(),
+        **ambient_extra_factors(),
         "static_inputs": static_inputs(gm),
-        "shape_hints": shape_hint_overrides(),
         "cudagraph_annotation": cudagraph_annotation(gm),
         "checkpoint_policies": checkpoint_policies(gm),
         "saved_tensors_hooks": saved_tensors_hooks(gm),
         "user_triton_kernels": user_triton_kernels(gm),
+    }
+
+
+def ambient_extra_factors() -> dict[str, Any]:
+    """The extra factors read from the process alone (no graph needed)."""
+    return {
+        "autocast": autocast_state(),
+        "cache_key_tag": cache_key_tag(),
+        "shape_hints": shape_hint_overrides(),
         "custom_backends": custom_backends(),
     }
 

@@ -1,9 +1,12 @@
 """Run corpus programs in this (fresh) process and save what they computed.
 
     python -m tests.corpus.runner --phase cold|warm|eager --out results.pt [--programs a,b]
+        [--precompile [--may-trace a,b]]
 
 ``cold`` and ``warm`` compile with ``backend=artcache`` in strict mode against the store
 in ``ARTCACHE_STORE``; ``warm`` first installs the tripwires, so any compile raises.
+``--precompile`` compiles through ``artcache.precompile`` instead; its ``warm`` phase also
+makes Dynamo's tracer raise, except in the programs ``--may-trace`` names.
 The result file holds plain tensors (``torch.save``) and the cache stats (JSON).
 """
 
@@ -65,21 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=("cold", "warm", "eager"), required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--programs", default="")
+    parser.add_argument("--precompile", action="store_true")
+    parser.add_argument("--may-trace", default="")
     args = parser.parse_args(argv)
     names = [n for n in args.programs.split(",") if n] or list(PROGRAMS)
+    may_trace = set(args.may_trace.split(","))
+    current = [""]
     if args.phase == "warm":
         from tests import _tripwire
 
         _tripwire.install()
+        if args.precompile:
+            _tripwire.arm_tracer(lambda: current[0] not in may_trace)
     compile_fn = None
     cache = None
+    wrapped: list[Any] = []
     if args.phase != "eager":
         import artcache
 
         cache = artcache.Cache(strict=True)
         backend = cache.backend()
         compile_fn = lambda fn: torch.compile(fn, backend=backend)  # noqa: E731
+        if args.precompile:
+            compile_fn = lambda fn: wrapped.append(cache.precompile(fn)) or wrapped[-1]  # noqa: E731
     results = {}
+    frames: dict[str, Any] = {}
     from tests import _tripwire
 
     # The first program after which Inductor's compiler was imported (a warm run should
@@ -89,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         # torch.compile wraps plain functions in one shared frame; without a reset, its
         # recompile limit would silently run later programs eagerly.
         torch._dynamo.reset()
+        current[0] = name
         results[name] = run_program(PROGRAMS[name], compile_fn)
+        if wrapped:
+            frames[name] = {"replayed": wrapped[-1].replayed, "reasons": dict(wrapped[-1].reasons)}
         if not compiler_imported and _tripwire.compiler_modules_imported():
             compiler_imported = {"program": name, "modules": _tripwire.compiler_modules_imported()}
         print(f"ran {name}", file=sys.stderr, flush=True)
@@ -100,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "stats": json.dumps(
                 {"hits": stats.hits, "misses": dict(stats.misses), "saves": stats.saves,
                  "uncacheable": dict(stats.uncacheable), "errors": dict(stats.errors),
-                 "compiler_imported": compiler_imported} if stats else {}
+                 "compiler_imported": compiler_imported, "frames": frames} if stats else {}
             ),
         },
         args.out,

@@ -1,0 +1,386 @@
+"""What Dynamo produced for one frame, read while it compiles, as plain data a fresh
+process can check without Dynamo (the precompile tier, :mod:`artcache.frames`).
+
+Three reads, all during a ``torch.compile`` call that artcache starts itself:
+
+* **guards**, through ``guard_filter_fn`` (a public ``torch.compile`` option: Dynamo hands
+  it every guard of the frame, ``GuardFilterEntry``, after tracing).  Each is translated to
+  a small plain-data check (:func:`translate_guard`); a guard kind or a source this module
+  does not translate makes the frame not precompilable, with the kind as the reason.
+  Nothing of Dynamo's guard state is pickled.
+* **the graph's inputs**, from the placeholders' ``grapharg`` sources, as access paths
+  (``[["L", "self"], ["a", "_modules"], ["i", "fc1"], ...]``).
+* **the trace**, from the instruction translator that called the backend: whether the
+  graph ended at a graph break, whether Python side effects remain to be replayed,
+  symbolic shapes, and the code objects Dynamo inlined (their digests go into the entry).
+
+Checked on torch 2.13 (CPU).  A missing attribute raises :class:`NotPrecompilable`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import NotPrecompilable
+
+__all__ = ["NotPrecompilable"]
+
+
+# Values an equality guard may hold: exactly these types, compared with type and value.
+_CONSTANT_TYPES = (type(None), bool, int, float, str)
+# Guard kinds on Dynamo's global state; one snapshot (:func:`global_state`) covers them all.
+_GLOBAL_STATE_GUARDS = frozenset({
+    "GRAD_MODE", "DETERMINISTIC_ALGORITHMS", "GLOBAL_STATE", "TORCH_FUNCTION_STATE",
+    "DEFAULT_DEVICE", "AUTOGRAD_SAVED_TENSORS_HOOKS",
+})
+_IMPORT_PREFIX = "__import_"
+_BUILTINS_PREFIX = "__builtins_dict__"  # Dynamo's alias of an inlined function's builtins  # Dynamo's alias of an imported module in the frame's globals
+
+
+def _sources() -> Any:
+    import torch._dynamo.source as source
+
+    return source
+
+
+def source_path(source: Any) -> list[list[Any]]:
+    """An access path for a Dynamo ``Source``: a root (``["L", local]``, ``["G", global]``,
+    ``["M", module]``) followed by steps (``["a", attribute]``, ``["i", key]``)."""
+    s = _sources()
+    # Markers of how Dynamo treats a module: the object is the base's.
+    transparent = tuple(getattr(s, name) for name in (
+        "UnspecializedNNModuleSource", "UnspecializedBuiltinNNModuleSource", "NNModuleSource") if hasattr(s, name))
+    # Attribute reads (a module's parameter and buffer dicts are read through these).
+    attribute = tuple(getattr(s, name) for name in (
+        "AttrSource", "ParamBufferSource", "UnspecializedParamBufferSource") if hasattr(s, name))
+    if type(source) in transparent:
+        return source_path(source.base)
+    if type(source) is s.LocalSource:  # a local, or the contents of a closure cell by its name
+        return [["L", source.local_name]]
+    if type(source) is s.GlobalSource:
+        name = source.global_name
+        if name.startswith(_IMPORT_PREFIX):
+            return [["M", name[len(_IMPORT_PREFIX):].replace("_dot_", ".")]]
+        if name.startswith(_BUILTINS_PREFIX):  # the builtins namespace of an inlined function
+            return [["M", "builtins"]]
+        if name.startswith("__"):
+            raise NotPrecompilable("source", f"Dynamo-installed global {name}")
+        return [["G", name]]
+    if type(source) in attribute:
+        return [*source_path(source.base), *(["a", part] for part in source.member.split("."))]
+    if type(source) in (s.DictGetItemSource, s.GetItemSource):
+        index = source.index
+        if type(index) not in (str, int) or getattr(source, "index_is_slice", False):
+            raise NotPrecompilable("source", f"{type(source).__name__} with index {type(index).__name__}")
+        base = source_path(source.base)
+        # A name looked up in the builtins namespace: an attribute of the builtins module.
+        return [*base, ["a" if base == [["M", "builtins"]] else "i", index]]
+    raise NotPrecompilable("source", type(source).__name__)
+
+
+def named(value: Any) -> list[str]:
+    """``[module, qualname]`` of a module, class, function or builtin that is reachable by
+    that name right now (checked by walking it), else raises NotPrecompilable."""
+    if isinstance(value, types.ModuleType):
+        name = value.__name__
+        if sys.modules.get(name) is not value:
+            raise NotPrecompilable("unnamed-object", f"module {name} is not sys.modules[{name!r}]")
+        return [name, ""]
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)) and module is None:
+        owner = getattr(value, "__self__", None)
+        module = getattr(owner, "__name__", None) if isinstance(owner, types.ModuleType) else None
+        qualname = value.__name__
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        raise NotPrecompilable("unnamed-object", f"{type(value).__name__} {qualname or value!r}")
+    # torch's builtins name a class they are not reachable through (torch.relu's qualname
+    # is _VariableFunctionsClass.relu): their module and plain name also identify them.
+    for name in ([module, qualname], [module, getattr(value, "__name__", qualname)]):
+        if resolve_named(name) is value:
+            return name
+    # Interpreter types with no importable name of their own (method, function, cell).
+    for attr, candidate in vars(types).items():
+        if candidate is value and not attr.startswith("_"):
+            return ["types", attr]
+    raise NotPrecompilable("unnamed-object", f"{module}.{qualname} does not name the object it came from")
+
+
+def resolve_named(name: Sequence[str]) -> Any:
+    """The object ``[module, qualname]`` names, among modules already imported (nothing is
+    imported here); ``None`` when it names nothing."""
+    obj: Any = sys.modules.get(name[0])
+    for part in name[1].split(".") if name[1] else ():
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def tensor_facts(value: Any) -> list[Any]:
+    """What a tensor guard compares: exact class, dtype, device, sizes, strides, storage
+    offset, requires_grad and dispatch keys (which cover inference tensors, conjugate and
+    negative bits, functorch wrappers).  ``None`` for anything but a plain tensor or
+    parameter (subclasses are not precompilable)."""
+    if type(value) not in (torch.Tensor, torch.nn.Parameter) or value.layout != torch.strided:
+        return []
+    return [type(value).__name__, str(value.dtype), str(value.device), list(value.shape), list(value.stride()),
+            value.storage_offset(), bool(value.requires_grad), str(torch._C._dispatch_keys(value))]
+
+
+def tensor_check(facts: list[Any]) -> Any:
+    """A fast ``tensor_facts(value) == facts`` for every call after the first: the first
+    match compares the full facts; later calls compare the same values field by field
+    against objects resolved once (dtype, device, the dispatch key set)."""
+    cached: list[Any] = []
+
+    def holds(value: Any) -> bool:
+        if not cached:
+            if tensor_facts(value) != facts:
+                return False
+            cached.extend([type(value), value.dtype, value.device, tuple(facts[3]), tuple(facts[4]), facts[5],
+                           facts[6], torch._C._dispatch_keys(value)])
+            return True
+        cls, dtype, device, shape, stride, offset, grad, keys = cached
+        return (type(value) is cls and value.dtype is dtype and value.layout is torch.strided
+                and value.device == device and value.shape == shape and value.stride() == stride
+                and value.storage_offset() == offset and value.requires_grad is grad
+                and torch._C._dispatch_keys(value) == keys)
+
+    return holds
+
+
+def storage_groups(tensors: Sequence[Any]) -> list[int]:
+    """For each tensor, the index of the first one sharing its storage (``-1`` for a
+    value that is not a tensor): the aliasing pattern of a graph's inputs."""
+    first: dict[int, int] = {}
+    out = []
+    for index, value in enumerate(tensors):
+        if not isinstance(value, torch.Tensor):
+            out.append(-1)
+            continue
+        out.append(first.setdefault(value.untyped_storage().data_ptr(), index))
+    return out
+
+
+def global_state() -> str:
+    """Everything Dynamo's global-state guards compare, as one string: the C++
+    ``GlobalStateGuard`` state (grad mode, autocast, default dtype, deterministic
+    algorithms, matmul reductions, thread count, torch-function switches), inference mode,
+    the default device, the torch-function and dispatch mode stacks and saved-tensor hooks."""
+    guard = torch._C._dynamo.guards.GlobalStateGuard()
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return json.dumps([
+        json.loads(guard.__getstate__()),
+        torch.is_inference_mode_enabled(),
+        str(torch.get_default_device()),
+        torch._C._len_torch_function_stack(),
+        torch._C._len_torch_dispatch_stack(),
+        hooks is None,
+        torch._C._is_fwd_grad_enabled(),
+    ], sort_keys=True)
+
+
+class StateCheck:
+    """A fast check that the global state is still what :func:`global_state` returned
+    when this object was made (the C++ guard, then the few values it does not cover)."""
+
+    def __init__(self) -> None:
+        self._guard = torch._C._dynamo.guards.GlobalStateGuard()
+        self._rest = _rest_of_state()
+
+    def holds(self) -> bool:
+        return bool(self._guard.check()) and _rest_of_state() == self._rest
+
+
+def _rest_of_state() -> tuple[Any, ...]:
+    return (torch.is_inference_mode_enabled(), torch.get_default_device(), torch._C._len_torch_function_stack(),
+            torch._C._len_torch_dispatch_stack(), torch._C._autograd._top_saved_tensors_default_hooks(False) is None,
+            torch._C._is_fwd_grad_enabled())
+
+
+def global_hooks_empty() -> bool:
+    """No global module hooks are registered (Dynamo guards only their type; a replayed
+    frame calls no module's ``__call__``, so any such hook makes it refuse)."""
+    module = sys.modules["torch.nn.modules.module"]
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+             "_global_backward_pre_hooks", "_global_forward_hooks_with_kwargs", "_global_module_registration_hooks",
+             "_global_parameter_registration_hooks", "_global_buffer_registration_hooks")
+    return not any(getattr(module, name, None) for name in names)
+
+
+def translate_guard(entry: Any) -> list[Any] | None:
+    """One Dynamo guard (a ``GuardFilterEntry``) as a plain-data check, ``None`` for a
+    global-state or shape guard (checked as a whole elsewhere), or NotPrecompilable."""
+    kind = entry.guard_type
+    guard = entry.orig_guard
+    if kind in _GLOBAL_STATE_GUARDS:
+        return None
+    if kind == "SHAPE_ENV":
+        return None  # the capture refuses any graph with symbols (FrameTrace.check)
+    path = source_path(guard.originating_source)
+    value = entry.value if entry.has_value else None
+    if kind == "CONSTANT_MATCH" and torch_constant(value):
+        return ["torch", path, torch_constant(value)]
+    if kind in ("CONSTANT_MATCH", "EQUALS_MATCH") or (kind == "ID_MATCH" and (value is None or type(value) is bool)):
+        form = constant_form(value)
+        if form is None:
+            raise NotPrecompilable(f"guard {kind}", type(value).__name__)
+        return ["eq", path, form]
+    if kind == "TENSOR_MATCH":
+        facts = tensor_facts(value)
+        if not facts:
+            raise NotPrecompilable("guard TENSOR_MATCH", f"{type(value).__name__}")
+        return ["tensor", path, facts]
+    if kind == "TYPE_MATCH":
+        return ["type", path, named(type(value))]
+    if kind in ("MODULE_MATCH", "BUILTIN_MATCH", "FUNCTION_MATCH", "ID_MATCH", "CLASS_MATCH", "CLOSURE_MATCH"):
+        if not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)):
+            raise NotPrecompilable(f"guard {kind}", f"on a {type(value).__name__}")
+        return ["is", path, named(value)]
+    if kind == "NOT_PRESENT_IN_GENERIC_DICT":
+        attr = _keyword(guard, "attr")
+        return ["absent", path, attr]
+    if kind == "EMPTY_NN_MODULE_HOOKS_DICT":
+        return ["len", path, 0]
+    if kind in ("DICT_LENGTH", "LIST_LENGTH", "SEQUENCE_LENGTH", "TUPLE_LENGTH", "LENGTH_CHECK"):
+        return ["len", path, len(value)]  # type: ignore[arg-type]
+    if kind in ("DICT_KEYS_MATCH", "DICT_KEYS"):
+        keys = list(value.keys()) if isinstance(value, dict) else None  # type: ignore[union-attr]
+        if keys is None or not all(type(k) in (str, int) for k in keys):
+            raise NotPrecompilable(f"guard {kind}", "keys that are not str or int")
+        return ["keys", path, keys]
+    if kind == "DUPLICATE_INPUT":  # two sources, one object
+        create = guard.create_fn
+        other = create.keywords.get("source_b") if isinstance(create, functools.partial) else None
+        if other is None:
+            raise NotPrecompilable(f"guard {kind}", "no second source")
+        return ["same", path, source_path(other)]
+    if kind == "HASATTR":
+        return ["hasattr", path, _keyword(guard, "attr")]
+    raise NotPrecompilable(f"guard {kind}", entry.name)
+
+
+def _keyword(guard: Any, name: str) -> str:
+    create = guard.create_fn
+    value = create.keywords.get(name) if isinstance(create, functools.partial) else None
+    if type(value) is not str:
+        raise NotPrecompilable(f"guard {guard.create_fn_name()}", f"no {name}")
+    return value
+
+
+class FrameTrace:
+    """What the instruction translator that compiled one graph says about its frame,
+    read inside the backend call (Dynamo clears it afterwards)."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+        output = tx.output
+        reason = getattr(gm, "compile_subgraph_reason", None)
+        self.graph_break = bool(getattr(reason, "graph_break", True))
+        self.side_effects = _side_effects(output.side_effects)
+        shape_env = getattr(output, "shape_env", None)
+        symbols = getattr(shape_env, "backed_var_to_val", None)
+        if symbols is None:
+            symbols = getattr(shape_env, "var_to_val", None)
+        self.symbolic = bool(shape_env is not None and (symbols or shape_env.guards))
+        self.frame_code = tx.f_code
+        self.traced_code = [c for c in output.tracing_context.traced_code if c is not tx.f_code]
+        self.input_paths: list[list[list[Any]]] = []
+        self.input_problem = ""
+        for node in gm.graph.find_nodes(op="placeholder"):
+            arg = node.meta.get("grapharg")
+            if arg is None or arg.source is None:
+                self.input_problem = f"placeholder {node.name} has no source"
+                break
+            example = getattr(arg, "example", None)
+            if not isinstance(example, torch.Tensor) or getattr(arg, "pass_arg_as_tensor", False):
+                self.input_problem = f"placeholder {node.name} is not a tensor input"
+                break
+            try:
+                self.input_paths.append(source_path(arg.source))
+            except NotPrecompilable as exc:
+                self.input_problem = str(exc)
+                break
+
+    def check(self) -> None:
+        """Raise NotPrecompilable when the frame needs more than its graph to replay."""
+        if self.graph_break:
+            raise NotPrecompilable("graph-break")
+        if self.side_effects:
+            raise NotPrecompilable("side-effects", "Python state the frame mutates is replayed by Dynamo's bytecode")
+        if self.symbolic:
+            raise NotPrecompilable("dynamic-shapes")
+        if self.input_problem:
+            raise NotPrecompilable("graph-input", self.input_problem)
+
+
+def _side_effects(effects: Any) -> bool:
+    """Whether Dynamo's bytecode has Python state to update after the graph: a mutation of
+    an object that existed before the frame, an attribute set on a new object, a tensor
+    hook or saved tensors.  Objects the frame merely created (its output tensors, new lists
+    and dicts) are rebuilt from the return value instead."""
+    from torch._dynamo.variables.base import AttributeMutationNew, ValueMutationNew
+
+    for var in effects.id_to_variable.values():
+        if not effects.is_modified(var):
+            continue
+        if not isinstance(var.mutation_type, (AttributeMutationNew, ValueMutationNew)) or var in effects.store_attr_mutations:
+            return True
+    return bool(effects.tensor_hooks or effects.save_for_backward)
+
+
+def constant_form(value: Any, depth: int = 0) -> list[Any] | None:
+    """A constant as plain data that keeps its exact type (``True`` is not ``1``, a tuple
+    is not a list): ``[type name, value]``, or ``[tuple|list, [forms]]``.  ``None`` for
+    anything else, NaN and nesting past 8 levels included."""
+    if type(value) in _CONSTANT_TYPES and not (type(value) is float and value != value):
+        return [type(value).__name__, value]
+    if type(value) in (tuple, list) and depth < 8 and len(value) <= 64:
+        forms = [constant_form(v, depth + 1) for v in value]
+        return None if any(f is None for f in forms) else [type(value).__name__, forms]
+    return None
+
+
+def torch_constant(value: Any) -> list[str]:
+    """``[type name, str]`` of a dtype, device, layout or memory format (what a
+    ``["torch", ...]`` check compares), ``[]`` for anything else."""
+    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return [type(value).__name__, str(value)]
+    return []
+
+
+def is_inline_wrapper(code: types.CodeType) -> bool:
+    """Whether ``code`` is the wrapper Dynamo traces instead of a function of torch's own
+    (``torch._dynamo.external_utils.wrap_inline``): its locals are ``fn`` (a closure
+    cell holding the function), ``args`` and ``kwargs``."""
+    from torch._dynamo import external_utils
+
+    return code.co_name == "inner" and code.co_filename == external_utils.__file__
+
+
+def wrapper_globals() -> dict[str, Any]:
+    """The globals of the frame :func:`is_inline_wrapper` recognizes."""
+    from torch._dynamo import external_utils
+
+    return vars(external_utils)
+
+
+def module_of_code(code: types.CodeType) -> str | None:
+    """The name of the imported module whose file holds ``code`` (None when none does)."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == code.co_filename:
+            return name
+    return None
+
+
+def disable(fn: Any) -> Any:
+    """``fn`` marked so that Dynamo never traces into it (a replayed frame calls the
+    compiled graph directly)."""
+    return torch._dynamo.disable(fn, reason="artcache precompiled frame")

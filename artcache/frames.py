@@ -1,0 +1,546 @@
+"""The precompile tier: a hit in a fresh process runs a frame without Dynamo tracing it.
+
+``artcache.precompile(fn)`` (or ``Cache.precompile``) wraps a function or module.  At a
+call it binds the arguments and looks up a *frame entry*, keyed by named factors: the
+digest of the frame's code and the values it reads (:func:`artcache.code_digest.code_digest`),
+the argument specs, the environment (torch version and build, Python, devices), mode and
+options.  A frame entry holds what Dynamo produced for the frame, as plain data:
+
+* **guards**: every guard Dynamo installed, translated to checks that read the frame's
+  locals and globals through access paths (``artcache._torch.frame_capture``): tensor
+  facts, constant values, types and named objects by identity, dict lengths, absent
+  attributes; plus one snapshot of the global state (grad mode, autocast, default dtype
+  and device, deterministic algorithms, mode stacks, saved-tensor hooks);
+* **the replay**: the access path of each graph input and how the frame's return value
+  is built from the graph's outputs.  Only frames that are one graph with nothing else
+  to do qualify: no graph break, no Python side effect, no symbolic shapes;
+* the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
+  user function Dynamo inlined.
+
+A call evaluates the guards before anything runs; all must hold.  Then the graph entry is
+looked up, its process-dependent factors (configs, numerics, environment, options) are
+recomputed here and compared with those in its manifest, and the compiled graph is called
+with the inputs read through the paths.  Anything else (no entry, a failed guard, a frame
+that cannot qualify, an entry that cannot be read) falls back to ``torch.compile`` with
+the artcache backend: Dynamo traces and the graphs still hit.  The fallback's first trace
+in a process records a frame entry when the frame qualifies, or counts why it does not
+(``Precompiled.reasons``, and ``precompile-<reason>`` in ``Cache.stats().uncacheable``).
+
+Frame entries go through the safe pickler (plain data only), are signed like every entry,
+and ``artcache inspect`` shows their guards, inputs and graph key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import keys, pickler
+from ._torch import frame_capture as fc
+from ._torch import rebuild
+from ._torch import settings as torch_settings
+from .backend import ArtcacheBackend
+from .code_digest import code_digest, installed_module
+from .entries import EntryStore
+from .entry import BlobRole, NewBlob, SummaryKey
+from .frame_entry import CONSTANTS, FRAME_SCHEMA, FrameEntry, build_output, guard_text, output_structure, path_text
+from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
+from .output_code import CompiledGraph
+
+log = logging.getLogger(__name__)
+
+# Graph factors a frame entry pins itself (its code digests, guards and argument specs):
+# the others are recomputed from this process before the graph entry is used.
+_GRAPH_FACTORS = frozenset({"graph", "inputs", "custom_ops", "static_inputs", "cudagraph_annotation",
+                            "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels"})
+# Graph factors holding user code that Dynamo does not inline (so no guard covers it), and
+# the weights a frozen graph compiled in (Dynamo guards on no parameter's values, and a
+# replay skips the backend's weights check): a frame with any of them is not precompiled.
+_USER_CODE_FACTORS = ("custom_ops", "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels",
+                      "frozen_weights")
+_MISSING = object()
+
+
+def _check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
+    """One stored check as a function of (value at its path, value at its second path).
+    Named objects are resolved once: a check then compares identity with the object the
+    name gave when the replay was made (a later rebinding of the name makes no new match)."""
+    kind, _, want = check
+    if kind == "same":
+        return lambda value, other: value is other
+    if kind == "eq":
+        return lambda value, other: fc.constant_form(value) == want
+    if kind == "tensor":
+        tensor = fc.tensor_check(want)
+        return lambda value, other: tensor(value)
+    if kind == "torch":
+        return lambda value, other: fc.torch_constant(value) == want
+    if kind == "keys":
+        return lambda value, other: isinstance(value, dict) and list(value) == want
+    if kind in ("type", "is"):
+        named = fc.resolve_named(want)
+        if named is None:
+            return lambda value, other: False
+        if kind == "type":
+            return lambda value, other: type(value) is named
+        return lambda value, other: value is named
+    if kind == "absent":
+        return lambda value, other: want not in getattr(value, "__dict__", {})
+    if kind == "hasattr":
+        return lambda value, other: hasattr(value, want)
+
+    def length(value: Any, other: Any) -> bool:  # "len"
+        try:
+            return len(value) == want
+        except TypeError:
+            return False
+
+    return length
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A call's locals two ways: the function's own (arguments bound, defaults applied,
+    closure cells by name), and those of torch's wrapper Dynamo traces for torch's own
+    functions (``fn``, ``args``, ``kwargs``: see ``FrameEntry.wrapped``)."""
+
+    direct: dict[str, Any]
+    wrapped: dict[str, Any]
+
+
+class _Replay:
+    """A loaded frame entry: its guards and the compiled graph it calls.
+
+    Guard paths share prefixes (``L['self']._modules['fc1']`` under many guards), so each
+    distinct prefix is one node, resolved once per call in order."""
+
+    def __init__(self, entry: FrameEntry, compiled: Callable[..., Any], f_globals: Mapping[str, Any]) -> None:
+        self.entry = entry
+        self.compiled = compiled
+        self.f_globals = fc.wrapper_globals() if entry.wrapped else f_globals
+        self._nodes: list[tuple[int, str, Any]] = []  # (parent node or -1, step, key)
+        index: dict[tuple[Any, ...], int] = {}
+
+        def node(path: list[list[Any]]) -> int:
+            key: tuple[Any, ...] = ()
+            parent = -1
+            for step, name in path:
+                key += ((step, name, type(name).__name__),)
+                if key not in index:
+                    index[key] = len(self._nodes)
+                    self._nodes.append((parent, step, name))
+                parent = index[key]
+            return parent
+
+        self._checks = []
+        seen = set()
+        for check in entry.guards:
+            at, other = node(check[1]), node(check[2]) if check[0] == "same" else -1
+            identity = (check[0], at, other, repr(check[2]))
+            if identity not in seen:  # Dynamo repeats some guards (hook dicts, generic-dict checks)
+                seen.add(identity)
+                self._checks.append((at, other, _check_fn(check), check))
+        self.inputs = [node(path) for path in entry.inputs]
+        self._state: fc.StateCheck | None = None
+
+    def _resolve_all(self, frame: _Frame) -> list[Any]:
+        f_locals = frame.wrapped if self.entry.wrapped else frame.direct
+        values: list[Any] = []
+        for parent, step, name in self._nodes:
+            obj = f_locals if step == "L" else self.f_globals if step == "G" else sys.modules if step == "M" else (
+                values[parent])
+            if obj is _MISSING:
+                values.append(_MISSING)
+                continue
+            try:
+                values.append(getattr(obj, name, _MISSING) if step == "a" else obj.get(name, _MISSING)
+                              if step in ("L", "G", "M") else obj[name])
+            except (KeyError, IndexError, TypeError):
+                values.append(_MISSING)
+        return values
+
+    def check(self, frame: _Frame) -> tuple[str | None, list[Any]]:
+        """The first failing check (or ``None``) and every path's value for this call."""
+        values = self._resolve_all(frame)
+        for at, other, holds, check in self._checks:
+            value = values[at]
+            if value is _MISSING or not holds(value, values[other] if other >= 0 else None):
+                return guard_text(check), values
+        if self._state is None:
+            if fc.global_state() != self.entry.state:
+                return "global state", values
+            self._state = fc.StateCheck()  # verified equal: from now on the fast check
+        elif not self._state.holds():
+            return "global state", values
+        if not fc.global_hooks_empty():
+            return "global module hooks", values
+        if fc.storage_groups([values[at] for at in self.inputs]) != self.entry.storage:
+            return "inputs alias differently", values
+        return None, values
+
+    def try_call(self, frame: _Frame) -> tuple[bool, Any]:
+        """Check the guards; if they all hold, run the graph and rebuild the frame's result."""
+        failed, values = self.check(frame)
+        if failed is not None:
+            return False, None
+        inputs = [values[at] for at in self.inputs]
+        if any(value is _MISSING for value in inputs):  # every input has a tensor guard; never reached
+            return False, None
+        return True, build_output(self.entry.output, self.compiled(*inputs), inputs)
+
+
+class _GraphRecord:
+    """One backend call during a recorded Dynamo compile."""
+
+    def __init__(self) -> None:
+        self.trace: fc.FrameTrace | None = None
+        self.problem = ""
+        self.keys: list[tuple[str, dict[str, Any]]] = []
+        self.lifted = 0
+        self.outputs: Any = None
+        self.inputs: list[Any] = []
+
+
+class _Recorder:
+    """The backend and guard filter given to Dynamo on the fallback path: compiles through
+    the artcache backend and notes what the frame entry needs."""
+
+    def __init__(self, backend: ArtcacheBackend) -> None:
+        self.backend = backend
+        self.graphs: list[_GraphRecord] = []
+        self.guards: list[list[Any]] | None = None
+        self.guard_problem: NotPrecompilable | None = None
+        self.guard_calls = 0
+
+    def reset(self) -> None:
+        self.graphs, self.guards, self.guard_problem, self.guard_calls = [], None, None, 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        record = _GraphRecord()
+        self.graphs.append(record)
+        try:
+            record.trace = fc.FrameTrace(gm)
+        except (AttributeError, KeyError, TypeError) as exc:  # a torch without what the trace reads
+            record.problem = f"trace unreadable: {type(exc).__name__}: {exc}"
+        record.lifted = len(rebuild.lifted_inputs(gm))
+        self.backend.on_key = lambda key, info: record.keys.append((key, info))
+        try:
+            compiled = self.backend(gm, example_inputs)
+        finally:
+            self.backend.on_key = None
+
+        def run(*args: Any) -> Any:
+            out = compiled(*args)
+            if record.outputs is None:
+                record.outputs, record.inputs = out, list(args)
+            return out
+
+        if getattr(compiled, "_boxed_call", False):
+            run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
+    def guard_filter(self, entries: list[Any]) -> list[bool]:
+        self.guard_calls += 1
+        try:
+            translated = [fc.translate_guard(entry) for entry in entries]
+            self.guards = [g for g in translated if g is not None]
+        except NotPrecompilable as exc:
+            self.guard_problem = exc
+        return [True] * len(entries)
+
+
+class Precompiled:
+    """``fn`` (a function, bound method or module) called through the precompile tier;
+    see the module docstring.  ``reasons`` counts why calls went through Dynamo."""
+
+    def __init__(self, fn: Callable[..., Any], cache: EntryStore, *, mode: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.fn = fn
+        self._module = fn if isinstance(fn, torch.nn.Module) else None
+        target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+        self._code_fn = getattr(target, "__func__", target)
+        self._self = getattr(target, "__self__", None)
+        self._signature = inspect.signature(self._code_fn)
+        code = getattr(self._code_fn, "__code__", None)
+        self._cells = list(zip(code.co_freevars, self._code_fn.__closure__ or ())) if code is not None else []
+        self._globals: Mapping[str, Any] = getattr(self._code_fn, "__globals__", {})
+        self.cache = cache
+        self._backend = ArtcacheBackend(cache, mode=mode, options=options)
+        self._recorder = _Recorder(self._backend)
+        self._target = target
+        self._dynamo: Callable[..., Any] | None = None
+        self._dynamo_module: Callable[..., Any] | None = None
+        self._replays: list[_Replay] = []
+        self._tried: set[str] = set()
+        self._code_digest: str | None = None
+        self.reasons: Counter[str] = Counter()
+        self.refusals: dict[str, str] = {}  # why the frame is not precompilable, in full
+        self.replayed = 0
+
+    # -- the call --------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._module is not None and _module_hooks(self._module):
+            # Hooks run in the module's __call__: compile the module itself (no frame entry).
+            self.reasons["module-hooks"] += 1
+            if self._dynamo_module is None:
+                self._dynamo_module = torch.compile(self._module, backend=self._backend, dynamic=False)
+            return self._dynamo_module(*args, **kwargs)
+        frame = self._bind(args, kwargs)
+        for replay in self._replays:
+            ok, out = replay.try_call(frame)
+            if ok:
+                self.replayed += 1
+                return out
+        try:
+            key, factors = self._frame_key(frame.direct)
+        except Uncacheable as exc:
+            return self._fallback(None, args, kwargs, f"key-{exc.reason}")
+        if key.key in self._tried:  # looked up once in this process: Dynamo's own cache serves it now
+            return self._through_dynamo(*args, **kwargs)
+        self._tried.add(key.key)
+        replay, reason = self._load(key.key, frame)
+        if replay is None:
+            return self._fallback(key, args, kwargs, reason, factors)
+        self._replays.append(replay)
+        ok, out = replay.try_call(frame)
+        if not ok:  # the global state changed since the check a moment ago
+            return self._through_dynamo(*args, **kwargs)
+        self.replayed += 1
+        return out
+
+    def _through_dynamo(self, *args: Any, **kwargs: Any) -> Any:
+        """The fallback: ``torch.compile`` with the recording artcache backend (built at the
+        first fallback, so that a process served by replays never sets Dynamo up)."""
+        if self._dynamo is None:
+            self._dynamo = torch.compile(self._target, backend=self._recorder, dynamic=False,
+                                         options={"guard_filter_fn": self._recorder.guard_filter})
+        return self._dynamo(*args, **kwargs)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Frame:
+        bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
+        bound.apply_defaults()
+        direct = dict(bound.arguments)
+        for name, cell in self._cells:
+            try:
+                direct.setdefault(name, cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        return _Frame(direct, {"fn": self._target, "args": args, "kwargs": dict(kwargs)})
+
+    def _frame_key(self, f_locals: Mapping[str, Any]) -> tuple[keys.CacheKey, dict[str, Any]]:
+        if self._code_digest is None:
+            self._code_digest = code_digest(self._code_fn)
+        tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
+        values = {
+            "frame_code": f"{self._code_fn.__module__}.{self._code_fn.__qualname__} {self._code_digest}",
+            "frame_args": [_arg_spec(name, value) for name, value in f_locals.items()],
+            "environment": self._backend.fingerprint(tensors),
+            "options": {"mode": self._backend.mode, "options": sorted(self._backend.options)},
+            "precompile": FRAME_SCHEMA,
+        }
+        return keys.make_key(keys.factor(name, value) for name, value in values.items()), values
+
+    # -- the hit ---------------------------------------------------------------------------
+    def _load(self, key: str, frame: _Frame) -> tuple[_Replay | None, str]:
+        loaded = self.cache.lookup(key)
+        if loaded is None:
+            return None, "absent"
+        try:
+            doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
+            entry = FrameEntry.from_plain(doc)
+            replay = _Replay(entry, _never_called, self._globals)
+            failed, values = replay.check(frame)
+            if failed is not None:
+                log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
+                self.cache.reject(key, "guards")
+                return None, "guards"
+            for module, qualname, digest in entry.traced:
+                if _traced_digest(module, qualname) != digest:
+                    self.cache.reject(key, "traced-code")
+                    return None, "traced-code"
+            compiled = self._load_graph(entry, [values[at] for at in replay.inputs])
+            if compiled is None:
+                self.cache.reject(key, "graph")
+                return None, "graph"
+        except ArtcacheError as exc:
+            error: ArtcacheError = exc
+        except Exception as exc:  # noqa: BLE001 - the rebuild boundary (artcache.entries docstring)
+            # Evaluating stored guards and rebuilding the graph run torch code on stored
+            # data; whatever it raises, the call goes on through Dynamo (strict mode raises).
+            error = CorruptEntryError(f"frame entry {key[:16]} could not be used: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        else:
+            self.cache.record_hit(loaded, 0.0)
+            replay.compiled = compiled
+            return replay, ""
+        self.cache.degrade("precompile", error)
+        self.cache.reject(key, "unloadable")
+        return None, "unloadable"
+
+    def _load_graph(self, entry: FrameEntry, inputs: list[Any]) -> Callable[..., Any] | None:
+        if not all(isinstance(t, torch.Tensor) for t in inputs):
+            return None
+        loaded = self.cache.lookup(entry.graph_key)
+        if loaded is None:
+            return None
+        ambient = self._backend.ambient_digests(entry.cpu_code, inputs)
+        stored = loaded.manifest.factors
+        if set(stored) != set(ambient) | (_GRAPH_FACTORS & set(stored)) or any(
+                stored[name] != digest for name, digest in ambient.items()):
+            log.info("artcache: graph entry %s was made under other settings", entry.graph_key[:16])
+            self.cache.reject(entry.graph_key, "settings")
+            return None
+        graph = CompiledGraph.from_loaded(loaded)
+        if not graph.guards_hold(inputs):
+            self.cache.reject(entry.graph_key, "guards")
+            return None
+        with torch_settings.inductor_config_patch(torch_settings.mode_options(self._backend.mode, self._backend.options)):
+            compiled = graph.load(inputs, cudagraphs=torch_settings.cudagraphs_enabled())
+        self.cache.record_hit(loaded, 0.0)
+        return compiled  # type: ignore[no-any-return]
+
+    # -- the fallback: Dynamo, recording ---------------------------------------------------
+    def _fallback(self, key: keys.CacheKey | None, args: tuple[Any, ...], kwargs: Mapping[str, Any], reason: str,
+                  factors: dict[str, Any] | None = None) -> Any:
+        self.reasons[reason] += 1
+        if key is None or reason != "absent":
+            return self._through_dynamo(*args, **kwargs)
+        self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": factors or {}})  # for explain
+        state, hooks_empty = fc.global_state(), fc.global_hooks_empty()
+        direct = self._bind(args, kwargs).direct
+        self._recorder.reset()
+        out = self._through_dynamo(*args, **kwargs)
+        try:
+            entry = self._capture(out, state, hooks_empty)
+        except NotPrecompilable as exc:
+            self.reasons[f"not-precompilable:{exc.reason}"] += 1
+            self.refusals[exc.reason] = str(exc)
+            self.cache.record_uncacheable(f"precompile-{exc.reason}")
+            log.info("artcache: frame %s is not precompilable (%s)", self._code_fn.__qualname__, exc)
+            return out
+        finally:
+            self._recorder.reset()
+        self._save(key, entry, factors or {}, direct)
+        return out
+
+    def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry:
+        rec = self._recorder
+        if len(rec.graphs) != 1:
+            raise NotPrecompilable("graph-count" if rec.graphs else "no-graph", f"{len(rec.graphs)} graphs")
+        graph = rec.graphs[0]
+        if graph.trace is None:
+            raise NotPrecompilable("trace", graph.problem)
+        graph.trace.check()
+        wrapped = fc.is_inline_wrapper(graph.trace.frame_code)
+        if graph.trace.frame_code is not getattr(self._code_fn, "__code__", None) and not wrapped:
+            raise NotPrecompilable("nested-frame", graph.trace.frame_code.co_name)
+        if rec.guard_problem is not None:
+            raise rec.guard_problem
+        if rec.guard_calls != 1 or rec.guards is None:
+            raise NotPrecompilable("guard-sets", f"{rec.guard_calls} guard sets")
+        if not hooks_empty:
+            raise NotPrecompilable("global-module-hooks")
+        if graph.lifted:
+            raise NotPrecompilable("lifted-attributes", f"{graph.lifted} tensors")
+        if len(graph.keys) != 1:
+            raise NotPrecompilable("graph-uncacheable")
+        graph_key, info = graph.keys[0]
+        for name in _USER_CODE_FACTORS:
+            if info.get(name):
+                raise NotPrecompilable(f"graph-{name}")
+        if graph.outputs is None or len(graph.inputs) != len(graph.trace.input_paths):
+            raise NotPrecompilable("graph-not-called")
+        structure = output_structure(out, graph.outputs, graph.inputs)
+        # Code nested in the frame's or a traced function's code (a generator expression, a
+        # local function) is part of that code's digest (code_digest walks code constants).
+        nested = set().union(*(_nested_code(c) for c in [graph.trace.frame_code, *graph.trace.traced_code]))
+        traced = [_traced_name(code) for code in graph.trace.traced_code if code not in nested]
+        return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
+                          [t for t in traced if t is not None], wrapped, fc.storage_groups(graph.inputs))
+
+    def _save(self, key: keys.CacheKey, entry: FrameEntry, values: dict[str, Any], f_locals: Mapping[str, Any]) -> None:
+        try:
+            data = pickler.dumps(entry.plain()).data
+        except Uncacheable as exc:
+            self.cache.record_uncacheable(f"precompile-{exc.reason}")
+            return
+        summary = {
+            SummaryKey.TITLE: f"precompiled frame {self._code_fn.__module__}.{self._code_fn.__qualname__}",
+            SummaryKey.INPUTS: [path_text(p) for p in entry.inputs],
+            SummaryKey.GUARDS: [guard_text(g) for g in entry.guards] + ["global state " + entry.state],
+            "graph_entry": entry.graph_key,
+            "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in entry.traced],
+            SummaryKey.FACTOR_VALUES: values,
+        }
+        tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
+        self.cache.save(key.key, [NewBlob(BlobRole.OBJECT, data)], factors=key.digests(),
+                        environment=self._backend.fingerprint(tensors), summary=summary)
+
+
+def _never_called(*args: Any) -> Any:
+    raise AssertionError("a frame entry's guards are checked before its graph is loaded")
+
+
+def _module_hooks(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or not fc.global_hooks_empty())
+
+
+def _module_structure(module: torch.nn.Module) -> str:
+    """A digest of a module's tree (names, classes, training flags): two modules of one
+    class with different children get different frame keys, each its own entry."""
+    tree = [[n, f"{type(m).__module__}.{type(m).__qualname__}", m.training] for n, m in module.named_modules()]
+    return keys.factor("module", tree).digest[:16]
+
+
+def _arg_spec(name: str, value: Any) -> str:
+    if isinstance(value, torch.nn.Module):
+        return f"{name}: module {type(value).__module__}.{type(value).__qualname__} {_module_structure(value)}"
+    if isinstance(value, torch.Tensor):
+        return (f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
+                f" grad={value.requires_grad}")
+    if type(value) in CONSTANTS:
+        return f"{name}: {value!r}"
+    return f"{name}: {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _traced_name(code: Any) -> list[str] | None:
+    """``[module, qualname, digest]`` of a user function Dynamo inlined; ``None`` for
+    installed code (pinned by the environment factor).  NotPrecompilable when the
+    function cannot be found again by its name."""
+    module = fc.module_of_code(code)
+    if module is not None and code_digest_installed(module):
+        return None
+    if module is None or "<" in code.co_qualname:
+        raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
+    fn = fc.resolve_named([module, code.co_qualname])
+    if getattr(fn, "__code__", None) is not code:
+        raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
+    return [module, code.co_qualname, code_digest(fn)]
+
+
+def _nested_code(code: Any) -> set[Any]:
+    out: set[Any] = set()
+    stack = [code]
+    while stack:
+        for const in stack.pop().co_consts:
+            if isinstance(const, type(code)) and const not in out:
+                out.add(const)
+                stack.append(const)
+    return out
+
+
+def _traced_digest(module: str, qualname: str) -> str | None:
+    fn = fc.resolve_named([module, qualname])
+    return code_digest(fn) if getattr(fn, "__code__", None) is not None else None
+
+
+def code_digest_installed(module: str) -> bool:
+    return installed_module(module)

@@ -1,0 +1,287 @@
+"""Warm-start benchmark of the precompile tier: first call of a warm process, each in a
+fresh ``python`` process, beside the Dynamo-only floor, artcache's plain warm start and
+torch's own ``aot_compile`` + ``load_compiled_function``.
+
+    python benchmarks/warm_start_precompile.py [--models mlp] [--device cpu|cuda]
+        [--repeats 3] [--steps 30] [--out FILE]
+    ARTCACHE_STORE=<filled store> python benchmarks/warm_start_precompile.py --steady [--models mlp]
+
+=======================  ================================================================
+floor                    ``torch.compile(model, backend="eager")``: Dynamo tracing and an
+                         eager run, no compiler
+artcache-warm            ``backend=Cache().backend()`` on the store artcache's cold run
+                         filled, with new empty torch dirs (Dynamo traces, graphs hit)
+artcache-precompile      ``artcache.precompile(model)`` on the store its cold run filled,
+                         new empty torch dirs: a frame hit skips Dynamo's tracing too
+torch-aot-load           ``torch.compiler.load_compiled_function`` of the file
+                         ``torch.compile(fullgraph=True).aot_compile`` saved, with the
+                         Inductor cache dir the save filled (where fullgraph works)
+torch-aot-load-fresh     the same with a new empty Inductor cache dir
+=======================  ================================================================
+
+The cold runs that fill the stores and the file are untimed preparations (one per model).
+Each child reports: **first call** (from before ``torch.compile`` / ``precompile`` /
+the file load to the first result, synchronized on CUDA; Dynamo and artcache are imported
+before the clock in every child, as in ``warm_start.py``), **to first result** (from the
+parent's spawn of the child to that point) and the **steady step** (median of ``--steps``
+calls after ``--warmup``).  Results: medians over ``--repeats``, repeats interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+THIS = Path(__file__).resolve()
+REPO = THIS.parent.parent
+sys.path.insert(0, str(THIS.parent))
+from warm_start_models import BUILDERS  # noqa: E402
+
+FLOOR, AC_WARM, PRECOMPILE, AOT, AOT_FRESH = (
+    "floor", "artcache-warm", "artcache-precompile", "torch-aot-load", "torch-aot-load-fresh")
+VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, AOT, AOT_FRESH)
+PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", AOT: "torch-aot-save"}
+
+
+# -- child ---------------------------------------------------------------------------------
+def child_main(args: argparse.Namespace) -> None:
+    import torch
+    import torch._dynamo  # noqa: F401 - before the clock, in every child
+
+    import artcache
+    from artcache.frames import Precompiled
+
+    device = torch.device(args.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.manual_seed(0)
+    workload = BUILDERS[args.model](device)
+    example = _example_input(args.model, device)
+    result: dict[str, Any] = {"variant": args.variant, "model": args.model}
+    cache = artcache.Cache() if "artcache" in args.variant else None
+    torch.manual_seed(0)
+    gc.collect()
+    start = time.perf_counter()
+    if args.variant == FLOOR:
+        fn: Any = torch.compile(workload.model, backend="eager")
+    elif args.variant in (AC_WARM, "artcache-cold"):
+        fn = torch.compile(workload.model, backend=cache.backend())  # type: ignore[union-attr]
+    elif args.variant in (PRECOMPILE, "artcache-precompile-cold"):
+        fn = artcache.precompile(workload.model, cache=cache)
+    elif args.variant == "torch-aot-save":
+        if example is None:
+            raise SystemExit(f"no aot_compile example input for {args.model}")
+        # Traced under the step's grad mode (the MLP's step runs under no_grad): the saved
+        # guards check it.  The module is external data (torch pickles no nn.Module).
+        with torch.no_grad():
+            compiled = torch.compile(workload.model.forward, fullgraph=True).aot_compile(((example,), {}))
+        compiled.save_compiled_function(args.aot_file, external_data={"model": workload.model})
+        fn = compiled
+    else:  # torch-aot-load(-fresh)
+        with open(args.aot_file, "rb") as f:
+            fn = torch.compiler.load_compiled_function(f, external_data={"model": workload.model})
+    out = workload.step(fn)
+    sync()
+    result["first_call_s"] = time.perf_counter() - start
+    result["first_result_epoch"] = time.time()
+    first = out.detach().float().cpu()
+    for _ in range(args.warmup):
+        workload.step(fn)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        workload.step(fn)
+        sync()
+        times.append(time.perf_counter() - t)
+    result["steady_step_s"] = statistics.median(times) if times else None
+    if workload.compare_to_eager:
+        result["max_abs_err_vs_eager"] = float((first - workload.step(workload.model).detach().float().cpu()).abs().max())
+    if isinstance(fn, Precompiled):
+        result["replayed"] = fn.replayed
+        result["fallbacks"] = dict(fn.reasons)
+        result["refusals"] = fn.refusals
+    if cache is not None:
+        s = cache.stats()
+        result["artcache"] = {"hits": s.hits, "misses": dict(s.misses), "saves": s.saves, "uncacheable": dict(s.uncacheable)}
+    Path(args.result).write_text(json.dumps(result))
+
+
+def _example_input(model: str, device: Any) -> Any:
+    """The tensor the model's step passes first (for torch's ``aot_compile``)."""
+    import torch
+
+    if model == "mlp":
+        return torch.randn(64, 256, generator=torch.Generator().manual_seed(1)).to(device)
+    return None
+
+
+def steady_main(args: argparse.Namespace) -> None:
+    """``--steady``: per-call time of a replayed frame against the same graph behind
+    Dynamo's own guards, in one process, interleaved in rounds (the precompile tier checks
+    its guards in Python at every call).  Needs a store that the cold runs filled."""
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    import artcache
+
+    workload = BUILDERS[args.models.split(",")[0]](torch.device(args.device))
+    cache = artcache.Cache()
+    paths = {"artcache-precompile": artcache.precompile(workload.model, cache=cache),
+             "artcache (Dynamo's guards)": torch.compile(workload.model, backend=cache.backend())}
+    for fn in paths.values():
+        workload.step(fn)
+    rounds: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.repeats * 10):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                workload.step(fn)
+            rounds[name].append((time.perf_counter() - start) / args.steps)
+    for name, times in rounds.items():
+        print(f"{name:28s} median {statistics.median(times) * 1e3:.3f} ms  min {min(times) * 1e3:.3f} ms")
+    replayed = paths["artcache-precompile"]
+    print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}")
+
+
+# -- parent --------------------------------------------------------------------------------
+def spawn(args: argparse.Namespace, model: str, variant: str, root: Path, env: dict[str, str]) -> dict[str, Any] | None:
+    result = root / f"result-{model}-{variant}-{time.monotonic_ns()}.json"
+    command = [sys.executable, str(THIS), "--child", "--model", model, "--variant", variant, "--device", args.device,
+               "--result", str(result), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--aot-file", str(root / f"aot-{model}.pt")]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTCACHE_", "TORCHINDUCTOR_", "TRITON_"))}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p)
+    spawned = time.time()
+    proc = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        print(f"  {model} {variant}: FAILED: {' | '.join(tail)}", flush=True)
+        return None
+    data: dict[str, Any] = json.loads(result.read_text())
+    data["to_first_result_s"] = data["first_result_epoch"] - spawned
+    print(f"  {model:6s} {variant:26s} first call {data['first_call_s']:7.3f} s  to first result "
+          f"{data['to_first_result_s']:7.3f} s  steady {data['steady_step_s'] * 1e3:8.3f} ms", flush=True)
+    return data
+
+
+def _dirs(root: Path, name: str) -> dict[str, str]:
+    return {"TORCHINDUCTOR_CACHE_DIR": str(root / f"ind-{name}"), "TRITON_CACHE_DIR": str(root / f"triton-{name}")}
+
+
+def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, list[dict[str, Any]]]:
+    stores = {AC_WARM: f"file://{root}/store-plain", PRECOMPILE: f"file://{root}/store-precompile"}
+    print(f"{model}: preparing (untimed)", flush=True)
+    prepared = {}
+    for variant, prep in PREPARE.items():
+        env = {**_dirs(root, "aot" if variant == AOT else f"cold-{variant}"), "ARTCACHE_STORE": stores.get(variant, "")}
+        prepared[variant] = spawn(args, model, prep, root, env) is not None
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    for repeat in range(args.repeats):
+        order = VARIANTS[repeat % len(VARIANTS):] + VARIANTS[:repeat % len(VARIANTS)]
+        for variant in order:
+            if variant in (AOT, AOT_FRESH) and not prepared[AOT]:
+                continue
+            dirs = _dirs(root, "aot") if variant == AOT else _dirs(root, f"{variant}-{repeat}")
+            env = {**dirs, "ARTCACHE_STORE": stores.get(variant, f"file://{root}/store-unused-{repeat}")}
+            data = spawn(args, model, variant, root, env)
+            if data is not None:
+                runs[variant].append(data)
+    return runs
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str, Any]]]], started: str) -> str:
+    import torch
+
+    lines = [f"# Warm start with the precompile tier ({args.device})", "",
+             f"Run {started} UTC; `python benchmarks/warm_start_precompile.py --models {','.join(results)} "
+             f"--device {args.device} --repeats {args.repeats}`.",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; Python "
+             f"{platform.python_version()}. Each number: median over repeats, each run a fresh process.", ""]
+    lines += ["| model | variant | runs | first call (s) | vs floor | to first result (s) | steady step (ms) | notes |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, runs in results.items():
+        floor = _median(runs[FLOOR], "first_call_s")
+        for variant in VARIANTS:
+            mine = runs[variant]
+            if not mine:
+                lines.append(f"| {model} | {variant} | 0 | - | - | - | - | not available or failed |")
+                continue
+            first = _median(mine, "first_call_s")
+            steady = _median(mine, "steady_step_s")
+            spread = f"{min(r['first_call_s'] for r in mine):.3f}-{max(r['first_call_s'] for r in mine):.3f}"
+            ratio = f"{first / floor:.2f}x" if floor and first else "-"
+            notes = []
+            if "replayed" in mine[0]:
+                notes.append(f"replayed {[r['replayed'] for r in mine]}; fallbacks {mine[0]['fallbacks'] or 'none'}")
+                if mine[0]["refusals"]:
+                    notes.append(f"not precompilable: {mine[0]['refusals']}")
+            if "artcache" in mine[0]:
+                a = mine[0]["artcache"]
+                notes.append(f"hits {a['hits']} misses {a['misses'] or 0} saves {a['saves']}")
+            err = [r.get("max_abs_err_vs_eager") for r in mine if r.get("max_abs_err_vs_eager") is not None]
+            if err:
+                notes.append(f"max err vs eager {max(err):.1e}")
+            lines.append(f"| {model} | {variant} | {len(mine)} | {first:.3f} ({spread}) | {ratio} | "
+                         f"{_median(mine, 'to_first_result_s'):.3f} | {steady * 1e3:.3f} | {'; '.join(notes)} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--steady", action="store_true", help="per-call time in one process (ARTCACHE_STORE filled)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--aot-file", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+    if args.steady:
+        steady_main(args)
+        return
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="artcache-precompile-bench-") as tmp:
+        for model in args.models.split(","):
+            results[model] = run_model(args, model, Path(tmp))
+    report = render(args, results, started)
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"warm_start_precompile_{args.device}.md")
+    out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
