@@ -1,0 +1,431 @@
+"""The local store's size cap: an index of what the store holds, kept incrementally in an
+append-only journal, and eviction by whole entries.
+
+**What is evicted.**  The unit is an entry: its manifest (``ac/<key>``) and the blobs no
+other entry names.  A blob stays while any manifest in the store names it; the manifest
+goes first, so a crash in the middle leaves unreferenced blobs (collected later), never
+an entry with missing blobs.  Blobs no entry names (a save in flight, a bare ``put``) are
+units of their own.  Order: quarantined files and temp files of dead writers, then entries
+and unreferenced blobs by last use (the file's mtime, which reads refresh), least recent
+first.  Unreferenced blobs used in the last :data:`IN_FLIGHT_S` seconds may belong to a save
+whose manifest is not written yet: they go only when nothing else is left and the store is
+still over its cap (a cap smaller than the saves in flight).
+
+**The journal** (``.evict.journal`` in the store root) is a cache of the store, never the
+truth: one text line per put or removal, each with its own CRC-32::
+
+    H 1 <nonce>                                          header
+    + <space> <name> <bytes> <mtime_ns> <digest,...|->   a file was (re)written; ac: its blobs
+    - <space> <name>                                     a file was removed
+
+A process replays it once (at its first capped put) and then reads only what others
+appended since, so a save costs O(1) bookkeeping; eviction costs O(what it removes).  The
+last-use times in it are hints: eviction checks each candidate's mtime before removing it.
+
+**Concurrency.**  Every put appends its line and publishes its file holding ``.evict.lock``
+shared; eviction, rebuild and compaction hold it exclusive.  So an evictor sees every entry
+published before it started, and a put that re-uses a blob either touches it before the
+evictor looks (the blob is then recent and kept) or finds it gone and writes it again.
+
+**Crash story.**  A line is appended before its file is published: a writer killed in
+between leaves a line for a file that is not there, which eviction drops when it checks
+the file.  A torn or foreign line fails its CRC or its parse: the journal counts as damaged,
+and so does a missing one, a wrong header, or one over :data:`MAX_JOURNAL_BYTES`.  A damaged
+journal is rebuilt by a scan of the store under the exclusive lock, written to ``tmp/`` and
+renamed into place.  Compaction (when the journal holds many more lines than the store has
+files) writes the index the same way.
+
+**Hostile contents.**  Whoever can write the store can write the journal.  Every line is
+bounded (:data:`MAX_LINE`), checked and parsed against a fixed grammar (names are hex
+digests: nothing in the journal can name a path), a journal that is a link or has other
+names is never opened or appended to, and the worst a forged journal can do is evict
+entries early or late, as anyone who can write the store could anyway.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+import secrets
+import stat
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ..entry import MAX_BLOBS, decode_core, decode_envelope
+from ..errors import ArtcacheError
+
+JOURNAL_NAME = ".evict.journal"
+JOURNAL_VERSION = 1
+# A journal larger than this is damage (it is compacted long before, see _needs_compaction).
+MAX_JOURNAL_BYTES = 1 << 30
+MAX_LINE = 96 + MAX_BLOBS * 65
+# A blob that no entry names and that was used this recently may belong to a save whose
+# manifest is not written yet.
+IN_FLIGHT_S = 60.0
+# Last-use times in the journal within this of the file's mtime count as current.
+MTIME_SLACK_NS = 1_000_000_000
+_MAX_SIZE = 1 << 50
+
+_NAME_RE = re.compile(rb"[0-9a-f]{64}")
+_JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def manifest_refs(data: bytes | memoryview) -> tuple[str, ...]:
+    """The blob digests a manifest names; ``()`` for a value that is not a readable
+    manifest (the store is a byte store: an ``ac/`` value need not be one)."""
+    try:
+        return tuple(sorted({ref.digest for ref in decode_core(decode_envelope(data).core).blobs}))
+    except ArtcacheError:
+        return ()
+
+
+def put_line(key: str, size: int, mtime_ns: int, refs: Iterable[str] = ()) -> bytes:
+    space, name = key.split("/", 1)
+    joined = ",".join(refs) or "-"
+    return _framed(f"+ {space} {name} {size} {mtime_ns} {joined}".encode("ascii"))
+
+
+def remove_line(key: str) -> bytes:
+    space, name = key.split("/", 1)
+    return _framed(f"- {space} {name}".encode("ascii"))
+
+
+def _framed(body: bytes) -> bytes:
+    return body + b" %08x\n" % zlib.crc32(body)
+
+
+def _header() -> bytes:
+    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)}".encode("ascii"))
+
+
+class Index:
+    """What the journal says the store holds: sizes, last uses, and which blobs each
+    entry names.  Keys are ``"cas/<digest>"`` and ``"ac/<key>"``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[int, int]] = {}  # key -> (bytes on disk, last use ns)
+        self.refs: dict[str, tuple[str, ...]] = {}  # ac key -> blob keys it names
+        self.users: dict[str, int] = {}  # blob key -> how many entries name it
+        self.total = 0
+        self.lines = 0
+        self.damaged = False
+        self._heap: list[tuple[int, str]] = []
+
+    # -- replay --------------------------------------------------------------------
+    def apply(self, line: bytes) -> None:
+        """Apply one journal line (without its newline); a line that fails its checks
+        marks the index damaged."""
+        self.lines += 1
+        if len(line) > MAX_LINE or len(line) < 10 or line[-9:-8] != b" ":
+            self.damaged = True
+            return
+        body = line[:-9]
+        try:
+            if int(line[-8:], 16) != zlib.crc32(body):
+                raise ValueError("crc")
+            self._apply(body.split(b" "))
+        except ValueError:
+            self.damaged = True
+
+    def _apply(self, f: list[bytes]) -> None:
+        if f[0] == b"H":
+            return  # the header (checked by the journal)
+        if len(f) < 3 or f[1] not in (b"cas", b"ac") or not _NAME_RE.fullmatch(f[2]):
+            raise ValueError("key")
+        key = f"{f[1].decode()}/{f[2].decode()}"
+        if f[0] == b"-" and len(f) == 3:
+            self.remove(key)
+        elif f[0] == b"+" and len(f) == 6:
+            size, mtime = int(f[3]), int(f[4])
+            if not (0 <= size <= _MAX_SIZE and 0 <= mtime < 1 << 63):
+                raise ValueError("range")
+            refs: tuple[str, ...] = ()
+            if f[1] == b"ac" and f[5] != b"-":
+                names = f[5].split(b",")
+                if len(names) > MAX_BLOBS or not all(_NAME_RE.fullmatch(n) for n in names):
+                    raise ValueError("refs")
+                refs = tuple(f"cas/{n.decode()}" for n in names)
+            self.put(key, size, mtime, refs)
+        else:
+            raise ValueError("record")
+
+    # -- changes -------------------------------------------------------------------
+    def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
+        old = self.files.get(key)
+        if old is not None:
+            self.total -= old[0]
+        self.files[key] = (size, mtime_ns)
+        self.total += size
+        if key.startswith("ac/"):
+            for blob in refs:
+                self.users[blob] = self.users.get(blob, 0) + 1
+            self._release(self.refs.pop(key, ()))
+            if refs:
+                self.refs[key] = refs
+        heapq.heappush(self._heap, (mtime_ns, key))
+        if len(self._heap) > 2 * len(self.files) + 1024:
+            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
+            heapq.heapify(self._heap)
+
+    def remove(self, key: str) -> list[str]:
+        """Forget ``key``; the blobs no entry names any more (if it was an entry)."""
+        old = self.files.pop(key, None)
+        if old is not None:
+            self.total -= old[0]
+        return self._release(self.refs.pop(key, ()))
+
+    def touch(self, key: str, mtime_ns: int) -> None:
+        size, _old = self.files[key]
+        self.files[key] = (size, mtime_ns)
+        heapq.heappush(self._heap, (mtime_ns, key))
+
+    def _release(self, refs: tuple[str, ...]) -> list[str]:
+        freed = []
+        for blob in refs:
+            left = self.users.get(blob, 0) - 1
+            if left > 0:
+                self.users[blob] = left
+            else:
+                self.users.pop(blob, None)
+                freed.append(blob)
+                if blob in self.files:  # an eviction candidate of its own again
+                    heapq.heappush(self._heap, (self.files[blob][1], blob))
+        return freed
+
+    # -- eviction order ------------------------------------------------------------
+    def pop_oldest(self) -> tuple[str, int] | None:
+        """The least recently used unit (an entry, or a blob no entry names) as
+        ``(key, last use)``, removed from the queue (not from the index)."""
+        while self._heap:
+            mtime, key = heapq.heappop(self._heap)
+            current = self.files.get(key)
+            if current is None or current[1] != mtime or self.users.get(key, 0) > 0:
+                continue  # stale: removed, touched since, or now named by an entry
+            return key, mtime
+        return None
+
+    def requeue(self, key: str) -> None:
+        if key in self.files:
+            heapq.heappush(self._heap, (self.files[key][1], key))
+
+    def snapshot(self) -> Iterable[bytes]:
+        """Journal lines that rebuild this index (for compaction)."""
+        for key, (size, mtime) in self.files.items():
+            yield put_line(key, size, mtime, (r[4:] for r in self.refs.get(key, ())))
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A key's file as the evictor sees it: bytes on disk and mtime."""
+
+    size: int
+    mtime_ns: int
+
+
+class Journal:
+    """The journal file of one store, as one process sees it.  ``root`` returns the
+    store root's descriptor (opened without following links).  Thread-safe."""
+
+    def __init__(self, root: Callable[[], int]) -> None:
+        self._root = root
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._ino = 0
+        self._offset = 0
+        self.index: Index | None = None
+
+    # -- the file ------------------------------------------------------------------
+    def _open(self) -> bool:
+        """Open the journal if it is there (a regular file with one name).  Caller
+        holds ``_lock``."""
+        self._close()
+        try:
+            fd = os.open(JOURNAL_NAME, _JOURNAL_FLAGS, dir_fd=self._root())
+        except OSError:
+            return False  # absent, a link (ELOOP), unreadable: the evictor rebuilds it
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)  # a FIFO, or a hard link whose other name may be outside the store
+            return False
+        self._fd, self._ino, self._offset, self.index = fd, st.st_ino, 0, None
+        return True
+
+    def _current(self) -> bool:
+        """Whether our descriptor is the file under the journal's name, reopening it if
+        not.  Caller holds ``_lock``."""
+        try:
+            st = os.stat(JOURNAL_NAME, dir_fd=self._root(), follow_symlinks=False)
+        except FileNotFoundError:
+            self._close()
+            return False
+        if self._fd is not None and st.st_ino == self._ino:
+            return True
+        return self._open()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self.index = None, None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
+    def append(self, lines: bytes) -> None:
+        """Append whole lines, if the journal exists (if not, the next evictor builds it
+        from a scan, which sees this write)."""
+        with self._lock:
+            if self._current():
+                assert self._fd is not None
+                os.write(self._fd, lines)
+
+    # -- reading -------------------------------------------------------------------
+    def refresh(self) -> Index | None:
+        """The index, with every line appended since the last call; ``None`` if the
+        journal is missing or damaged (then :meth:`rebuild` it, holding the lock)."""
+        with self._lock:
+            if not self._current():
+                return None
+            assert self._fd is not None
+            size = os.fstat(self._fd).st_size
+            if size > MAX_JOURNAL_BYTES:
+                return None
+            if self.index is None:
+                self.index = Index()
+                self._offset = 0
+            if size > self._offset:
+                self._read(size)
+            return None if self.index.damaged else self.index
+
+    def _read(self, size: int) -> None:
+        assert self._fd is not None and self.index is not None
+        data = os.pread(self._fd, size - self._offset, self._offset)
+        end = data.rfind(b"\n") + 1  # a line being appended right now is left for later
+        if end == 0:
+            if len(data) > MAX_LINE:
+                self.index.damaged = True
+            return
+        lines = data[:end].split(b"\n")[:-1]
+        if self._offset == 0:
+            header = lines.pop(0)
+            if not header.startswith(b"H %d " % JOURNAL_VERSION):
+                self.index.damaged = True
+        for line in lines:
+            self.index.apply(line)
+        self._offset += end
+
+    def needs_compaction(self) -> bool:
+        index = self.index
+        return index is not None and index.lines > 2 * len(index.files) + 16384
+
+    # -- rewriting (the caller holds .evict.lock exclusive) ------------------------
+    def rewrite(self, index: Index, tmp_dir: int, temp_name: str, *, durable: bool) -> None:
+        """Replace the journal with one that holds ``index`` (rebuild or compaction):
+        written under ``tmp_dir`` (``temp_name``, which must not exist), then renamed
+        into the root."""
+        body = b"".join([_header(), *index.snapshot()])
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644, dir_fd=tmp_dir)
+        try:
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view):]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp_name, JOURNAL_NAME, src_dir_fd=tmp_dir, dst_dir_fd=self._root())
+        except BaseException:
+            try:
+                os.unlink(temp_name, dir_fd=tmp_dir)
+            except FileNotFoundError:
+                pass
+            raise
+        with self._lock:
+            if self._open():
+                self.index = index
+                self._offset = len(body)
+                index.lines = len(index.files)
+                index.damaged = False
+
+
+@dataclass
+class EvictionPlan:
+    """How an eviction went: the keys it removed and the bytes it believes are left."""
+
+    removed: list[str]
+    total: int
+
+
+def evict(
+    index: Index,
+    *,
+    cap: int,
+    target: int,
+    extra: int,
+    keep: str | None,
+    now_ns: int,
+    state: Callable[[str], FileState | None],
+    remove: Callable[[str], bool],
+    record: Callable[[str], None],
+) -> EvictionPlan:
+    """Bring ``index.total + extra`` down to ``target`` (``extra``: bytes on disk outside
+    the index, e.g. temp files of writes in flight); unnamed recent blobs go only while
+    the store is over ``cap``.
+
+    ``state(key)`` is the file's current state (``None``: absent), ``remove(key)`` deletes
+    it (``False``: it was not there), ``record(key)`` journals a removal.  Entries go as a
+    whole: the manifest first, then each blob no other entry names, unless that blob was
+    used after the entry itself (a save in flight re-used it: it stays, unnamed).
+    """
+    removed: list[str] = []
+    recent: list[tuple[int, str]] = []  # unnamed blobs possibly of a save in flight
+    held: list[str] = []
+
+    def drop(key: str) -> list[str]:
+        if remove(key):
+            removed.append(key)
+        record(key)
+        return index.remove(key)
+
+    while index.total + extra > target:
+        unit = index.pop_oldest()
+        if unit is None:
+            break
+        key, hint = unit
+        if key == keep:
+            held.append(key)
+            continue
+        now_state = state(key)
+        if now_state is None:  # gone already (removed by hand, quarantined, a crashed put)
+            record(key)
+            for blob in index.remove(key):
+                index.requeue(blob)
+            continue
+        if abs(now_state.mtime_ns - hint) > MTIME_SLACK_NS:
+            index.touch(key, now_state.mtime_ns)  # used (or backdated) since: re-queued
+            continue
+        if key.startswith("cas/") and now_ns - now_state.mtime_ns < IN_FLIGHT_S * 1e9:
+            recent.append((now_state.mtime_ns, key))
+            continue
+        for blob in drop(key):
+            blob_state = state(blob)
+            if blob_state is None:
+                record(blob)
+                index.remove(blob)
+            elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns + MTIME_SLACK_NS:
+                index.touch(blob, blob_state.mtime_ns)  # used after its entry: kept, unnamed
+            else:
+                drop(blob)
+    # Last resort: unnamed recent blobs, oldest first, only down to the cap itself.
+    recent.sort()
+    while recent and index.total + extra > cap:
+        drop(recent.pop(0)[1])
+    for key in held + [key for _mtime, key in recent]:
+        index.requeue(key)
+    return EvictionPlan(removed, index.total + extra)
