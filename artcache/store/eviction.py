@@ -68,6 +68,9 @@ IN_FLIGHT_S = 60.0
 # Last-use times in the journal within this of the file's mtime count as current.
 MTIME_SLACK_NS = 1_000_000_000
 _MAX_SIZE = 1 << 50
+# The journal is rewritten from the index once it holds this many lines more than twice
+# the files it describes: rewriting costs O(files), so it is amortized over the lines.
+COMPACT_MIN_LINES = 16384
 
 _NAME_RE = re.compile(rb"[0-9a-f]{64}")
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -97,7 +100,7 @@ def _framed(body: bytes) -> bytes:
     return body + b" %08x\n" % zlib.crc32(body)
 
 
-def _header() -> bytes:
+def header_line() -> bytes:
     return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)}".encode("ascii"))
 
 
@@ -292,8 +295,8 @@ class Journal:
                 return None
             assert self._fd is not None
             size = os.fstat(self._fd).st_size
-            if size > MAX_JOURNAL_BYTES:
-                return None
+            if size > MAX_JOURNAL_BYTES or size == 0:
+                return None  # too large to be ours, or without its header: damaged
             if self.index is None:
                 self.index = Index()
                 self._offset = 0
@@ -320,14 +323,14 @@ class Journal:
 
     def needs_compaction(self) -> bool:
         index = self.index
-        return index is not None and index.lines > 2 * len(index.files) + 16384
+        return index is not None and index.lines > 2 * len(index.files) + COMPACT_MIN_LINES
 
     # -- rewriting (the caller holds .evict.lock exclusive) ------------------------
     def rewrite(self, index: Index, tmp_dir: int, temp_name: str, *, durable: bool) -> None:
         """Replace the journal with one that holds ``index`` (rebuild or compaction):
         written under ``tmp_dir`` (``temp_name``, which must not exist), then renamed
         into the root."""
-        body = b"".join([_header(), *index.snapshot()])
+        body = b"".join([header_line(), *index.snapshot()])
         fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644, dir_fd=tmp_dir)
         try:

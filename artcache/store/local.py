@@ -423,7 +423,10 @@ class LocalStore(Store):
             for f in self._scan_space(space):
                 refs = self._refs_on_disk(f) if space == "ac" else ()
                 index.put(f"{space}/{f.name}", f.size, f.mtime_ns, refs)
-        self._rewrite_journal(index)
+        try:
+            self._rewrite_journal(index)
+        except OSError:
+            pass  # e.g. a directory planted under its name: this eviction uses the scan alone
         return index
 
     def _refs_on_disk(self, f: _File) -> tuple[str, ...]:
