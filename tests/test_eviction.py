@@ -6,7 +6,9 @@ Entries here are saved through ``EntryStore`` (manifest + blobs, the real commit
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import random
 import time
 from pathlib import Path
 
@@ -238,3 +240,41 @@ def test_journal_is_compacted_and_other_processes_follow(tmp_path: Path, monkeyp
     assert journal(a).stat().st_size < 50_000
     assert a.disk_usage() <= 60_000
     assert_whole_entries(a)
+
+
+# -- concurrent processes -------------------------------------------------------------
+FORK = multiprocessing.get_context("fork")
+
+
+def _saver(root: str, seed: int, seconds: float, results) -> None:  # type: ignore[no-untyped-def]
+    store = LocalStore(root, max_size=120_000, durable=False)
+    entries = EntryStore(store, settings=Settings(store_urls=(store.url,), compress=False), strict=False)
+    rng = random.Random(seed)
+    shared = [payload_for(f"pool{i}", 2000) for i in range(4)]
+    saved: list[str] = []
+    hits = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if saved and rng.random() < 0.3:
+            hits += entries.lookup(rng.choice(saved)) is not None
+        else:
+            n = len(saved)
+            saved.append(save(entries, f"w{seed}-{n}", [rng.choice(shared), payload_for(f"w{seed}-{n}", 3000)],
+                              check=False))
+    results.put((seed, len(saved), hits, dict(entries.stats().errors)))
+
+
+def test_processes_saving_under_one_cap_leave_only_whole_entries(tmp_path: Path) -> None:
+    results = FORK.Queue()
+    workers = [FORK.Process(target=_saver, args=(str(tmp_path), seed, 3.0, results)) for seed in range(4)]
+    for w in workers:
+        w.start()
+    reports = [results.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(10)
+        assert w.exitcode == 0
+    assert all(saves > 20 for _seed, saves, _hits, _errors in reports)
+    assert [errors for *_rest, errors in reports] == [{}] * 4
+    store = LocalStore(tmp_path)
+    assert store.disk_usage() <= 120_000 + 4 * 3100
+    assert_whole_entries(store)

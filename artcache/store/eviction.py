@@ -9,7 +9,8 @@ units of their own.  Order: quarantined files and temp files of dead writers, th
 and unreferenced blobs by last use (the file's mtime, which reads refresh), least recent
 first.  Unreferenced blobs used in the last :data:`IN_FLIGHT_S` seconds may belong to a save
 whose manifest is not written yet: they go only when nothing else is left and the store is
-still over its cap (a cap smaller than the saves in flight).
+still over its cap, oldest first (so only a cap smaller than the saves in flight can take
+a blob from under a save; that entry then reads as a miss and is rebuilt).
 
 **The journal** (``.evict.journal`` in the store root) is a cache of the store, never the
 truth: one text line per put or removal, each with its own CRC-32::
@@ -181,9 +182,13 @@ class Index:
         return self._release(self.refs.pop(key, ()))
 
     def touch(self, key: str, mtime_ns: int) -> None:
+        """``key`` was last used at ``mtime_ns``: re-queued there."""
+        self.set_last_use(key, mtime_ns)
+        heapq.heappush(self._heap, (mtime_ns, key))
+
+    def set_last_use(self, key: str, mtime_ns: int) -> None:
         size, _old = self.files[key]
         self.files[key] = (size, mtime_ns)
-        heapq.heappush(self._heap, (mtime_ns, key))
 
     def _release(self, refs: tuple[str, ...]) -> list[str]:
         freed = []
@@ -378,17 +383,20 @@ def evict(
     record: Callable[[str], None],
 ) -> EvictionPlan:
     """Bring ``index.total + extra`` down to ``target`` (``extra``: bytes on disk outside
-    the index, e.g. temp files of writes in flight); unnamed recent blobs go only while
-    the store is over ``cap``.
+    the index, e.g. temp files of writes in flight).
 
     ``state(key)`` is the file's current state (``None``: absent), ``remove(key)`` deletes
     it (``False``: it was not there), ``record(key)`` journals a removal.  Entries go as a
-    whole: the manifest first, then each blob no other entry names, unless that blob was
-    used after the entry itself (a save in flight re-used it: it stays, unnamed).
+    whole: the manifest first, then each blob no other entry names, unless it was used
+    after the entry itself.  A blob no entry names that was used in the last IN_FLIGHT_S
+    seconds may be one a save in flight has just written or found present (its manifest
+    comes next): such blobs go last, oldest first, and only while the store is over
+    ``cap`` itself.
     """
     removed: list[str] = []
-    recent: list[tuple[int, str]] = []  # unnamed blobs possibly of a save in flight
+    recent: dict[str, int] = {}  # unnamed blobs possibly of a save in flight -> mtime
     held: list[str] = []
+    in_flight_ns = int(IN_FLIGHT_S * 1e9)
 
     def drop(key: str) -> list[str]:
         if remove(key):
@@ -407,28 +415,35 @@ def evict(
         now_state = state(key)
         if now_state is None:  # gone already (removed by hand, quarantined, a crashed put)
             record(key)
-            for blob in index.remove(key):
-                index.requeue(blob)
+            index.remove(key)  # its blobs, if no longer named, are queued again
             continue
         if abs(now_state.mtime_ns - hint) > MTIME_SLACK_NS:
             index.touch(key, now_state.mtime_ns)  # used (or backdated) since: re-queued
             continue
-        if key.startswith("cas/") and now_ns - now_state.mtime_ns < IN_FLIGHT_S * 1e9:
-            recent.append((now_state.mtime_ns, key))
+        if key.startswith("cas/") and now_ns - now_state.mtime_ns < in_flight_ns:
+            recent[key] = now_state.mtime_ns
             continue
         for blob in drop(key):
             blob_state = state(blob)
             if blob_state is None:
                 record(blob)
                 index.remove(blob)
-            elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns + MTIME_SLACK_NS:
-                index.touch(blob, blob_state.mtime_ns)  # used after its entry: kept, unnamed
+            elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns:
+                # Used after its entry: by a save in flight that found it present, or
+                # by a lookup.  Kept, unnamed, and judged like any unnamed blob.
+                if now_ns - blob_state.mtime_ns < in_flight_ns or blob == keep:
+                    index.set_last_use(blob, blob_state.mtime_ns)
+                    recent[blob] = blob_state.mtime_ns
+                else:
+                    index.touch(blob, blob_state.mtime_ns)
             else:
                 drop(blob)
     # Last resort: unnamed recent blobs, oldest first, only down to the cap itself.
-    recent.sort()
-    while recent and index.total + extra > cap:
-        drop(recent.pop(0)[1])
-    for key in held + [key for _mtime, key in recent]:
+    for key in sorted(recent, key=recent.__getitem__):
+        if index.total + extra <= cap:
+            break
+        if key != keep and key in index.files and index.users.get(key, 0) == 0:
+            drop(key)
+    for key in held + list(recent):
         index.requeue(key)
     return EvictionPlan(removed, index.total + extra)
