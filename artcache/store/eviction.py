@@ -55,7 +55,9 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..entry import MAX_BLOBS, decode_core, decode_envelope
+import msgpack
+
+from ..entry import MAX_BLOBS, decode_envelope
 from ..errors import ArtcacheError
 
 JOURNAL_NAME = ".evict.journal"
@@ -74,16 +76,34 @@ _MAX_SIZE = 1 << 50
 COMPACT_MIN_LINES = 16384
 
 _NAME_RE = re.compile(rb"[0-9a-f]{64}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def manifest_refs(data: bytes | memoryview) -> tuple[str, ...]:
     """The blob digests a manifest names; ``()`` for a value that is not a readable
-    manifest (the store is a byte store: an ``ac/`` value need not be one)."""
+    manifest (the store is a byte store: an ``ac/`` value need not be one).
+
+    Bookkeeping only (nothing is loaded from it), so only the ``blobs`` field is read:
+    one msgpack pass with every limit set from the core's length, its envelope's sizes
+    checked first (``entry.decode_envelope``)."""
     try:
-        return tuple(sorted({ref.digest for ref in decode_core(decode_envelope(data).core).blobs}))
-    except ArtcacheError:
+        core = decode_envelope(data).core
+        n = len(core)
+        doc = msgpack.unpackb(core, raw=False, strict_map_key=True, max_str_len=n, max_bin_len=0,
+                              max_array_len=min(n, MAX_BLOBS), max_map_len=n // 2, max_ext_len=0)
+    except (ArtcacheError, msgpack.UnpackException, ValueError, TypeError):
         return ()
+    blobs = doc.get("blobs") if isinstance(doc, dict) else None
+    if not isinstance(blobs, list):
+        return ()
+    digests = set()
+    for blob in blobs:
+        if not (isinstance(blob, list) and len(blob) >= 2 and isinstance(blob[1], str)
+                and _DIGEST_RE.fullmatch(blob[1])):
+            return ()
+        digests.add(blob[1])
+    return tuple(sorted(digests))
 
 
 def put_line(key: str, size: int, mtime_ns: int, refs: Iterable[str] = ()) -> bytes:
@@ -283,13 +303,14 @@ class Journal:
             self._close()
 
     # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
-    def append(self, lines: bytes) -> None:
-        """Append whole lines, if the journal exists (if not, the next evictor builds it
-        from a scan, which sees this write)."""
+    def append(self, lines: bytes | Callable[[], bytes]) -> None:
+        """Append whole lines (or what ``lines()`` returns: made only if needed), if the
+        journal exists (if not, the next evictor builds it from a scan, which sees this
+        write)."""
         with self._lock:
             if self._current():
                 assert self._fd is not None
-                os.write(self._fd, lines)
+                os.write(self._fd, lines if isinstance(lines, bytes) else lines())
 
     # -- reading -------------------------------------------------------------------
     def refresh(self) -> Index | None:

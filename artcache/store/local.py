@@ -173,7 +173,10 @@ class LocalStore(Store):
             raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
         if self.max_size is not None and len(data) + _fs.TRAILER_SIZE > self.max_size:
             raise StoreError(f"{key}: {len(data)} bytes exceed the store cap {self.max_size}")
-        refs = manifest_refs(data) if space == "ac" else ()
+        def line() -> bytes:  # made only where there is a journal
+            refs = manifest_refs(data) if space == "ac" else ()
+            return put_line(key, len(data) + _fs.TRAILER_SIZE, time.time_ns(), refs)
+
         try:
             shard = self._tree.open_sub(space, name[:2], create=True)
             try:
@@ -187,7 +190,7 @@ class LocalStore(Store):
                         return
                     # Journaled before it is published: a crash in between leaves a line
                     # for a file that is not there, which eviction drops.
-                    self._journal.append(put_line(key, len(data) + _fs.TRAILER_SIZE, time.time_ns(), refs))
+                    self._journal.append(line)
                     self._write(shard, space, name, data)
             finally:
                 os.close(shard)
@@ -385,35 +388,40 @@ class LocalStore(Store):
                 continue  # an in-flight write of a live process
             self._remove(f)
             extra -= f.size
-        plan = evict_units(
-            index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
-            state=self._file_state, remove=self._remove_key,
-            record=lambda key: self._journal.append(remove_line(key)),
-        )
+        # Shards stay open for the whole eviction, and its journal lines are written at
+        # its end in one append (lost in a crash, they only make the index count files
+        # that are gone, which the next eviction drops).
+        shards: dict[tuple[str, str], int | None] = {}
+        lines: list[bytes] = []
+
+        def shard_of(key: str) -> tuple[int | None, str]:
+            space, name = check_key(key)
+            if (space, name[:2]) not in shards:
+                try:
+                    shards[space, name[:2]] = self._tree.open_sub(space, name[:2])
+                except FileNotFoundError:
+                    shards[space, name[:2]] = None
+            return shards[space, name[:2]], name
+
+        def state(key: str) -> FileState | None:
+            shard, name = shard_of(key)
+            st = lstat_at(shard, name) if shard is not None else None
+            return FileState(st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
+
+        def remove(key: str) -> bool:
+            shard, name = shard_of(key)
+            return shard is not None and unlink_regular(shard, name)
+
+        try:
+            plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
+                               state=state, remove=remove, record=lambda key: lines.append(remove_line(key)))
+        finally:
+            for fd in shards.values():
+                if fd is not None:
+                    os.close(fd)
+            if lines:
+                self._journal.append(b"".join(lines))
         return plan.removed
-
-    def _file_state(self, key: str) -> FileState | None:
-        space, name = check_key(key)
-        try:
-            shard = self._tree.open_sub(space, name[:2])
-        except FileNotFoundError:
-            return None
-        try:
-            st = lstat_at(shard, name)
-        finally:
-            os.close(shard)
-        return FileState(st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
-
-    def _remove_key(self, key: str) -> bool:
-        space, name = check_key(key)
-        try:
-            shard = self._tree.open_sub(space, name[:2])
-        except FileNotFoundError:
-            return False
-        try:
-            return unlink_regular(shard, name)
-        finally:
-            os.close(shard)
 
     def _rebuild_index(self) -> Index:
         """The index from a scan of the keyspaces (every manifest read for the blobs it
