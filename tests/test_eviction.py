@@ -179,7 +179,7 @@ def test_a_damaged_or_hostile_journal_never_breaks_a_save(tmp_path: Path, damage
         # name a path or leave an entry incomplete.
         path.write_bytes(good + put_line(f"ac/{forged_key}", 1 << 40, 1, ["ab" * 32])
                          + b"+ cas ../../outside 10 1 - 0badc0de\n"
-                         + remove_line(f"ac/{payload_key('a0')}"))
+                         + remove_line(f"ac/{payload_key('a0')}", 3028))
     elif damage == "wrong-header":
         path.write_bytes(b"H 99 x " + good.split(b" ", 3)[3])
     elif damage == "empty":

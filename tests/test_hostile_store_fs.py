@@ -82,7 +82,7 @@ class Victim:
             ".evict.lock": b"lock-looking but precious",
             # A journal that names the victim's blob: appending to it, or evicting what
             # it names through a link, would act outside the store.
-            JOURNAL_NAME: eviction.header_line() + eviction.put_line(self.key, len(framed(self.data)), 0),
+            JOURNAL_NAME: eviction.header_line(0, 0, 0) + eviction.put_line(self.key, len(framed(self.data)), 0),
             "precious.txt": b"do not touch",
         }
         for i in range(MAX_MISS_RECORDS + 20):

@@ -15,9 +15,9 @@ a blob from under a save; that entry then reads as a miss and is rebuilt).
 **The journal** (``.evict.journal`` in the store root) is a cache of the store, never the
 truth: one text line per put or removal, each with its own CRC-32::
 
-    H 1 <nonce>                                          header
+    H 1 <nonce> <total> <files> <snapshot bytes>         header (see Journal._header)
     + <space> <name> <bytes> <mtime_ns> <digest,...|->   a file was (re)written; ac: its blobs
-    - <space> <name>                                     a file was removed
+    - <space> <name> <bytes>                             a file was removed
 
 A process replays it once (at its first capped put) and then reads only what others
 appended since, so a save costs O(1) bookkeeping; eviction costs O(what it removes).  The
@@ -65,6 +65,7 @@ JOURNAL_VERSION = 1
 # A journal larger than this is damage (it is compacted long before, see _needs_compaction).
 MAX_JOURNAL_BYTES = 1 << 30
 MAX_LINE = 96 + MAX_BLOBS * 65
+_MAX_HEADER = 256
 # A blob that no entry names and that was used this recently may belong to a save whose
 # manifest is not written yet.
 IN_FLIGHT_S = 60.0
@@ -112,17 +113,19 @@ def put_line(key: str, size: int, mtime_ns: int, refs: Iterable[str] = ()) -> by
     return _framed(f"+ {space} {name} {size} {mtime_ns} {joined}".encode("ascii"))
 
 
-def remove_line(key: str) -> bytes:
+def remove_line(key: str, size: int) -> bytes:
+    """``size``: the bytes the file held (a reader that follows only the total needs it)."""
     space, name = key.split("/", 1)
-    return _framed(f"- {space} {name}".encode("ascii"))
+    return _framed(f"- {space} {name} {size}".encode("ascii"))
 
 
 def _framed(body: bytes) -> bytes:
     return body + b" %08x\n" % zlib.crc32(body)
 
 
-def header_line() -> bytes:
-    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)}".encode("ascii"))
+def header_line(total: int, files: int, snapshot_bytes: int) -> bytes:
+    """The first line: see :meth:`Journal._header`."""
+    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)} {total} {files} {snapshot_bytes}".encode("ascii"))
 
 
 class Index:
@@ -160,7 +163,7 @@ class Index:
         if len(f) < 3 or f[1] not in (b"cas", b"ac") or not _NAME_RE.fullmatch(f[2]):
             raise ValueError("key")
         key = f"{f[1].decode()}/{f[2].decode()}"
-        if f[0] == b"-" and len(f) == 3:
+        if f[0] == b"-" and len(f) == 4:
             self.remove(key)
         elif f[0] == b"+" and len(f) == 6:
             size, mtime = int(f[3]), int(f[4])
@@ -255,15 +258,30 @@ class FileState:
 
 class Journal:
     """The journal file of one store, as one process sees it.  ``root`` returns the
-    store root's descriptor (opened without following links).  Thread-safe."""
+    store root's descriptor (opened without following links).  Thread-safe.
+
+    A process reads it at two depths.  :meth:`total` (every capped put) needs only the
+    bytes the store holds: the header's total plus each later line's size, so a new
+    process reads only what was appended since the journal was last written whole.
+    :meth:`index` (eviction) replays every line into an :class:`Index` once per process,
+    then follows the tail like :meth:`total`.
+    """
 
     def __init__(self, root: Callable[[], int]) -> None:
         self._root = root
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._ino = 0
+        self._reset()
+
+    def _reset(self) -> None:
         self._offset = 0
-        self.index: Index | None = None
+        self._total = 0  # bytes, from the header and the lines after it
+        self._base_files = 0  # files the header describes
+        self._tail_lines = 0
+        self._base_end = 0  # where the lines after the header's snapshot begin
+        self._damaged = False
+        self._index: Index | None = None
 
     # -- the file ------------------------------------------------------------------
     def _open(self) -> bool:
@@ -278,7 +296,7 @@ class Journal:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)  # a FIFO, or a hard link whose other name may be outside the store
             return False
-        self._fd, self._ino, self._offset, self.index = fd, st.st_ino, 0, None
+        self._fd, self._ino = fd, st.st_ino
         return True
 
     def _current(self) -> bool:
@@ -296,7 +314,8 @@ class Journal:
     def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-        self._fd, self.index = None, None
+        self._fd = None
+        self._reset()
 
     def close(self) -> None:
         with self._lock:
@@ -313,50 +332,109 @@ class Journal:
                 os.write(self._fd, lines if isinstance(lines, bytes) else lines())
 
     # -- reading -------------------------------------------------------------------
-    def refresh(self) -> Index | None:
-        """The index, with every line appended since the last call; ``None`` if the
-        journal is missing or damaged (then :meth:`rebuild` it, holding the lock)."""
+    def total(self) -> int | None:
+        """Bytes the store holds, with every line appended since the last call; ``None``
+        if the journal is missing or damaged (then rebuild it, holding the lock)."""
         with self._lock:
-            if not self._current():
+            return self._follow(full=False)
+
+    def index(self) -> Index | None:
+        """The whole index (replayed once per process, then followed); ``None`` if the
+        journal is missing or damaged."""
+        with self._lock:
+            if self._follow(full=True) is None:
                 return None
-            assert self._fd is not None
-            size = os.fstat(self._fd).st_size
-            if size > MAX_JOURNAL_BYTES or size == 0:
-                return None  # too large to be ours, or without its header: damaged
-            if self.index is None:
-                self.index = Index()
-                self._offset = 0
-            if size > self._offset:
-                self._read(size)
-            return None if self.index.damaged else self.index
+            return self._index
+
+    def _follow(self, *, full: bool) -> int | None:
+        if not self._current():
+            return None
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        if size > MAX_JOURNAL_BYTES or size == 0:
+            return None  # too large to be ours, or without its header: damaged
+        if full and self._index is None:
+            self._reset()
+            self._index = Index()
+        if size > self._offset:
+            self._read(size)
+        if self._damaged or (self._index is not None and self._index.damaged):
+            return None
+        return self._index.total if self._index is not None else self._total
 
     def _read(self, size: int) -> None:
-        assert self._fd is not None and self.index is not None
+        assert self._fd is not None
+        if self._offset == 0:
+            head = os.pread(self._fd, _MAX_HEADER, 0)
+            newline = head.find(b"\n")
+            self._header(head[:newline] if newline >= 0 else b"")
+            if self._damaged:
+                return
+            # The header's own snapshot lines are in its total: only an index reads them.
+            self._offset = newline + 1 if self._index is not None else self._base_end
+            if self._base_end > size:
+                self._damaged = True  # a journal is written whole: this one is cut short
+                return
+        if size <= self._offset:
+            return
         data = os.pread(self._fd, size - self._offset, self._offset)
         end = data.rfind(b"\n") + 1  # a line being appended right now is left for later
         if end == 0:
-            if len(data) > MAX_LINE:
-                self.index.damaged = True
+            self._damaged |= len(data) > MAX_LINE
             return
         lines = data[:end].split(b"\n")[:-1]
-        if self._offset == 0:
-            header = lines.pop(0)
-            if not header.startswith(b"H %d " % JOURNAL_VERSION):
-                self.index.damaged = True
-        for line in lines:
-            self.index.apply(line)
+        if self._index is not None:
+            for line in lines:
+                self._index.apply(line)
+            self._tail_lines = self._index.lines - self._base_files
+        else:
+            for line in lines:
+                self._add(line)
+            self._tail_lines += len(lines)
         self._offset += end
 
+    def _header(self, line: bytes) -> None:
+        """``H <version> <nonce> <total bytes> <files> <snapshot bytes>``: the journal was
+        last written whole holding ``files`` files, one line each, in the ``snapshot
+        bytes`` after the header, ``total bytes`` in all."""
+        fields = _checked(line)
+        try:
+            if fields is None or fields[:2] != [b"H", b"%d" % JOURNAL_VERSION] or len(fields) != 6:
+                raise ValueError("header")
+            total, files, snapshot = int(fields[3]), int(fields[4]), int(fields[5])
+            if not (0 <= total <= _MAX_SIZE and 0 <= files and 0 <= snapshot <= MAX_JOURNAL_BYTES):
+                raise ValueError("header range")
+        except ValueError:
+            self._damaged = True
+            return
+        self._total, self._base_files, self._base_end = total, files, len(line) + 1 + snapshot
+
+    def _add(self, line: bytes) -> None:
+        """One line's effect on the total (``+``: its size, ``-``: minus its size)."""
+        fields = _checked(line)
+        try:
+            if fields is None or len(fields) not in (4, 6) or fields[0] not in (b"+", b"-"):
+                raise ValueError("record")
+            size = int(fields[3])
+            if not 0 <= size <= _MAX_SIZE:
+                raise ValueError("size")
+        except ValueError:
+            self._damaged = True
+            return
+        self._total += size if fields[0] == b"+" else -size
+
     def needs_compaction(self) -> bool:
-        index = self.index
-        return index is not None and index.lines > 2 * len(index.files) + COMPACT_MIN_LINES
+        files = len(self._index.files) if self._index is not None else self._base_files
+        return self._tail_lines > 2 * files + COMPACT_MIN_LINES
 
     # -- rewriting (the caller holds .evict.lock exclusive) ------------------------
     def rewrite(self, index: Index, tmp_dir: int, temp_name: str, *, durable: bool) -> None:
         """Replace the journal with one that holds ``index`` (rebuild or compaction):
         written under ``tmp_dir`` (``temp_name``, which must not exist), then renamed
         into the root."""
-        body = b"".join([header_line(), *index.snapshot()])
+        snapshot = b"".join(index.snapshot())
+        header = header_line(index.total, len(index.files), len(snapshot))
+        body = header + snapshot
         fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644, dir_fd=tmp_dir)
         try:
@@ -377,10 +455,24 @@ class Journal:
             raise
         with self._lock:
             if self._open():
-                self.index = index
-                self._offset = len(body)
+                self._index, self._offset = index, len(body)
+                self._total, self._base_files, self._base_end = index.total, len(index.files), len(body)
+                self._tail_lines = 0
                 index.lines = len(index.files)
                 index.damaged = False
+
+
+def _checked(line: bytes) -> list[bytes] | None:
+    """The fields of a journal line whose CRC matches, else ``None``."""
+    if len(line) > MAX_LINE or len(line) < 10 or line[-9:-8] != b" ":
+        return None
+    body = line[:-9]
+    try:
+        if int(line[-8:], 16) != zlib.crc32(body):
+            return None
+    except ValueError:
+        return None
+    return body.split(b" ")
 
 
 @dataclass
@@ -401,13 +493,13 @@ def evict(
     now_ns: int,
     state: Callable[[str], FileState | None],
     remove: Callable[[str], bool],
-    record: Callable[[str], None],
+    record: Callable[[str, int], None],
 ) -> EvictionPlan:
     """Bring ``index.total + extra`` down to ``target`` (``extra``: bytes on disk outside
     the index, e.g. temp files of writes in flight).
 
     ``state(key)`` is the file's current state (``None``: absent), ``remove(key)`` deletes
-    it (``False``: it was not there), ``record(key)`` journals a removal.  Entries go as a
+    it (``False``: it was not there), ``record(key, size)`` journals a removal.  Entries go as a
     whole: the manifest first, then each blob no other entry names, unless it was used
     after the entry itself.  A blob no entry names that was used in the last IN_FLIGHT_S
     seconds may be one a save in flight has just written or found present (its manifest
@@ -422,7 +514,10 @@ def evict(
     def drop(key: str) -> list[str]:
         if remove(key):
             removed.append(key)
-        record(key)
+        return forget(key)
+
+    def forget(key: str) -> list[str]:
+        record(key, index.files[key][0] if key in index.files else 0)
         return index.remove(key)
 
     while index.total + extra > target:
@@ -435,8 +530,7 @@ def evict(
             continue
         now_state = state(key)
         if now_state is None:  # gone already (removed by hand, quarantined, a crashed put)
-            record(key)
-            index.remove(key)  # its blobs, if no longer named, are queued again
+            forget(key)  # its blobs, if no longer named, are queued again
             continue
         if abs(now_state.mtime_ns - hint) > MTIME_SLACK_NS:
             index.touch(key, now_state.mtime_ns)  # used (or backdated) since: re-queued
@@ -447,8 +541,7 @@ def evict(
         for blob in drop(key):
             blob_state = state(blob)
             if blob_state is None:
-                record(blob)
-                index.remove(blob)
+                forget(blob)
             elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns:
                 # Used after its entry: by a save in flight that found it present, or
                 # by a lookup.  Kept, unnamed, and judged like any unnamed blob.

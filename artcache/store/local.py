@@ -246,9 +246,10 @@ class LocalStore(Store):
             shard = self._tree.open_sub(space, name[:2])
             try:
                 with self._lock(fcntl.LOCK_SH):
+                    st = lstat_at(shard, name)
                     removed = unlink_regular(shard, name)
-                    if removed:
-                        self._journal.append(remove_line(key))
+                    if removed and st is not None:
+                        self._journal.append(remove_line(key, st.st_size))
                     return removed
             finally:
                 os.close(shard)
@@ -364,7 +365,7 @@ class LocalStore(Store):
         """If the store holds more than ``cap``, bring it to ``target`` (eviction.evict)."""
         try:
             with self._lock(fcntl.LOCK_EX):
-                index = self._journal.refresh()
+                index = self._journal.index()
                 if index is None:  # missing or damaged: rebuilt from the files themselves
                     index = self._rebuild_index()
                 removed = self._evict_locked(index, cap, target, keep)
@@ -414,7 +415,7 @@ class LocalStore(Store):
 
         try:
             plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
-                               state=state, remove=remove, record=lambda key: lines.append(remove_line(key)))
+                               state=state, remove=remove, record=lambda key, size: lines.append(remove_line(key, size)))
         finally:
             for fd in shards.values():
                 if fd is not None:
@@ -501,10 +502,10 @@ class LocalStore(Store):
         included) and evict if the store is over its cap."""
         assert self.max_size is not None
         try:
-            index = self._journal.refresh()
+            total = self._journal.total()
         except OSError as exc:
             raise StoreError(f"read the index of {self.url}: {exc}") from exc
-        if index is None or index.total > self.max_size or self._journal.needs_compaction():
+        if total is None or total > self.max_size or self._journal.needs_compaction():
             self._evict(self.max_size, int(self.max_size * EVICT_LOW_WATER), keep)
 
     @property
