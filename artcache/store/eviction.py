@@ -76,8 +76,9 @@ _MAX_SIZE = 1 << 50
 # the files it describes: rewriting costs O(files), so it is amortized over the lines.
 COMPACT_MIN_LINES = 16384
 
-_NAME_RE = re.compile(rb"[0-9a-f]{64}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_PUT_RE = re.compile(r"\+ (cas|ac) ([0-9a-f]{64}) ([0-9]{1,16}) ([0-9]{1,19}) (-|[0-9a-f]{64}(?:,[0-9a-f]{64})*)")
+_REMOVE_RE = re.compile(r"- (cas|ac) ([0-9a-f]{64}) ([0-9]{1,16})")
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -140,6 +141,7 @@ class Index:
         self.lines = 0
         self.damaged = False
         self._heap: list[tuple[int, str]] = []
+        self._bulk = False
 
     # -- replay --------------------------------------------------------------------
     def apply(self, line: bytes) -> None:
@@ -153,31 +155,34 @@ class Index:
         try:
             if int(line[-8:], 16) != zlib.crc32(body):
                 raise ValueError("crc")
-            self._apply(body.split(b" "))
+            self._apply(body.decode("ascii"))  # UnicodeDecodeError is a ValueError
         except ValueError:
             self.damaged = True
 
-    def _apply(self, f: list[bytes]) -> None:
-        if f[0] == b"H":
-            return  # the header (checked by the journal)
-        if len(f) < 3 or f[1] not in (b"cas", b"ac") or not _NAME_RE.fullmatch(f[2]):
-            raise ValueError("key")
-        key = f"{f[1].decode()}/{f[2].decode()}"
-        if f[0] == b"-" and len(f) == 4:
-            self.remove(key)
-        elif f[0] == b"+" and len(f) == 6:
-            size, mtime = int(f[3]), int(f[4])
-            if not (0 <= size <= _MAX_SIZE and 0 <= mtime < 1 << 63):
+    def _apply(self, body: str) -> None:
+        put = _PUT_RE.fullmatch(body)
+        if put is not None:
+            space, name, size, mtime, refs = put.groups()
+            if int(size) > _MAX_SIZE:
                 raise ValueError("range")
-            refs: tuple[str, ...] = ()
-            if f[1] == b"ac" and f[5] != b"-":
-                names = f[5].split(b",")
-                if len(names) > MAX_BLOBS or not all(_NAME_RE.fullmatch(n) for n in names):
-                    raise ValueError("refs")
-                refs = tuple(f"cas/{n.decode()}" for n in names)
-            self.put(key, size, mtime, refs)
-        else:
+            named = tuple("cas/" + r for r in refs.split(",")) if space == "ac" and refs != "-" else ()
+            self.put(f"{space}/{name}", int(size), int(mtime), named)
+            return
+        removal = _REMOVE_RE.fullmatch(body)
+        if removal is None:
             raise ValueError("record")
+        self.remove(f"{removal.group(1)}/{removal.group(2)}")
+
+    def replay(self, lines: list[bytes]) -> None:
+        """Apply many lines; the eviction queue is built once at the end."""
+        self._bulk = True
+        try:
+            for line in lines:
+                self.apply(line)
+        finally:
+            self._bulk = False
+            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
+            heapq.heapify(self._heap)
 
     # -- changes -------------------------------------------------------------------
     def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
@@ -192,6 +197,8 @@ class Index:
             self._release(self.refs.pop(key, ()))
             if refs:
                 self.refs[key] = refs
+        if self._bulk:
+            return
         heapq.heappush(self._heap, (mtime_ns, key))
         if len(self._heap) > 2 * len(self.files) + 1024:
             self._heap = [(t, k) for k, (_s, t) in self.files.items()]
@@ -222,7 +229,7 @@ class Index:
             else:
                 self.users.pop(blob, None)
                 freed.append(blob)
-                if blob in self.files:  # an eviction candidate of its own again
+                if blob in self.files and not self._bulk:  # an eviction candidate of its own again
                     heapq.heappush(self._heap, (self.files[blob][1], blob))
         return freed
 
@@ -384,8 +391,11 @@ class Journal:
             return
         lines = data[:end].split(b"\n")[:-1]
         if self._index is not None:
-            for line in lines:
-                self._index.apply(line)
+            if len(lines) > 1024:
+                self._index.replay(lines)
+            else:
+                for line in lines:
+                    self._index.apply(line)
             self._tail_lines = self._index.lines - self._base_files
         else:
             for line in lines:
