@@ -24,6 +24,8 @@ from artcache.store.base import ac_key, cas_key
 from artcache.store import eviction
 from artcache.store.eviction import JOURNAL_NAME, MAX_LINE, put_line, remove_line
 
+from .conftest import run_cli, run_python
+
 
 def entry_store(store: LocalStore) -> EntryStore:
     return EntryStore(store, settings=Settings(store_urls=(store.url,), compress=False), strict=True)
@@ -278,3 +280,35 @@ def test_processes_saving_under_one_cap_leave_only_whole_entries(tmp_path: Path)
     store = LocalStore(tmp_path)
     assert store.disk_usage() <= 120_000 + 4 * 3100
     assert_whole_entries(store)
+
+
+# -- end to end: torch.compile under ARTCACHE_MAX_SIZE, then `artcache verify` -------------
+_COMPILE = """
+import sys, torch
+ops = [torch.sin, torch.cos, torch.tanh, torch.exp, torch.sigmoid, torch.relu, torch.erf]
+for i in map(int, sys.argv[1:]):
+    op = ops[i]
+    f = torch.compile(lambda x, op=op, i=i: op(x) * (i + 2) + 1, backend="artcache")
+    x = torch.randn(8, 8)
+    assert torch.allclose(f(x), op(x) * (i + 2) + 1)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_compiles_under_a_cap_leave_a_store_that_verifies(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    env = {"ARTCACHE_STORE": f"file://{store_dir}", "ARTCACHE_STRICT": "1",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    first = run_python(_COMPILE.replace("sys.argv[1:]", "[0]"), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    one_entry = LocalStore(store_dir).disk_usage()
+    # Room for about two and a half entries; four more compiles.
+    env["ARTCACHE_MAX_SIZE"] = str(int(one_entry * 2.5))
+    proc = run_python(_COMPILE.replace("sys.argv[1:]", "[1, 2, 3, 4]"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert LocalStore(store_dir).disk_usage() <= int(one_entry * 2.5)
+    verify = run_cli("--store", f"file://{store_dir}", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    entries = sum(1 for _ in LocalStore(store_dir).iterate("ac/"))
+    assert 1 <= entries <= 3

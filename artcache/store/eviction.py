@@ -276,7 +276,9 @@ class Journal:
 
     def __init__(self, root: Callable[[], int]) -> None:
         self._root = root
-        self._lock = threading.Lock()
+        # Re-entrant: an evictor holds it across its whole eviction (:meth:`held`), so
+        # that no other thread of the process applies lines to the index meanwhile.
+        self._lock = threading.RLock()
         self._fd: int | None = None
         self._ino = 0
         self._reset()
@@ -327,6 +329,10 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+    def held(self) -> threading.RLock:
+        """The lock that guards this object and its index (for an evictor to hold)."""
+        return self._lock
 
     # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
     def append(self, lines: bytes | Callable[[], bytes]) -> None:

@@ -364,7 +364,7 @@ class LocalStore(Store):
     def _evict(self, cap: int, target: int, keep: str | None) -> list[str]:
         """If the store holds more than ``cap``, bring it to ``target`` (eviction.evict)."""
         try:
-            with self._lock(fcntl.LOCK_EX):
+            with self._lock(fcntl.LOCK_EX), self._journal.held():
                 index = self._journal.index()
                 if index is None:  # missing or damaged: rebuilt from the files themselves
                     index = self._rebuild_index()
