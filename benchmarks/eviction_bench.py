@@ -45,7 +45,24 @@ from artcache.digest import content_digest  # noqa: E402
 from artcache.entries import EntryStore  # noqa: E402
 from artcache.entry import NewBlob  # noqa: E402
 from artcache.store import LocalStore  # noqa: E402
+from artcache.store import local as local_module  # noqa: E402
 from artcache.store.eviction import JOURNAL_NAME  # noqa: E402
+
+# Time spent deleting files (the file system's cost of eviction, apart from its
+# bookkeeping): every deletion of the local store goes through unlink_regular.
+UNLINK_SECONDS = [0.0]
+_unlink_regular = local_module.unlink_regular
+
+
+def _timed_unlink(dir_fd: int, name: str) -> bool:
+    start = time.perf_counter()
+    try:
+        return _unlink_regular(dir_fd, name)
+    finally:
+        UNLINK_SECONDS[0] += time.perf_counter() - start
+
+
+local_module.unlink_regular = _timed_unlink
 
 
 class CountingStore(LocalStore):
@@ -103,6 +120,7 @@ def steady_state(root_u: Path, root_c: Path, *, durable: bool, rounds: int, blob
     probe.close()
     capped = CountingStore(root_c, durable=durable, max_size=cap)
     eu, ec = entry_store(uncapped), entry_store(capped)
+    unlink_before = UNLINK_SECONDS[0]
     times: dict[str, list[float]] = {"no cap": [], "cap": []}
     wall = {"no cap": 0.0, "cap": 0.0}
     for r in range(rounds):
@@ -113,6 +131,7 @@ def steady_state(root_u: Path, root_c: Path, *, durable: bool, rounds: int, blob
         wall[name] = sum(times[name])
     out: dict[str, object] = {
         "cap_bytes": cap, "rounds": rounds, "durable": durable,
+        "unlink_ms_per_save": (UNLINK_SECONDS[0] - unlink_before) / rounds * 1e3,
         "evictions": capped.evictions, "evicted_files": capped.evicted_files,
         "capped_store_after": capped.disk_usage(),
     }
@@ -132,14 +151,40 @@ from benchmarks.eviction_bench import entry_store, save
 from artcache.store import LocalStore
 store = LocalStore({root!r}, max_size={cap}, durable=False)
 t = save(entry_store(store), {tag!r}, {blobs}, {size})
-print(json.dumps(t))
+start = time.perf_counter()
+index = store._journal.index() if {cap} else None
+load = time.perf_counter() - start
+print(json.dumps([t, load, len(index.files) if index else 0]))
 """
 
 
-def first_save(root: Path, cap: int | None, tag: str, blobs: int, size: int) -> float:
+def first_save(root: Path, cap: int | None, tag: str, blobs: int, size: int) -> tuple[float, float, int]:
+    """A new process's first save (s), then its load of the whole index (s) and its files."""
     code = _CHILD.format(repo=str(REPO), root=str(root), cap=cap, tag=tag, blobs=blobs, size=size)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(json.loads(proc.stdout.strip().splitlines()[-1]))
+    t, load, files = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(t), float(load), int(files)
+
+
+def platform_costs(work: Path, size: int, n: int = 300) -> dict[str, float]:
+    """This file system's own costs (us): write a file of ``size`` bytes and rename it into
+    place, and delete such a file once its blocks are allocated (after a sync)."""
+    d = work / "raw"
+    d.mkdir()
+    data = os.urandom(size)
+    start = time.perf_counter()
+    for i in range(n):
+        with open(d / f"t{i}", "wb") as f:
+            f.write(data)
+        os.rename(d / f"t{i}", d / f"f{i}")
+    create = (time.perf_counter() - start) / n * 1e6
+    os.sync()
+    start = time.perf_counter()
+    for i in range(n):
+        os.unlink(d / f"f{i}")
+    unlink = (time.perf_counter() - start) / n * 1e6
+    d.rmdir()
+    return {"create": create, "unlink": unlink}
 
 
 def _commit() -> str:
@@ -208,16 +253,22 @@ def main() -> int:
                                       size=args.size, tag=label)
         print(json.dumps(results[label]), flush=True)
 
-    # 4. Fresh processes.
+    # 4. Fresh processes (the cap with room to spare: the first save evicts nothing).
     probe = LocalStore(root_c)
-    cap_now = probe.disk_usage()
+    cap_now = int(probe.disk_usage() * 1.1)
     probe.close()
     fresh: dict[str, list[float]] = {"no cap": [], "cap": []}
+    loads: list[float] = []
     for i in range(args.fresh):
         pairs = (("no cap", root_u, None), ("cap", root_c, cap_now))
         for name, root, cap in pairs if i % 2 == 0 else pairs[::-1]:
-            fresh[name].append(first_save(root, cap, f"fresh-{name}-{i}", args.blobs, args.size) * 1e3)
+            t, load, files = first_save(root, cap, f"fresh-{name}-{i}", args.blobs, args.size)
+            fresh[name].append(t * 1e3)
+            if cap:
+                loads.append(load)
     print(json.dumps(fresh), flush=True)
+    raw = platform_costs(work, args.size + 28)
+    print(json.dumps(raw), flush=True)
     final_blobs, final_manifests = _count_files(root_c)
 
     lines = [
@@ -238,15 +289,17 @@ def main() -> int:
         "evicted. The mean is total time over saves, evictions included (amortized); the median is a "
         "save without an eviction.",
         "",
-        "| | saves each | no cap: mean / median / p99 | cap: mean / median / p99 | ratio of means | ratio of medians | evictions (files removed) |",
-        "|---|---|---|---|---|---|---|",
+        "| | saves each | no cap: mean / median / p99 | cap: mean / median / p99 | ratio of medians | ratio of means | cap: mean without the unlinks | ratio of means without the unlinks | evictions (files removed) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, res in results.items():
         nc, c = res["no cap"], res["cap"]
+        no_unlink = c["mean"] - res["unlink_ms_per_save"]
         lines.append(
             f"| {label} | {res['rounds']} | {nc['mean']:.3f} / {nc['median']:.3f} / {nc['p99']:.3f} | "
-            f"{c['mean']:.3f} / {c['median']:.3f} / {c['p99']:.3f} | **{c['mean'] / nc['mean']:.2f}x** | "
-            f"{c['median'] / nc['median']:.2f}x | {res['evictions']} ({res['evicted_files']}) |"
+            f"{c['mean']:.3f} / {c['median']:.3f} / {c['p99']:.3f} | **{c['median'] / nc['median']:.2f}x** | "
+            f"{c['mean'] / nc['mean']:.2f}x | {no_unlink:.3f} | **{no_unlink / nc['mean']:.2f}x** | "
+            f"{res['evictions']} ({res['evicted_files']}) |"
         )
     lines += [
         "",
@@ -266,6 +319,14 @@ def main() -> int:
         f"{journal_bytes / 1e6:.1f} MB at build) | {statistics.median(fresh['no cap']):.1f} | "
         f"{statistics.median(fresh['cap']):.1f} | "
         f"{statistics.median(fresh['cap']) / statistics.median(fresh['no cap']):.1f}x |",
+        f"| a process's first eviction: loading the whole index (median of {len(loads)}) | | "
+        f"{statistics.median(loads) * 1e3:.0f} | |",
+        "",
+        "## This file system's own costs, same run (us per file of "
+        f"{args.size + 28} bytes)",
+        "",
+        f"- write and rename into place: {raw['create']:.0f}; delete once its blocks are allocated: "
+        f"{raw['unlink']:.0f}",
         "",
     ]
     text = "\n".join(lines)

@@ -342,7 +342,13 @@ class Journal:
         with self._lock:
             if self._current():
                 assert self._fd is not None
-                os.write(self._fd, lines if isinstance(lines, bytes) else lines())
+                data = lines if isinstance(lines, bytes) else lines()
+                os.write(self._fd, data)
+                # Nothing else was appended since we last read (our write ends where our
+                # reading stopped plus our lines): take our own lines in without reading.
+                if self._offset and not self._damaged and os.lseek(self._fd, 0, os.SEEK_CUR) == self._offset + len(data):
+                    self._take(data.split(b"\n")[:-1])
+                    self._offset += len(data)
 
     # -- reading -------------------------------------------------------------------
     def total(self) -> int | None:
@@ -395,7 +401,10 @@ class Journal:
         if end == 0:
             self._damaged |= len(data) > MAX_LINE
             return
-        lines = data[:end].split(b"\n")[:-1]
+        self._take(data[:end].split(b"\n")[:-1])
+        self._offset += end
+
+    def _take(self, lines: list[bytes]) -> None:
         if self._index is not None:
             if len(lines) > 1024:
                 self._index.replay(lines)
@@ -407,7 +416,6 @@ class Journal:
             for line in lines:
                 self._add(line)
             self._tail_lines += len(lines)
-        self._offset += end
 
     def _header(self, line: bytes) -> None:
         """``H <version> <nonce> <total bytes> <files> <snapshot bytes>``: the journal was
