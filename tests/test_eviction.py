@@ -312,3 +312,21 @@ def test_compiles_under_a_cap_leave_a_store_that_verifies(tmp_path: Path) -> Non
     assert verify.returncode == 0, verify.stdout + verify.stderr
     entries = sum(1 for _ in LocalStore(store_dir).iterate("ac/"))
     assert 1 <= entries <= 3
+
+
+def test_a_new_process_starts_from_the_last_checkpoint(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, max_size=60_000, durable=False)
+    fill(entry_store(store), "a", 30)  # several evictions, each ending with a checkpoint
+    fill(entry_store(LocalStore(tmp_path, durable=False)), "b", 2)  # lines after it
+    fresh = LocalStore(tmp_path, max_size=60_000, durable=False)._journal
+    total = fresh.total()
+    assert fresh._offset > fresh._base_end  # it skipped the lines before the checkpoint
+    whole = LocalStore(tmp_path)._journal.index()
+    assert whole is not None and total == whole.total
+    # A forged checkpoint only shifts when the next eviction comes; the evictor's own
+    # index is exact, and its checkpoint puts the total right.
+    with open(journal(store), "ab") as f:
+        f.write(eviction.checkpoint_line(0))
+    fill(entry_store(LocalStore(tmp_path, max_size=60_000, durable=False)), "c", 25)
+    assert store.disk_usage() <= 60_000
+    assert_whole_entries(store)

@@ -16,11 +16,14 @@ a blob from under a save; that entry then reads as a miss and is rebuilt).
 truth: one text line per put or removal, each with its own CRC-32::
 
     H 1 <nonce> <total> <files> <snapshot bytes>         header (see Journal._header)
+    T <total>                                            checkpoint: the total, after an eviction
     + <space> <name> <bytes> <mtime_ns> <digest,...|->   a file was (re)written; ac: its blobs
     - <space> <name> <bytes>                             a file was removed
 
-A process replays it once (at its first capped put) and then reads only what others
-appended since, so a save costs O(1) bookkeeping; eviction costs O(what it removes).  The
+A capped put needs only the total: a new process starts from the last checkpoint (each
+eviction ends with one) and then reads only what others appended since, so a save costs
+O(1) bookkeeping.  The first eviction of a process replays the whole journal into an
+index, and each eviction after that costs O(what it removes).  The
 last-use times in it are hints: eviction checks each candidate's mtime before removing it.
 
 **Concurrency.**  Every put appends its line and publishes its file holding ``.evict.lock``
@@ -79,6 +82,9 @@ COMPACT_MIN_LINES = 16384
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _PUT_RE = re.compile(r"\+ (cas|ac) ([0-9a-f]{64}) ([0-9]{1,16}) ([0-9]{1,19}) (-|[0-9a-f]{64}(?:,[0-9a-f]{64})*)")
 _REMOVE_RE = re.compile(r"- (cas|ac) ([0-9a-f]{64}) ([0-9]{1,16})")
+_CHECKPOINT_RE = re.compile(r"T ([0-9]{1,16})")
+# How far back from its end a new process looks for the last checkpoint.
+_CHECKPOINT_SEARCH = 8 << 20
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -122,6 +128,12 @@ def remove_line(key: str, size: int) -> bytes:
 
 def _framed(body: bytes) -> bytes:
     return body + b" %08x\n" % zlib.crc32(body)
+
+
+def checkpoint_line(total: int) -> bytes:
+    """``T <total>``: the bytes the store holds, as an evictor (holding the lock
+    exclusive, its index up to date) knows them: a new process starts from the last one."""
+    return _framed(f"T {total}".encode("ascii"))
 
 
 def header_line(total: int, files: int, snapshot_bytes: int) -> bytes:
@@ -169,9 +181,10 @@ class Index:
             self.put(f"{space}/{name}", int(size), int(mtime), named)
             return
         removal = _REMOVE_RE.fullmatch(body)
-        if removal is None:
+        if removal is not None:
+            self.remove(f"{removal.group(1)}/{removal.group(2)}")
+        elif _CHECKPOINT_RE.fullmatch(body) is None:  # a checkpoint changes nothing here
             raise ValueError("record")
-        self.remove(f"{removal.group(1)}/{removal.group(2)}")
 
     def replay(self, lines: list[bytes]) -> None:
         """Apply many lines; the eviction queue is built once at the end."""
@@ -394,6 +407,8 @@ class Journal:
             if self._base_end > size:
                 self._damaged = True  # a journal is written whole: this one is cut short
                 return
+            if self._index is None:
+                self._from_checkpoint(size)
         if size <= self._offset:
             return
         data = os.pread(self._fd, size - self._offset, self._offset)
@@ -417,6 +432,22 @@ class Journal:
                 self._add(line)
             self._tail_lines += len(lines)
 
+    def _from_checkpoint(self, size: int) -> None:
+        """Start from the last checkpoint, if one is near the end: every line before it
+        is in its total."""
+        assert self._fd is not None
+        start = max(self._base_end, size - _CHECKPOINT_SEARCH)
+        data = os.pread(self._fd, size - start, start)
+        at = data.rfind(b"\nT ")
+        while at >= 0:
+            end = data.find(b"\n", at + 1)
+            fields = _checked(data[at + 1 : end]) if end > 0 else None
+            if fields is not None and len(fields) == 2 and fields[1].isdigit() and len(fields[1]) <= 16:
+                self._total = int(fields[1])
+                self._offset = start + end + 1
+                return
+            at = data.rfind(b"\nT ", 0, at)
+
     def _header(self, line: bytes) -> None:
         """``H <version> <nonce> <total bytes> <files> <snapshot bytes>``: the journal was
         last written whole holding ``files`` files, one line each, in the ``snapshot
@@ -436,6 +467,8 @@ class Journal:
     def _add(self, line: bytes) -> None:
         """One line's effect on the total (``+``: its size, ``-``: minus its size)."""
         fields = _checked(line)
+        if fields is not None and len(fields) == 2 and fields[0] == b"T":
+            return  # a checkpoint: what it says is what this process already counted
         try:
             if fields is None or len(fields) not in (4, 6) or fields[0] not in (b"+", b"-"):
                 raise ValueError("record")

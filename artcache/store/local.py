@@ -40,7 +40,7 @@ from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from . import _fs
 from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
-from .eviction import FileState, Index, Journal, manifest_refs, put_line, remove_line
+from .eviction import FileState, Index, Journal, checkpoint_line, manifest_refs, put_line, remove_line
 from .eviction import evict as evict_units
 from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
@@ -420,8 +420,8 @@ class LocalStore(Store):
             for fd in shards.values():
                 if fd is not None:
                     os.close(fd)
-            if lines:
-                self._journal.append(b"".join(lines))
+            lines.append(checkpoint_line(index.total))
+            self._journal.append(b"".join(lines))
         return plan.removed
 
     def _rebuild_index(self) -> Index:
