@@ -21,7 +21,7 @@ from artcache.entries import EntryStore
 from artcache.entry import NewBlob
 from artcache.store import LocalStore
 from artcache.store.base import ac_key, cas_key
-from artcache.store import eviction
+from artcache.store import _journal, eviction
 from artcache.store.eviction import JOURNAL_NAME, MAX_LINE, put_line, remove_line
 
 from .conftest import run_cli, run_python
@@ -227,7 +227,7 @@ def test_a_put_journaled_but_never_published_is_dropped(tmp_path: Path) -> None:
 
 
 def test_journal_is_compacted_and_other_processes_follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eviction, "COMPACT_MIN_LINES", 200)  # compact often, not after 16k lines
+    monkeypatch.setattr(_journal, "COMPACT_MIN_LINES", 200)  # compact often, not after 16k lines
     a = LocalStore(tmp_path, max_size=60_000, durable=False)
     b = LocalStore(tmp_path, max_size=60_000, durable=False)
     ea, eb = entry_store(a), entry_store(b)

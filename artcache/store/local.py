@@ -40,7 +40,8 @@ from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from . import _fs
 from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
-from .eviction import FileState, Index, Journal, checkpoint_line, manifest_refs, put_line, remove_line
+from ._journal import Journal
+from .eviction import FileState, Index, checkpoint_line, manifest_refs, put_line, remove_line
 from .eviction import evict as evict_units
 from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
