@@ -17,7 +17,11 @@ from .eviction import (
     MAX_LINE,
     Index,
     header_line,
+    put_line,
 )
+
+# What a put journals: key, bytes on disk, mtime (ns), the blob digests an entry names.
+PutRecord = tuple[str, int, int, tuple[str, ...]]
 
 _MAX_HEADER = 256
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -100,19 +104,23 @@ class Journal:
         return self._lock
 
     # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
-    def append(self, lines: bytes | Callable[[], bytes]) -> None:
-        """Append whole lines (or what ``lines()`` returns: made only if needed), if the
+    def append(self, lines: bytes | Callable[[], PutRecord]) -> None:
+        """Append whole lines, or one put (``lines()`` makes it: only if needed), if the
         journal exists (if not, the next evictor builds it from a scan, which sees this
         write)."""
         with self._lock:
             if self._current():
                 assert self._fd is not None
-                data = lines if isinstance(lines, bytes) else lines()
+                put = None if isinstance(lines, bytes) else lines()
+                data = lines if isinstance(lines, bytes) else put_line(*put)  # type: ignore[misc]
                 os.write(self._fd, data)
                 # Nothing else was appended since we last read (our write ends where our
                 # reading stopped plus our lines): take our own lines in without reading.
                 if self._offset and not self._damaged and os.lseek(self._fd, 0, os.SEEK_CUR) == self._offset + len(data):
-                    self._take(data.split(b"\n")[:-1])
+                    if put is not None:
+                        self._take_put(*put)
+                    else:
+                        self._take(data.split(b"\n")[:-1])
                     self._offset += len(data)
 
     # -- reading -------------------------------------------------------------------
@@ -170,6 +178,16 @@ class Journal:
             return
         self._take(data[:end].split(b"\n")[:-1])
         self._offset += end
+
+    def _take_put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...]) -> None:
+        """One put this process just journaled, taken in as its line would be."""
+        if self._index is not None:
+            self._index.lines += 1
+            self._index.put(key, size, mtime_ns, tuple("cas/" + r for r in refs) if key[0] == "a" else ())
+            self._tail_lines = self._index.lines - self._base_files
+        else:
+            self._total += size
+            self._tail_lines += 1
 
     def _take(self, lines: list[bytes]) -> None:
         if self._index is not None:

@@ -41,7 +41,7 @@ from ..errors import CorruptEntryError, StoreError
 from . import _fs
 from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
 from ._journal import Journal
-from .eviction import FileState, Index, checkpoint_line, manifest_refs, put_line, remove_line
+from .eviction import FileState, Index, checkpoint_line, manifest_refs, remove_line
 from .eviction import evict as evict_units
 from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
@@ -174,9 +174,9 @@ class LocalStore(Store):
             raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
         if self.max_size is not None and len(data) + _fs.TRAILER_SIZE > self.max_size:
             raise StoreError(f"{key}: {len(data)} bytes exceed the store cap {self.max_size}")
-        def line() -> bytes:  # made only where there is a journal
+        def record() -> tuple[str, int, int, tuple[str, ...]]:  # made only where there is a journal
             refs = manifest_refs(data) if space == "ac" else ()
-            return put_line(key, len(data) + _fs.TRAILER_SIZE, time.time_ns(), refs)
+            return key, len(data) + _fs.TRAILER_SIZE, time.time_ns(), refs
 
         try:
             shard = self._tree.open_sub(space, name[:2], create=True)
@@ -191,7 +191,7 @@ class LocalStore(Store):
                         return
                     # Journaled before it is published: a crash in between leaves a line
                     # for a file that is not there, which eviction drops.
-                    self._journal.append(line)
+                    self._journal.append(record)
                     self._write(shard, space, name, data)
             finally:
                 os.close(shard)
