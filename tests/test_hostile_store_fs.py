@@ -25,7 +25,9 @@ from artcache.catalog import execute, plan_gc, plan_rm
 from artcache.config import Settings
 from artcache.errors import StoreError
 from artcache.store import LocalStore, open_store
+from artcache.store import eviction
 from artcache.store._frame import trailer
+from artcache.store.eviction import JOURNAL_NAME
 
 from .conftest import run_python
 from artcache.testing import blob, manifest_key, payload_for
@@ -78,6 +80,9 @@ class Victim:
             f"{self.key[4:]}.1.1.1.tmp": b"temp-looking",
             "events.jsonl": b'{"event": "precious"}\n',
             ".evict.lock": b"lock-looking but precious",
+            # A journal that names the victim's blob: appending to it, or evicting what
+            # it names through a link, would act outside the store.
+            JOURNAL_NAME: eviction.header_line(0, 0, 0) + eviction.put_line(self.key, len(framed(self.data)), 0),
             "precious.txt": b"do not touch",
         }
         for i in range(MAX_MISS_RECORDS + 20):
@@ -187,6 +192,16 @@ def _plant_lock_link(root: Path, victim: Victim) -> None:
     replace_with_link(root / ".evict.lock", victim.path(".evict.lock"))
 
 
+def _plant_journal_link(root: Path, victim: Victim) -> None:
+    replace_with_link(root / JOURNAL_NAME, victim.path(JOURNAL_NAME))
+
+
+def _plant_journal_hardlink(root: Path, victim: Victim) -> None:
+    if (root / JOURNAL_NAME).exists():
+        (root / JOURNAL_NAME).unlink()
+    os.link(victim.path(JOURNAL_NAME), root / JOURNAL_NAME)
+
+
 def _plant_files_in_tmp_and_quarantine(root: Path, victim: Victim) -> None:
     for sub, name in (("tmp", f"{victim.key[4:]}.1.1.1.tmp"), ("quarantine", f"{victim.key[4:]}.123.1.bad")):
         link = root / sub / name
@@ -225,6 +240,8 @@ PLANTS: dict[str, Callable[[Path, Victim], None]] = {
     "tmp-dir-link": _plant_tmp_link,
     "quarantine-dir-link": _plant_quarantine_link,
     "evict-lock-link": _plant_lock_link,
+    "evict-journal-link": _plant_journal_link,
+    "evict-journal-hardlink": _plant_journal_hardlink,
     "links-inside-tmp-and-quarantine": _plant_files_in_tmp_and_quarantine,
     "activity-dir-link": _plant_activity_link,
     "misses-dir-link": _plant_misses_link,

@@ -6,12 +6,15 @@ Layout under ``root``::
     ac/<2 hex>/<key>        manifests
     tmp/                    temp files of in-flight writes (same file system as the keys)
     quarantine/             files that failed their checks, kept for inspection
-    .evict.lock             held only while evicting
+    .evict.lock             shared by each put, exclusive while evicting (see eviction.py)
+    .evict.journal          the size cap's index of the store (see eviction.py)
     leases/                 lock files of single-flight compiles (``flock``, see leases.py)
 
 Concurrency: any number of processes may read and write at once.  Reads take no lock
-(publication is an atomic rename, so a reader sees a whole file or none).  Writers take
-no lock either; only eviction takes ``.evict.lock`` so two evictors don't both delete.
+(publication is an atomic rename, so a reader sees a whole file or none).  A put holds
+``.evict.lock`` shared while it journals and publishes its file, and eviction holds it
+exclusive, so an evictor sees every entry published before it and never removes a blob
+that a put has just found present (``eviction.py``: whole entries, an incremental index).
 
 A store directory may be shared, so nothing in it is trusted (``_nofollow.py``): every
 operation is relative to a directory descriptor opened without following links, reads
@@ -37,11 +40,15 @@ from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from . import _fs
 from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
+from ._journal import Journal
+from .eviction import FileState, Index, checkpoint_line, manifest_refs, remove_line
+from .eviction import evict as evict_units
 from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
 
 # After an eviction the store is brought down to this fraction of the cap, so that a
-# steady stream of writes does not evict on every put.
+# steady stream of writes does not evict on every put (and eviction, which costs what it
+# removes, is amortized over the puts in between).
 EVICT_LOW_WATER = 0.9
 # Temp files older than this belong to a writer that died; eviction removes them.
 STALE_TMP_S = 3600.0
@@ -65,6 +72,7 @@ class _File:
     name: str
     size: int
     mtime: float
+    mtime_ns: int = 0
 
     @property
     def key(self) -> str | None:
@@ -91,16 +99,9 @@ class LocalStore(Store):
         self.shared = shared
         self.quarantined = 0
         self._tree = DirTree(self.root, shared=shared)
-        # Bytes this process believes the store holds; None until first needed.  Other
-        # processes write too, so it is only a trigger: eviction always rescans, and after
-        # writing ``_rescan_every`` bytes of its own a process rescans, so writes of other
-        # processes are noticed too (the cap's overshoot is bounded by that amount per
-        # concurrent writer; a single process never leaves the store above the cap).
-        self._approx_size: int | None = None
-        self._written_since_scan = 0
-        self._rescan_every = (
-            max(1, int(max_size * (1 - EVICT_LOW_WATER) / 4)) if max_size is not None else 0
-        )
+        # What the store holds, kept from the journal that every writer appends to: a
+        # capped put reads only the lines appended since its last put (eviction.py).
+        self._journal = Journal(self._tree.top)
         try:
             if not read_only:
                 for sub in (*KEYSPACES, "tmp", "quarantine"):
@@ -177,22 +178,31 @@ class LocalStore(Store):
             raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
         if self.max_size is not None and len(data) + _fs.TRAILER_SIZE > self.max_size:
             raise StoreError(f"{key}: {len(data)} bytes exceed the store cap {self.max_size}")
+        def record() -> tuple[str, int, int, tuple[str, ...]]:  # made only where there is a journal
+            refs = manifest_refs(data) if space == "ac" else ()
+            return key, len(data) + _fs.TRAILER_SIZE, time.time_ns(), refs
+
         try:
             shard = self._tree.open_sub(space, name[:2], create=True)
             try:
-                # Content-addressed and already present with exactly these bytes: touch
-                # it (so an eviction racing with this put prefers older files) and stop.
-                # Bytes that differ, fail their trailer, or are not a regular file are
-                # replaced: a damaged or planted blob heals on the next legitimate save.
-                if space == "cas" and _fs.holds(shard, name, data):
-                    return
-                self._write(shard, space, name, data)
+                with self._lock(fcntl.LOCK_SH):
+                    # Content-addressed and already present with exactly these bytes:
+                    # touch it (an evictor, which waits for this lock, then sees it in
+                    # use) and stop.  Bytes that differ, fail their trailer, or are not a
+                    # regular file are replaced: a damaged or planted blob heals on the
+                    # next legitimate save.
+                    if space == "cas" and _fs.holds(shard, name, data):
+                        return
+                    # Journaled before it is published: a crash in between leaves a line
+                    # for a file that is not there, which eviction drops.
+                    self._journal.append(record)
+                    self._write(shard, space, name, data)
             finally:
                 os.close(shard)
         except OSError as exc:
             raise StoreError(f"write {key} to {self.url}: {exc}") from exc
         if self.max_size is not None:
-            self._account(len(data) + _fs.TRAILER_SIZE, keep=key)
+            self._account(keep=key)
 
     def _write(self, shard: int, space: str, name: str, data: bytes) -> None:
         tmp_dir = self._tree.top("tmp", create=True)
@@ -240,7 +250,12 @@ class LocalStore(Store):
         try:
             shard = self._tree.open_sub(space, name[:2])
             try:
-                return unlink_regular(shard, name)
+                with self._lock(fcntl.LOCK_SH):
+                    st = lstat_at(shard, name)
+                    removed = unlink_regular(shard, name)
+                    if removed and st is not None:
+                        self._journal.append(remove_line(key, st.st_size))
+                    return removed
             finally:
                 os.close(shard)
         except FileNotFoundError:
@@ -279,6 +294,7 @@ class LocalStore(Store):
             pass  # best effort (absent, unreadable, an unsafe shard): the reader refuses it anyway
 
     def close(self) -> None:
+        self._journal.close()
         self._tree.close()
 
     # -- quarantine ----------------------------------------------------------------
@@ -338,7 +354,7 @@ class LocalStore(Store):
     def evict(
         self, max_size: int, *, low_water: float = EVICT_LOW_WATER, keep: str | None = None
     ) -> list[str]:
-        """Delete least-recently-used files until the store is at or under
+        """Evict whole entries, least recently used first, until the store is at or under
         ``max_size * low_water``; return the keys removed.  Holds the eviction lock.
 
         ``keep`` (a key) is never evicted: a put calls this right after writing its key,
@@ -347,18 +363,111 @@ class LocalStore(Store):
         self._check_writable()
         if keep is not None:
             check_key(keep)
+        target = int(max_size * low_water)
+        return self._evict(target, target, keep)
+
+    def _evict(self, cap: int, target: int, keep: str | None) -> list[str]:
+        """If the store holds more than ``cap``, bring it to ``target`` (eviction.evict)."""
         try:
-            with self._evict_lock():
-                return self._evict_locked(int(max_size * low_water), keep)
+            with self._lock(fcntl.LOCK_EX), self._journal.held():
+                index = self._journal.index()
+                if index is None:  # missing or damaged: rebuilt from the files themselves
+                    index = self._rebuild_index()
+                removed = self._evict_locked(index, cap, target, keep)
+                if self._journal.needs_compaction():
+                    self._rewrite_journal(index)
+                return removed
         except OSError as exc:
             raise StoreError(f"evict from {self.url}: {exc}") from exc
 
+    def _evict_locked(self, index: Index, cap: int, target: int, keep: str | None) -> list[str]:
+        extras = list(self._extra_files())
+        extra = sum(f.size for f in extras)
+        if index.total + extra <= cap:
+            return []
+        # Quarantined files and temp files of dead writers go first, oldest first.
+        now = time.time()
+        for f in sorted(extras, key=lambda f: f.mtime):
+            if index.total + extra <= target:
+                break
+            if f.top == "tmp" and now - f.mtime <= STALE_TMP_S:
+                continue  # an in-flight write of a live process
+            self._remove(f)
+            extra -= f.size
+        # Shards stay open for the whole eviction, and its journal lines are written at
+        # its end in one append (lost in a crash, they only make the index count files
+        # that are gone, which the next eviction drops).
+        shards: dict[tuple[str, str], int | None] = {}
+        lines: list[bytes] = []
+
+        def shard_of(key: str) -> tuple[int | None, str]:
+            space, name = check_key(key)
+            if (space, name[:2]) not in shards:
+                try:
+                    shards[space, name[:2]] = self._tree.open_sub(space, name[:2])
+                except FileNotFoundError:
+                    shards[space, name[:2]] = None
+            return shards[space, name[:2]], name
+
+        def state(key: str) -> FileState | None:
+            shard, name = shard_of(key)
+            st = lstat_at(shard, name) if shard is not None else None
+            return FileState(st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
+
+        def remove(key: str) -> bool:
+            shard, name = shard_of(key)
+            return shard is not None and unlink_regular(shard, name)
+
+        try:
+            plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
+                               state=state, remove=remove, record=lambda key, size: lines.append(remove_line(key, size)))
+        finally:
+            for fd in shards.values():
+                if fd is not None:
+                    os.close(fd)
+            lines.append(checkpoint_line(index.total))
+            self._journal.append(b"".join(lines))
+        return plan.removed
+
+    def _rebuild_index(self) -> Index:
+        """The index from a scan of the keyspaces (every manifest read for the blobs it
+        names), written as the new journal.  Caller holds the lock exclusive."""
+        index = Index()
+        for space in KEYSPACES:
+            for f in self._scan_space(space):
+                refs = self._refs_on_disk(f) if space == "ac" else ()
+                index.put(f"{space}/{f.name}", f.size, f.mtime_ns, refs)
+        try:
+            self._rewrite_journal(index)
+        except OSError:
+            pass  # e.g. a directory planted under its name: this eviction uses the scan alone
+        return index
+
+    def _refs_on_disk(self, f: _File) -> tuple[str, ...]:
+        try:
+            shard = self._tree.open_sub(f.top, f.shard)
+            try:
+                found = _fs.read_verified(shard, f.name, max_bytes=MAX_MANIFEST_BYTES, mark_used=False)
+            finally:
+                os.close(shard)
+        except (OSError, _fs.TornFile, _fs.TooLarge):
+            return ()  # unreadable: an entry of its own, its blobs unnamed
+        return tuple(f"cas/{d}" for d in manifest_refs(found[0])) if found is not None else ()
+
+    def _rewrite_journal(self, index: Index) -> None:
+        tmp_dir = self._tree.top("tmp", create=True, revalidate=True)
+        self._journal.rewrite(index, tmp_dir, _fs.temp_name("0" * 64), durable=self.durable)
+
     @contextmanager
-    def _evict_lock(self) -> Iterator[None]:
-        """``flock`` on ``.evict.lock`` (released by the kernel if the holder dies).  The
-        lock file is opened without following a link and never written to."""
+    def _lock(self, mode: int) -> Iterator[None]:
+        """``flock`` on ``.evict.lock`` (released by the kernel if the holder dies):
+        shared by puts, exclusive by eviction.  Each holder opens the file anew (a lock
+        belongs to an open file, and threads must not share one); the file is opened
+        without following a link and never written to."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
+            fd = os.open(_LOCK_NAME, flags, 0o644, dir_fd=self._tree.top())
+        except FileNotFoundError:
             fd = os.open(_LOCK_NAME, flags, 0o644, dir_fd=self._tree.top(revalidate=True))
         except OSError as exc:
             raise StoreError(f"eviction lock {self.root / _LOCK_NAME}: {exc}") from exc
@@ -368,7 +477,7 @@ class LocalStore(Store):
             deadline = time.monotonic() + EVICT_LOCK_TIMEOUT_S
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
@@ -379,35 +488,6 @@ class LocalStore(Store):
             yield
         finally:
             os.close(fd)  # closing releases the flock
-
-    def _evict_locked(self, target: int, keep: str | None = None) -> list[str]:
-        files = list(self._all_files())
-        total = sum(f.size for f in files)
-        now = time.time()
-        removed: list[str] = []
-
-        # Quarantined files and stale temp files go first, then keys by last use.
-        def order(f: _File) -> tuple[int, float]:
-            if f.top == "quarantine":
-                return (0, f.mtime)
-            if f.top == "tmp":
-                return (0, f.mtime) if now - f.mtime > STALE_TMP_S else (2, f.mtime)
-            return (1, f.mtime)
-
-        for f in sorted(files, key=order):
-            if total <= target:
-                break
-            if f.top == "tmp" and now - f.mtime <= STALE_TMP_S:
-                continue  # an in-flight write of a live process
-            if f.key is not None and f.key == keep:
-                continue
-            self._remove(f)
-            total -= f.size
-            if f.key is not None:
-                removed.append(f.key)
-        self._approx_size = total
-        self._written_since_scan = 0
-        return removed
 
     def _remove(self, f: _File) -> None:
         try:
@@ -422,16 +502,16 @@ class LocalStore(Store):
         except FileNotFoundError:
             pass
 
-    def _account(self, added: int, *, keep: str) -> None:
+    def _account(self, *, keep: str) -> None:
+        """After a capped put: read what was journaled since the last put (this one
+        included) and evict if the store is over its cap."""
         assert self.max_size is not None
-        if self._approx_size is None or self._written_since_scan + added >= self._rescan_every:
-            self._approx_size = self.disk_usage()  # includes the file just written
-            self._written_since_scan = 0
-        else:
-            self._approx_size += added
-            self._written_since_scan += added
-        if self._approx_size > self.max_size:
-            self.evict(self.max_size, keep=keep)
+        try:
+            total = self._journal.total()
+        except OSError as exc:
+            raise StoreError(f"read the index of {self.url}: {exc}") from exc
+        if total is None or total > self.max_size or self._journal.needs_compaction():
+            self._evict(self.max_size, int(self.max_size * EVICT_LOW_WATER), keep)
 
     @property
     def local_root(self) -> Path:
@@ -461,7 +541,7 @@ class LocalStore(Store):
                 shard = self._tree.open_sub(space, shard_name)
                 try:
                     found = [
-                        _File(space, shard_name, name, st.st_size, st.st_mtime)
+                        _File(space, shard_name, name, st.st_size, st.st_mtime, st.st_mtime_ns)
                         for name, st in regular_files(shard)
                         if _NAME_RE.fullmatch(name) and name.startswith(shard_name)
                     ]
@@ -474,10 +554,14 @@ class LocalStore(Store):
     def _all_files(self) -> Iterator[_File]:
         for space in KEYSPACES:
             yield from self._scan_space(space)
+        yield from self._extra_files()
+
+    def _extra_files(self) -> Iterator[_File]:
+        """Temp files and quarantined files (outside the keyspaces and the index)."""
         for top, pattern in (("tmp", _TMP_RE), ("quarantine", _BAD_RE)):
             try:
                 found = [
-                    _File(top, "", name, st.st_size, st.st_mtime)
+                    _File(top, "", name, st.st_size, st.st_mtime, st.st_mtime_ns)
                     for name, st in regular_files(self._tree.top(top, revalidate=True))
                     if pattern.fullmatch(name)
                 ]

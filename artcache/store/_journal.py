@@ -1,0 +1,302 @@
+"""The journal file of a local store's size cap, as one process reads and writes it (the
+design, the line grammar and the crash story are in ``eviction.py``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import zlib
+from collections.abc import Callable
+
+from .eviction import (
+    _MAX_SIZE,
+    JOURNAL_NAME,
+    JOURNAL_VERSION,
+    MAX_JOURNAL_BYTES,
+    MAX_LINE,
+    Index,
+    header_line,
+    put_line,
+)
+
+# What a put journals: key, bytes on disk, mtime (ns), the blob digests an entry names.
+PutRecord = tuple[str, int, int, tuple[str, ...]]
+
+_MAX_HEADER = 256
+_JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# How far back from its end a new process looks for the last checkpoint.
+_CHECKPOINT_SEARCH = 8 << 20
+# The journal is rewritten from the index once it holds this many lines more than twice
+# the files it describes: rewriting costs O(files), so it is amortized over the lines.
+COMPACT_MIN_LINES = 16384
+
+
+class Journal:
+    """The journal file of one store, as one process sees it.  ``root`` returns the
+    store root's descriptor (opened without following links).  Thread-safe.
+
+    A process reads it at two depths.  :meth:`total` (every capped put) needs only the
+    bytes the store holds: the header's total plus each later line's size, so a new
+    process reads only what was appended since the journal was last written whole.
+    :meth:`index` (eviction) replays every line into an :class:`Index` once per process,
+    then follows the tail like :meth:`total`.
+    """
+
+    def __init__(self, root: Callable[[], int]) -> None:
+        self._root = root
+        # Re-entrant: an evictor holds it across its whole eviction (:meth:`held`), so
+        # that no other thread of the process applies lines to the index meanwhile.
+        self._lock = threading.RLock()
+        self._fd: int | None = None
+        self._ino = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset = 0
+        self._total = 0  # bytes, from the header and the lines after it
+        self._base_files = 0  # files the header describes
+        self._tail_lines = 0
+        self._base_end = 0  # where the lines after the header's snapshot begin
+        self._damaged = False
+        self._index: Index | None = None
+
+    # -- the file ------------------------------------------------------------------
+    def _open(self) -> bool:
+        """Open the journal if it is there (a regular file with one name).  Caller
+        holds ``_lock``."""
+        self._close()
+        try:
+            fd = os.open(JOURNAL_NAME, _JOURNAL_FLAGS, dir_fd=self._root())
+        except OSError:
+            return False  # absent, a link (ELOOP), unreadable: the evictor rebuilds it
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)  # a FIFO, or a hard link whose other name may be outside the store
+            return False
+        self._fd, self._ino = fd, st.st_ino
+        return True
+
+    def _current(self) -> bool:
+        """Whether our descriptor is the file under the journal's name, reopening it if
+        not.  Caller holds ``_lock``."""
+        try:
+            st = os.stat(JOURNAL_NAME, dir_fd=self._root(), follow_symlinks=False)
+        except FileNotFoundError:
+            self._close()
+            return False
+        if self._fd is not None and st.st_ino == self._ino:
+            return True
+        return self._open()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._reset()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def held(self) -> threading.RLock:
+        """The lock that guards this object and its index (for an evictor to hold)."""
+        return self._lock
+
+    # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
+    def append(self, lines: bytes | Callable[[], PutRecord]) -> None:
+        """Append whole lines, or one put (``lines()`` makes it: only if needed), if the
+        journal exists (if not, the next evictor builds it from a scan, which sees this
+        write)."""
+        with self._lock:
+            if self._current():
+                assert self._fd is not None
+                put = None if isinstance(lines, bytes) else lines()
+                data = lines if isinstance(lines, bytes) else put_line(*put)  # type: ignore[misc]
+                os.write(self._fd, data)
+                # Nothing else was appended since we last read (our write ends where our
+                # reading stopped plus our lines): take our own lines in without reading.
+                if self._offset and not self._damaged and os.lseek(self._fd, 0, os.SEEK_CUR) == self._offset + len(data):
+                    if put is not None:
+                        self._take_put(*put)
+                    else:
+                        self._take(data.split(b"\n")[:-1])
+                    self._offset += len(data)
+
+    # -- reading -------------------------------------------------------------------
+    def total(self) -> int | None:
+        """Bytes the store holds, with every line appended since the last call; ``None``
+        if the journal is missing or damaged (then rebuild it, holding the lock)."""
+        with self._lock:
+            return self._follow(full=False)
+
+    def index(self) -> Index | None:
+        """The whole index (replayed once per process, then followed); ``None`` if the
+        journal is missing or damaged."""
+        with self._lock:
+            if self._follow(full=True) is None:
+                return None
+            return self._index
+
+    def _follow(self, *, full: bool) -> int | None:
+        if not self._current():
+            return None
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        if size > MAX_JOURNAL_BYTES or size == 0:
+            return None  # too large to be ours, or without its header: damaged
+        if full and self._index is None:
+            self._reset()
+            self._index = Index()
+        if size > self._offset:
+            self._read(size)
+        if self._damaged or (self._index is not None and self._index.damaged):
+            return None
+        return self._index.total if self._index is not None else self._total
+
+    def _read(self, size: int) -> None:
+        assert self._fd is not None
+        if self._offset == 0:
+            head = os.pread(self._fd, _MAX_HEADER, 0)
+            newline = head.find(b"\n")
+            self._header(head[:newline] if newline >= 0 else b"")
+            if self._damaged:
+                return
+            # The header's own snapshot lines are in its total: only an index reads them.
+            self._offset = newline + 1 if self._index is not None else self._base_end
+            if self._base_end > size:
+                self._damaged = True  # a journal is written whole: this one is cut short
+                return
+            if self._index is None:
+                self._from_checkpoint(size)
+        if size <= self._offset:
+            return
+        data = os.pread(self._fd, size - self._offset, self._offset)
+        end = data.rfind(b"\n") + 1  # a line being appended right now is left for later
+        if end == 0:
+            self._damaged |= len(data) > MAX_LINE
+            return
+        self._take(data[:end].split(b"\n")[:-1])
+        self._offset += end
+
+    def _take_put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...]) -> None:
+        """One put this process just journaled, taken in as its line would be."""
+        if self._index is not None:
+            self._index.lines += 1
+            self._index.put(key, size, mtime_ns, tuple("cas/" + r for r in refs) if key[0] == "a" else ())
+            self._tail_lines = self._index.lines - self._base_files
+        else:
+            self._total += size
+            self._tail_lines += 1
+
+    def _take(self, lines: list[bytes]) -> None:
+        if self._index is not None:
+            if len(lines) > 1024:
+                self._index.replay(lines)
+            else:
+                for line in lines:
+                    self._index.apply(line)
+            self._tail_lines = self._index.lines - self._base_files
+        else:
+            for line in lines:
+                self._add(line)
+            self._tail_lines += len(lines)
+
+    def _from_checkpoint(self, size: int) -> None:
+        """Start from the last checkpoint, if one is near the end: every line before it
+        is in its total."""
+        assert self._fd is not None
+        start = max(self._base_end, size - _CHECKPOINT_SEARCH)
+        data = os.pread(self._fd, size - start, start)
+        at = data.rfind(b"\nT ")
+        while at >= 0:
+            end = data.find(b"\n", at + 1)
+            fields = _checked(data[at + 1 : end]) if end > 0 else None
+            if fields is not None and len(fields) == 2 and fields[1].isdigit() and len(fields[1]) <= 16:
+                self._total = int(fields[1])
+                self._offset = start + end + 1
+                return
+            at = data.rfind(b"\nT ", 0, at)
+
+    def _header(self, line: bytes) -> None:
+        """``H <version> <nonce> <total bytes> <files> <snapshot bytes>``: the journal was
+        last written whole holding ``files`` files, one line each, in the ``snapshot
+        bytes`` after the header, ``total bytes`` in all."""
+        fields = _checked(line)
+        try:
+            if fields is None or fields[:2] != [b"H", b"%d" % JOURNAL_VERSION] or len(fields) != 6:
+                raise ValueError("header")
+            total, files, snapshot = int(fields[3]), int(fields[4]), int(fields[5])
+            if not (0 <= total <= _MAX_SIZE and 0 <= files and 0 <= snapshot <= MAX_JOURNAL_BYTES):
+                raise ValueError("header range")
+        except ValueError:
+            self._damaged = True
+            return
+        self._total, self._base_files, self._base_end = total, files, len(line) + 1 + snapshot
+
+    def _add(self, line: bytes) -> None:
+        """One line's effect on the total (``+``: its size, ``-``: minus its size)."""
+        fields = _checked(line)
+        if fields is not None and len(fields) == 2 and fields[0] == b"T":
+            return  # a checkpoint: what it says is what this process already counted
+        try:
+            if fields is None or len(fields) not in (4, 6) or fields[0] not in (b"+", b"-"):
+                raise ValueError("record")
+            size = int(fields[3])
+            if not 0 <= size <= _MAX_SIZE:
+                raise ValueError("size")
+        except ValueError:
+            self._damaged = True
+            return
+        self._total += size if fields[0] == b"+" else -size
+
+    def needs_compaction(self) -> bool:
+        files = len(self._index.files) if self._index is not None else self._base_files
+        return self._tail_lines > 2 * files + COMPACT_MIN_LINES
+
+    # -- rewriting (the caller holds .evict.lock exclusive) ------------------------
+    def rewrite(self, index: Index, tmp_dir: int, temp_name: str, *, durable: bool) -> None:
+        """Replace the journal with one that holds ``index`` (rebuild or compaction):
+        written under ``tmp_dir`` (``temp_name``, which must not exist), then renamed
+        into the root."""
+        snapshot = b"".join(index.snapshot())
+        header = header_line(index.total, len(index.files), len(snapshot))
+        body = header + snapshot
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644, dir_fd=tmp_dir)
+        try:
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view):]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp_name, JOURNAL_NAME, src_dir_fd=tmp_dir, dst_dir_fd=self._root())
+        except BaseException:
+            try:
+                os.unlink(temp_name, dir_fd=tmp_dir)
+            except FileNotFoundError:
+                pass
+            raise
+        with self._lock:
+            if self._open():
+                self._index, self._offset = index, len(body)
+                self._total, self._base_files, self._base_end = index.total, len(index.files), len(body)
+                self._tail_lines = 0
+                index.lines = len(index.files)
+                index.damaged = False
+
+
+def _checked(line: bytes) -> list[bytes] | None:
+    """The fields of a journal line whose CRC matches, else ``None``."""
+    if len(line) > MAX_LINE or len(line) < 10 or line[-9:-8] != b" ":
+        return None
+    body = line[:-9]
+    try:
+        if int(line[-8:], 16) != zlib.crc32(body):
+            return None
+    except ValueError:
+        return None
+    return body.split(b" ")

@@ -1,0 +1,354 @@
+"""The local store's size cap: an index of what the store holds, kept incrementally in an
+append-only journal, and eviction by whole entries.
+
+**What is evicted.**  The unit is an entry: its manifest (``ac/<key>``) and the blobs no
+other entry names.  A blob stays while any manifest in the store names it; the manifest
+goes first, so a crash in the middle leaves unreferenced blobs (collected later), never
+an entry with missing blobs.  Blobs no entry names (a save in flight, a bare ``put``) are
+units of their own.  Order: quarantined files and temp files of dead writers, then entries
+and unreferenced blobs by last use (the file's mtime, which reads refresh), least recent
+first.  Unreferenced blobs used in the last :data:`IN_FLIGHT_S` seconds may belong to a save
+whose manifest is not written yet: they go only when nothing else is left and the store is
+still over its cap, oldest first (so only a cap smaller than the saves in flight can take
+a blob from under a save; that entry then reads as a miss and is rebuilt).
+
+**The journal** (``.evict.journal`` in the store root; ``_journal.py``) is a cache of the store, never the
+truth: one text line per put or removal, each with its own CRC-32::
+
+    H 1 <nonce> <total> <files> <snapshot bytes>         header (see Journal._header)
+    T <total>                                            checkpoint: the total, after an eviction
+    + <space> <name> <bytes> <mtime_ns> <digest,...|->   a file was (re)written; ac: its blobs
+    - <space> <name> <bytes>                             a file was removed
+
+A capped put needs only the total: a new process starts from the last checkpoint (each
+eviction ends with one) and then reads only what others appended since, so a save costs
+O(1) bookkeeping.  The first eviction of a process replays the whole journal into an
+index, and each eviction after that costs O(what it removes).  The
+last-use times in it are hints: eviction checks each candidate's mtime before removing it.
+
+**Concurrency.**  Every put appends its line and publishes its file holding ``.evict.lock``
+shared; eviction, rebuild and compaction hold it exclusive.  So an evictor sees every entry
+published before it started, and a put that re-uses a blob either touches it before the
+evictor looks (the blob is then recent and kept) or finds it gone and writes it again.
+
+**Crash story.**  A line is appended before its file is published: a writer killed in
+between leaves a line for a file that is not there, which eviction drops when it checks
+the file.  A torn or foreign line fails its CRC or its parse: the journal counts as damaged,
+and so does a missing one, a wrong header, or one over :data:`MAX_JOURNAL_BYTES`.  A damaged
+journal is rebuilt by a scan of the store under the exclusive lock, written to ``tmp/`` and
+renamed into place.  Compaction (when the journal holds many more lines than the store has
+files) writes the index the same way.
+
+**Hostile contents.**  Whoever can write the store can write the journal.  Every line is
+bounded (:data:`MAX_LINE`), checked and parsed against a fixed grammar (names are hex
+digests: nothing in the journal can name a path), a journal that is a link or has other
+names is never opened or appended to, and the worst a forged journal can do is evict
+entries early or late, as anyone who can write the store could anyway.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import secrets
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgpack
+
+from ..entry import MAX_BLOBS, decode_envelope
+from ..errors import ArtcacheError
+
+JOURNAL_NAME = ".evict.journal"
+JOURNAL_VERSION = 1
+# A journal larger than this is damage (it is compacted long before, see _needs_compaction).
+MAX_JOURNAL_BYTES = 1 << 30
+MAX_LINE = 96 + MAX_BLOBS * 65
+# A blob that no entry names and that was used this recently may belong to a save whose
+# manifest is not written yet.
+IN_FLIGHT_S = 60.0
+# Last-use times in the journal within this of the file's mtime count as current.
+MTIME_SLACK_NS = 1_000_000_000
+_MAX_SIZE = 1 << 50
+
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_PUT_RE = re.compile(r"\+ (cas|ac) ([0-9a-f]{64}) ([0-9]{1,16}) ([0-9]{1,19}) (-|[0-9a-f]{64}(?:,[0-9a-f]{64})*)")
+_REMOVE_RE = re.compile(r"- (cas|ac) ([0-9a-f]{64}) ([0-9]{1,16})")
+_CHECKPOINT_RE = re.compile(r"T ([0-9]{1,16})")
+
+
+def manifest_refs(data: bytes | memoryview) -> tuple[str, ...]:
+    """The blob digests a manifest names; ``()`` for a value that is not a readable
+    manifest (the store is a byte store: an ``ac/`` value need not be one).
+
+    Bookkeeping only (nothing is loaded from it), so only the ``blobs`` field is read:
+    one msgpack pass with every limit set from the core's length, its envelope's sizes
+    checked first (``entry.decode_envelope``)."""
+    try:
+        core = decode_envelope(data).core
+        n = len(core)
+        doc = msgpack.unpackb(core, raw=False, strict_map_key=True, max_str_len=n, max_bin_len=0,
+                              max_array_len=min(n, MAX_BLOBS), max_map_len=n // 2, max_ext_len=0)
+    except (ArtcacheError, msgpack.UnpackException, ValueError, TypeError):
+        return ()
+    blobs = doc.get("blobs") if isinstance(doc, dict) else None
+    if not isinstance(blobs, list):
+        return ()
+    digests = set()
+    for blob in blobs:
+        if not (isinstance(blob, list) and len(blob) >= 2 and isinstance(blob[1], str)
+                and _DIGEST_RE.fullmatch(blob[1])):
+            return ()
+        digests.add(blob[1])
+    return tuple(sorted(digests))
+
+
+def put_line(key: str, size: int, mtime_ns: int, refs: Iterable[str] = ()) -> bytes:
+    space, name = key.split("/", 1)
+    joined = ",".join(refs) or "-"
+    return _framed(f"+ {space} {name} {size} {mtime_ns} {joined}".encode("ascii"))
+
+
+def remove_line(key: str, size: int) -> bytes:
+    """``size``: the bytes the file held (a reader that follows only the total needs it)."""
+    space, name = key.split("/", 1)
+    return _framed(f"- {space} {name} {size}".encode("ascii"))
+
+
+def _framed(body: bytes) -> bytes:
+    return body + b" %08x\n" % zlib.crc32(body)
+
+
+def checkpoint_line(total: int) -> bytes:
+    """``T <total>``: the bytes the store holds, as an evictor (holding the lock
+    exclusive, its index up to date) knows them: a new process starts from the last one."""
+    return _framed(f"T {total}".encode("ascii"))
+
+
+def header_line(total: int, files: int, snapshot_bytes: int) -> bytes:
+    """The first line: see :meth:`Journal._header`."""
+    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)} {total} {files} {snapshot_bytes}".encode("ascii"))
+
+
+class Index:
+    """What the journal says the store holds: sizes, last uses, and which blobs each
+    entry names.  Keys are ``"cas/<digest>"`` and ``"ac/<key>"``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[int, int]] = {}  # key -> (bytes on disk, last use ns)
+        self.refs: dict[str, tuple[str, ...]] = {}  # ac key -> blob keys it names
+        self.users: dict[str, int] = {}  # blob key -> how many entries name it
+        self.total = 0
+        self.lines = 0
+        self.damaged = False
+        self._heap: list[tuple[int, str]] = []
+        self._bulk = False
+
+    # -- replay --------------------------------------------------------------------
+    def apply(self, line: bytes) -> None:
+        """Apply one journal line (without its newline); a line that fails its checks
+        marks the index damaged."""
+        self.lines += 1
+        if len(line) > MAX_LINE or len(line) < 10 or line[-9:-8] != b" ":
+            self.damaged = True
+            return
+        body = line[:-9]
+        try:
+            if int(line[-8:], 16) != zlib.crc32(body):
+                raise ValueError("crc")
+            self._apply(body.decode("ascii"))  # UnicodeDecodeError is a ValueError
+        except ValueError:
+            self.damaged = True
+
+    def _apply(self, body: str) -> None:
+        put = _PUT_RE.fullmatch(body)
+        if put is not None:
+            space, name, size, mtime, refs = put.groups()
+            if int(size) > _MAX_SIZE:
+                raise ValueError("range")
+            named = tuple("cas/" + r for r in refs.split(",")) if space == "ac" and refs != "-" else ()
+            self.put(f"{space}/{name}", int(size), int(mtime), named)
+            return
+        removal = _REMOVE_RE.fullmatch(body)
+        if removal is not None:
+            self.remove(f"{removal.group(1)}/{removal.group(2)}")
+        elif _CHECKPOINT_RE.fullmatch(body) is None:  # a checkpoint changes nothing here
+            raise ValueError("record")
+
+    def replay(self, lines: list[bytes]) -> None:
+        """Apply many lines; the eviction queue is built once at the end."""
+        self._bulk = True
+        try:
+            for line in lines:
+                self.apply(line)
+        finally:
+            self._bulk = False
+            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
+            heapq.heapify(self._heap)
+
+    # -- changes -------------------------------------------------------------------
+    def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
+        old = self.files.get(key)
+        if old is not None:
+            self.total -= old[0]
+        self.files[key] = (size, mtime_ns)
+        self.total += size
+        if key.startswith("ac/"):
+            for blob in refs:
+                self.users[blob] = self.users.get(blob, 0) + 1
+            self._release(self.refs.pop(key, ()))
+            if refs:
+                self.refs[key] = refs
+        if self._bulk:
+            return
+        heapq.heappush(self._heap, (mtime_ns, key))
+        if len(self._heap) > 2 * len(self.files) + 1024:
+            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
+            heapq.heapify(self._heap)
+
+    def remove(self, key: str) -> list[str]:
+        """Forget ``key``; the blobs no entry names any more (if it was an entry)."""
+        old = self.files.pop(key, None)
+        if old is not None:
+            self.total -= old[0]
+        return self._release(self.refs.pop(key, ()))
+
+    def touch(self, key: str, mtime_ns: int) -> None:
+        """``key`` was last used at ``mtime_ns``: re-queued there."""
+        self.set_last_use(key, mtime_ns)
+        heapq.heappush(self._heap, (mtime_ns, key))
+
+    def set_last_use(self, key: str, mtime_ns: int) -> None:
+        size, _old = self.files[key]
+        self.files[key] = (size, mtime_ns)
+
+    def _release(self, refs: tuple[str, ...]) -> list[str]:
+        freed = []
+        for blob in refs:
+            left = self.users.get(blob, 0) - 1
+            if left > 0:
+                self.users[blob] = left
+            else:
+                self.users.pop(blob, None)
+                freed.append(blob)
+                if blob in self.files and not self._bulk:  # an eviction candidate of its own again
+                    heapq.heappush(self._heap, (self.files[blob][1], blob))
+        return freed
+
+    # -- eviction order ------------------------------------------------------------
+    def pop_oldest(self) -> tuple[str, int] | None:
+        """The least recently used unit (an entry, or a blob no entry names) as
+        ``(key, last use)``, removed from the queue (not from the index)."""
+        while self._heap:
+            mtime, key = heapq.heappop(self._heap)
+            current = self.files.get(key)
+            if current is None or current[1] != mtime or self.users.get(key, 0) > 0:
+                continue  # stale: removed, touched since, or now named by an entry
+            return key, mtime
+        return None
+
+    def requeue(self, key: str) -> None:
+        if key in self.files:
+            heapq.heappush(self._heap, (self.files[key][1], key))
+
+    def snapshot(self) -> Iterable[bytes]:
+        """Journal lines that rebuild this index (for compaction)."""
+        for key, (size, mtime) in self.files.items():
+            yield put_line(key, size, mtime, (r[4:] for r in self.refs.get(key, ())))
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A key's file as the evictor sees it: bytes on disk and mtime."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class EvictionPlan:
+    """How an eviction went: the keys it removed and the bytes it believes are left."""
+
+    removed: list[str]
+    total: int
+
+
+def evict(
+    index: Index,
+    *,
+    cap: int,
+    target: int,
+    extra: int,
+    keep: str | None,
+    now_ns: int,
+    state: Callable[[str], FileState | None],
+    remove: Callable[[str], bool],
+    record: Callable[[str, int], None],
+) -> EvictionPlan:
+    """Bring ``index.total + extra`` down to ``target`` (``extra``: bytes on disk outside
+    the index, e.g. temp files of writes in flight).
+
+    ``state(key)`` is the file's current state (``None``: absent), ``remove(key)`` deletes
+    it (``False``: it was not there), ``record(key, size)`` journals a removal.  Entries go as a
+    whole: the manifest first, then each blob no other entry names, unless it was used
+    after the entry itself.  A blob no entry names that was used in the last IN_FLIGHT_S
+    seconds may be one a save in flight has just written or found present (its manifest
+    comes next): such blobs go last, oldest first, and only while the store is over
+    ``cap`` itself.
+    """
+    removed: list[str] = []
+    recent: dict[str, int] = {}  # unnamed blobs possibly of a save in flight -> mtime
+    held: list[str] = []
+    in_flight_ns = int(IN_FLIGHT_S * 1e9)
+
+    def drop(key: str) -> list[str]:
+        if remove(key):
+            removed.append(key)
+        return forget(key)
+
+    def forget(key: str) -> list[str]:
+        record(key, index.files[key][0] if key in index.files else 0)
+        return index.remove(key)
+
+    while index.total + extra > target:
+        unit = index.pop_oldest()
+        if unit is None:
+            break
+        key, hint = unit
+        if key == keep:
+            held.append(key)
+            continue
+        now_state = state(key)
+        if now_state is None:  # gone already (removed by hand, quarantined, a crashed put)
+            forget(key)  # its blobs, if no longer named, are queued again
+            continue
+        if abs(now_state.mtime_ns - hint) > MTIME_SLACK_NS:
+            index.touch(key, now_state.mtime_ns)  # used (or backdated) since: re-queued
+            continue
+        if key.startswith("cas/") and now_ns - now_state.mtime_ns < in_flight_ns:
+            recent[key] = now_state.mtime_ns
+            continue
+        for blob in drop(key):
+            blob_state = state(blob)
+            if blob_state is None:
+                forget(blob)
+            elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns:
+                # Used after its entry: by a save in flight that found it present, or
+                # by a lookup.  Kept, unnamed, and judged like any unnamed blob.
+                if now_ns - blob_state.mtime_ns < in_flight_ns or blob == keep:
+                    index.set_last_use(blob, blob_state.mtime_ns)
+                    recent[blob] = blob_state.mtime_ns
+                else:
+                    index.touch(blob, blob_state.mtime_ns)
+            else:
+                drop(blob)
+    # Last resort: unnamed recent blobs, oldest first, only down to the cap itself.
+    for key in sorted(recent, key=recent.__getitem__):
+        if index.total + extra <= cap:
+            break
+        if key != keep and key in index.files and index.users.get(key, 0) == 0:
+            drop(key)
+    for key in held + list(recent):
+        index.requeue(key)
+    return EvictionPlan(removed, index.total + extra)
