@@ -19,7 +19,7 @@ freezing           ``compile_fx.fw_compiler_freezing`` (its wrapper's closure), 
 settings           Inductor/functorch configs, modes, numerics switches          2.11 (GPU), 2.13 (CPU)
 op_registry        custom-op registries (``torch._library``), decomposition     2.13 (CPU)
                    and lowering tables
-key_inputs         inputs of torch's own cache keys beyond configs and          2.13 (CPU)
+key_inputs         inputs of torch's own cache keys beyond configs and          2.13 (CPU), 2.11 (H200)
                    numerics (autocast, hooks, user Triton source, ...)
 entry_types        the classes a ``BundledAOTAutogradResult`` holds             2.11 (GPU), 2.13 (CPU)
 entry_parts        reading a captured entry (graphs, source, guards, bundles)    2.11 (GPU), 2.13 (CPU)
@@ -32,9 +32,9 @@ triton_tuning      the miss: first-run autotuning winners                       
 static_launch      static launchers for kernels torch missed for their names    2.11 + Triton 3.6 (H100, H200)
 logs               ``torch._logging`` log registry and ``trace_structured``,     2.13 (CPU)
                    ``torch._dynamo.utils.counters``
-frame_capture      ``guard_filter_fn`` entries, ``Source`` classes, the          2.13 (CPU)
-                   instruction translator's side effects, shape env and traced
-                   code, ``GlobalStateGuard``, dispatch keys
+frame_capture      ``guard_filter_fn`` entries, ``Source`` classes, the          2.13 (CPU); on 2.11
+                   instruction translator's side effects, shape env and traced    (H200) frames fall
+                   code, ``GlobalStateGuard``, dispatch keys                     back to Dynamo
 =================  ===========================================================  ==============================
 
 On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or
