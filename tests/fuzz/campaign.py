@@ -164,13 +164,22 @@ def classify(program: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any]
         if "compiled" not in warm:
             error = warm.get("compiled_error", "")
             return ("warm-missed" if "tripwire" in error else "warm-error"), error[:300]
-        if warm["stats"]["saves"] or warm["stats"]["misses"] or warm["stats"]["hits"] < cold["stats"]["saves"]:
+        # A hit count below the cold saves is no miss: on a GPU a cold process saves an
+        # entry again after its kernels' first-run tuning (one key, two saves); a graph the
+        # warm process compiled shows as a miss or trips the tripwire.
+        if warm["stats"]["saves"] or warm["stats"]["misses"] or not warm["stats"]["hits"]:
             return "warm-missed", json.dumps(warm["stats"])
         if not same_results(program, warm["compiled"], cold["compiled"]):
             return "warm-differs", "warm output not equal to cold (bitwise where deterministic)"
         return "hit", ""
+    affects = conditions.affects(condition, program.get("device", "cpu"), program["kind"])
+    if (cold["stats"]["uncacheable"] and "compiled" not in warm and "tripwire" in warm.get("compiled_error", "")
+            and not (warm["stats"]["hits"] and affects)):
+        # Graphs artcache declined in the cold process compile again here, and the
+        # tripwire catches that compile: an uncacheable program, not a failure.
+        return "uncacheable", ",".join(sorted(cold["stats"]["uncacheable"]))
     if warm["stats"]["hits"]:
-        if conditions.affects(condition, program.get("device", "cpu"), program["kind"]):
+        if affects:
             return "stale-hit", f"{condition['name']} {condition['cold']} -> {condition['warm']}: {json.dumps(warm['stats'])}"
         if "compiled" not in warm:
             return "warm-error", warm.get("compiled_error", "")[:300]
