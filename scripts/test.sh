@@ -16,4 +16,6 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
     || echo "warning: could not install nginx; HTTP store tests will be skipped" >&2
 fi
-exec "$PY" -m pytest -q "$@"
+# Two workers, whole files each (--dist loadfile: a file's module fixtures stay in one
+# process): most tests wait on compiles in subprocesses, and a 2-core machine runs two.
+exec "$PY" -m pytest -q -n 2 --dist loadfile "$@"
