@@ -551,11 +551,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.keep and args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)
 
-    report = render(args, info, runs, skipped, variants, load, started, time.perf_counter() - t0)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
-        print(f"wrote {args.out}")
+    write_report(render(args, info, runs, skipped, variants, load, started, time.perf_counter() - t0), args.out)
+
+
+def write_report(report: str, out: str | None) -> None:
+    """Write the markdown report to ``out`` (its folder made), or print it."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(report)
+        print(f"wrote {out}")
     else:
         print(report)
 

@@ -222,12 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = ws.render(args, info, runs, skipped, variants, load, started, time.perf_counter() - t0)
     report = report.replace("# Warm-start benchmark:", "# Warm-start benchmark, frozen graphs (TORCHINDUCTOR_FREEZING=1):", 1)
     report = report.rstrip("\n") + "\n" + "\n".join(frozen_section(runnable, runs, stores, shared, checks)) + "\n"
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
-        print(f"wrote {args.out}")
-    else:
-        print(report)
+    ws.write_report(report, args.out)
 
 
 if __name__ == "__main__":
