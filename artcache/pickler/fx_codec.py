@@ -30,6 +30,7 @@ import torch
 import torch.fx
 from torch.fx._lazy_graph_module import _LazyGraphModule  # Inductor/AOT build these
 from torch.fx.graph import CodeGen, _PyTreeCodeGen, _PyTreeInfo
+from torch.fx.immutable_collections import immutable_dict
 
 from artcache.pickler.allowlist import IDENT_RE, TensorSpec, is_plain_name
 from artcache.pickler.core import EXT, Decoder, Encoder, Tag, corrupt_unless
@@ -79,11 +80,15 @@ def _to_spec(value: Any) -> Any:
             )
         except RuntimeError as exc:  # sparse and other stride-less layouts
             raise Uncacheable("fx-meta-tensor-without-strides", str(exc)) from exc
-    if type(value) in (list, tuple):
-        return type(value)(_to_spec(v) for v in value)
+    if isinstance(value, list):
+        # list and FX's immutable_list (the outputs of torch._foreach_* ops, as in the
+        # foreach optimizers), which the encoder writes as a list either way.
+        return [_to_spec(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_to_spec(v) for v in value)
     if isinstance(value, tuple) and type(value).__module__ == "torch.return_types":  # (values, indices) of max, sort...
         return type(value)([_to_spec(v) for v in value])
-    if type(value) is dict:
+    if isinstance(value, dict) and type(value) in (dict, immutable_dict):
         return {k: _to_spec(v) for k, v in value.items()}
     return value
 
