@@ -64,6 +64,15 @@ def _env(inductor_dir: Path, store: Path) -> dict[str, str]:
     return env
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0:100"`` or ``"7,12,40:50"``: seeds in the order given, each range's stop excluded."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        start, sep, stop = part.partition(":")
+        seeds.extend(range(int(start), int(stop)) if sep else [int(start)])
+    return seeds
+
+
 def run_phase(phase: str, programs: list[dict[str, Any]], work: Path, device: str, timeout: float) -> dict[int, dict[str, Any]]:
     """Run ``phase`` over ``programs`` in fresh processes until each has a record; a
     process that dies is restarted on the rest, the program it died on recorded as crashed."""
@@ -298,7 +307,7 @@ def _ranges(seeds: list[int]) -> list[list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", help="START:STOP")
+    parser.add_argument("--seeds", help="START:STOP, or a comma-separated list of seeds and ranges")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch", type=int, default=10, help="programs per process")
@@ -316,9 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.seeds:
             parser.error("--seeds START:STOP (or --merge)")
-        start, stop = (int(x) for x in args.seeds.split(":"))
         work = args.workdir or Path(tempfile.mkdtemp(prefix="fuzz-campaign-"))
-        programs = [generate(seed, device=args.device) for seed in range(start, stop)]
+        programs = [generate(seed, device=args.device) for seed in parse_seeds(args.seeds)]
         batches = [programs[i: i + args.batch] for i in range(0, len(programs), args.batch)]
         records: dict[int, dict[str, Any]] = {}
         began = time.perf_counter()
@@ -328,20 +336,27 @@ def main(argv: list[str] | None = None) -> int:
                 return {}  # past the deadline: not started
             return run_batch(programs_, work / f"batch-{programs_[0]['seed']}", args.device, args.timeout)
 
+        def summary_so_far() -> dict[str, Any]:
+            import torch
+
+            return summarize(dict(records), {
+                "device": args.device, "seeds": args.seeds, "seeds_run": _ranges(sorted(records)),
+                "torch": torch.__version__,
+                "machine": f"{os.cpu_count()} CPUs {platform.machine()}, Python {platform.python_version()}",
+                "date": str(datetime.date.today()), "hours": round((time.perf_counter() - began) / 3600, 2),
+                "jobs": args.jobs,
+            })
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for batch_records in pool.map(batch, batches):
+            for done in concurrent.futures.as_completed([pool.submit(batch, b) for b in batches]):
+                batch_records = done.result()
                 records.update(batch_records)
                 write_reproducers(batch_records, args.reproducers, args.device)
                 counts = collections.Counter(r["outcome"] for r in records.values())
                 print(f"{len(records)}/{len(programs)} programs: {dict(counts)}", flush=True)
-        done_seeds = sorted(records)
-        import torch
-
-        summary = summarize(records, {
-            "device": args.device, "seeds": [start, stop], "seeds_run": _ranges(done_seeds), "torch": torch.__version__,
-            "machine": f"{os.cpu_count()} CPUs {platform.machine()}, Python {platform.python_version()}",
-            "date": str(datetime.date.today()), "hours": round((time.perf_counter() - began) / 3600, 2), "jobs": args.jobs,
-        })
+                # Written after every batch: a run stopped from outside keeps what it did.
+                args.out.write_text(json.dumps(summary_so_far(), indent=1, sort_keys=True) + "\n")
+        summary = summary_so_far()
     args.out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if args.markdown:
         args.markdown.write_text(markdown(summary))
