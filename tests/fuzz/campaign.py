@@ -288,9 +288,14 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     metas = []
     for path in paths:
         data = json.loads(path.read_text())
-        metas.append({k: data[k] for k in ("device", "torch", "machine", "seeds_run", "date", "hours", "jobs") if k in data})
+        # A merged summary brings the runs it was made from.
+        metas.extend(data.get("merged_from", []))
+        if meta := {k: data[k] for k in ("device", "torch", "machine", "seeds_run", "date", "hours", "jobs") if k in data}:
+            metas.append(meta)
         for seed, r in data["records"].items():
-            records[f"{data.get('device', 'cpu')}:{int(seed):06d}"] = {**r, "program": {}}
+            # A run's records are keyed by seed, a merged summary's by device:seed already.
+            key = seed if ":" in seed else f"{data.get('device', 'cpu')}:{int(seed):06d}"
+            records[key] = {**r, "program": {}}
     return summarize(records, {"merged_from": metas})
 
 
