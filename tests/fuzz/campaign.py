@@ -23,6 +23,8 @@ hit-unaffected       changed condition that provably cannot change this program 
 uncacheable          artcache declined to cache the program (its reason is counted)
 invalid              the program fails in eager under its condition (not a test of the cache)
 compile-fails-too    the cold compile failed, and so did a plain Inductor compile
+no-graph             Dynamo made no graph (the program returns an input unchanged): nothing
+                     was looked up, nothing could be stale
 ===================  ====================================================================
 
 Failures: ``stale-hit`` (a hit where the condition changes the program), ``warm-differs``
@@ -154,6 +156,10 @@ def same_results(program: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) 
     return a["grad"] == b["grad"] and close_to_eager(a, b)
 
 
+def _looked_up(stats: dict[str, Any]) -> bool:
+    return bool(stats["hits"] or stats["misses"] or stats["saves"] or stats["uncacheable"])
+
+
 def classify(program: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any] | None) -> tuple[str, str]:
     """(outcome, detail) of one program from its phase records."""
     condition = program["condition"]
@@ -169,6 +175,12 @@ def classify(program: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any]
         return "uncacheable", ",".join(sorted(cold["stats"]["uncacheable"]))
     if "crashed" in warm:
         return "crashed", f"{warm['phase']}: {warm['crashed']}"
+    if not _looked_up(cold["stats"]) and not _looked_up(warm["stats"]) and "compiled" in warm:
+        # Dynamo made no graph (a program that returns an input as it is): nothing was
+        # looked up or stored, so nothing could be served stale.
+        if not same_results(program, warm["compiled"], cold["compiled"]):
+            return "warm-differs", "no graph, yet the warm output differs from cold"
+        return "no-graph", ""
     if not conditions.changed(condition):
         if "compiled" not in warm:
             error = warm.get("compiled_error", "")
