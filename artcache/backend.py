@@ -14,6 +14,7 @@ mode).  The user's compile is never lost to a cache problem.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import logging
 import threading
@@ -91,14 +92,14 @@ class ArtcacheBackend:
             # warning; strict mode raises through degrade()).
             self.cache.degrade("key", ArtcacheError(f"cannot compute the key: {type(exc).__name__}: {exc}"))
             return self._uncacheable(Uncacheable("key-error", type(exc).__name__), gm, example_inputs, title)
-        hit, miss = self._load(key.key, gm, example_inputs, title)
+        hit, miss, slot_key = self._load_variants(key.key, gm, example_inputs, title)
         if hit is not None:
             return hit
         self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": values})
-        with single_flight.turn(self.cache.store, key.key, enabled=self.cache.settings.single_flight) as turn:
+        with single_flight.turn(self.cache.store, slot_key, enabled=self.cache.settings.single_flight) as turn:
             if not turn.compile:
                 # Another process compiled this key while we waited: load its entry.
-                hit, _ = self._load(key.key, gm, example_inputs, title, waited_s=turn.waited_s)
+                hit, _ = self._load(slot_key, gm, example_inputs, title, waited_s=turn.waited_s)
                 if hit is not None:
                     return hit
             on_gpu = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
@@ -107,6 +108,7 @@ class ArtcacheBackend:
                 compiled = torch_settings.compile_fx(gm, example_inputs)
             compile_s = time.perf_counter() - start
             graph = CompiledGraph.captured(capture)
+            key = dataclasses.replace(key, key=slot_key)
             saved = self._save(key, graph, gm, specs, values, compile_s)
         self._report_miss(key.key, title, miss, compile_s, saved)
         kernels = graph.triton_kernels() if on_gpu else None
@@ -231,14 +233,32 @@ class ArtcacheBackend:
             self._environment[devices] = fingerprint(devices)
         return self._environment[devices]
 
+    def _load_variants(
+        self, key: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title: str,
+    ) -> tuple[Callable[..., Any] | None, Lookup, str]:
+        """Look the key up, then its guard-variant slots while an entry's shape guards reject
+        the inputs (``keys.guard_variant``): (the loaded callable or ``None``, the first
+        lookup's outcome, the key a compile should be saved under)."""
+        hit, first = self._load(key, gm, example_inputs, title, count=False)
+        miss, slot = first, 0
+        while hit is None and miss.reason == "guards" and slot + 1 < keys.MAX_GUARD_VARIANTS:
+            slot += 1
+            hit, miss = self._load(keys.guard_variant(key, slot), gm, example_inputs, title, count=False)
+        # One graph, one hit or one miss in the counts (the first slot's reason for a miss).
+        self.cache.count_lookup(key, None if hit is not None else first.reason)
+        # Every slot full of variants for other inputs: the last one is replaced.
+        return hit, first, keys.guard_variant(key, slot)
+
     def _load(
         self, key: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title: str,
-        *, waited_s: float | None = None,
+        *, waited_s: float | None = None, count: bool = True,
     ) -> tuple[Callable[..., Any] | None, Lookup]:
         """The loaded callable (reported as a hit), or ``None`` and why it missed.  (The
-        title is this graph's: a lookup never parses the stored summary.)"""
+        title is this graph's: a lookup never parses the stored summary.)  With ``count``
+        false the caller counts the hit or miss (``EntryStore.count_lookup``)."""
         start = time.perf_counter()
-        found = self.cache.lookup_detailed(key, warn=False)
+        found = self.cache.lookup_detailed(key, warn=False, count=count)
+        reject = self.cache.reject if count else (lambda key, reason: None)
         loaded = found.entry
         if loaded is None:
             return None, found
@@ -246,7 +266,7 @@ class ArtcacheBackend:
             graph = CompiledGraph.from_loaded(loaded)
             lifted = rebuild.lifted_inputs(gm)
             if not graph.guards_hold([*lifted, *example_inputs]):
-                self.cache.reject(key, "guards")
+                reject(key, "guards")
                 return None, Lookup(None, "guards", "the entry's shape guards reject these inputs")
             compiled = graph.load(example_inputs, cudagraphs=torch_settings.cudagraphs_enabled(), lifted=lifted)
         except ArtcacheError as exc:
@@ -264,7 +284,7 @@ class ArtcacheBackend:
             self._report_hit(loaded, title, load_s, waited_s)
             return compiled, found
         self.cache.degrade("load", error, warn=False)  # reported in the graph's one line
-        self.cache.reject(key, "unloadable")
+        reject(key, "unloadable")
         return None, Lookup(None, "unloadable", str(error))
 
     def _report_hit(self, loaded: LoadedEntry, title: str, load_s: float, waited_s: float | None) -> None:

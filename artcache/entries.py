@@ -175,6 +175,7 @@ class EntryStore:
         self._warned: set[str] = set()
         self._lookup_damage: list[str] | None = None  # set while a lookup runs
         self._lookup_warns = True
+        self._lookup_counts = True
         problems = list(self.settings.problems)
         self._signer = self._trust = None
         try:
@@ -257,13 +258,15 @@ class EntryStore:
         """The entry stored under ``key`` with all its blobs, or ``None`` (a miss)."""
         return self.lookup_detailed(key).entry
 
-    def lookup_detailed(self, key: str, *, warn: bool = True) -> Lookup:
+    def lookup_detailed(self, key: str, *, warn: bool = True, count: bool = True) -> Lookup:
         """The entry, or why there is none.  With ``warn`` false, damaged stored bytes are
         counted (and raised under strict mode) but not logged: the caller (the backend's
         one line per graph) reports them.  Other errors (a tier down, an untrusted entry)
-        warn as always."""
+        warn as always.  With ``count`` false the lookup is not counted as a hit or miss:
+        the caller looks up several keys for one graph and counts the outcome once
+        (:meth:`count_lookup`)."""
         start = time.perf_counter()
-        self._lookup_damage, self._lookup_warns = [], warn
+        self._lookup_damage, self._lookup_warns, self._lookup_counts = [], warn, count
         detail = ""
         try:
             entry, reason = self._fetch(key)
@@ -285,11 +288,18 @@ class EntryStore:
             reason, detail = "corrupt", damage[0]
         elif damage and entry is not None:
             log.info("artcache: %s served after damage in one tier was skipped: %s", key[:12], damage[0])
-        if entry is None:
-            self._misses[reason] += 1
-            if self.activity is not None:
-                self.activity.record("miss", key=key, reason=reason)
+        if entry is None and count:
+            self.count_lookup(key, reason)
         return Lookup(entry, reason, detail)
+
+    def count_lookup(self, key: str, miss_reason: str | None) -> None:
+        """Count one lookup's outcome: a hit (``None``) or a miss with its reason."""
+        if miss_reason is None:
+            self._hits += 1
+            return
+        self._misses[miss_reason] += 1
+        if self.activity is not None:
+            self.activity.record("miss", key=key, reason=miss_reason)
 
     def _fetch(self, key: str) -> tuple[LoadedEntry | None, str]:
         """The entry, or ``None`` and the miss reason; raises on bad data.
@@ -326,7 +336,8 @@ class EntryStore:
                 raise CorruptEntryError(f"blob {digest[:16]} does not match its sha256 address")
             blobs[digest] = blob_codec.decode(ref, data)  # zstd-compressed blobs, bounded by ref.raw_size
         self._bytes_read += len(raw) + sum(len(b) for b in blobs.values())
-        self._hits += 1
+        if self._lookup_counts:
+            self._hits += 1
         return LoadedEntry(manifest, blobs), ""
 
     def _read_manifest(self, key: str) -> bytes | None:

@@ -143,6 +143,28 @@ def make_key(factors: Iterable[Factor]) -> CacheKey:
     return CacheKey(h.hexdigest(), ordered)
 
 
+# How many entries with different shape guards one key can hold (see guard_variant).
+MAX_GUARD_VARIANTS = 4
+
+
+def guard_variant(key: str, slot: int) -> str:
+    """The key under which the ``slot``-th guard variant of ``key`` is filed (slot 0 is
+    ``key`` itself).
+
+    One graph can compile to different programs for different inputs: with dynamic shapes,
+    a compile specializes on facts about the sizes (a slice bound, a 0/1 size) and records
+    them as shape guards, which every factor of the key leaves out because they are known
+    only after the compile.  torch's FX graph cache keeps a list of such entries per key;
+    here each variant gets a slot of its own, derived from the key, looked up in order until
+    one's guards accept the inputs.  Saving takes the first slot that was absent; two
+    processes racing for a slot cost a later miss, never a wrong program, since every
+    variant's guards are checked before it is used.
+    """
+    if slot == 0:
+        return key
+    return hashlib.sha256(f"artcache-guard-variant\n{key}\n{slot}".encode()).hexdigest()
+
+
 def pass_uuid(custom_pass: Any, where: str) -> str:
     """A custom pass's ``uuid()``, torch's CustomGraphPass protocol.  Without one, or with
     an empty one (torch bypasses its own cache then too), nothing identifies what the pass
