@@ -11,7 +11,9 @@ from typing import Any
 
 from .errors import CorruptEntryError, NotPrecompilable
 
-FRAME_SCHEMA = 1
+# The frame-entry document's version, a key factor of every frame entry: entries of another
+# version are never looked up.
+FRAME_SCHEMA = 2
 
 CONSTANTS = (type(None), bool, int, float, str)
 _MAX_STRUCTURE_DEPTH = 16
@@ -39,6 +41,7 @@ CHECK_ARG = {
     "is": _is_name,
     "absent": lambda v: type(v) is str,
     "hasattr": lambda v: type(v) is str,
+    "lacks": lambda v: type(v) is str,
     "len": lambda v: type(v) is int,
     "torch": _is_name,
     "same": _is_path,

@@ -95,6 +95,8 @@ def _check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
         return lambda value, other: want not in getattr(value, "__dict__", {})
     if kind == "hasattr":
         return lambda value, other: hasattr(value, want)
+    if kind == "lacks":
+        return lambda value, other: not hasattr(value, want)
 
     def length(value: Any, other: Any) -> bool:  # "len"
         try:

@@ -251,3 +251,46 @@ def test_frozen_frame_is_not_precompiled_and_new_weights_are_computed(tmp_path: 
         assert proc.returncode == 0, proc.stderr[-4000:]
         reasons = json.loads(proc.stdout.strip().splitlines()[-1])["reasons"]
         assert {"not-precompilable:guard ID_MATCH", "not-precompilable:graph-frozen_weights"} & set(reasons), reasons
+
+
+_OPTIONAL_ATTRIBUTE = """
+import json, sys, torch, artcache
+class Scaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+    def forward(self, x):
+        scale = getattr(self, "scale", None)  # Dynamo guards the attribute's absence
+        y = self.lin(x)
+        return y * 2 if scale is None else y * 3
+torch.manual_seed(0)
+m = Scaled()
+if {set_scale}:
+    m.scale = 1.0
+x = torch.randn(2, 4)
+pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
+with torch.no_grad():
+    out, ref = pre(x), m(x)
+print(json.dumps({{"same": bool(torch.equal(out, ref)), "replayed": pre.replayed, "reasons": dict(pre.reasons)}}))
+"""
+
+
+def test_an_attribute_guarded_absent_and_then_present_falls_back(tmp_path: Path) -> None:
+    """A frame that read an optional attribute the module lacked is never replayed for a
+    module that has it (Dynamo's HASATTR guard held the other way round), and still is for
+    one that lacks it."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path / 'store'}"}
+
+    def run(tag: str, set_scale: bool) -> dict[str, Any]:
+        proc = run_python(_OPTIONAL_ATTRIBUTE.format(set_scale=set_scale),
+                          env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{tag}")})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    cold = run("cold", False)
+    assert cold["same"] and cold["replayed"] == 0
+    present = run("present", True)
+    assert present["same"], "a replay computed the module without its attribute"
+    assert present["replayed"] == 0 and present["reasons"].get("guards") == 1, present
+    absent = run("absent", False)
+    assert absent["same"] and absent["replayed"] == 1, absent

@@ -261,8 +261,34 @@ def translate_guard(entry: Any) -> list[Any] | None:
             raise NotPrecompilable(f"guard {kind}", "no second source")
         return ["same", path, source_path(other)]
     if kind == "HASATTR":
-        return ["hasattr", path, _keyword(guard, "attr")]
+        return _hasattr_check(entry, path)
     raise NotPrecompilable(f"guard {kind}", entry.name)
+
+
+def _hasattr_check(entry: Any, path: list[Any]) -> list[Any]:
+    """A HASATTR guard as ``hasattr`` or ``lacks``: Dynamo guards an attribute's presence
+    and its absence (``getattr(self, "x", None)`` on a module without ``x``) with this one
+    guard type, and decides which from the object when it builds the guard.
+
+    torch 2.12 and later (checked on 2.13) pass the attribute as the guard's ``attr`` and
+    the guarded object is the one that has or lacks it: its presence is read from it here,
+    as Dynamo read it.  torch 2.11 and earlier guard the attribute's own source
+    (``base.member``): only presence is taken (the attribute's value was retrieved);
+    anything else is not precompilable."""
+    guard = entry.orig_guard
+    create = guard.create_fn
+    attr = create.keywords.get("attr") if isinstance(create, functools.partial) else None
+    if type(attr) is str:
+        if not entry.has_value:
+            raise NotPrecompilable("guard HASATTR", "no guarded object")
+        return ["hasattr" if hasattr(entry.value, attr) else "lacks", path, attr]
+    source = guard.originating_source
+    if type(source).__name__ == "NNModuleSource":
+        source = source.base
+    base, member = getattr(source, "base", None), getattr(source, "member", None)
+    if base is None or type(member) is not str or not entry.has_value:
+        raise NotPrecompilable("guard HASATTR", f"source {type(source).__name__}")
+    return ["hasattr", source_path(base), member]
 
 
 def _keyword(guard: Any, name: str) -> str:
