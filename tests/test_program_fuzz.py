@@ -76,3 +76,19 @@ def test_campaign_classifies_stale_hits_and_differences() -> None:
     assert campaign.classify(kept, cold, _record([1.0, 2.0], hits=1))[0] == "hit"
     assert campaign.classify(kept, cold, _record([1.0, 2.0000002], hits=1))[0] == "warm-differs"
     assert campaign.classify(kept, cold, {"compiled_error": "TripwireError: tripwire: compile_fx ran", "stats": {}})[0] == "warm-missed"
+
+
+def test_campaign_classifies_programs_without_a_graph_and_odd_strides() -> None:
+    """A program Dynamo makes no graph of (it returns an input) looked nothing up: not a
+    warm error under a changed condition; its output, an input with a size-1 dimension's
+    odd stride, still compares as bytes."""
+    import torch
+
+    program = {**generate(13), "ops": [], "outputs": [0]}  # forward, threads 2 -> 1 (changed)
+    odd = torch.randn(2, 7, dtype=torch.float64).as_strided((1,), (2,))
+    nothing = {"hits": 0, "saves": 0, "misses": {}, "uncacheable": {}}
+    cold = {"eager": {}, "compiled": {"grad": [], "values": [odd]}, "stats": nothing}
+    warm = {"compiled": {"grad": [], "values": [odd.clone()]}, "stats": nothing}
+    assert campaign.classify(program, cold, warm)[0] == "no-graph"
+    other = {"compiled": {"grad": [], "values": [odd + 1]}, "stats": nothing}
+    assert campaign.classify(program, cold, other)[0] == "warm-differs"

@@ -114,7 +114,16 @@ def same_bits(a: Any, b: Any) -> bool:
         return False
     if a.dtype == torch.bool:
         return bool(torch.equal(a, b))
-    return bool(torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)))
+    return bool(torch.equal(_bytes_of(a), _bytes_of(b)))
+
+
+def _bytes_of(t: Any) -> Any:
+    """A tensor's values as bytes.  Copied into a new tensor first: ``contiguous()`` keeps
+    a size-1 dimension's odd stride, which a view as bytes refuses."""
+    import torch
+
+    dense = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+    return dense.reshape(-1).view(torch.uint8)
 
 
 def results_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
