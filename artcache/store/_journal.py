@@ -104,24 +104,32 @@ class Journal:
         return self._lock
 
     # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
-    def append(self, lines: bytes | Callable[[], PutRecord]) -> None:
-        """Append whole lines, or one put (``lines()`` makes it: only if needed), if the
-        journal exists (if not, the next evictor builds it from a scan, which sees this
-        write)."""
+    def append(self, lines: bytes | Callable[[], list[PutRecord]], *, follow: bool = False) -> int | None:
+        """Append whole lines, or puts (``lines()`` makes them: only if needed), in one
+        write, if the journal exists (if not, the next evictor builds it from a scan,
+        which sees these writes).  With ``follow``: return the bytes the store holds, as
+        :meth:`total` would, reading what others appended only if the write did not land
+        where this process's reading stopped; ``None`` if unknown (missing or damaged)."""
         with self._lock:
-            if self._current():
-                assert self._fd is not None
-                put = None if isinstance(lines, bytes) else lines()
-                data = lines if isinstance(lines, bytes) else put_line(*put)  # type: ignore[misc]
-                os.write(self._fd, data)
+            if not self._current():
+                return None
+            assert self._fd is not None
+            puts = None if isinstance(lines, bytes) else lines()
+            data = lines if puts is None else b"".join(put_line(*put) for put in puts)  # type: ignore[misc]
+            if data:
+                os.write(self._fd, data)  # O_APPEND: one write lands whole, after every other
                 # Nothing else was appended since we last read (our write ends where our
                 # reading stopped plus our lines): take our own lines in without reading.
                 if self._offset and not self._damaged and os.lseek(self._fd, 0, os.SEEK_CUR) == self._offset + len(data):
-                    if put is not None:
-                        self._take_put(*put)
+                    if puts is not None:
+                        for put in puts:
+                            self._take_put(*put)
                     else:
                         self._take(data.split(b"\n")[:-1])
                     self._offset += len(data)
+                    if follow:
+                        return self._known()
+            return self._follow(full=False) if follow else None
 
     # -- reading -------------------------------------------------------------------
     def total(self) -> int | None:
@@ -150,6 +158,9 @@ class Journal:
             self._index = Index()
         if size > self._offset:
             self._read(size)
+        return self._known()
+
+    def _known(self) -> int | None:
         if self._damaged or (self._index is not None and self._index.damaged):
             return None
         return self._index.total if self._index is not None else self._total

@@ -27,7 +27,8 @@ index, and each eviction after that costs O(what it removes).  The
 last-use times in it are hints: eviction checks each candidate's mtime before removing it.
 
 **Concurrency.**  Every put appends its line and publishes its file holding ``.evict.lock``
-shared; eviction, rebuild and compaction hold it exclusive.  So an evictor sees every entry
+shared (a batch of puts, ``put_many``, holds it once and appends its lines in one write);
+eviction, rebuild and compaction hold it exclusive.  So an evictor sees every entry
 published before it started, and a put that re-uses a blob either touches it before the
 evictor looks (the blob is then recent and kept) or finds it gone and writes it again.
 
@@ -52,7 +53,7 @@ import heapq
 import re
 import secrets
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -280,7 +281,7 @@ def evict(
     cap: int,
     target: int,
     extra: int,
-    keep: str | None,
+    keep: Collection[str],
     now_ns: int,
     state: Callable[[str], FileState | None],
     remove: Callable[[str], bool],
@@ -289,8 +290,9 @@ def evict(
     """Bring ``index.total + extra`` down to ``target`` (``extra``: bytes on disk outside
     the index, e.g. temp files of writes in flight).
 
-    ``state(key)`` is the file's current state (``None``: absent), ``remove(key)`` deletes
-    it (``False``: it was not there), ``record(key, size)`` journals a removal.  Entries go as a
+    ``keep``: keys never evicted (the puts that called for this eviction).  ``state(key)``
+    is the file's current state (``None``: absent), ``remove(key)`` deletes it (``False``:
+    it was not there), ``record(key, size)`` journals a removal.  Entries go as a
     whole: the manifest first, then each blob no other entry names, unless it was used
     after the entry itself.  A blob no entry names that was used in the last IN_FLIGHT_S
     seconds may be one a save in flight has just written or found present (its manifest
@@ -316,7 +318,7 @@ def evict(
         if unit is None:
             break
         key, hint = unit
-        if key == keep:
+        if key in keep:
             held.append(key)
             continue
         now_state = state(key)
@@ -333,10 +335,10 @@ def evict(
             blob_state = state(blob)
             if blob_state is None:
                 forget(blob)
-            elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns:
+            elif blob in keep or blob_state.mtime_ns > now_state.mtime_ns:
                 # Used after its entry: by a save in flight that found it present, or
                 # by a lookup.  Kept, unnamed, and judged like any unnamed blob.
-                if now_ns - blob_state.mtime_ns < in_flight_ns or blob == keep:
+                if now_ns - blob_state.mtime_ns < in_flight_ns or blob in keep:
                     index.set_last_use(blob, blob_state.mtime_ns)
                     recent[blob] = blob_state.mtime_ns
                 else:
@@ -347,7 +349,7 @@ def evict(
     for key in sorted(recent, key=recent.__getitem__):
         if index.total + extra <= cap:
             break
-        if key != keep and key in index.files and index.users.get(key, 0) == 0:
+        if key not in keep and key in index.files and index.users.get(key, 0) == 0:
             drop(key)
     for key in held + list(recent):
         index.requeue(key)
