@@ -49,20 +49,23 @@ from artcache.store import local as local_module  # noqa: E402
 from artcache.store.eviction import JOURNAL_NAME  # noqa: E402
 
 # Time spent deleting files (the file system's cost of eviction, apart from its
-# bookkeeping): every deletion of the local store goes through unlink_regular.
+# bookkeeping): every deletion of the local store goes through unlink_regular (a check,
+# then the unlink) or unlink_entry (the unlink, after eviction's own check).
 UNLINK_SECONDS = [0.0]
-_unlink_regular = local_module.unlink_regular
 
 
-def _timed_unlink(dir_fd: int, name: str) -> bool:
-    start = time.perf_counter()
-    try:
-        return _unlink_regular(dir_fd, name)
-    finally:
-        UNLINK_SECONDS[0] += time.perf_counter() - start
+def _timed(unlink):  # type: ignore[no-untyped-def]
+    def timed(dir_fd: int, name: str) -> bool:
+        start = time.perf_counter()
+        try:
+            return unlink(dir_fd, name)
+        finally:
+            UNLINK_SECONDS[0] += time.perf_counter() - start
+    return timed
 
 
-local_module.unlink_regular = _timed_unlink
+local_module.unlink_regular = _timed(local_module.unlink_regular)
+local_module.unlink_entry = _timed(local_module.unlink_entry)
 
 
 class CountingStore(LocalStore):

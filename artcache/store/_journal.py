@@ -104,12 +104,14 @@ class Journal:
         return self._lock
 
     # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
-    def append(self, lines: bytes | Callable[[], list[PutRecord]], *, follow: bool = False) -> int | None:
+    def append(self, lines: bytes | Callable[[], list[PutRecord]], *, follow: bool = False,
+               applied: bool = False) -> int | None:
         """Append whole lines, or puts (``lines()`` makes them: only if needed), in one
         write, if the journal exists (if not, the next evictor builds it from a scan,
         which sees these writes).  With ``follow``: return the bytes the store holds, as
         :meth:`total` would, reading what others appended only if the write did not land
-        where this process's reading stopped; ``None`` if unknown (missing or damaged)."""
+        where this process's reading stopped; ``None`` if unknown (missing or damaged).
+        ``applied``: the index already holds what these lines say (an evictor's own)."""
         with self._lock:
             if not self._current():
                 return None
@@ -124,6 +126,9 @@ class Journal:
                     if puts is not None:
                         for put in puts:
                             self._take_put(*put)
+                    elif applied and self._index is not None:
+                        self._index.lines += data.count(b"\n")
+                        self._tail_lines = self._index.lines - self._base_files
                     else:
                         self._take(data.split(b"\n")[:-1])
                     self._offset += len(data)

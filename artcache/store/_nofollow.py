@@ -233,6 +233,18 @@ def unlink_regular(dir_fd: int, name: str) -> bool:
     return True
 
 
+def unlink_entry(dir_fd: int, name: str) -> bool:
+    """Remove ``name``, which the caller has just found to be a regular file with
+    :func:`lstat_at` (:func:`unlink_regular` without its own check); ``True`` if removed.
+    Like there, ``unlinkat`` never follows a link, and a directory swapped in after the
+    check is left (``EISDIR``)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return True
+
+
 def regular_files(dir_fd: int) -> Iterator[tuple[str, os.stat_result]]:
     """(name, status) of the regular files in a directory; links and others are skipped."""
     with os.scandir(dir_fd) as entries:

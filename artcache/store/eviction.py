@@ -185,8 +185,7 @@ class Index:
                 self.apply(line)
         finally:
             self._bulk = False
-            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
-            heapq.heapify(self._heap)
+            self._requeue_all()
 
     # -- changes -------------------------------------------------------------------
     def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
@@ -205,8 +204,7 @@ class Index:
             return
         heapq.heappush(self._heap, (mtime_ns, key))
         if len(self._heap) > 2 * len(self.files) + 1024:
-            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
-            heapq.heapify(self._heap)
+            self._requeue_all()
 
     def remove(self, key: str) -> list[str]:
         """Forget ``key``; the blobs no entry names any more (if it was an entry)."""
@@ -238,6 +236,13 @@ class Index:
         return freed
 
     # -- eviction order ------------------------------------------------------------
+    def _requeue_all(self) -> None:
+        """The queue afresh: every unit (a blob an entry names is not one; it is queued
+        again when the last entry naming it goes, see _release)."""
+        users = self.users
+        self._heap = [(t, k) for k, (_s, t) in self.files.items() if k not in users]
+        heapq.heapify(self._heap)
+
     def pop_oldest(self) -> tuple[str, int] | None:
         """The least recently used unit (an entry, or a blob no entry names) as
         ``(key, last use)``, removed from the queue (not from the index)."""

@@ -39,7 +39,7 @@ from pathlib import Path
 from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from . import _fs
-from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
+from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_entry, unlink_regular
 from ._journal import Journal
 from .eviction import FileState, Index, checkpoint_line, manifest_refs, remove_line
 from .eviction import evict as evict_units
@@ -416,26 +416,38 @@ class LocalStore(Store):
         # Shards stay open for the whole eviction, and its journal lines are written at
         # its end in one append (lost in a crash, they only make the index count files
         # that are gone, which the next eviction drops).
-        shards: dict[tuple[str, str], int | None] = {}
+        shards: dict[str, int | None] = {}
         lines: list[bytes] = []
+        regular = [""]  # the key that state() found last, and found a regular file
 
         def shard_of(key: str) -> tuple[int | None, str]:
-            space, name = check_key(key)
-            if (space, name[:2]) not in shards:
+            # Keys here come from the index: parsed from the journal's grammar or found
+            # by a scan under valid names, so "<space>/<digest>" with a hex digest.
+            space, name = key.split("/", 1)
+            where = key[: len(space) + 3]
+            if where not in shards:
                 try:
-                    shards[space, name[:2]] = self._tree.open_sub(space, name[:2])
+                    shards[where] = self._tree.open_sub(space, name[:2])
                 except FileNotFoundError:
-                    shards[space, name[:2]] = None
-            return shards[space, name[:2]], name
+                    shards[where] = None
+            return shards[where], name
 
         def state(key: str) -> FileState | None:
             shard, name = shard_of(key)
             st = lstat_at(shard, name) if shard is not None else None
-            return FileState(st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return None
+            regular[0] = key
+            return FileState(st.st_size, st.st_mtime_ns)
 
         def remove(key: str) -> bool:
             shard, name = shard_of(key)
-            return shard is not None and unlink_regular(shard, name)
+            if shard is None:
+                return False
+            if regular[0] == key:  # just checked by state(): no second lstat
+                regular[0] = ""
+                return unlink_entry(shard, name)
+            return unlink_regular(shard, name)
 
         try:
             plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
@@ -445,7 +457,7 @@ class LocalStore(Store):
                 if fd is not None:
                     os.close(fd)
             lines.append(checkpoint_line(index.total))
-            self._journal.append(b"".join(lines))
+            self._journal.append(b"".join(lines), applied=True)
         return plan.removed
 
     def _rebuild_index(self) -> Index:
