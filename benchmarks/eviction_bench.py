@@ -45,12 +45,14 @@ from artcache.digest import content_digest  # noqa: E402
 from artcache.entries import EntryStore  # noqa: E402
 from artcache.entry import NewBlob  # noqa: E402
 from artcache.store import LocalStore  # noqa: E402
+from artcache.store import _nofollow as nofollow_module  # noqa: E402
 from artcache.store import local as local_module  # noqa: E402
 from artcache.store.eviction import JOURNAL_NAME  # noqa: E402
 
 # Time spent deleting files (the file system's cost of eviction, apart from its
 # bookkeeping): every deletion of the local store goes through unlink_regular (a check,
-# then the unlink) or unlink_entry (the unlink, after eviction's own check).
+# then the unlink) or unlink_entry (the unlink, after eviction's own check), called from
+# local.py or from _nofollow.ShardFiles.
 UNLINK_SECONDS = [0.0]
 
 
@@ -65,7 +67,8 @@ def _timed(unlink):  # type: ignore[no-untyped-def]
 
 
 local_module.unlink_regular = _timed(local_module.unlink_regular)
-local_module.unlink_entry = _timed(local_module.unlink_entry)
+nofollow_module.unlink_regular = _timed(nofollow_module.unlink_regular)
+nofollow_module.unlink_entry = _timed(nofollow_module.unlink_entry)
 
 
 class CountingStore(LocalStore):

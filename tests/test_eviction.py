@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import random
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,8 @@ def test_writes_of_an_uncapped_process_are_counted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [
     "garbage", "torn-line", "bad-crc", "huge-line", "forged-lines", "wrong-header", "empty",
-    "directory", "fifo", "symlink", "hardlink",
+    "directory", "fifo", "symlink", "hardlink", "snapshot-bit-flip", "snapshot-cut-short",
+    "snapshot-refs-left-over", "snapshot-key-twice", "forged-snapshot",
 ])
 def test_a_damaged_or_hostile_journal_never_breaks_a_save(tmp_path: Path, damage: str) -> None:
     root = tmp_path / "store"
@@ -180,9 +182,39 @@ def test_a_damaged_or_hostile_journal_never_breaks_a_save(tmp_path: Path, damage
     entries = entry_store(store)
     fill(entries, "a", 5)
     path = journal(store)
+    if damage.startswith("snapshot"):
+        path.unlink()
+        store.evict(1 << 40)  # rebuilt from a scan: the five entries are in its snapshot
     good = path.read_bytes()
     forged_key = payload_key("forged")
-    if damage == "garbage":
+    header, _newline, rest = good.partition(b"\n")
+    snapshot_bytes = int(header.split(b" ")[5])
+    if damage.startswith("snapshot"):
+        assert snapshot_bytes > 5 * 51
+    if damage == "snapshot-bit-flip":
+        at = len(header) + 1 + snapshot_bytes // 2
+        path.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1:])
+    elif damage in ("snapshot-cut-short", "snapshot-refs-left-over", "snapshot-key-twice", "forged-snapshot"):
+        # Well-formed headers with a matching CRC over snapshots that say the wrong thing.
+        index = eviction.Index()
+        if damage == "forged-snapshot":  # parses: a huge entry that is not there
+            index.put(f"ac/{forged_key}", 1 << 40, 1, (f"cas/{'ab' * 32}",))
+        index.put(f"cas/{'cd' * 32}", 10, 1)
+        snap = index.snapshot()
+        files = len(index.files)
+        if damage == "snapshot-cut-short":
+            snap = snap[:-3]
+        elif damage == "snapshot-refs-left-over":
+            snap += b"x" * 32
+        elif damage == "snapshot-key-twice":
+            snap, files = snap + snap, 2
+        path.write_bytes(eviction.header_line(index.total, files, len(snap), zlib.crc32(snap)) + snap)
+    if damage.startswith("snapshot"):
+        assert LocalStore(root)._journal.index() is None  # refused: the next eviction rebuilds it
+    elif damage == "forged-snapshot":
+        loaded = LocalStore(root)._journal.index()
+        assert loaded is not None and loaded.total == (1 << 40) + 10
+    elif damage == "garbage":
         path.write_bytes(os.urandom(5000))
     elif damage == "torn-line":
         path.write_bytes(good + good.splitlines(keepends=True)[-1][:20])

@@ -38,9 +38,9 @@ class Journal:
 
     A process reads it at two depths.  :meth:`total` (every capped put) needs only the
     bytes the store holds: the header's total plus each later line's size, so a new
-    process reads only what was appended since the journal was last written whole.
-    :meth:`index` (eviction) replays every line into an :class:`Index` once per process,
-    then follows the tail like :meth:`total`.
+    process reads only what was appended since the last checkpoint.  :meth:`index`
+    (eviction) loads the snapshot and replays every line after it into an :class:`Index`
+    once per process, then follows the tail like :meth:`total`.
     """
 
     def __init__(self, root: Callable[[], int]) -> None:
@@ -58,6 +58,7 @@ class Journal:
         self._base_files = 0  # files the header describes
         self._tail_lines = 0
         self._base_end = 0  # where the lines after the header's snapshot begin
+        self._snapshot_crc = 0
         self._damaged = False
         self._index: Index | None = None
 
@@ -178,13 +179,19 @@ class Journal:
             self._header(head[:newline] if newline >= 0 else b"")
             if self._damaged:
                 return
-            # The header's own snapshot lines are in its total: only an index reads them.
-            self._offset = newline + 1 if self._index is not None else self._base_end
             if self._base_end > size:
                 self._damaged = True  # a journal is written whole: this one is cut short
                 return
+            # The header's snapshot is in its total: only an index reads it.
+            self._offset = self._base_end
             if self._index is None:
                 self._from_checkpoint(size)
+            else:
+                snapshot = os.pread(self._fd, self._base_end - newline - 1, newline + 1)
+                if zlib.crc32(snapshot) != self._snapshot_crc:
+                    self._damaged = True
+                    return
+                self._index.load(snapshot, self._base_files)
         if size <= self._offset:
             return
         data = os.pread(self._fd, size - self._offset, self._offset)
@@ -235,20 +242,23 @@ class Journal:
             at = data.rfind(b"\nT ", 0, at)
 
     def _header(self, line: bytes) -> None:
-        """``H <version> <nonce> <total bytes> <files> <snapshot bytes>``: the journal was
-        last written whole holding ``files`` files, one line each, in the ``snapshot
-        bytes`` after the header, ``total bytes`` in all."""
+        """``H <version> <nonce> <total bytes> <files> <snapshot bytes> <snapshot crc>``:
+        the journal was last written whole holding ``files`` files, ``total bytes`` in
+        all, described by the binary snapshot (``Index.snapshot``) in the ``snapshot
+        bytes`` after the header, whose CRC-32 (hex) is ``snapshot crc``."""
         fields = _checked(line)
         try:
-            if fields is None or fields[:2] != [b"H", b"%d" % JOURNAL_VERSION] or len(fields) != 6:
+            if fields is None or fields[:2] != [b"H", b"%d" % JOURNAL_VERSION] or len(fields) != 7:
                 raise ValueError("header")
             total, files, snapshot = int(fields[3]), int(fields[4]), int(fields[5])
             if not (0 <= total <= _MAX_SIZE and 0 <= files and 0 <= snapshot <= MAX_JOURNAL_BYTES):
                 raise ValueError("header range")
+            crc = int(fields[6], 16) if len(fields[6]) == 8 else -1
         except ValueError:
             self._damaged = True
             return
         self._total, self._base_files, self._base_end = total, files, len(line) + 1 + snapshot
+        self._snapshot_crc = crc
 
     def _add(self, line: bytes) -> None:
         """One line's effect on the total (``+``: its size, ``-``: minus its size)."""
@@ -275,8 +285,8 @@ class Journal:
         """Replace the journal with one that holds ``index`` (rebuild or compaction):
         written under ``tmp_dir`` (``temp_name``, which must not exist), then renamed
         into the root."""
-        snapshot = b"".join(index.snapshot())
-        header = header_line(index.total, len(index.files), len(snapshot))
+        snapshot = index.snapshot()
+        header = header_line(index.total, len(index.files), len(snapshot), zlib.crc32(snapshot))
         body = header + snapshot
         fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644, dir_fd=tmp_dir)

@@ -211,6 +211,53 @@ class DirTree:
         self.close()
 
 
+class ShardFiles:
+    """Files named ``<top>/<name>`` (``name`` a hex digest: its shard is ``<top>/<name[:2]>``)
+    for one pass that checks and removes many (eviction): each shard is opened once
+    (:meth:`DirTree.open_sub`) and kept until :meth:`close`.  Not thread-safe."""
+
+    def __init__(self, tree: DirTree) -> None:
+        self._tree = tree
+        self._shards: dict[str, int | None] = {}
+        self._regular = ""  # the key lstat_regular() found last, and found a regular file
+
+    def _shard(self, key: str) -> tuple[int | None, str]:
+        top, name = key.split("/", 1)
+        where = key[: len(top) + 3]
+        if where not in self._shards:
+            try:
+                self._shards[where] = self._tree.open_sub(top, name[:2])
+            except FileNotFoundError:
+                self._shards[where] = None
+        return self._shards[where], name
+
+    def lstat_regular(self, key: str) -> os.stat_result | None:
+        """The status of the file under ``key`` if it is a regular file, else ``None``."""
+        shard, name = self._shard(key)
+        st = lstat_at(shard, name) if shard is not None else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        self._regular = key
+        return st
+
+    def remove(self, key: str) -> bool:
+        """Remove the regular file under ``key``; ``True`` if removed.  Right after
+        :meth:`lstat_regular` found it, without a second check (:func:`unlink_entry`)."""
+        shard, name = self._shard(key)
+        if shard is None:
+            return False
+        if self._regular == key:
+            self._regular = ""
+            return unlink_entry(shard, name)
+        return unlink_regular(shard, name)
+
+    def close(self) -> None:
+        for fd in self._shards.values():
+            if fd is not None:
+                os.close(fd)
+        self._shards.clear()
+
+
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     """The status of entry ``name`` itself (a link is not followed); ``None`` if absent."""
     try:

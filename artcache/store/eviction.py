@@ -13,17 +13,19 @@ still over its cap, oldest first (so only a cap smaller than the saves in flight
 a blob from under a save; that entry then reads as a miss and is rebuilt).
 
 **The journal** (``.evict.journal`` in the store root; ``_journal.py``) is a cache of the store, never the
-truth: one text line per put or removal, each with its own CRC-32::
+truth: a header line, a binary snapshot of the index (:meth:`Index.snapshot`: what the
+store held when the journal was last written whole, loaded in one pass), then one text
+line per put or removal, each line with its own CRC-32::
 
-    H 1 <nonce> <total> <files> <snapshot bytes>         header (see Journal._header)
+    H 2 <nonce> <total> <files> <snapshot bytes> <snapshot crc>   header (Journal._header)
     T <total>                                            checkpoint: the total, after an eviction
     + <space> <name> <bytes> <mtime_ns> <digest,...|->   a file was (re)written; ac: its blobs
     - <space> <name> <bytes>                             a file was removed
 
 A capped put needs only the total: a new process starts from the last checkpoint (each
 eviction ends with one) and then reads only what others appended since, so a save costs
-O(1) bookkeeping.  The first eviction of a process replays the whole journal into an
-index, and each eviction after that costs O(what it removes).  The
+O(1) bookkeeping.  The first eviction of a process loads the snapshot and replays the
+lines after it into an index, and each eviction after that costs O(what it removes).  The
 last-use times in it are hints: eviction checks each candidate's mtime before removing it.
 
 **Concurrency.**  Every put appends its line and publishes its file holding ``.evict.lock``
@@ -34,15 +36,17 @@ evictor looks (the blob is then recent and kept) or finds it gone and writes it 
 
 **Crash story.**  A line is appended before its file is published: a writer killed in
 between leaves a line for a file that is not there, which eviction drops when it checks
-the file.  A torn or foreign line fails its CRC or its parse: the journal counts as damaged,
-and so does a missing one, a wrong header, or one over :data:`MAX_JOURNAL_BYTES`.  A damaged
-journal is rebuilt by a scan of the store under the exclusive lock, written to ``tmp/`` and
-renamed into place.  Compaction (when the journal holds many more lines than the store has
-files) writes the index the same way.
+the file.  A torn or foreign line fails its CRC or its parse: the journal counts as
+damaged, and so does a snapshot that fails its CRC or its parse, a missing journal, a
+wrong header, or one over :data:`MAX_JOURNAL_BYTES`.  A damaged journal is rebuilt by a
+scan of the store under the exclusive lock, written to ``tmp/`` and renamed into place.
+Compaction (when the journal holds many more lines than the store has files) writes the
+index the same way.
 
 **Hostile contents.**  Whoever can write the store can write the journal.  Every line is
-bounded (:data:`MAX_LINE`), checked and parsed against a fixed grammar (names are hex
-digests: nothing in the journal can name a path), a journal that is a link or has other
+bounded (:data:`MAX_LINE`), checked and parsed against a fixed grammar, the snapshot is
+fixed-size records whose sizes and counts are checked (names are hex digests in both:
+nothing in the journal can name a path), a journal that is a link or has other
 names is never opened or appended to, and the worst a forged journal can do is evict
 entries early or late, as anyone who can write the store could anyway.
 """
@@ -52,6 +56,7 @@ from __future__ import annotations
 import heapq
 import re
 import secrets
+import struct
 import zlib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -62,7 +67,7 @@ from ..entry import MAX_BLOBS, decode_envelope
 from ..errors import ArtcacheError
 
 JOURNAL_NAME = ".evict.journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 # A journal larger than this is damage (it is compacted long before, see _needs_compaction).
 MAX_JOURNAL_BYTES = 1 << 30
 MAX_LINE = 96 + MAX_BLOBS * 65
@@ -127,9 +132,15 @@ def checkpoint_line(total: int) -> bytes:
     return _framed(f"T {total}".encode("ascii"))
 
 
-def header_line(total: int, files: int, snapshot_bytes: int) -> bytes:
+def header_line(total: int, files: int, snapshot_bytes: int, snapshot_crc: int = 0) -> bytes:
     """The first line: see :meth:`Journal._header`."""
-    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)} {total} {files} {snapshot_bytes}".encode("ascii"))
+    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)} {total} {files} {snapshot_bytes} "
+                   f"{snapshot_crc:08x}".encode("ascii"))
+
+
+# A snapshot record: keyspace (0: cas, 1: ac), digest, bytes on disk, last use (ns), and
+# how many blob digests of the entry follow all the records (32 bytes each, in order).
+_RECORD = struct.Struct("<B32sQQH")
 
 
 class Index:
@@ -143,8 +154,10 @@ class Index:
         self.total = 0
         self.lines = 0
         self.damaged = False
+        # The eviction queue, built from ``files`` when first needed (pop_oldest): until
+        # then, loading and replaying push nothing.
         self._heap: list[tuple[int, str]] = []
-        self._bulk = False
+        self._queued = False
 
     # -- replay --------------------------------------------------------------------
     def apply(self, line: bytes) -> None:
@@ -178,14 +191,9 @@ class Index:
             raise ValueError("record")
 
     def replay(self, lines: list[bytes]) -> None:
-        """Apply many lines; the eviction queue is built once at the end."""
-        self._bulk = True
-        try:
-            for line in lines:
-                self.apply(line)
-        finally:
-            self._bulk = False
-            self._requeue_all()
+        """Apply many lines."""
+        for line in lines:
+            self.apply(line)
 
     # -- changes -------------------------------------------------------------------
     def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
@@ -200,7 +208,7 @@ class Index:
             self._release(self.refs.pop(key, ()))
             if refs:
                 self.refs[key] = refs
-        if self._bulk:
+        if not self._queued:
             return
         heapq.heappush(self._heap, (mtime_ns, key))
         if len(self._heap) > 2 * len(self.files) + 1024:
@@ -231,7 +239,7 @@ class Index:
             else:
                 self.users.pop(blob, None)
                 freed.append(blob)
-                if blob in self.files and not self._bulk:  # an eviction candidate of its own again
+                if blob in self.files and self._queued:  # an eviction candidate of its own again
                     heapq.heappush(self._heap, (self.files[blob][1], blob))
         return freed
 
@@ -242,10 +250,13 @@ class Index:
         users = self.users
         self._heap = [(t, k) for k, (_s, t) in self.files.items() if k not in users]
         heapq.heapify(self._heap)
+        self._queued = True
 
     def pop_oldest(self) -> tuple[str, int] | None:
         """The least recently used unit (an entry, or a blob no entry names) as
         ``(key, last use)``, removed from the queue (not from the index)."""
+        if not self._queued:
+            self._requeue_all()
         while self._heap:
             mtime, key = heapq.heappop(self._heap)
             current = self.files.get(key)
@@ -258,10 +269,46 @@ class Index:
         if key in self.files:
             heapq.heappush(self._heap, (self.files[key][1], key))
 
-    def snapshot(self) -> Iterable[bytes]:
-        """Journal lines that rebuild this index (for compaction)."""
+    def snapshot(self) -> bytes:
+        """This index as the journal's snapshot: a record per file, then the digests
+        the entries name (see :data:`_RECORD`)."""
+        records, named = [], []
+        pack, refs = _RECORD.pack, self.refs
         for key, (size, mtime) in self.files.items():
-            yield put_line(key, size, mtime, (r[4:] for r in self.refs.get(key, ())))
+            entry = key[0] == "a"
+            blobs = refs.get(key, ()) if entry else ()
+            records.append(pack(entry, bytes.fromhex(key[3 if entry else 4:]), size, mtime, len(blobs)))
+            named.extend(bytes.fromhex(blob[4:]) for blob in blobs)
+        return b"".join(records) + b"".join(named)
+
+    def load(self, snapshot: bytes, files: int) -> None:
+        """Fill an empty index from a snapshot of ``files`` records; damaged if it does
+        not parse as exactly that (sizes and counts are checked, digests are any bytes,
+        and hex names can't name a path)."""
+        end = files * _RECORD.size
+        if len(snapshot) < end:
+            self.damaged = True
+            return
+        named = memoryview(snapshot)[end:]
+        at, total = 0, 0
+        own, users, refs = self.files, self.users, self.refs
+        for entry, digest, size, mtime, count in _RECORD.iter_unpack(memoryview(snapshot)[:end]):
+            if entry > 1 or size > _MAX_SIZE or count > MAX_BLOBS or (count and not entry):
+                self.damaged = True
+                return
+            key = ("ac/" if entry else "cas/") + digest.hex()
+            own[key] = (size, mtime)
+            total += size
+            if count:
+                blobs = tuple("cas/" + named[i : i + 32].hex() for i in range(at, at + 32 * count, 32))
+                at += 32 * count
+                refs[key] = blobs
+                for blob in blobs:
+                    users[blob] = users.get(blob, 0) + 1
+        if at != len(named) or len(own) != files:
+            self.damaged = True  # refs cut short or left over, or a key twice
+            return
+        self.total, self.lines = total, files
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from . import _fs
-from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_entry, unlink_regular
+from ._nofollow import DirTree, ShardFiles, lstat_at, regular_files, subdirectories, unlink_regular
 from ._journal import Journal
 from .eviction import FileState, Index, checkpoint_line, manifest_refs, remove_line
 from .eviction import evict as evict_units
@@ -415,47 +415,20 @@ class LocalStore(Store):
             extra -= f.size
         # Shards stay open for the whole eviction, and its journal lines are written at
         # its end in one append (lost in a crash, they only make the index count files
-        # that are gone, which the next eviction drops).
-        shards: dict[str, int | None] = {}
+        # that are gone, which the next eviction drops).  Keys come from the index:
+        # parsed from the journal's grammar or found by a scan under valid names.
+        files = ShardFiles(self._tree)
         lines: list[bytes] = []
-        regular = [""]  # the key that state() found last, and found a regular file
-
-        def shard_of(key: str) -> tuple[int | None, str]:
-            # Keys here come from the index: parsed from the journal's grammar or found
-            # by a scan under valid names, so "<space>/<digest>" with a hex digest.
-            space, name = key.split("/", 1)
-            where = key[: len(space) + 3]
-            if where not in shards:
-                try:
-                    shards[where] = self._tree.open_sub(space, name[:2])
-                except FileNotFoundError:
-                    shards[where] = None
-            return shards[where], name
 
         def state(key: str) -> FileState | None:
-            shard, name = shard_of(key)
-            st = lstat_at(shard, name) if shard is not None else None
-            if st is None or not stat.S_ISREG(st.st_mode):
-                return None
-            regular[0] = key
-            return FileState(st.st_size, st.st_mtime_ns)
-
-        def remove(key: str) -> bool:
-            shard, name = shard_of(key)
-            if shard is None:
-                return False
-            if regular[0] == key:  # just checked by state(): no second lstat
-                regular[0] = ""
-                return unlink_entry(shard, name)
-            return unlink_regular(shard, name)
+            st = files.lstat_regular(key)
+            return FileState(st.st_size, st.st_mtime_ns) if st is not None else None
 
         try:
             plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
-                               state=state, remove=remove, record=lambda key, size: lines.append(remove_line(key, size)))
+                               state=state, remove=files.remove, record=lambda key, size: lines.append(remove_line(key, size)))
         finally:
-            for fd in shards.values():
-                if fd is not None:
-                    os.close(fd)
+            files.close()
             lines.append(checkpoint_line(index.total))
             self._journal.append(b"".join(lines), applied=True)
         return plan.removed
