@@ -377,3 +377,21 @@ def test_a_new_process_starts_from_the_last_checkpoint(tmp_path: Path) -> None:
     fill(entry_store(LocalStore(tmp_path, max_size=60_000, durable=False)), "c", 25)
     assert store.disk_usage() <= 60_000
     assert_whole_entries(store)
+
+
+def test_own_puts_and_others_lines_enter_the_index_in_journal_order(tmp_path: Path) -> None:
+    # A capped process takes its own puts into its index only when it next needs the
+    # index; lines other processes appended after them still apply after them.
+    a = LocalStore(tmp_path, max_size=10_000_000, durable=False)
+    b = LocalStore(tmp_path, max_size=10_000_000, durable=False)
+    fill(entry_store(a), "a", 2)
+    assert a._journal.index() is not None  # A holds an index from now on
+    first, second = cas_key("1" * 64), cas_key("2" * 64)
+    a.put(first, b"one")
+    a.put(second, b"two")
+    assert b.delete(first)  # B's removal comes after A's put in the journal
+    b.put(second, b"two, again")  # and B's rewrite after A's
+    index = a._journal.index()
+    assert index is not None and first not in index.files
+    assert index.files[second][0] == len(b"two, again") + 28
+    assert index.total == LocalStore(tmp_path)._journal.index().total == a.disk_usage()

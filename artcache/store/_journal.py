@@ -30,6 +30,8 @@ _CHECKPOINT_SEARCH = 8 << 20
 # The journal is rewritten from the index once it holds this many lines more than twice
 # the files it describes: rewriting costs O(files), so it is amortized over the lines.
 COMPACT_MIN_LINES = 16384
+# A process's own puts wait for its next eviction to enter its index, at most this many.
+_MAX_PENDING = 1 << 16
 
 
 class Journal:
@@ -61,6 +63,8 @@ class Journal:
         self._snapshot_crc = 0
         self._damaged = False
         self._index: Index | None = None
+        self._pending: list[PutRecord] = []  # own puts journaled, not yet in the index
+        self._pending_bytes = 0
 
     # -- the file ------------------------------------------------------------------
     def _open(self) -> bool:
@@ -128,6 +132,7 @@ class Journal:
                         for put in puts:
                             self._take_put(*put)
                     elif applied and self._index is not None:
+                        self._flush()
                         self._index.lines += data.count(b"\n")
                         self._tail_lines = self._index.lines - self._base_files
                     else:
@@ -150,6 +155,7 @@ class Journal:
         with self._lock:
             if self._follow(full=True) is None:
                 return None
+            self._flush()
             return self._index
 
     def _follow(self, *, full: bool) -> int | None:
@@ -169,7 +175,7 @@ class Journal:
     def _known(self) -> int | None:
         if self._damaged or (self._index is not None and self._index.damaged):
             return None
-        return self._index.total if self._index is not None else self._total
+        return self._index.total + self._pending_bytes if self._index is not None else self._total
 
     def _read(self, size: int) -> None:
         assert self._fd is not None
@@ -203,17 +209,32 @@ class Journal:
         self._offset += end
 
     def _take_put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...]) -> None:
-        """One put this process just journaled, taken in as its line would be."""
+        """One put this process just journaled, taken in as its line would be: into
+        the index when it is next needed (:meth:`_flush`), its size into the total now
+        (a put over a file already there counts twice until then, as in a total read
+        from the lines: the next eviction is a little early, never late)."""
         if self._index is not None:
-            self._index.lines += 1
-            self._index.put(key, size, mtime_ns, tuple("cas/" + r for r in refs) if key[0] == "a" else ())
-            self._tail_lines = self._index.lines - self._base_files
+            self._pending.append((key, size, mtime_ns, refs))
+            self._pending_bytes += size
+            if len(self._pending) >= _MAX_PENDING:
+                self._flush()
         else:
             self._total += size
-            self._tail_lines += 1
+        self._tail_lines += 1
+
+    def _flush(self) -> None:
+        """Apply this process's own puts that are not in the index yet, in order."""
+        index = self._index
+        if index is None or not self._pending:
+            return
+        for key, size, mtime_ns, refs in self._pending:
+            index.put(key, size, mtime_ns, tuple("cas/" + r for r in refs) if key[0] == "a" else ())
+        index.lines += len(self._pending)
+        self._pending, self._pending_bytes = [], 0
 
     def _take(self, lines: list[bytes]) -> None:
         if self._index is not None:
+            self._flush()  # others' lines come after our own puts
             if len(lines) > 1024:
                 self._index.replay(lines)
             else:
@@ -309,6 +330,7 @@ class Journal:
         with self._lock:
             if self._open():
                 self._index, self._offset = index, len(body)
+                self._pending, self._pending_bytes = [], 0
                 self._total, self._base_files, self._base_end = index.total, len(index.files), len(body)
                 self._tail_lines = 0
                 index.lines = len(index.files)
