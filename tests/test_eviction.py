@@ -395,3 +395,59 @@ def test_own_puts_and_others_lines_enter_the_index_in_journal_order(tmp_path: Pa
     assert index is not None and first not in index.files
     assert index.files[second][0] == len(b"two, again") + 28
     assert index.total == LocalStore(tmp_path)._journal.index().total == a.disk_usage()
+
+
+def keyspace_bytes(store: LocalStore) -> int:
+    return sum(f.size for space in ("cas", "ac") for f in store._scan_space(space))
+
+
+def _dies_mid_save(root: str) -> None:
+    from artcache.store import _fs
+
+    store = LocalStore(root, max_size=200_000, durable=False)
+    published = [0]
+    publish = _fs.publish
+
+    def publish_then_die(*args):  # type: ignore[no-untyped-def]
+        if published[0] == 3:
+            os._exit(17)  # killed: the save's lines are journaled, 3 of its 10 blobs published
+        published[0] += 1
+        publish(*args)
+
+    _fs.publish = publish_then_die
+    save(entry_store(store), "dies", [payload_for(f"dies{i}", 3000) for i in range(10)])
+
+
+def test_a_writer_killed_in_the_middle_of_a_save_leaves_only_whole_entries(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, max_size=200_000, durable=False)
+    entries = entry_store(store)
+    fill(entries, "a", 10)
+    child = FORK.Process(target=_dies_mid_save, args=(str(tmp_path),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 17
+    phantoms = 7 * (3000 + 28)  # journaled, never published
+    assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store) + phantoms
+    fill(entries, "b", 40)  # evictions: the lines of files that are not there are dropped
+    assert store.disk_usage() <= 200_000
+    assert_whole_entries(store)
+    assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store)
+
+
+def test_threads_saving_under_one_cap_keep_the_index_exact(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LocalStore(tmp_path, max_size=150_000, durable=False)
+
+    def saver(n: int) -> None:
+        entries = entry_store(store)
+        for i in range(40):
+            save(entries, f"t{n}-{i}", [payload_for("shared", 2000), payload_for(f"t{n}-{i}", 3000)])
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(saver, n) for n in range(4)]:
+            done.result()  # a thread's failure fails the test
+    assert store.disk_usage() <= 150_000 + 4 * 5100
+    assert_whole_entries(store)
+    assert store._journal.index().total == keyspace_bytes(store)
+    assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store)

@@ -235,11 +235,7 @@ class Journal:
     def _take(self, lines: list[bytes]) -> None:
         if self._index is not None:
             self._flush()  # others' lines come after our own puts
-            if len(lines) > 1024:
-                self._index.replay(lines)
-            else:
-                for line in lines:
-                    self._index.apply(line)
+            self._index.replay(lines)
             self._tail_lines = self._index.lines - self._base_files
         else:
             for line in lines:

@@ -163,37 +163,36 @@ class Index:
     def apply(self, line: bytes) -> None:
         """Apply one journal line (without its newline); a line that fails its checks
         marks the index damaged."""
-        self.lines += 1
-        if len(line) > MAX_LINE or len(line) < 10 or line[-9:-8] != b" ":
-            self.damaged = True
-            return
-        body = line[:-9]
-        try:
-            if int(line[-8:], 16) != zlib.crc32(body):
-                raise ValueError("crc")
-            self._apply(body.decode("ascii"))  # UnicodeDecodeError is a ValueError
-        except ValueError:
-            self.damaged = True
+        self.replay((line,))
 
-    def _apply(self, body: str) -> None:
-        put = _PUT_RE.fullmatch(body)
-        if put is not None:
-            space, name, size, mtime, refs = put.groups()
-            if int(size) > _MAX_SIZE:
-                raise ValueError("range")
-            named = tuple("cas/" + r for r in refs.split(",")) if space == "ac" and refs != "-" else ()
-            self.put(f"{space}/{name}", int(size), int(mtime), named)
-            return
-        removal = _REMOVE_RE.fullmatch(body)
-        if removal is not None:
-            self.remove(f"{removal.group(1)}/{removal.group(2)}")
-        elif _CHECKPOINT_RE.fullmatch(body) is None:  # a checkpoint changes nothing here
-            raise ValueError("record")
-
-    def replay(self, lines: list[bytes]) -> None:
-        """Apply many lines."""
+    def replay(self, lines: Iterable[bytes]) -> None:
+        """Apply journal lines (each without its newline), in order; a line that fails
+        its checks marks the index damaged, and the others still apply."""
+        crc32, put_re, remove_re = zlib.crc32, _PUT_RE.fullmatch, _REMOVE_RE.fullmatch
         for line in lines:
-            self.apply(line)
+            self.lines += 1
+            if len(line) > MAX_LINE or len(line) < 10 or line[-9] != 32:  # b" "
+                self.damaged = True
+                continue
+            body = line[:-9]
+            try:
+                if int(line[-8:], 16) != crc32(body):
+                    raise ValueError("crc")
+                text = body.decode("ascii")  # UnicodeDecodeError is a ValueError
+            except ValueError:
+                self.damaged = True
+                continue
+            if text[0] == "+" and (put := put_re(text)) is not None:
+                space, name, size, mtime, refs = put.groups()
+                if int(size) > _MAX_SIZE:
+                    self.damaged = True
+                    continue
+                named = tuple("cas/" + r for r in refs.split(",")) if space == "ac" and refs != "-" else ()
+                self.put(space + "/" + name, int(size), int(mtime), named)
+            elif text[0] == "-" and (removal := remove_re(text)) is not None:
+                self.remove(removal.group(1) + "/" + removal.group(2))
+            elif _CHECKPOINT_RE.fullmatch(text) is None:  # a checkpoint changes nothing here
+                self.damaged = True
 
     # -- changes -------------------------------------------------------------------
     def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
@@ -247,8 +246,8 @@ class Index:
     def _requeue_all(self) -> None:
         """The queue afresh: every unit (a blob an entry names is not one; it is queued
         again when the last entry naming it goes, see _release)."""
-        users = self.users
-        self._heap = [(t, k) for k, (_s, t) in self.files.items() if k not in users]
+        files = self.files
+        self._heap = [(files[k][1], k) for k in files.keys() - self.users.keys()]
         heapq.heapify(self._heap)
         self._queued = True
 
