@@ -451,3 +451,18 @@ def test_threads_saving_under_one_cap_keep_the_index_exact(tmp_path: Path) -> No
     assert_whole_entries(store)
     assert store._journal.index().total == keyspace_bytes(store)
     assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store)
+
+
+def test_a_file_stamped_before_1970_keeps_the_journal_whole(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, max_size=100_000, durable=False)
+    entries = entry_store(store)
+    fill(entries, "a", 3)
+    old = blob_path(store, payload_for("a0a", 3000))
+    os.utime(old, ns=(-10**9, -10**9), follow_symlinks=False)
+    journal(store).unlink()
+    store.evict(1 << 40)  # rebuilt from a scan that finds the backdated blob
+    index = LocalStore(tmp_path)._journal.index()
+    assert index is not None and index.files[cas_key(old.name)][1] == 0
+    fill(entries, "b", 30)
+    assert not old.exists()  # the least recently used
+    assert_whole_entries(store)
