@@ -466,3 +466,26 @@ def test_a_file_stamped_before_1970_keeps_the_journal_whole(tmp_path: Path) -> N
     fill(entries, "b", 30)
     assert not old.exists()  # the least recently used
     assert_whole_entries(store)
+
+
+@pytest.mark.parametrize("window", [97, 1000, 256 << 10])
+def test_the_last_checkpoint_is_found_behind_many_lines(tmp_path: Path, window: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_journal, "_CHECKPOINT_WINDOW", window)  # windows of any size find it
+    store = LocalStore(tmp_path, max_size=60_000, durable=False)
+    fill(entry_store(store), "a", 30)  # evictions, each ending with a checkpoint
+    text = journal(store).read_bytes()
+    fill(entry_store(LocalStore(tmp_path, durable=False)), "b", 20)  # 60 lines after it
+    started = []
+    search = _journal.Journal._from_checkpoint
+
+    def spy(self, size):  # type: ignore[no-untyped-def]
+        search(self, size)
+        started.append(self._offset)
+
+    monkeypatch.setattr(_journal.Journal, "_from_checkpoint", spy)
+    total = LocalStore(tmp_path, max_size=60_000, durable=False)._journal.total()
+    last = text.rfind(b"\nT ")
+    assert started == [text.index(b"\n", last + 1) + 1]  # just after the last checkpoint
+    whole = LocalStore(tmp_path)._journal.index()
+    assert whole is not None and total == whole.total

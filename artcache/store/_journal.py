@@ -27,6 +27,7 @@ _MAX_HEADER = 256
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # How far back from its end a new process looks for the last checkpoint.
 _CHECKPOINT_SEARCH = 8 << 20
+_CHECKPOINT_WINDOW = 256 << 10
 # The journal is rewritten from the index once it holds this many lines more than twice
 # the files it describes: rewriting costs O(files), so it is amortized over the lines.
 COMPACT_MIN_LINES = 16384
@@ -244,19 +245,25 @@ class Journal:
 
     def _from_checkpoint(self, size: int) -> None:
         """Start from the last checkpoint, if one is near the end: every line before it
-        is in its total."""
+        is in its total.  Searched backwards a window at a time (it is usually within
+        the lines one eviction's worth of puts appends)."""
         assert self._fd is not None
-        start = max(self._base_end, size - _CHECKPOINT_SEARCH)
-        data = os.pread(self._fd, size - start, start)
-        at = data.rfind(b"\nT ")
-        while at >= 0:
-            end = data.find(b"\n", at + 1)
-            fields = _checked(data[at + 1 : end]) if end > 0 else None
-            if fields is not None and len(fields) == 2 and fields[1].isdigit() and len(fields[1]) <= 16:
-                self._total = int(fields[1])
-                self._offset = start + end + 1
-                return
-            at = data.rfind(b"\nT ", 0, at)
+        floor = max(self._base_end, size - _CHECKPOINT_SEARCH)
+        end = size
+        while end > floor:
+            start = max(floor, end - _CHECKPOINT_WINDOW)
+            # Past ``end`` by a checkpoint line's length: one starting before it ends there.
+            data = os.pread(self._fd, min(size, end + 64) - start, start)
+            at = data.rfind(b"\nT ", 0, end - start)
+            while at >= 0:
+                stop = data.find(b"\n", at + 1)
+                fields = _checked(data[at + 1 : stop]) if stop > 0 else None
+                if fields is not None and len(fields) == 2 and fields[1].isdigit() and len(fields[1]) <= 16:
+                    self._total = int(fields[1])
+                    self._offset = start + stop + 1
+                    return
+                at = data.rfind(b"\nT ", 0, at)
+            end = start
 
     def _header(self, line: bytes) -> None:
         """``H <version> <nonce> <total bytes> <files> <snapshot bytes> <snapshot crc>``:
