@@ -219,7 +219,8 @@ class ShardFiles:
     def __init__(self, tree: DirTree) -> None:
         self._tree = tree
         self._shards: dict[str, int | None] = {}
-        self._regular = ""  # the key lstat_regular() found last, and found a regular file
+        # The key mtime_ns() found last, and found a regular file: its shard and name.
+        self._regular: tuple[str, int, str] = ("", -1, "")
 
     def _shard(self, key: str) -> tuple[int | None, str]:
         top, name = key.split("/", 1)
@@ -231,25 +232,24 @@ class ShardFiles:
                 self._shards[where] = None
         return self._shards[where], name
 
-    def lstat_regular(self, key: str) -> os.stat_result | None:
-        """The status of the file under ``key`` if it is a regular file, else ``None``."""
+    def mtime_ns(self, key: str) -> int | None:
+        """The mtime (ns) of the file under ``key`` if it is a regular file, else ``None``."""
         shard, name = self._shard(key)
         st = lstat_at(shard, name) if shard is not None else None
         if st is None or not stat.S_ISREG(st.st_mode):
             return None
-        self._regular = key
-        return st
+        self._regular = (key, shard, name)  # type: ignore[assignment]
+        return st.st_mtime_ns
 
     def remove(self, key: str) -> bool:
         """Remove the regular file under ``key``; ``True`` if removed.  Right after
-        :meth:`lstat_regular` found it, without a second check (:func:`unlink_entry`)."""
-        shard, name = self._shard(key)
-        if shard is None:
-            return False
-        if self._regular == key:
-            self._regular = ""
+        :meth:`mtime_ns` found it, without a second check (:func:`unlink_entry`)."""
+        last, shard, name = self._regular
+        if last == key:
+            self._regular = ("", -1, "")
             return unlink_entry(shard, name)
-        return unlink_regular(shard, name)
+        found, name = self._shard(key)
+        return found is not None and unlink_regular(found, name)
 
     def close(self) -> None:
         for fd in self._shards.values():

@@ -333,14 +333,6 @@ class Index:
         self.total, self.lines = sum(sizes), n
 
 
-@dataclass(frozen=True)
-class FileState:
-    """A key's file as the evictor sees it: bytes on disk and mtime."""
-
-    size: int
-    mtime_ns: int
-
-
 @dataclass
 class EvictionPlan:
     """How an eviction went: the keys it removed and the bytes it believes are left."""
@@ -357,7 +349,7 @@ def evict(
     extra: int,
     keep: Collection[str],
     now_ns: int,
-    state: Callable[[str], FileState | None],
+    state: Callable[[str], int | None],
     remove: Callable[[str], bool],
     record: Callable[[str, int], None],
 ) -> EvictionPlan:
@@ -365,7 +357,7 @@ def evict(
     the index, e.g. temp files of writes in flight).
 
     ``keep``: keys never evicted (the puts that called for this eviction).  ``state(key)``
-    is the file's current state (``None``: absent), ``remove(key)`` deletes it (``False``:
+    is the file's last use now (its mtime in ns; ``None``: absent), ``remove(key)`` deletes it (``False``:
     it was not there), ``record(key, size)`` journals a removal.  Entries go as a
     whole: the manifest first, then each blob no other entry names, unless it was used
     after the entry itself.  A blob no entry names that was used in the last IN_FLIGHT_S
@@ -395,28 +387,28 @@ def evict(
         if key in keep:
             held.append(key)
             continue
-        now_state = state(key)
-        if now_state is None:  # gone already (removed by hand, quarantined, a crashed put)
+        used = state(key)
+        if used is None:  # gone already (removed by hand, quarantined, a crashed put)
             forget(key)  # its blobs, if no longer named, are queued again
             continue
-        if abs(now_state.mtime_ns - hint) > MTIME_SLACK_NS:
-            index.touch(key, now_state.mtime_ns)  # used (or backdated) since: re-queued
+        if abs(used - hint) > MTIME_SLACK_NS:
+            index.touch(key, used)  # used (or backdated) since: re-queued
             continue
-        if key.startswith("cas/") and now_ns - now_state.mtime_ns < in_flight_ns:
-            recent[key] = now_state.mtime_ns
+        if key.startswith("cas/") and now_ns - used < in_flight_ns:
+            recent[key] = used
             continue
         for blob in drop(key):
-            blob_state = state(blob)
-            if blob_state is None:
+            blob_used = state(blob)
+            if blob_used is None:
                 forget(blob)
-            elif blob in keep or blob_state.mtime_ns > now_state.mtime_ns:
+            elif blob in keep or blob_used > used:
                 # Used after its entry: by a save in flight that found it present, or
                 # by a lookup.  Kept, unnamed, and judged like any unnamed blob.
-                if now_ns - blob_state.mtime_ns < in_flight_ns or blob in keep:
-                    index.set_last_use(blob, blob_state.mtime_ns)
-                    recent[blob] = blob_state.mtime_ns
+                if now_ns - blob_used < in_flight_ns or blob in keep:
+                    index.set_last_use(blob, blob_used)
+                    recent[blob] = blob_used
                 else:
-                    index.touch(blob, blob_state.mtime_ns)
+                    index.touch(blob, blob_used)
             else:
                 drop(blob)
     # Last resort: unnamed recent blobs, oldest first, only down to the cap itself.

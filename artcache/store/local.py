@@ -41,7 +41,7 @@ from ..errors import CorruptEntryError, StoreError
 from . import _fs
 from ._nofollow import DirTree, ShardFiles, lstat_at, regular_files, subdirectories, unlink_regular
 from ._journal import Journal
-from .eviction import FileState, Index, checkpoint_line, manifest_refs, remove_line
+from .eviction import Index, checkpoint_line, manifest_refs, remove_line
 from .eviction import evict as evict_units
 from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
@@ -419,14 +419,9 @@ class LocalStore(Store):
         # parsed from the journal's grammar or found by a scan under valid names.
         files = ShardFiles(self._tree)
         lines: list[bytes] = []
-
-        def state(key: str) -> FileState | None:
-            st = files.lstat_regular(key)
-            return FileState(st.st_size, st.st_mtime_ns) if st is not None else None
-
         try:
             plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
-                               state=state, remove=files.remove, record=lambda key, size: lines.append(remove_line(key, size)))
+                               state=files.mtime_ns, remove=files.remove, record=lambda key, size: lines.append(remove_line(key, size)))
         finally:
             files.close()
             lines.append(checkpoint_line(index.total))
