@@ -11,10 +11,11 @@ Layout under ``root``::
     leases/                 lock files of single-flight compiles (``flock``, see leases.py)
 
 Concurrency: any number of processes may read and write at once.  Reads take no lock
-(publication is an atomic rename, so a reader sees a whole file or none).  A put holds
-``.evict.lock`` shared while it journals and publishes its file, and eviction holds it
-exclusive, so an evictor sees every entry published before it and never removes a blob
-that a put has just found present (``eviction.py``: whole entries, an incremental index).
+(publication is an atomic rename, so a reader sees a whole file or none).  A put (or a
+``put_many``, once for all its files) holds ``.evict.lock`` shared while it journals and
+publishes, and eviction holds it exclusive, so an evictor sees every entry published
+before it and never removes a blob that a put has just found present (``eviction.py``:
+whole entries, an incremental index).
 
 A store directory may be shared, so nothing in it is trusted (``_nofollow.py``): every
 operation is relative to a directory descriptor opened without following links, reads
