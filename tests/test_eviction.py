@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import random
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,21 @@ def test_blob_kept_while_any_entry_refers_to_it(tmp_path: Path) -> None:
     assert entries.lookup(last) is not None
 
 
+def test_a_save_larger_than_the_cap_keeps_its_own_blobs(tmp_path: Path) -> None:
+    # The blobs of a save are one batch: evicting for it never takes one of them, so the
+    # manifest that follows never names a blob that is gone.  The store stays over its
+    # cap until the next save, which evicts the whole entry.
+    store = LocalStore(tmp_path, max_size=8_000, durable=False)
+    entries = entry_store(store)
+    big = save(entries, "big", [payload_for(f"big{i}", 3000) for i in range(3)])
+    assert_whole_entries(store)
+    assert entries.lookup(big) is not None
+    small = save(entries, "small", [payload_for("small", 2000)])
+    assert not store.has(ac_key(big)) and entries.lookup(small) is not None
+    assert store.disk_usage() <= 8_000
+    assert_whole_entries(store)
+
+
 class ScanCountingStore(LocalStore):
     """A local store that counts full scans of its keyspaces."""
 
@@ -155,7 +171,8 @@ def test_writes_of_an_uncapped_process_are_counted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [
     "garbage", "torn-line", "bad-crc", "huge-line", "forged-lines", "wrong-header", "empty",
-    "directory", "fifo", "symlink", "hardlink",
+    "directory", "fifo", "symlink", "hardlink", "snapshot-bit-flip", "snapshot-cut-short",
+    "snapshot-refs-left-over", "snapshot-key-twice", "forged-snapshot",
 ])
 def test_a_damaged_or_hostile_journal_never_breaks_a_save(tmp_path: Path, damage: str) -> None:
     root = tmp_path / "store"
@@ -165,9 +182,39 @@ def test_a_damaged_or_hostile_journal_never_breaks_a_save(tmp_path: Path, damage
     entries = entry_store(store)
     fill(entries, "a", 5)
     path = journal(store)
+    if damage.startswith("snapshot"):
+        path.unlink()
+        store.evict(1 << 40)  # rebuilt from a scan: the five entries are in its snapshot
     good = path.read_bytes()
     forged_key = payload_key("forged")
-    if damage == "garbage":
+    header, _newline, rest = good.partition(b"\n")
+    snapshot_bytes = int(header.split(b" ")[5])
+    if damage.startswith("snapshot"):
+        assert snapshot_bytes > 5 * 51
+    if damage == "snapshot-bit-flip":
+        at = len(header) + 1 + snapshot_bytes // 2
+        path.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1:])
+    elif damage in ("snapshot-cut-short", "snapshot-refs-left-over", "snapshot-key-twice", "forged-snapshot"):
+        # Well-formed headers with a matching CRC over snapshots that say the wrong thing.
+        index = eviction.Index()
+        if damage == "forged-snapshot":  # parses: a huge entry that is not there
+            index.put(f"ac/{forged_key}", 1 << 40, 1, (f"cas/{'ab' * 32}",))
+        index.put(f"cas/{'cd' * 32}", 10, 1)
+        snap = index.snapshot()
+        files = len(index.files)
+        if damage == "snapshot-cut-short":
+            snap = snap[:-3]
+        elif damage == "snapshot-refs-left-over":
+            snap += b"x" * 32
+        elif damage == "snapshot-key-twice":
+            snap, files = snap + snap, 2
+        path.write_bytes(eviction.header_line(index.total, files, len(snap), zlib.crc32(snap)) + snap)
+    if damage.startswith("snapshot"):
+        assert LocalStore(root)._journal.index() is None  # refused: the next eviction rebuilds it
+    elif damage == "forged-snapshot":
+        loaded = LocalStore(root)._journal.index()
+        assert loaded is not None and loaded.total == (1 << 40) + 10
+    elif damage == "garbage":
         path.write_bytes(os.urandom(5000))
     elif damage == "torn-line":
         path.write_bytes(good + good.splitlines(keepends=True)[-1][:20])
@@ -330,3 +377,115 @@ def test_a_new_process_starts_from_the_last_checkpoint(tmp_path: Path) -> None:
     fill(entry_store(LocalStore(tmp_path, max_size=60_000, durable=False)), "c", 25)
     assert store.disk_usage() <= 60_000
     assert_whole_entries(store)
+
+
+def test_own_puts_and_others_lines_enter_the_index_in_journal_order(tmp_path: Path) -> None:
+    # A capped process takes its own puts into its index only when it next needs the
+    # index; lines other processes appended after them still apply after them.
+    a = LocalStore(tmp_path, max_size=10_000_000, durable=False)
+    b = LocalStore(tmp_path, max_size=10_000_000, durable=False)
+    fill(entry_store(a), "a", 2)
+    assert a._journal.index() is not None  # A holds an index from now on
+    first, second = cas_key("1" * 64), cas_key("2" * 64)
+    a.put(first, b"one")
+    a.put(second, b"two")
+    assert b.delete(first)  # B's removal comes after A's put in the journal
+    b.put(second, b"two, again")  # and B's rewrite after A's
+    index = a._journal.index()
+    assert index is not None and first not in index.files
+    assert index.files[second][0] == len(b"two, again") + 28
+    assert index.total == LocalStore(tmp_path)._journal.index().total == a.disk_usage()
+
+
+def keyspace_bytes(store: LocalStore) -> int:
+    return sum(f.size for space in ("cas", "ac") for f in store._scan_space(space))
+
+
+def _dies_mid_save(root: str) -> None:
+    from artcache.store import _fs
+
+    store = LocalStore(root, max_size=200_000, durable=False)
+    published = [0]
+    publish = _fs.publish
+
+    def publish_then_die(*args):  # type: ignore[no-untyped-def]
+        if published[0] == 3:
+            os._exit(17)  # killed: the save's lines are journaled, 3 of its 10 blobs published
+        published[0] += 1
+        publish(*args)
+
+    _fs.publish = publish_then_die
+    save(entry_store(store), "dies", [payload_for(f"dies{i}", 3000) for i in range(10)])
+
+
+def test_a_writer_killed_in_the_middle_of_a_save_leaves_only_whole_entries(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, max_size=200_000, durable=False)
+    entries = entry_store(store)
+    fill(entries, "a", 10)
+    child = FORK.Process(target=_dies_mid_save, args=(str(tmp_path),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 17
+    phantoms = 7 * (3000 + 28)  # journaled, never published
+    assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store) + phantoms
+    fill(entries, "b", 40)  # evictions: the lines of files that are not there are dropped
+    assert store.disk_usage() <= 200_000
+    assert_whole_entries(store)
+    assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store)
+
+
+def test_threads_saving_under_one_cap_keep_the_index_exact(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LocalStore(tmp_path, max_size=150_000, durable=False)
+
+    def saver(n: int) -> None:
+        entries = entry_store(store)
+        for i in range(40):
+            save(entries, f"t{n}-{i}", [payload_for("shared", 2000), payload_for(f"t{n}-{i}", 3000)])
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(saver, n) for n in range(4)]:
+            done.result()  # a thread's failure fails the test
+    assert store.disk_usage() <= 150_000 + 4 * 5100
+    assert_whole_entries(store)
+    assert store._journal.index().total == keyspace_bytes(store)
+    assert LocalStore(tmp_path)._journal.index().total == keyspace_bytes(store)
+
+
+def test_a_file_stamped_before_1970_keeps_the_journal_whole(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, max_size=100_000, durable=False)
+    entries = entry_store(store)
+    fill(entries, "a", 3)
+    old = blob_path(store, payload_for("a0a", 3000))
+    os.utime(old, ns=(-10**9, -10**9), follow_symlinks=False)
+    journal(store).unlink()
+    store.evict(1 << 40)  # rebuilt from a scan that finds the backdated blob
+    index = LocalStore(tmp_path)._journal.index()
+    assert index is not None and index.files[cas_key(old.name)][1] == 0
+    fill(entries, "b", 30)
+    assert not old.exists()  # the least recently used
+    assert_whole_entries(store)
+
+
+@pytest.mark.parametrize("window", [97, 1000, 256 << 10])
+def test_the_last_checkpoint_is_found_behind_many_lines(tmp_path: Path, window: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_journal, "_CHECKPOINT_WINDOW", window)  # windows of any size find it
+    store = LocalStore(tmp_path, max_size=60_000, durable=False)
+    fill(entry_store(store), "a", 30)  # evictions, each ending with a checkpoint
+    text = journal(store).read_bytes()
+    fill(entry_store(LocalStore(tmp_path, durable=False)), "b", 20)  # 60 lines after it
+    started = []
+    search = _journal.Journal._from_checkpoint
+
+    def spy(self, size):  # type: ignore[no-untyped-def]
+        search(self, size)
+        started.append(self._offset)
+
+    monkeypatch.setattr(_journal.Journal, "_from_checkpoint", spy)
+    total = LocalStore(tmp_path, max_size=60_000, durable=False)._journal.total()
+    last = text.rfind(b"\nT ")
+    assert started == [text.index(b"\n", last + 1) + 1]  # just after the last checkpoint
+    whole = LocalStore(tmp_path)._journal.index()
+    assert whole is not None and total == whole.total

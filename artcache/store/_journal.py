@@ -27,9 +27,12 @@ _MAX_HEADER = 256
 _JOURNAL_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # How far back from its end a new process looks for the last checkpoint.
 _CHECKPOINT_SEARCH = 8 << 20
+_CHECKPOINT_WINDOW = 256 << 10
 # The journal is rewritten from the index once it holds this many lines more than twice
 # the files it describes: rewriting costs O(files), so it is amortized over the lines.
 COMPACT_MIN_LINES = 16384
+# A process's own puts wait for its next eviction to enter its index, at most this many.
+_MAX_PENDING = 1 << 16
 
 
 class Journal:
@@ -38,9 +41,9 @@ class Journal:
 
     A process reads it at two depths.  :meth:`total` (every capped put) needs only the
     bytes the store holds: the header's total plus each later line's size, so a new
-    process reads only what was appended since the journal was last written whole.
-    :meth:`index` (eviction) replays every line into an :class:`Index` once per process,
-    then follows the tail like :meth:`total`.
+    process reads only what was appended since the last checkpoint.  :meth:`index`
+    (eviction) loads the snapshot and replays every line after it into an :class:`Index`
+    once per process, then follows the tail like :meth:`total`.
     """
 
     def __init__(self, root: Callable[[], int]) -> None:
@@ -58,8 +61,11 @@ class Journal:
         self._base_files = 0  # files the header describes
         self._tail_lines = 0
         self._base_end = 0  # where the lines after the header's snapshot begin
+        self._snapshot_crc = 0
         self._damaged = False
         self._index: Index | None = None
+        self._pending: list[PutRecord] = []  # own puts journaled, not yet in the index
+        self._pending_bytes = 0
 
     # -- the file ------------------------------------------------------------------
     def _open(self) -> bool:
@@ -104,24 +110,38 @@ class Journal:
         return self._lock
 
     # -- writing (the caller holds .evict.lock, shared or exclusive) ---------------
-    def append(self, lines: bytes | Callable[[], PutRecord]) -> None:
-        """Append whole lines, or one put (``lines()`` makes it: only if needed), if the
-        journal exists (if not, the next evictor builds it from a scan, which sees this
-        write)."""
+    def append(self, lines: bytes | Callable[[], list[PutRecord]], *, follow: bool = False,
+               applied: bool = False) -> int | None:
+        """Append whole lines, or puts (``lines()`` makes them: only if needed), in one
+        write, if the journal exists (if not, the next evictor builds it from a scan,
+        which sees these writes).  With ``follow``: return the bytes the store holds, as
+        :meth:`total` would, reading what others appended only if the write did not land
+        where this process's reading stopped; ``None`` if unknown (missing or damaged).
+        ``applied``: the index already holds what these lines say (an evictor's own)."""
         with self._lock:
-            if self._current():
-                assert self._fd is not None
-                put = None if isinstance(lines, bytes) else lines()
-                data = lines if isinstance(lines, bytes) else put_line(*put)  # type: ignore[misc]
-                os.write(self._fd, data)
+            if not self._current():
+                return None
+            assert self._fd is not None
+            puts = None if isinstance(lines, bytes) else lines()
+            data = lines if puts is None else b"".join(put_line(*put) for put in puts)  # type: ignore[misc]
+            if data:
+                os.write(self._fd, data)  # O_APPEND: one write lands whole, after every other
                 # Nothing else was appended since we last read (our write ends where our
                 # reading stopped plus our lines): take our own lines in without reading.
                 if self._offset and not self._damaged and os.lseek(self._fd, 0, os.SEEK_CUR) == self._offset + len(data):
-                    if put is not None:
-                        self._take_put(*put)
+                    if puts is not None:
+                        for put in puts:
+                            self._take_put(*put)
+                    elif applied and self._index is not None:
+                        self._flush()
+                        self._index.lines += data.count(b"\n")
+                        self._tail_lines = self._index.lines - self._base_files
                     else:
                         self._take(data.split(b"\n")[:-1])
                     self._offset += len(data)
+                    if follow:
+                        return self._known()
+            return self._follow(full=False) if follow else None
 
     # -- reading -------------------------------------------------------------------
     def total(self) -> int | None:
@@ -136,6 +156,7 @@ class Journal:
         with self._lock:
             if self._follow(full=True) is None:
                 return None
+            self._flush()
             return self._index
 
     def _follow(self, *, full: bool) -> int | None:
@@ -150,9 +171,12 @@ class Journal:
             self._index = Index()
         if size > self._offset:
             self._read(size)
+        return self._known()
+
+    def _known(self) -> int | None:
         if self._damaged or (self._index is not None and self._index.damaged):
             return None
-        return self._index.total if self._index is not None else self._total
+        return self._index.total + self._pending_bytes if self._index is not None else self._total
 
     def _read(self, size: int) -> None:
         assert self._fd is not None
@@ -162,13 +186,19 @@ class Journal:
             self._header(head[:newline] if newline >= 0 else b"")
             if self._damaged:
                 return
-            # The header's own snapshot lines are in its total: only an index reads them.
-            self._offset = newline + 1 if self._index is not None else self._base_end
             if self._base_end > size:
                 self._damaged = True  # a journal is written whole: this one is cut short
                 return
+            # The header's snapshot is in its total: only an index reads it.
+            self._offset = self._base_end
             if self._index is None:
                 self._from_checkpoint(size)
+            else:
+                snapshot = os.pread(self._fd, self._base_end - newline - 1, newline + 1)
+                if zlib.crc32(snapshot) != self._snapshot_crc:
+                    self._damaged = True
+                    return
+                self._index.load(snapshot, self._base_files)
         if size <= self._offset:
             return
         data = os.pread(self._fd, size - self._offset, self._offset)
@@ -180,22 +210,33 @@ class Journal:
         self._offset += end
 
     def _take_put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...]) -> None:
-        """One put this process just journaled, taken in as its line would be."""
+        """One put this process just journaled, taken in as its line would be: into
+        the index when it is next needed (:meth:`_flush`), its size into the total now
+        (a put over a file already there counts twice until then, as in a total read
+        from the lines: the next eviction is a little early, never late)."""
         if self._index is not None:
-            self._index.lines += 1
-            self._index.put(key, size, mtime_ns, tuple("cas/" + r for r in refs) if key[0] == "a" else ())
-            self._tail_lines = self._index.lines - self._base_files
+            self._pending.append((key, size, mtime_ns, refs))
+            self._pending_bytes += size
+            if len(self._pending) >= _MAX_PENDING:
+                self._flush()
         else:
             self._total += size
-            self._tail_lines += 1
+        self._tail_lines += 1
+
+    def _flush(self) -> None:
+        """Apply this process's own puts that are not in the index yet, in order."""
+        index = self._index
+        if index is None or not self._pending:
+            return
+        for key, size, mtime_ns, refs in self._pending:
+            index.put(key, size, mtime_ns, tuple("cas/" + r for r in refs) if key[0] == "a" else ())
+        index.lines += len(self._pending)
+        self._pending, self._pending_bytes = [], 0
 
     def _take(self, lines: list[bytes]) -> None:
         if self._index is not None:
-            if len(lines) > 1024:
-                self._index.replay(lines)
-            else:
-                for line in lines:
-                    self._index.apply(line)
+            self._flush()  # others' lines come after our own puts
+            self._index.replay(lines)
             self._tail_lines = self._index.lines - self._base_files
         else:
             for line in lines:
@@ -204,35 +245,44 @@ class Journal:
 
     def _from_checkpoint(self, size: int) -> None:
         """Start from the last checkpoint, if one is near the end: every line before it
-        is in its total."""
+        is in its total.  Searched backwards a window at a time (it is usually within
+        the lines one eviction's worth of puts appends)."""
         assert self._fd is not None
-        start = max(self._base_end, size - _CHECKPOINT_SEARCH)
-        data = os.pread(self._fd, size - start, start)
-        at = data.rfind(b"\nT ")
-        while at >= 0:
-            end = data.find(b"\n", at + 1)
-            fields = _checked(data[at + 1 : end]) if end > 0 else None
-            if fields is not None and len(fields) == 2 and fields[1].isdigit() and len(fields[1]) <= 16:
-                self._total = int(fields[1])
-                self._offset = start + end + 1
-                return
-            at = data.rfind(b"\nT ", 0, at)
+        floor = max(self._base_end, size - _CHECKPOINT_SEARCH)
+        end = size
+        while end > floor:
+            start = max(floor, end - _CHECKPOINT_WINDOW)
+            # Past ``end`` by a checkpoint line's length: one starting before it ends there.
+            data = os.pread(self._fd, min(size, end + 64) - start, start)
+            at = data.rfind(b"\nT ", 0, end - start)
+            while at >= 0:
+                stop = data.find(b"\n", at + 1)
+                fields = _checked(data[at + 1 : stop]) if stop > 0 else None
+                if fields is not None and len(fields) == 2 and fields[1].isdigit() and len(fields[1]) <= 16:
+                    self._total = int(fields[1])
+                    self._offset = start + stop + 1
+                    return
+                at = data.rfind(b"\nT ", 0, at)
+            end = start
 
     def _header(self, line: bytes) -> None:
-        """``H <version> <nonce> <total bytes> <files> <snapshot bytes>``: the journal was
-        last written whole holding ``files`` files, one line each, in the ``snapshot
-        bytes`` after the header, ``total bytes`` in all."""
+        """``H <version> <nonce> <total bytes> <files> <snapshot bytes> <snapshot crc>``:
+        the journal was last written whole holding ``files`` files, ``total bytes`` in
+        all, described by the binary snapshot (``Index.snapshot``) in the ``snapshot
+        bytes`` after the header, whose CRC-32 (hex) is ``snapshot crc``."""
         fields = _checked(line)
         try:
-            if fields is None or fields[:2] != [b"H", b"%d" % JOURNAL_VERSION] or len(fields) != 6:
+            if fields is None or fields[:2] != [b"H", b"%d" % JOURNAL_VERSION] or len(fields) != 7:
                 raise ValueError("header")
             total, files, snapshot = int(fields[3]), int(fields[4]), int(fields[5])
             if not (0 <= total <= _MAX_SIZE and 0 <= files and 0 <= snapshot <= MAX_JOURNAL_BYTES):
                 raise ValueError("header range")
+            crc = int(fields[6], 16) if len(fields[6]) == 8 else -1
         except ValueError:
             self._damaged = True
             return
         self._total, self._base_files, self._base_end = total, files, len(line) + 1 + snapshot
+        self._snapshot_crc = crc
 
     def _add(self, line: bytes) -> None:
         """One line's effect on the total (``+``: its size, ``-``: minus its size)."""
@@ -259,8 +309,8 @@ class Journal:
         """Replace the journal with one that holds ``index`` (rebuild or compaction):
         written under ``tmp_dir`` (``temp_name``, which must not exist), then renamed
         into the root."""
-        snapshot = b"".join(index.snapshot())
-        header = header_line(index.total, len(index.files), len(snapshot))
+        snapshot = index.snapshot()
+        header = header_line(index.total, len(index.files), len(snapshot), zlib.crc32(snapshot))
         body = header + snapshot
         fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644, dir_fd=tmp_dir)
@@ -283,6 +333,7 @@ class Journal:
         with self._lock:
             if self._open():
                 self._index, self._offset = index, len(body)
+                self._pending, self._pending_bytes = [], 0
                 self._total, self._base_files, self._base_end = index.total, len(index.files), len(body)
                 self._tail_lines = 0
                 index.lines = len(index.files)

@@ -211,6 +211,53 @@ class DirTree:
         self.close()
 
 
+class ShardFiles:
+    """Files named ``<top>/<name>`` (``name`` a hex digest: its shard is ``<top>/<name[:2]>``)
+    for one pass that checks and removes many (eviction): each shard is opened once
+    (:meth:`DirTree.open_sub`) and kept until :meth:`close`.  Not thread-safe."""
+
+    def __init__(self, tree: DirTree) -> None:
+        self._tree = tree
+        self._shards: dict[str, int | None] = {}
+        # The key mtime_ns() found last, and found a regular file: its shard and name.
+        self._regular: tuple[str, int, str] = ("", -1, "")
+
+    def _shard(self, key: str) -> tuple[int | None, str]:
+        top, name = key.split("/", 1)
+        where = key[: len(top) + 3]
+        if where not in self._shards:
+            try:
+                self._shards[where] = self._tree.open_sub(top, name[:2])
+            except FileNotFoundError:
+                self._shards[where] = None
+        return self._shards[where], name
+
+    def mtime_ns(self, key: str) -> int | None:
+        """The mtime (ns) of the file under ``key`` if it is a regular file, else ``None``."""
+        shard, name = self._shard(key)
+        st = lstat_at(shard, name) if shard is not None else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        self._regular = (key, shard, name)  # type: ignore[assignment]
+        return st.st_mtime_ns
+
+    def remove(self, key: str) -> bool:
+        """Remove the regular file under ``key``; ``True`` if removed.  Right after
+        :meth:`mtime_ns` found it, without a second check (:func:`unlink_entry`)."""
+        last, shard, name = self._regular
+        if last == key:
+            self._regular = ("", -1, "")
+            return unlink_entry(shard, name)
+        found, name = self._shard(key)
+        return found is not None and unlink_regular(found, name)
+
+    def close(self) -> None:
+        for fd in self._shards.values():
+            if fd is not None:
+                os.close(fd)
+        self._shards.clear()
+
+
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     """The status of entry ``name`` itself (a link is not followed); ``None`` if absent."""
     try:
@@ -229,6 +276,18 @@ def unlink_regular(dir_fd: int, name: str) -> bool:
     try:
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
+        return False
+    return True
+
+
+def unlink_entry(dir_fd: int, name: str) -> bool:
+    """Remove ``name``, which the caller has just found to be a regular file with
+    :func:`lstat_at` (:func:`unlink_regular` without its own check); ``True`` if removed.
+    Like there, ``unlinkat`` never follows a link, and a directory swapped in after the
+    check is left (``EISDIR``)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except (FileNotFoundError, IsADirectoryError):
         return False
     return True
 

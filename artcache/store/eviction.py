@@ -13,35 +13,40 @@ still over its cap, oldest first (so only a cap smaller than the saves in flight
 a blob from under a save; that entry then reads as a miss and is rebuilt).
 
 **The journal** (``.evict.journal`` in the store root; ``_journal.py``) is a cache of the store, never the
-truth: one text line per put or removal, each with its own CRC-32::
+truth: a header line, a binary snapshot of the index (:meth:`Index.snapshot`: what the
+store held when the journal was last written whole, loaded in one pass), then one text
+line per put or removal, each line with its own CRC-32::
 
-    H 1 <nonce> <total> <files> <snapshot bytes>         header (see Journal._header)
+    H 2 <nonce> <total> <files> <snapshot bytes> <snapshot crc>   header (Journal._header)
     T <total>                                            checkpoint: the total, after an eviction
     + <space> <name> <bytes> <mtime_ns> <digest,...|->   a file was (re)written; ac: its blobs
     - <space> <name> <bytes>                             a file was removed
 
 A capped put needs only the total: a new process starts from the last checkpoint (each
 eviction ends with one) and then reads only what others appended since, so a save costs
-O(1) bookkeeping.  The first eviction of a process replays the whole journal into an
-index, and each eviction after that costs O(what it removes).  The
+O(1) bookkeeping.  The first eviction of a process loads the snapshot and replays the
+lines after it into an index, and each eviction after that costs O(what it removes).  The
 last-use times in it are hints: eviction checks each candidate's mtime before removing it.
 
 **Concurrency.**  Every put appends its line and publishes its file holding ``.evict.lock``
-shared; eviction, rebuild and compaction hold it exclusive.  So an evictor sees every entry
+shared (a batch of puts, ``put_many``, holds it once and appends its lines in one write);
+eviction, rebuild and compaction hold it exclusive.  So an evictor sees every entry
 published before it started, and a put that re-uses a blob either touches it before the
 evictor looks (the blob is then recent and kept) or finds it gone and writes it again.
 
 **Crash story.**  A line is appended before its file is published: a writer killed in
 between leaves a line for a file that is not there, which eviction drops when it checks
-the file.  A torn or foreign line fails its CRC or its parse: the journal counts as damaged,
-and so does a missing one, a wrong header, or one over :data:`MAX_JOURNAL_BYTES`.  A damaged
-journal is rebuilt by a scan of the store under the exclusive lock, written to ``tmp/`` and
-renamed into place.  Compaction (when the journal holds many more lines than the store has
-files) writes the index the same way.
+the file.  A torn or foreign line fails its CRC or its parse: the journal counts as
+damaged, and so does a snapshot that fails its CRC or its parse, a missing journal, a
+wrong header, or one over :data:`MAX_JOURNAL_BYTES`.  A damaged journal is rebuilt by a
+scan of the store under the exclusive lock, written to ``tmp/`` and renamed into place.
+Compaction (when the journal holds many more lines than the store has files) writes the
+index the same way.
 
 **Hostile contents.**  Whoever can write the store can write the journal.  Every line is
-bounded (:data:`MAX_LINE`), checked and parsed against a fixed grammar (names are hex
-digests: nothing in the journal can name a path), a journal that is a link or has other
+bounded (:data:`MAX_LINE`), checked and parsed against a fixed grammar, the snapshot is
+fixed-size records whose sizes and counts are checked (names are hex digests in both:
+nothing in the journal can name a path), a journal that is a link or has other
 names is never opened or appended to, and the worst a forged journal can do is evict
 entries early or late, as anyone who can write the store could anyway.
 """
@@ -51,9 +56,13 @@ from __future__ import annotations
 import heapq
 import re
 import secrets
+import sys
 import zlib
-from collections.abc import Callable, Iterable
+from array import array
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from itertools import compress
 
 import msgpack
 
@@ -61,7 +70,7 @@ from ..entry import MAX_BLOBS, decode_envelope
 from ..errors import ArtcacheError
 
 JOURNAL_NAME = ".evict.journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 # A journal larger than this is damage (it is compacted long before, see _needs_compaction).
 MAX_JOURNAL_BYTES = 1 << 30
 MAX_LINE = 96 + MAX_BLOBS * 65
@@ -126,9 +135,19 @@ def checkpoint_line(total: int) -> bytes:
     return _framed(f"T {total}".encode("ascii"))
 
 
-def header_line(total: int, files: int, snapshot_bytes: int) -> bytes:
+def header_line(total: int, files: int, snapshot_bytes: int, snapshot_crc: int = 0) -> bytes:
     """The first line: see :meth:`Journal._header`."""
-    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)} {total} {files} {snapshot_bytes}".encode("ascii"))
+    return _framed(f"H {JOURNAL_VERSION} {secrets.token_hex(8)} {total} {files} {snapshot_bytes} "
+                   f"{snapshot_crc:08x}".encode("ascii"))
+
+
+# The snapshot of n files is columns, each in the files' order: n keyspaces (a byte, 0:
+# cas, 1: ac), n digests (32 bytes), n sizes on disk and n last uses in ns (u64 little
+# endian), n counts of blob digests an entry names (u16), then those digests (32 bytes
+# each), entry after entry.  Columns load with a few calls each, not a loop per file.
+_RECORD_BYTES = 1 + 32 + 8 + 8 + 2
+_SPACES = ("cas/", "ac/")
+_SWAP = sys.byteorder != "little"
 
 
 class Index:
@@ -142,50 +161,45 @@ class Index:
         self.total = 0
         self.lines = 0
         self.damaged = False
+        # The eviction queue, built from ``files`` when first needed (pop_oldest): until
+        # then, loading and replaying push nothing.
         self._heap: list[tuple[int, str]] = []
-        self._bulk = False
+        self._queued = False
 
     # -- replay --------------------------------------------------------------------
     def apply(self, line: bytes) -> None:
         """Apply one journal line (without its newline); a line that fails its checks
         marks the index damaged."""
-        self.lines += 1
-        if len(line) > MAX_LINE or len(line) < 10 or line[-9:-8] != b" ":
-            self.damaged = True
-            return
-        body = line[:-9]
-        try:
-            if int(line[-8:], 16) != zlib.crc32(body):
-                raise ValueError("crc")
-            self._apply(body.decode("ascii"))  # UnicodeDecodeError is a ValueError
-        except ValueError:
-            self.damaged = True
+        self.replay((line,))
 
-    def _apply(self, body: str) -> None:
-        put = _PUT_RE.fullmatch(body)
-        if put is not None:
-            space, name, size, mtime, refs = put.groups()
-            if int(size) > _MAX_SIZE:
-                raise ValueError("range")
-            named = tuple("cas/" + r for r in refs.split(",")) if space == "ac" and refs != "-" else ()
-            self.put(f"{space}/{name}", int(size), int(mtime), named)
-            return
-        removal = _REMOVE_RE.fullmatch(body)
-        if removal is not None:
-            self.remove(f"{removal.group(1)}/{removal.group(2)}")
-        elif _CHECKPOINT_RE.fullmatch(body) is None:  # a checkpoint changes nothing here
-            raise ValueError("record")
-
-    def replay(self, lines: list[bytes]) -> None:
-        """Apply many lines; the eviction queue is built once at the end."""
-        self._bulk = True
-        try:
-            for line in lines:
-                self.apply(line)
-        finally:
-            self._bulk = False
-            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
-            heapq.heapify(self._heap)
+    def replay(self, lines: Iterable[bytes]) -> None:
+        """Apply journal lines (each without its newline), in order; a line that fails
+        its checks marks the index damaged, and the others still apply."""
+        crc32, put_re, remove_re = zlib.crc32, _PUT_RE.fullmatch, _REMOVE_RE.fullmatch
+        for line in lines:
+            self.lines += 1
+            if len(line) > MAX_LINE or len(line) < 10 or line[-9] != 32:  # b" "
+                self.damaged = True
+                continue
+            body = line[:-9]
+            try:
+                if int(line[-8:], 16) != crc32(body):
+                    raise ValueError("crc")
+                text = body.decode("ascii")  # UnicodeDecodeError is a ValueError
+            except ValueError:
+                self.damaged = True
+                continue
+            if text[0] == "+" and (put := put_re(text)) is not None:
+                space, name, size, mtime, refs = put.groups()
+                if int(size) > _MAX_SIZE:
+                    self.damaged = True
+                    continue
+                named = tuple("cas/" + r for r in refs.split(",")) if space == "ac" and refs != "-" else ()
+                self.put(space + "/" + name, int(size), int(mtime), named)
+            elif text[0] == "-" and (removal := remove_re(text)) is not None:
+                self.remove(removal.group(1) + "/" + removal.group(2))
+            elif _CHECKPOINT_RE.fullmatch(text) is None:  # a checkpoint changes nothing here
+                self.damaged = True
 
     # -- changes -------------------------------------------------------------------
     def put(self, key: str, size: int, mtime_ns: int, refs: tuple[str, ...] = ()) -> None:
@@ -200,12 +214,11 @@ class Index:
             self._release(self.refs.pop(key, ()))
             if refs:
                 self.refs[key] = refs
-        if self._bulk:
+        if not self._queued:
             return
         heapq.heappush(self._heap, (mtime_ns, key))
         if len(self._heap) > 2 * len(self.files) + 1024:
-            self._heap = [(t, k) for k, (_s, t) in self.files.items()]
-            heapq.heapify(self._heap)
+            self._requeue_all()
 
     def remove(self, key: str) -> list[str]:
         """Forget ``key``; the blobs no entry names any more (if it was an entry)."""
@@ -232,14 +245,24 @@ class Index:
             else:
                 self.users.pop(blob, None)
                 freed.append(blob)
-                if blob in self.files and not self._bulk:  # an eviction candidate of its own again
+                if blob in self.files and self._queued:  # an eviction candidate of its own again
                     heapq.heappush(self._heap, (self.files[blob][1], blob))
         return freed
 
     # -- eviction order ------------------------------------------------------------
+    def _requeue_all(self) -> None:
+        """The queue afresh: every unit (a blob an entry names is not one; it is queued
+        again when the last entry naming it goes, see _release)."""
+        files = self.files
+        self._heap = [(files[k][1], k) for k in files.keys() - self.users.keys()]
+        heapq.heapify(self._heap)
+        self._queued = True
+
     def pop_oldest(self) -> tuple[str, int] | None:
         """The least recently used unit (an entry, or a blob no entry names) as
         ``(key, last use)``, removed from the queue (not from the index)."""
+        if not self._queued:
+            self._requeue_all()
         while self._heap:
             mtime, key = heapq.heappop(self._heap)
             current = self.files.get(key)
@@ -252,18 +275,62 @@ class Index:
         if key in self.files:
             heapq.heappush(self._heap, (self.files[key][1], key))
 
-    def snapshot(self) -> Iterable[bytes]:
-        """Journal lines that rebuild this index (for compaction)."""
-        for key, (size, mtime) in self.files.items():
-            yield put_line(key, size, mtime, (r[4:] for r in self.refs.get(key, ())))
+    def snapshot(self) -> bytes:
+        """This index as the journal's snapshot (see :data:`_RECORD_BYTES`)."""
+        keys, values, refs = list(self.files), list(self.files.values()), self.refs
+        named = [refs.get(key, ()) for key in keys]
+        columns = [
+            array("Q", [size for size, _t in values]),
+            array("Q", [max(t, 0) for _s, t in values]),  # a file may be stamped before 1970
+            array("H", [len(blobs) for blobs in named]),
+        ]
+        if _SWAP:
+            for column in columns:
+                column.byteswap()
+        return b"".join([
+            bytes(key[0] == "a" for key in keys),
+            bytes.fromhex("".join([key[3:] if key[0] == "a" else key[4:] for key in keys])),
+            *(column.tobytes() for column in columns),
+            bytes.fromhex("".join([blob[4:] for blobs in named for blob in blobs])),
+        ])
 
-
-@dataclass(frozen=True)
-class FileState:
-    """A key's file as the evictor sees it: bytes on disk and mtime."""
-
-    size: int
-    mtime_ns: int
+    def load(self, snapshot: bytes, files: int) -> None:
+        """Fill an empty index from a snapshot of ``files`` files; damaged if it does not
+        parse as exactly that (sizes and counts are checked, digests are any bytes, and
+        hex names can't name a path)."""
+        n = files
+        view = memoryview(snapshot)
+        if len(view) < n * _RECORD_BYTES:
+            self.damaged = True
+            return
+        spaces = view[:n]
+        sizes, mtimes, counts = array("Q"), array("Q"), array("H")
+        sizes.frombytes(view[33 * n : 41 * n])
+        mtimes.frombytes(view[41 * n : 49 * n])
+        counts.frombytes(view[49 * n : 51 * n])
+        if _SWAP:
+            for column in (sizes, mtimes, counts):
+                column.byteswap()
+        named = view[51 * n :].hex()
+        if n and (max(spaces) > 1 or max(sizes) > _MAX_SIZE or max(counts) > MAX_BLOBS) or len(named) != 64 * sum(counts):
+            self.damaged = True
+            return
+        digests = view[n : 33 * n].hex()
+        keys = list(map(str.__add__, map(_SPACES.__getitem__, spaces), (digests[i : i + 64] for i in range(0, 64 * n, 64))))
+        self.files = dict(zip(keys, zip(sizes, mtimes)))
+        if len(self.files) != n:
+            self.damaged = True  # a key twice
+            return
+        blobs = ["cas/" + named[i : i + 64] for i in range(0, len(named), 64)]
+        at = 0
+        for i in compress(range(n), counts):  # the entries that name blobs
+            if not spaces[i]:
+                self.damaged = True  # a blob naming blobs
+                return
+            self.refs[keys[i]] = tuple(blobs[at : at + counts[i]])
+            at += counts[i]
+        self.users = dict(Counter(blobs))
+        self.total, self.lines = sum(sizes), n
 
 
 @dataclass
@@ -280,17 +347,18 @@ def evict(
     cap: int,
     target: int,
     extra: int,
-    keep: str | None,
+    keep: Collection[str],
     now_ns: int,
-    state: Callable[[str], FileState | None],
+    state: Callable[[str], int | None],
     remove: Callable[[str], bool],
     record: Callable[[str, int], None],
 ) -> EvictionPlan:
     """Bring ``index.total + extra`` down to ``target`` (``extra``: bytes on disk outside
     the index, e.g. temp files of writes in flight).
 
-    ``state(key)`` is the file's current state (``None``: absent), ``remove(key)`` deletes
-    it (``False``: it was not there), ``record(key, size)`` journals a removal.  Entries go as a
+    ``keep``: keys never evicted (the puts that called for this eviction).  ``state(key)``
+    is the file's last use now (its mtime in ns; ``None``: absent), ``remove(key)`` deletes it (``False``:
+    it was not there), ``record(key, size)`` journals a removal.  Entries go as a
     whole: the manifest first, then each blob no other entry names, unless it was used
     after the entry itself.  A blob no entry names that was used in the last IN_FLIGHT_S
     seconds may be one a save in flight has just written or found present (its manifest
@@ -316,38 +384,38 @@ def evict(
         if unit is None:
             break
         key, hint = unit
-        if key == keep:
+        if key in keep:
             held.append(key)
             continue
-        now_state = state(key)
-        if now_state is None:  # gone already (removed by hand, quarantined, a crashed put)
+        used = state(key)
+        if used is None:  # gone already (removed by hand, quarantined, a crashed put)
             forget(key)  # its blobs, if no longer named, are queued again
             continue
-        if abs(now_state.mtime_ns - hint) > MTIME_SLACK_NS:
-            index.touch(key, now_state.mtime_ns)  # used (or backdated) since: re-queued
+        if abs(used - hint) > MTIME_SLACK_NS:
+            index.touch(key, used)  # used (or backdated) since: re-queued
             continue
-        if key.startswith("cas/") and now_ns - now_state.mtime_ns < in_flight_ns:
-            recent[key] = now_state.mtime_ns
+        if key.startswith("cas/") and now_ns - used < in_flight_ns:
+            recent[key] = used
             continue
         for blob in drop(key):
-            blob_state = state(blob)
-            if blob_state is None:
+            blob_used = state(blob)
+            if blob_used is None:
                 forget(blob)
-            elif blob == keep or blob_state.mtime_ns > now_state.mtime_ns:
+            elif blob in keep or blob_used > used:
                 # Used after its entry: by a save in flight that found it present, or
                 # by a lookup.  Kept, unnamed, and judged like any unnamed blob.
-                if now_ns - blob_state.mtime_ns < in_flight_ns or blob == keep:
-                    index.set_last_use(blob, blob_state.mtime_ns)
-                    recent[blob] = blob_state.mtime_ns
+                if now_ns - blob_used < in_flight_ns or blob in keep:
+                    index.set_last_use(blob, blob_used)
+                    recent[blob] = blob_used
                 else:
-                    index.touch(blob, blob_state.mtime_ns)
+                    index.touch(blob, blob_used)
             else:
                 drop(blob)
     # Last resort: unnamed recent blobs, oldest first, only down to the cap itself.
     for key in sorted(recent, key=recent.__getitem__):
         if index.total + extra <= cap:
             break
-        if key != keep and key in index.files and index.users.get(key, 0) == 0:
+        if key not in keep and key in index.files and index.users.get(key, 0) == 0:
             drop(key)
     for key in held + list(recent):
         index.requeue(key)

@@ -11,10 +11,11 @@ Layout under ``root``::
     leases/                 lock files of single-flight compiles (``flock``, see leases.py)
 
 Concurrency: any number of processes may read and write at once.  Reads take no lock
-(publication is an atomic rename, so a reader sees a whole file or none).  A put holds
-``.evict.lock`` shared while it journals and publishes its file, and eviction holds it
-exclusive, so an evictor sees every entry published before it and never removes a blob
-that a put has just found present (``eviction.py``: whole entries, an incremental index).
+(publication is an atomic rename, so a reader sees a whole file or none).  A put (or a
+``put_many``, once for all its files) holds ``.evict.lock`` shared while it journals and
+publishes, and eviction holds it exclusive, so an evictor sees every entry published
+before it and never removes a blob that a put has just found present (``eviction.py``:
+whole entries, an incremental index).
 
 A store directory may be shared, so nothing in it is trusted (``_nofollow.py``): every
 operation is relative to a directory descriptor opened without following links, reads
@@ -39,9 +40,9 @@ from pathlib import Path
 from ..digest import content_digest
 from ..errors import CorruptEntryError, StoreError
 from . import _fs
-from ._nofollow import DirTree, lstat_at, regular_files, subdirectories, unlink_regular
+from ._nofollow import DirTree, ShardFiles, lstat_at, regular_files, subdirectories, unlink_regular
 from ._journal import Journal
-from .eviction import FileState, Index, checkpoint_line, manifest_refs, remove_line
+from .eviction import Index, checkpoint_line, manifest_refs, remove_line
 from .eviction import evict as evict_units
 from .base import KEYSPACES, MAX_MANIFEST_BYTES, KeyInfo, Store, check_key
 from .leases import FileLease, Lease
@@ -172,37 +173,56 @@ class LocalStore(Store):
         return found[0] if found is not None else None
 
     def put(self, key: str, data: bytes) -> None:
+        self.put_many({key: data})
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        """Write each value like :meth:`put`, in order, holding ``.evict.lock`` shared
+        once for all of them: their journal lines go in one append before the first is
+        published, and a capped store accounts (and evicts) once, after the last."""
         self._check_writable()
-        space, name = check_key(key)
-        if space == "ac" and len(data) > MAX_MANIFEST_BYTES:
-            raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
-        if self.max_size is not None and len(data) + _fs.TRAILER_SIZE > self.max_size:
-            raise StoreError(f"{key}: {len(data)} bytes exceed the store cap {self.max_size}")
-        def record() -> tuple[str, int, int, tuple[str, ...]]:  # made only where there is a journal
-            refs = manifest_refs(data) if space == "ac" else ()
-            return key, len(data) + _fs.TRAILER_SIZE, time.time_ns(), refs
+        todo = []
+        for key, data in items.items():
+            space, name = check_key(key)
+            if space == "ac" and len(data) > MAX_MANIFEST_BYTES:
+                raise StoreError(f"{key}: a {len(data)}-byte manifest exceeds the {MAX_MANIFEST_BYTES}-byte bound")
+            if self.max_size is not None and len(data) + _fs.TRAILER_SIZE > self.max_size:
+                raise StoreError(f"{key}: {len(data)} bytes exceed the store cap {self.max_size}")
+            todo.append((key, space, name, data))
+        if not todo:
+            return
+        shards: list[int] = []
+        new: list[tuple[int, str, str, str, bytes]] = []
+        current = todo[0][0]  # the key being written, for the message if it fails
+
+        def records() -> list[tuple[str, int, int, tuple[str, ...]]]:  # made only where there is a journal
+            now = time.time_ns()
+            return [(key, len(data) + _fs.TRAILER_SIZE, now, manifest_refs(data) if space == "ac" else ())
+                    for _shard, key, space, _name, data in new]
 
         try:
-            shard = self._tree.open_sub(space, name[:2], create=True)
             try:
                 with self._lock(fcntl.LOCK_SH):
-                    # Content-addressed and already present with exactly these bytes:
-                    # touch it (an evictor, which waits for this lock, then sees it in
-                    # use) and stop.  Bytes that differ, fail their trailer, or are not a
-                    # regular file are replaced: a damaged or planted blob heals on the
-                    # next legitimate save.
-                    if space == "cas" and _fs.holds(shard, name, data):
-                        return
-                    # Journaled before it is published: a crash in between leaves a line
-                    # for a file that is not there, which eviction drops.
-                    self._journal.append(record)
-                    self._write(shard, space, name, data)
+                    for current, space, name, data in todo:
+                        shards.append(self._tree.open_sub(space, name[:2], create=True))
+                        # Content-addressed and already present with exactly these bytes:
+                        # touch it (an evictor, which waits for this lock, then sees it in
+                        # use) and skip it.  Bytes that differ, fail their trailer, or are
+                        # not a regular file are replaced: a damaged or planted blob heals
+                        # on the next legitimate save.
+                        if not (space == "cas" and _fs.holds(shards[-1], name, data)):
+                            new.append((shards[-1], current, space, name, data))
+                    # Journaled before any is published: a crash in between leaves lines
+                    # for files that are not there, which eviction drops.
+                    total = self._journal.append(records, follow=self.max_size is not None)
+                    for shard, current, space, name, data in new:
+                        self._write(shard, space, name, data)
             finally:
-                os.close(shard)
+                for shard in shards:
+                    os.close(shard)
         except OSError as exc:
-            raise StoreError(f"write {key} to {self.url}: {exc}") from exc
+            raise StoreError(f"write {current} to {self.url}: {exc}") from exc
         if self.max_size is not None:
-            self._account(keep=key)
+            self._account(total, keep=frozenset(key for key, *_rest in todo))
 
     def _write(self, shard: int, space: str, name: str, data: bytes) -> None:
         tmp_dir = self._tree.top("tmp", create=True)
@@ -364,9 +384,9 @@ class LocalStore(Store):
         if keep is not None:
             check_key(keep)
         target = int(max_size * low_water)
-        return self._evict(target, target, keep)
+        return self._evict(target, target, frozenset({keep} if keep is not None else ()))
 
-    def _evict(self, cap: int, target: int, keep: str | None) -> list[str]:
+    def _evict(self, cap: int, target: int, keep: frozenset[str]) -> list[str]:
         """If the store holds more than ``cap``, bring it to ``target`` (eviction.evict)."""
         try:
             with self._lock(fcntl.LOCK_EX), self._journal.held():
@@ -380,7 +400,7 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"evict from {self.url}: {exc}") from exc
 
-    def _evict_locked(self, index: Index, cap: int, target: int, keep: str | None) -> list[str]:
+    def _evict_locked(self, index: Index, cap: int, target: int, keep: frozenset[str]) -> list[str]:
         extras = list(self._extra_files())
         extra = sum(f.size for f in extras)
         if index.total + extra <= cap:
@@ -396,37 +416,17 @@ class LocalStore(Store):
             extra -= f.size
         # Shards stay open for the whole eviction, and its journal lines are written at
         # its end in one append (lost in a crash, they only make the index count files
-        # that are gone, which the next eviction drops).
-        shards: dict[tuple[str, str], int | None] = {}
+        # that are gone, which the next eviction drops).  Keys come from the index:
+        # parsed from the journal's grammar or found by a scan under valid names.
+        files = ShardFiles(self._tree)
         lines: list[bytes] = []
-
-        def shard_of(key: str) -> tuple[int | None, str]:
-            space, name = check_key(key)
-            if (space, name[:2]) not in shards:
-                try:
-                    shards[space, name[:2]] = self._tree.open_sub(space, name[:2])
-                except FileNotFoundError:
-                    shards[space, name[:2]] = None
-            return shards[space, name[:2]], name
-
-        def state(key: str) -> FileState | None:
-            shard, name = shard_of(key)
-            st = lstat_at(shard, name) if shard is not None else None
-            return FileState(st.st_size, st.st_mtime_ns) if st is not None and stat.S_ISREG(st.st_mode) else None
-
-        def remove(key: str) -> bool:
-            shard, name = shard_of(key)
-            return shard is not None and unlink_regular(shard, name)
-
         try:
             plan = evict_units(index, cap=cap, target=target, extra=extra, keep=keep, now_ns=time.time_ns(),
-                               state=state, remove=remove, record=lambda key, size: lines.append(remove_line(key, size)))
+                               state=files.mtime_ns, remove=files.remove, record=lambda key, size: lines.append(remove_line(key, size)))
         finally:
-            for fd in shards.values():
-                if fd is not None:
-                    os.close(fd)
+            files.close()
             lines.append(checkpoint_line(index.total))
-            self._journal.append(b"".join(lines))
+            self._journal.append(b"".join(lines), applied=True)
         return plan.removed
 
     def _rebuild_index(self) -> Index:
@@ -502,14 +502,10 @@ class LocalStore(Store):
         except FileNotFoundError:
             pass
 
-    def _account(self, *, keep: str) -> None:
-        """After a capped put: read what was journaled since the last put (this one
-        included) and evict if the store is over its cap."""
+    def _account(self, total: int | None, *, keep: frozenset[str]) -> None:
+        """After a capped put: evict if the store is over its cap.  ``total``: the bytes
+        the store holds, as the put's journal append left them (``None``: unknown)."""
         assert self.max_size is not None
-        try:
-            total = self._journal.total()
-        except OSError as exc:
-            raise StoreError(f"read the index of {self.url}: {exc}") from exc
         if total is None or total > self.max_size or self._journal.needs_compaction():
             self._evict(self.max_size, int(self.max_size * EVICT_LOW_WATER), keep)
 
