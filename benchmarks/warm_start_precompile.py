@@ -13,6 +13,9 @@ artcache-warm            ``backend=Cache().backend()`` on the store artcache's c
                          filled, with new empty torch dirs (Dynamo traces, graphs hit)
 artcache-precompile      ``artcache.precompile(model)`` on the store its cold run filled,
                          new empty torch dirs: a frame hit skips Dynamo's tracing too
+artcache-pc-compile      ``torch.compile(model, backend="artcache", options={"precompile":
+                         True})`` on the store its cold run filled, new empty torch dirs:
+                         the same tier through torch's precompile-entry hook
 torch-aot-load           ``torch.compiler.load_compiled_function`` of the file
                          ``torch.compile(fullgraph=True).aot_compile`` saved, with the
                          Inductor cache dir the save filled (where fullgraph works)
@@ -49,10 +52,11 @@ REPO = THIS.parent.parent
 sys.path.insert(0, str(THIS.parent))
 from warm_start_models import BUILDERS  # noqa: E402
 
-FLOOR, AC_WARM, PRECOMPILE, AOT, AOT_FRESH = (
-    "floor", "artcache-warm", "artcache-precompile", "torch-aot-load", "torch-aot-load-fresh")
-VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, AOT, AOT_FRESH)
-PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", AOT: "torch-aot-save"}
+FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH = (
+    "floor", "artcache-warm", "artcache-precompile", "artcache-pc-compile", "torch-aot-load", "torch-aot-load-fresh")
+VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH)
+PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", PC_COMPILE: "artcache-pc-compile-cold",
+           AOT: "torch-aot-save"}
 
 
 # -- child ---------------------------------------------------------------------------------
@@ -83,6 +87,8 @@ def child_main(args: argparse.Namespace) -> None:
         fn = torch.compile(workload.model, backend=cache.backend())  # type: ignore[union-attr]
     elif args.variant in (PRECOMPILE, "artcache-precompile-cold"):
         fn = artcache.precompile(workload.model, cache=cache)
+    elif args.variant in (PC_COMPILE, "artcache-pc-compile-cold"):
+        fn = torch.compile(workload.model, backend="artcache", options={"precompile": True})
     elif args.variant == "torch-aot-save":
         if example is None:
             raise SystemExit(f"no aot_compile example input for {args.model}")
@@ -115,6 +121,7 @@ def child_main(args: argparse.Namespace) -> None:
         result["replayed"] = fn.replayed
         result["fallbacks"] = dict(fn.reasons)
         result["refusals"] = fn.refusals
+    result["dynamo_frames"] = torch._dynamo.utils.counters["frames"]["total"]  # frames Dynamo traced
     if cache is not None:
         s = cache.stats()
         result["artcache"] = {"hits": s.hits, "misses": dict(s.misses), "saves": s.saves, "uncacheable": dict(s.uncacheable)}
@@ -142,9 +149,11 @@ def steady_main(args: argparse.Namespace) -> None:
     workload = BUILDERS[args.models.split(",")[0]](torch.device(args.device))
     cache = artcache.Cache()
     paths = {"artcache-precompile": artcache.precompile(workload.model, cache=cache),
+             "torch.compile precompile": torch.compile(workload.model, backend=cache.backend(options={"precompile": True})),
              "artcache (Dynamo's guards)": torch.compile(workload.model, backend=cache.backend())}
     for fn in paths.values():
         workload.step(fn)
+    traced = torch._dynamo.utils.counters["frames"]["total"]
     rounds: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.repeats * 10):
         for name, fn in paths.items():
@@ -155,7 +164,9 @@ def steady_main(args: argparse.Namespace) -> None:
     for name, times in rounds.items():
         print(f"{name:28s} median {statistics.median(times) * 1e3:.3f} ms  min {min(times) * 1e3:.3f} ms")
     replayed = paths["artcache-precompile"]
-    print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}")
+    print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}; Dynamo traced "
+          f"{traced} frames in the first calls (the plain artcache path's), "
+          f"{torch._dynamo.utils.counters['frames']['total'] - traced} after")
 
 
 # -- parent --------------------------------------------------------------------------------
@@ -185,7 +196,8 @@ def _dirs(root: Path, name: str) -> dict[str, str]:
 
 
 def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, list[dict[str, Any]]]:
-    stores = {AC_WARM: f"file://{root}/store-plain", PRECOMPILE: f"file://{root}/store-precompile"}
+    stores = {AC_WARM: f"file://{root}/store-plain", PRECOMPILE: f"file://{root}/store-precompile",
+              PC_COMPILE: f"file://{root}/store-pc-compile"}
     print(f"{model}: preparing (untimed)", flush=True)
     prepared = {}
     for variant, prep in PREPARE.items():
@@ -236,6 +248,7 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str,
                 notes.append(f"replayed {[r['replayed'] for r in mine]}; fallbacks {mine[0]['fallbacks'] or 'none'}")
                 if mine[0]["refusals"]:
                     notes.append(f"not precompilable: {mine[0]['refusals']}")
+            notes.append(f"Dynamo traced {[r.get('dynamo_frames') for r in mine]} frames")
             if "artcache" in mine[0]:
                 a = mine[0]["artcache"]
                 notes.append(f"hits {a['hits']} misses {a['misses'] or 0} saves {a['saves']}")
