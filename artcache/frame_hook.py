@@ -15,7 +15,11 @@ with the frame's locals:
   hook) runs the compiled graph instead of the frame.  Dynamo does not trace;
 * otherwise, once per frame key in a process: the frame entry is looked up, its guards
   evaluated on the locals, the graph entry loaded and checked (as for ``artcache.precompile``,
-  :class:`~artcache.frames.FrameTier`); a hit is served as above;
+  :class:`~artcache.frames.FrameTier`); a hit is served as above.  Its checks are then
+  also built into a tree of torch's own C++ guards (:mod:`artcache._torch.guard_tree`),
+  installed ahead of this guard: later calls cost what Dynamo's guards cost, plus reading
+  the graph inputs and checking their aliasing in Python (inputs that alias otherwise go
+  through Dynamo);
 * an absent entry: the entry's code calls the function again through the same compiled
   context with the hook declining once, so that Dynamo traces it with the recording backend;
   the frame entry is saved when the frame qualifies, else the reason is counted;
@@ -32,12 +36,13 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from ._torch import precompile_hook
+from ._torch import guard_tree, precompile_hook
 from .entries import EntryStore
 from .errors import ArtcacheError, CorruptEntryError, Uncacheable
 from .frame_entry import CONSTANTS
@@ -54,36 +59,56 @@ class _State(threading.local):
 
 
 _state = _State()
+_HOOKS: weakref.WeakSet[CompileHook] = weakref.WeakSet()
+
+
+def attached() -> list[CompileHook]:
+    """The hooks attached in this process (their ``replayed``, ``reasons``, ``refusals``
+    say what the tier did; benchmarks and tests read them)."""
+    return list(_HOOKS)
 
 
 class CompileHook(FrameTier):
     """The precompile tier for one ``torch.compile`` call of ``func``'s frames."""
 
-    wrapped_frames = False
     records_always = False
 
-    def __init__(self, func: Any, cache: EntryStore, backend: Any, recorder: Recorder) -> None:
-        super().__init__(func, cache, backend)
+    def __init__(self, fn: Any, traced: tuple[Any, Any, bool], cache: EntryStore, backend: Any,
+                 recorder: Recorder) -> None:
+        frame_fn, code_fn, wrapped = traced
+        super().__init__(code_fn, cache, backend)
         self._recorder = recorder
         recorder.recording = False
-        self._signature = inspect.signature(func)
-        code = func.__code__
+        self._wrapped = wrapped
+        self.wrapped_frames = wrapped  # serve only entries recorded on the same kind of frame
+        # The function whose frame is served (torch's inline wrapper around fn, or fn's own).
+        self._frame_fn = frame_fn
+        self._call_signature = inspect.signature(frame_fn, follow_wrapped=False)
+        # How the wrapper's call binds to fn's own code (for the frame key, as the wrapper
+        # artcache.precompile keys it): a module or bound method is the code's first argument.
+        self._key_signature = inspect.signature(code_fn)
+        self._key_self = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        code = frame_fn.__code__
         self._code = code
-        self._cells = dict(zip(code.co_freevars, func.__closure__ or ()))
+        self._cells = dict(zip(code.co_freevars, frame_fn.__closure__ or ()))
         self._rerun: Callable[..., Any] | None = None
+        self._replacement: Any = None
         self._looked_up: set[Any] = set()  # quick specs of calls already looked up
+        self._trees: set[int] = set()  # ids of the replays whose checks torch's guards run
+        self.trees = 0  # loaded entries served through a guard tree (the rest: Python checks)
 
     def attach(self, ctx: Any) -> None:
         """Install the precompile entry on the frame's code, for calls through ``ctx``."""
         name = f"__artcache_precompiled_{id(self):x}"
-        replacement = precompile_hook.replacement_code(self._code, name)
+        replacement = self._replacement = precompile_hook.replacement_code(self._code, name)
         # The replacement code runs with the frame's globals: the hook's runner is one of them
         # (as Dynamo installs its compiled functions there).
-        self._globals[name] = precompile_hook.disable(self._run)  # type: ignore[index]
+        self._frame_fn.__globals__[name] = precompile_hook.disable(self._run)
         precompile_hook.add_enter_hook(ctx, self._enter)
-        self._rerun = ctx(self._code_fn)
+        self._rerun = ctx(self._frame_fn)
         precompile_hook.install_entry(self._code, self._guard, replacement,
                                       f"artcache precompiled frame {self._code_fn.__qualname__}")
+        _HOOKS.add(self)
 
     def _enter(self) -> Callable[[], None]:
         previous = _state.active
@@ -122,18 +147,27 @@ class CompileHook(FrameTier):
         return False
 
     def _decide(self, f_locals: dict[str, Any]) -> bool:
-        frame = Frame(f_locals, {})
+        frame = Frame({}, f_locals) if self._wrapped else Frame(f_locals, {})
         for replay in self._replays:
+            if id(replay) in self._trees:
+                continue  # its guard tree, checked before this guard, did not hold
             failed, values = replay.check(frame)
             if failed is None:
                 _state.pending = ("replay", (replay, values))
                 return True
-        quick = _quick_spec(f_locals)
+        quick = _quick_spec(f_locals, self._wrapped)
         if quick in self._looked_up:  # Dynamo's own cache serves these calls now
             return False
         self._looked_up.add(quick)
+        if self._wrapped:
+            bound = self._key_signature.bind(*(() if self._key_self is None else (self._key_self,)),
+                                             *f_locals["args"], **f_locals["kwargs"])
+            bound.apply_defaults()
+            frame = Frame(dict(bound.arguments), f_locals)
         try:
-            key, factors = self._frame_key(f_locals)
+            # The wrapper's frame reads fn itself (a module, not its bound forward as the
+            # wrapper artcache.precompile compiles): its own key.
+            key, factors = self._frame_key(frame.direct, {"frame": "inline-wrapper"} if self._wrapped else {})
         except Uncacheable as exc:
             self.reasons[f"key-{exc.reason}"] += 1
             return False
@@ -145,6 +179,7 @@ class CompileHook(FrameTier):
             self._replays.append(replay)
             failed, values = replay.check(frame)
             if failed is None:
+                self._install_tree(replay, values)
                 _state.pending = ("replay", (replay, values))
                 return True
             return False
@@ -152,8 +187,26 @@ class CompileHook(FrameTier):
         call = self._call_of(f_locals) if reason == "absent" else None
         if call is None:
             return False
-        _state.pending = ("record", (key, factors, dict(f_locals), call))
+        _state.pending = ("record", (key, factors, dict(frame.direct), call))
         return True
+
+    def _install_tree(self, replay: Any, values: list[Any]) -> None:
+        """From the next call on, check ``replay`` with torch's guards (before this hook's
+        guard), when every check can be expressed so; else its Python checks go on."""
+
+        def accept(f_locals: Any) -> bool:  # last, after every guard of the tree held
+            if _state.active is not self or _state.bypass is self:
+                return False
+            _state.pending = ("checked", (replay, f_locals))
+            return True
+
+        built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept)
+        if built is None:
+            return
+        manager, replay.tree_keep = built
+        precompile_hook.install_tree(self._code, manager, self._replacement)
+        self._trees.add(id(replay))
+        self.trees += 1
 
     def _run(self) -> Any:
         """What the replacement code calls: the graph of the entry the guard chose, or a
@@ -166,21 +219,33 @@ class CompileHook(FrameTier):
             self.replayed += 1
             replay, values = what
             return replay.run(values)
+        if kind == "checked":  # a guard tree held: read the inputs, check their aliasing
+            replay, f_locals = what
+            inputs = replay.inputs_if_unaliased(Frame({}, f_locals) if self._wrapped else Frame(f_locals, {}))
+            if inputs is not None:
+                self.replayed += 1
+                return replay.run_inputs(inputs)
+            self.reasons["inputs-alias"] += 1
+            call = self._call_of(f_locals)
+            if call is None:
+                raise ArtcacheError("a precompiled frame cannot be called again through Dynamo")
+            return self._through_dynamo(*call)
         if kind == "error":
             self.cache.degrade("precompile", what)  # raises: only strict mode gets here
             raise what
         key, factors, f_locals, (args, kwargs) = what
+        return self._record(key, factors, f_locals, lambda: self._through_dynamo(args, kwargs))
+
+    def _through_dynamo(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """The frame again, through the same compiled context, with this hook declining it
+        once: Dynamo's cache or tracer serves it."""
         rerun = self._rerun
         assert rerun is not None  # set by attach() before the entry exists
-
-        def through_dynamo() -> Any:
-            _state.bypass = self
-            try:
-                return rerun(*args, **kwargs)
-            finally:
-                _state.bypass = None
-
-        return self._record(key, factors, f_locals, through_dynamo)
+        _state.bypass = self
+        try:
+            return rerun(*args, **kwargs)
+        finally:
+            _state.bypass = None
 
     def _call_of(self, f_locals: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]] | None:
         """The arguments of a call of ``func`` that makes this frame again; None when the
@@ -195,7 +260,7 @@ class CompileHook(FrameTier):
                 return None
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
-        for param in self._signature.parameters.values():
+        for param in self._call_signature.parameters.values():
             if param.name not in f_locals:
                 return None
             value = f_locals[param.name]
@@ -210,12 +275,16 @@ class CompileHook(FrameTier):
         return args, kwargs
 
 
-def _quick_spec(f_locals: Mapping[str, Any]) -> tuple[Any, ...]:
+def _quick_spec(f_locals: Mapping[str, Any], wrapped: bool) -> tuple[Any, ...]:
     """A cheap stand-in for a call's frame key, to look each key up once per process: two
     calls with the same quick spec have the same frame key unless a module was changed in
-    place (then the store is not asked again: the call goes through Dynamo, still right)."""
+    place (then the store is not asked again: the call goes through Dynamo, still right).
+    The wrapper frame's arguments are read from its ``args`` and ``kwargs``."""
     spec: list[Any] = []
-    for name, value in f_locals.items():
+    items = f_locals.items()
+    if wrapped:
+        items = [("fn", f_locals["fn"]), *enumerate(f_locals["args"]), *f_locals["kwargs"].items()]
+    for name, value in items:
         if isinstance(value, torch.Tensor):
             spec.append((name, value.dtype, value.shape, value.device, value.requires_grad))
         elif isinstance(value, torch.nn.Module):
@@ -229,16 +298,15 @@ def _quick_spec(f_locals: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def attach_function(cache: EntryStore, backend: Any) -> tuple[Recorder, Callable[[Any, Any], None]]:
     """The recording backend to hand Dynamo, and the function that attaches a hook to the
-    context ``torch.compile`` makes for ``fn`` (nothing where torch traces a frame that is
-    not ``fn``'s own: torch's functions and modules, generators)."""
+    context ``torch.compile`` makes for ``fn`` (nothing for a builtin or a generator)."""
     recorder = Recorder(backend)
     recorder.recording = False
 
     def attach(ctx: Any, fn: Any) -> None:
-        func = precompile_hook.frame_function(fn)
-        if func is None:
-            log.info("artcache: %r is compiled without precompile (torch traces another frame for it)", fn)
+        traced = precompile_hook.traced_frame(fn)
+        if traced is None:
+            log.info("artcache: %r is compiled without precompile (no Python frame of its own)", type(fn).__name__)
             return
-        CompileHook(func, cache, backend, recorder).attach(ctx)
+        CompileHook(fn, traced, cache, backend, recorder).attach(ctx)
 
     return recorder, attach

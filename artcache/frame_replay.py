@@ -102,22 +102,54 @@ class Replay:
                 self._checks.append((at, other, check_fn(check), check))
         self.inputs = [node(path) for path in entry.inputs]
         self._state: fc.StateCheck | None = None
+        needed: set[int] = set()
+        for at in self.inputs:
+            while at >= 0 and at not in needed:
+                needed.add(at)
+                at = self._nodes[at][0]
+        # The nodes the graph inputs are read through (a call whose checks already held,
+        # by a guard tree, reads only these).
+        self._input_nodes = sorted(needed)
+        self.tree_keep: list[Any] = []  # objects a guard tree compares by identity
 
-    def _resolve_all(self, frame: Frame) -> list[Any]:
+    @property
+    def nodes(self) -> list[tuple[int, str, Any]]:
+        return self._nodes
+
+    @property
+    def checks(self) -> list[tuple[int, int, list[Any]]]:
+        """``(node, second node or -1, stored check)`` per distinct check."""
+        return [(at, other, check) for at, other, _, check in self._checks]
+
+    def _resolve_all(self, frame: Frame, only: list[int] | None = None) -> list[Any]:
         f_locals = frame.wrapped if self.entry.wrapped else frame.direct
-        values: list[Any] = []
-        for parent, step, name in self._nodes:
+        values: list[Any] = [MISSING] * len(self._nodes) if only is not None else []
+        for at in only if only is not None else range(len(self._nodes)):
+            parent, step, name = self._nodes[at]
             obj = f_locals if step == "L" else self.f_globals if step == "G" else sys.modules if step == "M" else (
                 values[parent])
             if obj is MISSING:
-                values.append(MISSING)
-                continue
-            try:
-                values.append(getattr(obj, name, MISSING) if step == "a" else obj.get(name, MISSING)
-                              if step in ("L", "G", "M") else obj[name])
-            except (KeyError, IndexError, TypeError):
-                values.append(MISSING)
+                value: Any = MISSING
+            else:
+                try:
+                    value = (getattr(obj, name, MISSING) if step == "a" else obj.get(name, MISSING)
+                             if step in ("L", "G", "M") else obj[name])
+                except (KeyError, IndexError, TypeError):
+                    value = MISSING
+            if only is None:
+                values.append(value)
+            else:
+                values[at] = value
         return values
+
+    def inputs_if_unaliased(self, frame: Frame) -> list[Any] | None:
+        """The graph inputs of a call whose other checks held (a guard tree checked them),
+        or None when one is missing or they alias otherwise than when recorded."""
+        values = self._resolve_all(frame, self._input_nodes)
+        inputs = [values[at] for at in self.inputs]
+        if any(value is MISSING for value in inputs) or fc.storage_groups(inputs) != self.entry.storage:
+            return None
+        return inputs
 
     def check(self, frame: Frame) -> tuple[str | None, list[Any]]:
         """The first failing check (or ``None``) and every path's value for this call."""
@@ -150,7 +182,9 @@ class Replay:
 
     def run(self, values: list[Any]) -> Any:
         """Run the graph on the inputs of a checked call and rebuild the frame's result."""
-        inputs = [values[at] for at in self.inputs]
+        return self.run_inputs([values[at] for at in self.inputs])
+
+    def run_inputs(self, inputs: list[Any]) -> Any:
         return build_output(self.entry.output, self.compiled(*inputs), inputs)
 
 

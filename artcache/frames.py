@@ -76,8 +76,9 @@ class FrameTier:
     :class:`~artcache.backend.ArtcacheBackend` graphs compile through.  ``reasons`` counts
     why calls went through Dynamo, ``refusals`` why the frame is not precompilable."""
 
-    # Whether entries recorded on torch's wrapper frame (FrameEntry.wrapped) can be served.
-    wrapped_frames = True
+    # Which entries can be served: those recorded on torch's wrapper frame (True), on the
+    # function's own frame (False), or both (None: the wrapper calls either frame itself).
+    wrapped_frames: bool | None = None
     # Whether the recorder notes every compile (the wrapper resets it at each record), or
     # only those inside a record (torch.compile's context compiles other frames too).
     records_always = True
@@ -96,7 +97,8 @@ class FrameTier:
         self.refusals: dict[str, str] = {}  # why the frame is not precompilable, in full
         self.replayed = 0
 
-    def _frame_key(self, f_locals: Mapping[str, Any]) -> tuple[keys.CacheKey, dict[str, Any]]:
+    def _frame_key(self, f_locals: Mapping[str, Any],
+                   extra: Mapping[str, Any] | None = None) -> tuple[keys.CacheKey, dict[str, Any]]:
         if self._code_digest is None:
             self._code_digest = code_digest(self._code_fn)
         tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
@@ -106,6 +108,7 @@ class FrameTier:
             "environment": self._backend.fingerprint(tensors),
             "options": {"mode": self._backend.mode, "options": sorted(self._backend.options)},
             "precompile": FRAME_SCHEMA,
+            **(extra or {}),
         }
         return keys.make_key(keys.factor(name, value) for name, value in values.items()), values
 
@@ -117,7 +120,7 @@ class FrameTier:
         try:
             doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
             entry = FrameEntry.from_plain(doc)
-            if entry.wrapped and not self.wrapped_frames:
+            if self.wrapped_frames is not None and entry.wrapped != self.wrapped_frames:
                 self.cache.reject(key, "wrapped-frame")
                 return None, "wrapped-frame"
             replay = Replay(entry, _never_called, self._globals)

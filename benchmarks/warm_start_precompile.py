@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def child_main(args: argparse.Namespace) -> None:
     import torch._dynamo  # noqa: F401 - before the clock, in every child
 
     import artcache
+    from artcache import frame_hook
     from artcache.frames import Precompiled
 
     device = torch.device(args.device)
@@ -122,6 +124,11 @@ def child_main(args: argparse.Namespace) -> None:
         result["fallbacks"] = dict(fn.reasons)
         result["refusals"] = fn.refusals
     result["dynamo_frames"] = torch._dynamo.utils.counters["frames"]["total"]  # frames Dynamo traced
+    if args.variant.startswith(PC_COMPILE):
+        hooks = frame_hook.attached()
+        result["replayed"] = sum(h.replayed for h in hooks)
+        result["fallbacks"] = dict(sum((h.reasons for h in hooks), Counter()))
+        result["refusals"] = {k: v for h in hooks for k, v in h.refusals.items()}
     if cache is not None:
         s = cache.stats()
         result["artcache"] = {"hits": s.hits, "misses": dict(s.misses), "saves": s.saves, "uncacheable": dict(s.uncacheable)}
@@ -164,6 +171,11 @@ def steady_main(args: argparse.Namespace) -> None:
     for name, times in rounds.items():
         print(f"{name:28s} median {statistics.median(times) * 1e3:.3f} ms  min {min(times) * 1e3:.3f} ms")
     replayed = paths["artcache-precompile"]
+    from artcache import frame_hook
+
+    hooks = frame_hook.attached()
+    print(f"torch.compile precompile: replayed {sum(h.replayed for h in hooks)} calls, "
+          f"fallbacks {[dict(h.reasons) for h in hooks]}")
     print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}; Dynamo traced "
           f"{traced} frames in the first calls (the plain artcache path's), "
           f"{torch._dynamo.utils.counters['frames']['total'] - traced} after")

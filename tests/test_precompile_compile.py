@@ -79,8 +79,13 @@ if phase == "changed":
         with torch.no_grad():
             results[f"{name}-again"] = [c(*args[name](x, w, y)), results[name][0]]
         armed[0] = False
+    with torch.no_grad():  # one tensor twice: the checks hold, the inputs alias: through Dynamo
+        x3 = x.clone()
+        results["other-aliased"] = [compiled["other"](x3, x3), torch.compile(other, backend="inductor")(x3, x3)]
 torch.save(results, out)
-print(json.dumps({"hook_calls": len(calls)}))
+from artcache import frame_hook
+hooks = {h._code_fn.__name__: [h.replayed, h.trees, dict(h.reasons)] for h in frame_hook.attached()}
+print(json.dumps({"hook_calls": len(calls), "hooks": hooks}))
 '''
 
 
@@ -126,10 +131,21 @@ def test_module_hooks_still_run(runs: dict[str, dict[str, object]]) -> None:
 
 
 @pytest.mark.slow
+def test_second_call_goes_through_torchs_guard_tree(runs: dict[str, dict[str, object]]) -> None:
+    """Each warm frame was served twice, the second time after torch's C++ guards (built
+    from the entry's checks at the first) held; nothing fell back."""
+    hooks = runs["warm"]["info"]["hooks"]  # type: ignore[index]
+    assert set(hooks) == {"fn", "forward", "other"}, hooks
+    for name, (replayed, trees, reasons) in hooks.items():
+        assert (replayed, trees, reasons) == (2, 1, {}), (name, hooks)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fn", "module", "other"])
 def test_changed_shape_and_dtype_fall_back_bitwise(runs: dict[str, dict[str, object]], name: str) -> None:
     results = runs["changed"]["results"]
-    for key in (f"{name}-torch.float32-7", f"{name}-torch.float64-5", f"{name}-again"):
+    keys = [f"{name}-torch.float32-7", f"{name}-torch.float64-5", f"{name}-again"]
+    for key in keys + (["other-aliased"] if name == "other" else []):
         got, want = results[key]  # type: ignore[index]
         assert _equal(got, want), key
 

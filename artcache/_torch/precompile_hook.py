@@ -123,19 +123,27 @@ def compile_wrapper_backend(backend: Any) -> tuple[Any, dict[str, Any]] | None:
     return compiler, extra
 
 
-def frame_function(fn: Any) -> types.FunctionType | None:
-    """The plain function whose frame Dynamo traces when ``fn`` (a function, bound method
-    or module) is compiled, or None where torch traces another frame (torch's own
-    functions and modules go through a wrapper frame) or the function is a generator."""
-    from torch._dynamo import trace_rules
+def traced_frame(fn: Any) -> tuple[types.FunctionType, types.FunctionType, bool] | None:
+    """For ``fn`` (a function, bound method or module) handed to ``torch.compile``: the
+    function whose frame Dynamo will trace, the plain function that frame runs ``fn``'s
+    code for (a module's ``forward``), and whether the first is torch's inline wrapper
+    (``external_utils.wrap_inline``: torch's own functions and modules, whose code Dynamo
+    skips, are traced through it; its locals are ``fn``, ``args`` and ``kwargs``).  None
+    for anything else (a builtin, a generator, a callable object)."""
+    from torch._dynamo import config, external_utils, trace_rules
 
     target = fn.forward if isinstance(fn, torch.nn.Module) else fn
     func = getattr(target, "__func__", target)
     if not isinstance(func, types.FunctionType) or func.__code__.co_flags & _CO_GENERATOR_LIKE:
         return None
-    if trace_rules.check(target):
-        return None
-    return func
+    if isinstance(fn, torch.nn.Module):
+        wrapped = bool(config.wrap_top_frame) or (isinstance(target, types.MethodType) and trace_rules.check(target))
+    else:
+        wrapped = bool(config.wrap_top_frame) or bool(trace_rules.check(target))
+    if not wrapped:
+        return func, func, False
+    inner = external_utils.wrap_inline(fn)
+    return (inner, func, True) if isinstance(inner, types.FunctionType) else None
 
 
 def add_enter_hook(ctx: Any, enter: Callable[[], Callable[[], None]]) -> None:
@@ -172,20 +180,34 @@ def replacement_code(code: types.CodeType, runner_name: str) -> types.CodeType:
     return bt.transform_code_object(code, transform)[0]  # type: ignore[no-any-return]
 
 
+# Per code object, the precompile entries artcache installed, in the order torch checks
+# them: guard trees of loaded entries first (cheap, C++), then the deciding guards.
+_ENTRIES: dict[types.CodeType, list[tuple[bool, Any, types.CodeType]]] = {}
+
+
 def install_entry(code: types.CodeType, guard: Callable[[dict[str, Any]], bool], replacement: types.CodeType,
                   description: str) -> None:
     """Add a precompile entry to ``code``: ``guard(f_locals)`` decides, ``replacement``
     runs in the frame when it returns True."""
-    from torch._C._dynamo.eval_frame import _load_precompile_entry
     from torch._dynamo.guards import GuardManagerWrapper
 
     manager = GuardManagerWrapper()
     manager.root.add_lambda_guard(guard, [description], None)
-    _load_precompile_entry(code, manager, replacement)
+    _install(code, (False, manager, replacement))
 
 
-def remove_entries(code: types.CodeType) -> None:
-    """Remove every precompile entry of ``code``."""
-    from torch._C._dynamo.eval_frame import _reset_precompile_entries
+def install_tree(code: types.CodeType, manager: Any, replacement: types.CodeType) -> None:
+    """Add a precompile entry whose guard manager is a tree of torch's guards
+    (:mod:`artcache._torch.guard_tree`), checked before the deciding guards."""
+    _install(code, (True, manager, replacement))
 
-    _reset_precompile_entries(code)
+
+def _install(code: types.CodeType, entry: tuple[bool, Any, types.CodeType]) -> None:
+    from torch._C._dynamo.eval_frame import _load_precompile_entry, _reset_precompile_entries
+
+    entries = _ENTRIES.setdefault(code, [])
+    entries.append(entry)
+    entries.sort(key=lambda e: not e[0])  # stable: trees first, each kind in installation order
+    _reset_precompile_entries(code)  # torch appends: reinstall all in this order
+    for _, manager, replacement in entries:
+        _load_precompile_entry(code, manager, replacement)
