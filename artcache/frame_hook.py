@@ -95,6 +95,7 @@ class CompileHook(FrameTier):
         self._replacement: Any = None
         self._looked_up: set[Any] = set()  # quick specs of calls already looked up
         self._trees: set[int] = set()  # ids of the replays whose checks torch's guards run
+        self._tree_tried: list[Any] = []
         self.trees = 0  # loaded entries served through a guard tree (the rest: Python checks)
 
     def attach(self, ctx: Any) -> None:
@@ -179,7 +180,6 @@ class CompileHook(FrameTier):
             self._replays.append(replay)
             failed, values = replay.check(frame)
             if failed is None:
-                self._install_tree(replay, values)
                 _state.pending = ("replay", (replay, values))
                 return True
             return False
@@ -218,6 +218,10 @@ class CompileHook(FrameTier):
         if kind == "replay":
             self.replayed += 1
             replay, values = what
+            if replay not in self._tree_tried:
+                # Here, not in the guard: torch iterates the code's entries while guards run.
+                self._tree_tried.append(replay)
+                self._install_tree(replay, values)
             return replay.run(values)
         if kind == "checked":  # a guard tree held: read the inputs, check their aliasing
             replay, f_locals = what
