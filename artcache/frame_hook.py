@@ -3,8 +3,10 @@ options={"precompile": True})``, ``ARTCACHE_PRECOMPILE=1``, or a backend from
 ``Cache.backend(options={"precompile": True})``.
 
 When ``torch.compile`` is called (before the first call), :class:`CompileHook` puts a
-*precompile entry* on the code of the frame Dynamo would trace (``fn``'s, or a module's
-``forward``; :mod:`artcache._torch.precompile_hook`).  Torch's eval-frame checks it at each
+*precompile entry* on the code of the frame Dynamo would trace (``fn``'s, a module's
+``forward``, or torch's inline wrapper for torch's own modules and functions, whose locals
+are ``fn``, ``args`` and ``kwargs``; such a frame has its own frame key;
+:mod:`artcache._torch.precompile_hook`).  Torch's eval-frame checks it at each
 call of that frame, before Dynamo's own cache and before tracing, calling the hook's guard
 with the frame's locals:
 
@@ -28,7 +30,8 @@ with the frame's locals:
   hit.  Errors in the guard are a miss with a warning (``Cache.degrade``).
 
 The guard and the entry's code run in one thread back to back; what the guard decided is
-passed to the code through thread-local state.
+passed to the code through thread-local state.  A hook and its entries live as long as the
+process, like the code object they are installed on.
 """
 
 from __future__ import annotations

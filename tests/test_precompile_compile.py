@@ -61,6 +61,17 @@ for name, c in compiled.items():
     with torch.no_grad():
         first = c(*args[name](x, w, y))
         results[name] = [first, c(*args[name](x, w, y))]
+# A training step through a torch module (torch's wrapper frame): outputs and gradients.
+torch.manual_seed(1)
+seq = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+train = torch.compile(seq, backend="artcache", options={"precompile": True})
+steps = []
+for _ in range(2):
+    loss = train(x).square().mean()
+    loss.backward()
+    steps += [loss.detach(), *(p.grad.clone() for p in seq.parameters())]
+    seq.zero_grad()
+results["train"] = steps
 if phase == "changed":
     eager = {"fn": fn, "module": model, "other": other}
     for name, c in compiled.items():
@@ -84,7 +95,7 @@ if phase == "changed":
         results["other-aliased"] = [compiled["other"](x3, x3), torch.compile(other, backend="inductor")(x3, x3)]
 torch.save(results, out)
 from artcache import frame_hook
-hooks = {h._code_fn.__name__: [h.replayed, h.trees, dict(h.reasons)] for h in frame_hook.attached()}
+hooks = [[h._code_fn.__name__, h.replayed, h.trees, dict(h.reasons)] for h in frame_hook.attached()]
 print(json.dumps({"hook_calls": len(calls), "hooks": hooks}))
 '''
 
@@ -116,12 +127,12 @@ def _equal(a: object, b: object) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fn", "module", "other"])
+@pytest.mark.parametrize("name", ["fn", "module", "other", "train"])
 def test_warm_replays_without_tracing_bitwise(runs: dict[str, dict[str, object]], name: str) -> None:
     """The warm process ran with the tracer's and the compiler's tripwires armed (a trace or
     a compile would have failed it) and returned the cold process's outputs bitwise."""
     cold, warm = runs["cold"]["results"], runs["warm"]["results"]
-    for c, w in zip(cold[name], warm[name]):  # type: ignore[index]
+    for c, w in zip(cold[name], warm[name], strict=True):  # type: ignore[index]
         assert _equal(c, w), name
 
 
@@ -135,8 +146,8 @@ def test_second_call_goes_through_torchs_guard_tree(runs: dict[str, dict[str, ob
     """Each warm frame was served twice, the second time after torch's C++ guards (built
     from the entry's checks at the first) held; nothing fell back."""
     hooks = runs["warm"]["info"]["hooks"]  # type: ignore[index]
-    assert set(hooks) == {"fn", "forward", "other"}, hooks
-    for name, (replayed, trees, reasons) in hooks.items():
+    assert sorted(h[0] for h in hooks) == ["fn", "forward", "forward", "other"], hooks
+    for name, replayed, trees, reasons in hooks:
         assert (replayed, trees, reasons) == (2, 1, {}), (name, hooks)
 
 
@@ -156,4 +167,5 @@ def test_cold_saved_frame_entries(runs: dict[str, str]) -> None:
     assert proc.returncode == 0, proc.stderr
     titles = {e["title"] for e in json.loads(proc.stdout)["entries"] if e["title"].startswith("precompiled frame")}
     assert {"precompiled frame __main__.make.<locals>.fn", "precompiled frame __main__.MLP.forward",
-            "precompiled frame __main__.other"} <= titles, titles
+            "precompiled frame __main__.other", "precompiled frame torch.nn.modules.container.Sequential.forward",
+            } <= titles, titles
