@@ -52,7 +52,14 @@ from .code_digest import code_digest, installed_module
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
 from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
-from .frame_entry import CONSTANTS, FRAME_SCHEMA, FrameEntry, guard_text, output_structure, path_text
+from .frame_entry import (
+    CONSTANTS,
+    FRAME_SCHEMA,
+    FrameEntry,
+    guard_text,
+    output_structure,
+    path_text,
+)
 from .frame_replay import Frame, Recorder, Replay
 from .output_code import CompiledGraph
 

@@ -58,10 +58,7 @@ def available() -> bool:
     return (hasattr(eval_frame, "_load_precompile_entry") and hasattr(eval_frame, "_reset_precompile_entries")
             and hasattr(GuardManagerWrapper(), "root") and hasattr(GuardManagerWrapper().root, "add_lambda_guard")
             and hasattr(bytecode_transformation, "transform_code_object") and hasattr(trace_rules, "check")
-            and hasattr(_TorchDynamoContext, "__call__") and callable(getattr(torch._dynamo, "optimize", None)))
-
-
-Decide = Callable[[Any], "Callable[[Any, Any], None] | None"]
+            and callable(_TorchDynamoContext) and callable(getattr(torch._dynamo, "optimize", None)))
 
 
 class _AttachOnCall:
@@ -83,7 +80,7 @@ class _AttachOnCall:
     def __enter__(self) -> Any:
         return self._ctx.__enter__()
 
-    def __exit__(self, *exc: Any) -> Any:
+    def __exit__(self, *exc: object) -> Any:
         return self._ctx.__exit__(*exc)
 
 
@@ -203,7 +200,10 @@ def install_tree(code: types.CodeType, manager: Any, replacement: types.CodeType
 
 
 def _install(code: types.CodeType, entry: tuple[bool, Any, types.CodeType]) -> None:
-    from torch._C._dynamo.eval_frame import _load_precompile_entry, _reset_precompile_entries
+    from torch._C._dynamo.eval_frame import (
+        _load_precompile_entry,
+        _reset_precompile_entries,
+    )
 
     entries = _ENTRIES.setdefault(code, [])
     entries.append(entry)
