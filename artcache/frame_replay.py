@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,14 +57,25 @@ def check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
     return length
 
 
-@dataclass(frozen=True)
 class Frame:
     """A call's locals two ways: the function's own (arguments bound, defaults applied,
     closure cells by name), and those of torch's wrapper Dynamo traces for torch's own
-    functions (``fn``, ``args``, ``kwargs``: see ``FrameEntry.wrapped``)."""
+    functions (``fn``, ``args``, ``kwargs``: see ``FrameEntry.wrapped``).  ``direct`` may
+    be given as a function, called the first time it is read."""
 
-    direct: dict[str, Any]
-    wrapped: dict[str, Any]
+    __slots__ = ("_bind", "_direct", "wrapped")
+
+    def __init__(self, direct: dict[str, Any] | None, wrapped: dict[str, Any],
+                 bind: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._direct = direct
+        self.wrapped = wrapped
+        self._bind = bind
+
+    @property
+    def direct(self) -> dict[str, Any]:
+        if self._direct is None:
+            self._direct = self._bind() if self._bind is not None else {}
+        return self._direct
 
 
 class Replay:
@@ -111,6 +121,7 @@ class Replay:
         # by a guard tree, reads only these).
         self._input_nodes = sorted(needed)
         self.tree_keep: list[Any] = []  # objects a guard tree compares by identity
+        self.tree: Any = None  # torch's guards for these checks over a dict of locals, when built
 
     @property
     def nodes(self) -> list[tuple[int, str, Any]]:
@@ -174,7 +185,14 @@ class Replay:
         return None, values
 
     def try_call(self, frame: Frame) -> tuple[bool, Any]:
-        """Check the guards; if they all hold, run the graph and rebuild the frame's result."""
+        """Check the guards; if they all hold, run the graph and rebuild the frame's result.
+        With a guard tree built, torch's guards check (a failed tree is a failed call: the
+        caller goes on to Dynamo)."""
+        if self.tree is not None:
+            if not self.tree.root.check(frame.wrapped if self.entry.wrapped else frame.direct):
+                return False, None
+            inputs = self.inputs_if_unaliased(frame)
+            return (False, None) if inputs is None else (True, self.run_inputs(inputs))
         failed, values = self.check(frame)
         if failed is not None:
             return False, None

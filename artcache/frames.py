@@ -47,6 +47,7 @@ import torch
 
 from . import keys, pickler
 from ._torch import frame_capture as fc
+from ._torch import guard_tree
 from ._torch import settings as torch_settings
 from .code_digest import code_digest, installed_module
 from .entries import EntryStore
@@ -306,9 +307,14 @@ class Precompiled(FrameTier):
                 return self._through_dynamo(*args, **kwargs)
             return self._record(key, factors, frame.direct, lambda: self._through_dynamo(*args, **kwargs))
         self._replays.append(replay)
-        ok, out = replay.try_call(frame)
-        if not ok:  # the global state changed since the check a moment ago
+        failed, values = replay.check(frame)
+        if failed is not None:  # the global state changed since the check a moment ago
             return self._through_dynamo(*args, **kwargs)
+        out = replay.run(values)
+        # From the next call on, torch's C++ guards check what the Python checks just did.
+        built = guard_tree.build(None, replay.f_globals, replay.nodes, values, replay.checks, None)
+        if built is not None:
+            replay.tree, replay.tree_keep = built
         self.replayed += 1
         return out
 
@@ -321,15 +327,19 @@ class Precompiled(FrameTier):
         return self._dynamo(*args, **kwargs)
 
     def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Frame:
-        bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
-        bound.apply_defaults()
-        direct = dict(bound.arguments)
-        for name, cell in self._cells:
-            try:
-                direct.setdefault(name, cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        return Frame(direct, {"fn": self._target, "args": args, "kwargs": dict(kwargs)})
+        def direct() -> dict[str, Any]:
+            bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
+            bound.apply_defaults()
+            found = dict(bound.arguments)
+            for name, cell in self._cells:
+                try:
+                    found.setdefault(name, cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            return found
+
+        # Bound only when read: a replay of torch's wrapper frame reads fn, args and kwargs.
+        return Frame(None, {"fn": self._target, "args": args, "kwargs": dict(kwargs)}, direct)
 
 
 def _never_called(*args: Any) -> Any:

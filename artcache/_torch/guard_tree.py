@@ -47,13 +47,14 @@ class Unsupported(Exception):
     """A check the tree cannot express (internal to :func:`build`)."""
 
 
-def build(code: types.CodeType, f_globals: Mapping[str, Any], nodes: Sequence[tuple[int, str, Any]],
+def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequence[tuple[int, str, Any]],
           values: Sequence[Any], checks: Sequence[tuple[int, int, list[Any]]],
-          epilogue: Callable[[Any], bool]) -> tuple[Any, list[Any]] | None:
+          epilogue: Callable[[Any], bool] | None) -> tuple[Any, list[Any]] | None:
     """The guard manager (``GuardManagerWrapper``) for a replay whose ``nodes`` (parent,
     step, key) resolved to ``values`` on a call where every check held, and the objects it
     compares by identity (keep them alive as long as the tree); None when a check or an
-    accessor cannot be expressed."""
+    accessor cannot be expressed.  With ``code``, the tree reads the locals of a frame of
+    that code (torch's eval-frame checks it); without, a dict of locals (``root.check(d)``)."""
     from torch._C._dynamo.eval_frame import code_framelocals_names
     from torch._dynamo.guards import GuardManagerType, GuardManagerWrapper
 
@@ -61,7 +62,7 @@ def build(code: types.CodeType, f_globals: Mapping[str, Any], nodes: Sequence[tu
     wrapper = GuardManagerWrapper()
     root = wrapper.root
     keep: list[Any] = []
-    names = list(code_framelocals_names(code))
+    names = list(code_framelocals_names(code)) if code is not None else []
     managers: list[Any] = []
     roots: list[str] = []
     dict_roots: dict[str, Any] = {}
@@ -69,7 +70,11 @@ def build(code: types.CodeType, f_globals: Mapping[str, Any], nodes: Sequence[tu
         for index, (parent, step, key) in enumerate(nodes):
             value = values[index]
             source = f"artcache_node_{index}"
-            if step == "L":
+            if step == "L" and code is None:
+                managers.append(root.dict_getitem_manager(key=key, source=source, example_value=value,
+                                                          guard_manager_enum=plain))
+                roots.append("L")
+            elif step == "L":
                 if key not in names:
                     raise Unsupported(f"local {key}")
                 local_index = len(names) - 1 - names[::-1].index(key)  # a cell's slot comes last
@@ -101,7 +106,8 @@ def build(code: types.CodeType, f_globals: Mapping[str, Any], nodes: Sequence[tu
     state = fc.StateCheck()
     root.add_global_state_guard(torch._C._dynamo.guards.GlobalStateGuard(), ["artcache global state"], None)
     root.add_lambda_guard(lambda _: state.holds() and fc.global_hooks_empty(), ["artcache global state (rest)"], None)
-    root.add_epilogue_lambda_guard(epilogue, ["artcache precompiled frame"], None)
+    if epilogue is not None:
+        root.add_epilogue_lambda_guard(epilogue, ["artcache precompiled frame"], None)
     return wrapper, keep
 
 
