@@ -4,7 +4,8 @@ torch's own ``aot_compile`` + ``load_compiled_function``.
 
     python benchmarks/warm_start_precompile.py [--models mlp] [--device cpu|cuda]
         [--repeats 3] [--steps 30] [--out FILE]
-    ARTCACHE_STORE=<filled store> python benchmarks/warm_start_precompile.py --steady [--models mlp]
+    ARTCACHE_STORE=<store> python benchmarks/warm_start_precompile.py --steady --fill [--threads 1]
+    ARTCACHE_STORE=<store> python benchmarks/warm_start_precompile.py --steady [--threads 1] [--models mlp]
 
 =======================  ================================================================
 floor                    ``torch.compile(model, backend="eager")``: Dynamo tracing and an
@@ -149,13 +150,19 @@ def _example_input(model: str, device: Any) -> Any:
 
 def steady_main(args: argparse.Namespace) -> None:
     """``--steady``: per-call time of a replayed frame against the same graph behind
-    Dynamo's own guards, in one process, interleaved in rounds (the precompile tier checks
-    its guards in Python at every call).  Needs a store that the cold runs filled."""
+    Dynamo's own guards, in one process, interleaved in rounds: the wrapper, ``torch.compile``
+    with precompile, and the plain artcache backend.  Wall time and this process's CPU time
+    (with ``--threads 1`` the latter is what the call costs, whatever else runs on the
+    machine).  Needs a store the cold runs filled under the same ``--threads``: ``--fill``
+    makes one (run it once, in its own process, then run without it)."""
     import torch
     import torch._dynamo  # noqa: F401
 
     import artcache
+    from artcache import frame_hook
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # part of the global state the entries guard
     workload = BUILDERS[args.models.split(",")[0]](torch.device(args.device))
     cache = artcache.Cache()
     paths = {"artcache-precompile": artcache.precompile(workload.model, cache=cache),
@@ -163,24 +170,30 @@ def steady_main(args: argparse.Namespace) -> None:
              "artcache (Dynamo's guards)": torch.compile(workload.model, backend=cache.backend())}
     for fn in paths.values():
         workload.step(fn)
+        workload.step(fn)
+    if args.fill:
+        return
     traced = torch._dynamo.utils.counters["frames"]["total"]
-    rounds: dict[str, list[float]] = {name: [] for name in paths}
+    wall: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.repeats * 10):
         for name, fn in paths.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 workload.step(fn)
-            rounds[name].append((time.perf_counter() - start) / args.steps)
-    for name, times in rounds.items():
-        print(f"{name:28s} median {statistics.median(times) * 1e3:.3f} ms  min {min(times) * 1e3:.3f} ms")
-    replayed = paths["artcache-precompile"]
-    from artcache import frame_hook
-
+            wall[name].append((time.perf_counter() - start) / args.steps)
+            cpu[name].append((time.process_time() - start_cpu) / args.steps)
+    base_wall = statistics.median(wall["artcache (Dynamo's guards)"])
+    base_cpu = statistics.median(cpu["artcache (Dynamo's guards)"])
+    for name in paths:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:28s} wall median {w * 1e3:.3f} ms ({100 * (w / base_wall - 1):+.1f}%) min "
+              f"{min(wall[name]) * 1e3:.3f} ms; cpu median {c * 1e3:.3f} ms ({100 * (c / base_cpu - 1):+.1f}%)")
+    wrapper = paths["artcache-precompile"]
     hooks = frame_hook.attached()
-    print(f"torch.compile precompile: replayed {sum(h.replayed for h in hooks)} calls, "
-          f"fallbacks {[dict(h.reasons) for h in hooks]}")
-    print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}; Dynamo traced "
-          f"{traced} frames in the first calls (the plain artcache path's), "
+    print(f"wrapper: replayed {wrapper.replayed}, fallbacks {dict(wrapper.reasons) or 'none'}; torch.compile "
+          f"precompile: replayed {sum(h.replayed for h in hooks)}, fallbacks {[dict(h.reasons) for h in hooks]}; "
+          f"Dynamo traced {traced} frames in the first calls (the plain path's), "
           f"{torch._dynamo.utils.counters['frames']['total'] - traced} after")
 
 
@@ -284,6 +297,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="")
     parser.add_argument("--steady", action="store_true", help="per-call time in one process (ARTCACHE_STORE filled)")
+    parser.add_argument("--threads", type=int, default=0, help="--steady: torch threads (0: torch's default)")
+    parser.add_argument("--fill", action="store_true", help="--steady: fill ARTCACHE_STORE for it, then exit")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
