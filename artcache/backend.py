@@ -370,6 +370,8 @@ def _precompile_decision(kwargs: dict[str, Any]) -> Callable[[Any, Any], None] |
             cache = EntryStore(settings=settings)
         except StoreError:
             return None  # the backend warns (or raises in strict mode) at its first graph
+        if cache.settings.disabled:  # a setting it could not use turned it off (it warned)
+            return None
         backend = ArtcacheBackend(cache, mode=extra.get("mode"), options=options)
     elif isinstance(compiler, ArtcacheBackend) and compiler.precompile and not compiler.cache.settings.disabled:
         backend = compiler
