@@ -5,6 +5,11 @@
 call ``artcache.Cache(store=...).backend()``.  ``mode`` and ``options`` are applied to
 Inductor's config exactly as the default backend applies them, and are part of the key.
 
+With precompile on (``options={"precompile": True}``, ``ARTCACHE_PRECOMPILE=1``) a
+``torch.compile`` call also attaches the precompile tier to the function it compiles
+(:func:`_precompile_decision`, :mod:`artcache.frame_hook`): a hit then skips Dynamo's
+tracing of the frame as well.
+
 Policy: a hit never compiles; a miss compiles with Inductor as usual and saves the result;
 a graph artcache cannot cache is compiled normally and its reason counted; any error in
 the cache path is handed to ``Cache.degrade`` (a warning and a miss, or a raise in strict
@@ -25,8 +30,8 @@ from typing import Any
 
 import torch
 
-from . import bundler, keys, pickler, single_flight, weights
-from ._torch import freezing, key_inputs, op_registry, rebuild
+from . import bundler, frame_hook, keys, pickler, single_flight, weights
+from ._torch import freezing, key_inputs, op_registry, precompile_hook, rebuild
 from ._torch import logs as torch_logs
 from ._torch import settings as torch_settings
 from ._torch.entry_types import entry_allowlist
@@ -53,13 +58,13 @@ class ArtcacheBackend:
         self.cache = cache
         self.mode = mode
         self.options = dict(options or {})
-        if self.options.pop("precompile", None):
-            # torch.compile gives a backend no say before Dynamo traces a frame, so a
-            # backend option cannot skip the trace: the precompile tier is a wrapper.
+        # The precompile tier (artcache.frame_hook): an option of artcache's, never Inductor's.
+        wanted = self.options.pop("precompile", None)
+        self.precompile = bool(cache.settings.precompile if wanted is None else wanted)
+        if self.precompile and not _HOOK_INSTALLED:
             # A warning (shown once per process by Python's default filter), not an error.
-            warnings.warn("artcache: options={'precompile': True} cannot skip Dynamo through torch.compile; "
-                          "use artcache.precompile(fn) (or Cache.precompile). Compiling with the artcache backend.",
-                          stacklevel=2)
+            warnings.warn("artcache: precompile needs torch's precompile-entry hook, which this torch lacks; "
+                          "compiling with the artcache backend (Dynamo traces, graphs hit).", stacklevel=2)
         self._environment: dict[frozenset[str], dict[str, str]] = {}
         self._allow: pickler.Allowlist | None = None
         # Called with each computed graph key and what the graph's factors were made of
@@ -364,3 +369,46 @@ def artcache_backend(
         with torch_settings.inductor_config_patch(torch_settings.mode_options(mode, options)):
             return torch_settings.compile_fx(gm, example_inputs)
     return ArtcacheBackend(cache, mode=mode, options=options)(gm, example_inputs)
+
+
+def _precompile_decision(kwargs: dict[str, Any]) -> Callable[[Any, Any], None] | None:
+    """Called by ``torch.compile`` (through :mod:`artcache._torch.precompile_hook`) with the
+    arguments it passes to Dynamo: for an artcache backend with precompile on, the backend
+    becomes a recording one and the returned function attaches the precompile tier to the
+    function compiled (:mod:`artcache.frame_hook`); anything else is left alone."""
+    found = precompile_hook.compile_wrapper_backend(kwargs.get("backend"))
+    if found is None:
+        return None
+    compiler, extra = found
+    if compiler is artcache_backend:
+        settings = settings_from_env()
+        options = dict(extra.get("options") or {})
+        wanted = options.get("precompile")
+        if not (settings.precompile if wanted is None else wanted) or settings.disabled:
+            return None
+        try:
+            cache = EntryStore(settings=settings)
+        except StoreError:
+            return None  # the backend warns (or raises in strict mode) at its first graph
+        if cache.settings.disabled:  # a setting it could not use turned it off (it warned)
+            return None
+        backend = ArtcacheBackend(cache, mode=extra.get("mode"), options=options)
+    elif isinstance(compiler, ArtcacheBackend) and compiler.precompile and not compiler.cache.settings.disabled:
+        backend = compiler
+    else:
+        return None
+    recorder, attach = frame_hook.attach_function(backend.cache, backend)
+    user_filter = kwargs.get("guard_filter_fn")
+
+    def guard_filter(entries: Any) -> Any:
+        kept = recorder.guard_filter(entries)
+        return user_filter(entries) if user_filter is not None else kept
+
+    kwargs["backend"] = recorder
+    kwargs["guard_filter_fn"] = guard_filter
+    return attach
+
+
+# torch.compile imports this module (the entry point) before it calls Dynamo: from then on
+# an artcache backend with precompile on gets the precompile tier.
+_HOOK_INSTALLED = precompile_hook.install_compile_patch(_precompile_decision)

@@ -37,6 +37,8 @@ class Cache(EntryStore):
         tier: a hit in a fresh process runs without Dynamo tracing the frame
         (:mod:`artcache.frames`); anything else goes through ``torch.compile`` with this
         cache's backend."""
+        from .backend import ArtcacheBackend
         from .frames import Precompiled
 
-        return Precompiled(fn, self, mode=mode, options=options)
+        options = {k: v for k, v in (options or {}).items() if k != "precompile"}  # this is the precompile tier
+        return Precompiled(fn, self, ArtcacheBackend(self, mode=mode, options=options))

@@ -182,7 +182,7 @@ class _Digester:
         if self.tensor_bytes > MAX_TENSOR_BYTES:
             raise Uncacheable("user-code-too-large", f"user code reads a {nbytes}-byte tensor")
         data = t.detach().contiguous().cpu()
-        self.put(data.view(torch.uint8).numpy().tobytes() if nbytes else b"")
+        self.put(data.reshape(-1).view(torch.uint8).numpy().tobytes() if nbytes else b"")  # 0-d too
 
     def function(self, fn: types.FunctionType, depth: int) -> None:
         module = getattr(fn, "__module__", None)

@@ -101,6 +101,9 @@ class Settings:
     single_flight: bool = True
     http_token: str | None = field(default=None, repr=False)  # a secret: never printed
     compress: bool = True  # zstd-compress blobs where it pays (when zstandard is installed)
+    # torch.compile with the artcache backend serves frames without Dynamo where it can
+    # (the precompile tier, artcache.frame_hook); a backend's own option overrides it.
+    precompile: bool = False
     # Activity of stores without a local directory (see stats_root); empty: not kept.
     stats_dir: str = ""
     # One line per unusable variable, naming it and the fix; the value it had is ignored.
@@ -131,6 +134,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     ``ARTCACHE_SINGLE_FLIGHT`` ``0`` turns off one-compile-for-many-processes (default on)
     ``ARTCACHE_HTTP_TOKEN``   bearer token for http(s):// tiers whose URL names no credentials
     ``ARTCACHE_COMPRESS``     ``0`` stores new blobs uncompressed (default: zstd where it pays)
+    ``ARTCACHE_PRECOMPILE``   ``1``: a hit skips Dynamo too (``torch.compile`` with the artcache
+                              backend and ``Cache.backend()``; see ``artcache.frame_hook``)
 
     A value that cannot be used never raises here: it is ignored and described in
     ``Settings.problems`` (the backend warns and turns the cache off, strict mode and the
@@ -159,6 +164,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         single_flight=_flag(env, "ARTCACHE_SINGLE_FLIGHT", True, problems),
         http_token=env.get("ARTCACHE_HTTP_TOKEN", "").strip() or None,
         compress=_flag(env, "ARTCACHE_COMPRESS", True, problems),
+        precompile=_flag(env, "ARTCACHE_PRECOMPILE", False, problems),
         stats_dir=default_stats_dir(env),
         problems=tuple(problems),
     )

@@ -28,30 +28,40 @@ in a process records a frame entry when the frame qualifies, or counts why it do
 
 Frame entries go through the safe pickler (plain data only), are signed like every entry,
 and ``artcache inspect`` shows their guards, inputs and graph key.
+
+:class:`FrameTier` is what both ways into the tier share (key, load, record, save); the
+wrapper here is one, ``torch.compile`` with precompile on is the other
+(:mod:`artcache.frame_hook`); the checks and the replay itself are in
+:mod:`artcache.frame_replay`.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import keys, pickler
 from ._torch import frame_capture as fc
-from ._torch import rebuild
+from ._torch import guard_tree
 from ._torch import settings as torch_settings
-from .backend import ArtcacheBackend
 from .code_digest import code_digest, installed_module
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
-from .frame_entry import CONSTANTS, FRAME_SCHEMA, FrameEntry, build_output, guard_text, output_structure, path_text
 from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
+from .frame_entry import (
+    CONSTANTS,
+    FRAME_SCHEMA,
+    FrameEntry,
+    guard_text,
+    output_structure,
+    path_text,
+)
+from .frame_replay import Frame, Recorder, Replay
 from .output_code import CompiledGraph
 
 log = logging.getLogger(__name__)
@@ -65,278 +75,38 @@ _GRAPH_FACTORS = frozenset({"graph", "inputs", "custom_ops", "static_inputs", "c
 # replay skips the backend's weights check): a frame with any of them is not precompiled.
 _USER_CODE_FACTORS = ("custom_ops", "checkpoint_policies", "saved_tensors_hooks", "user_triton_kernels",
                       "frozen_weights")
-_MISSING = object()
 
 
-def _check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
-    """One stored check as a function of (value at its path, value at its second path).
-    Named objects are resolved once: a check then compares identity with the object the
-    name gave when the replay was made (a later rebinding of the name makes no new match)."""
-    kind, _, want = check
-    if kind == "same":
-        return lambda value, other: value is other
-    if kind == "eq":
-        return lambda value, other: fc.constant_form(value) == want
-    if kind == "tensor":
-        tensor = fc.tensor_check(want)
-        return lambda value, other: tensor(value)
-    if kind == "torch":
-        return lambda value, other: fc.torch_constant(value) == want
-    if kind == "keys":
-        return lambda value, other: isinstance(value, dict) and list(value) == want
-    if kind in ("type", "is"):
-        named = fc.resolve_named(want)
-        if named is None:
-            return lambda value, other: False
-        if kind == "type":
-            return lambda value, other: type(value) is named
-        return lambda value, other: value is named
-    if kind == "absent":
-        return lambda value, other: want not in getattr(value, "__dict__", {})
-    if kind == "hasattr":
-        return lambda value, other: hasattr(value, want)
-    if kind == "lacks":
-        return lambda value, other: not hasattr(value, want)
+class FrameTier:
+    """What both ways into the precompile tier share: a frame's key, loading and checking
+    a frame entry, recording one while Dynamo compiles the frame, and saving it.
+    ``code_fn`` is the plain function whose frame is served; ``backend`` the
+    :class:`~artcache.backend.ArtcacheBackend` graphs compile through.  ``reasons`` counts
+    why calls went through Dynamo, ``refusals`` why the frame is not precompilable."""
 
-    def length(value: Any, other: Any) -> bool:  # "len"
-        try:
-            return len(value) == want
-        except TypeError:
-            return False
+    # Which entries can be served: those recorded on torch's wrapper frame (True), on the
+    # function's own frame (False), or both (None: the wrapper calls either frame itself).
+    wrapped_frames: bool | None = None
+    # Whether the recorder notes every compile (the wrapper resets it at each record), or
+    # only those inside a record (torch.compile's context compiles other frames too).
+    records_always = True
 
-    return length
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """A call's locals two ways: the function's own (arguments bound, defaults applied,
-    closure cells by name), and those of torch's wrapper Dynamo traces for torch's own
-    functions (``fn``, ``args``, ``kwargs``: see ``FrameEntry.wrapped``)."""
-
-    direct: dict[str, Any]
-    wrapped: dict[str, Any]
-
-
-class _Replay:
-    """A loaded frame entry: its guards and the compiled graph it calls.
-
-    Guard paths share prefixes (``L['self']._modules['fc1']`` under many guards), so each
-    distinct prefix is one node, resolved once per call in order."""
-
-    def __init__(self, entry: FrameEntry, compiled: Callable[..., Any], f_globals: Mapping[str, Any]) -> None:
-        self.entry = entry
-        self.compiled = compiled
-        self.f_globals = fc.wrapper_globals() if entry.wrapped else f_globals
-        self._nodes: list[tuple[int, str, Any]] = []  # (parent node or -1, step, key)
-        index: dict[tuple[Any, ...], int] = {}
-
-        def node(path: list[list[Any]]) -> int:
-            key: tuple[Any, ...] = ()
-            parent = -1
-            for step, name in path:
-                key += ((step, name, type(name).__name__),)
-                if key not in index:
-                    index[key] = len(self._nodes)
-                    self._nodes.append((parent, step, name))
-                parent = index[key]
-            return parent
-
-        self._checks = []
-        seen = set()
-        for check in entry.guards:
-            at, other = node(check[1]), node(check[2]) if check[0] == "same" else -1
-            identity = (check[0], at, other, repr(check[2]))
-            if identity not in seen:  # Dynamo repeats some guards (hook dicts, generic-dict checks)
-                seen.add(identity)
-                self._checks.append((at, other, _check_fn(check), check))
-        self.inputs = [node(path) for path in entry.inputs]
-        self._state: fc.StateCheck | None = None
-
-    def _resolve_all(self, frame: _Frame) -> list[Any]:
-        f_locals = frame.wrapped if self.entry.wrapped else frame.direct
-        values: list[Any] = []
-        for parent, step, name in self._nodes:
-            obj = f_locals if step == "L" else self.f_globals if step == "G" else sys.modules if step == "M" else (
-                values[parent])
-            if obj is _MISSING:
-                values.append(_MISSING)
-                continue
-            try:
-                values.append(getattr(obj, name, _MISSING) if step == "a" else obj.get(name, _MISSING)
-                              if step in ("L", "G", "M") else obj[name])
-            except (KeyError, IndexError, TypeError):
-                values.append(_MISSING)
-        return values
-
-    def check(self, frame: _Frame) -> tuple[str | None, list[Any]]:
-        """The first failing check (or ``None``) and every path's value for this call."""
-        values = self._resolve_all(frame)
-        for at, other, holds, check in self._checks:
-            value = values[at]
-            if value is _MISSING or not holds(value, values[other] if other >= 0 else None):
-                return guard_text(check), values
-        if self._state is None:
-            if fc.global_state() != self.entry.state:
-                return "global state", values
-            self._state = fc.StateCheck()  # verified equal: from now on the fast check
-        elif not self._state.holds():
-            return "global state", values
-        if not fc.global_hooks_empty():
-            return "global module hooks", values
-        if fc.storage_groups([values[at] for at in self.inputs]) != self.entry.storage:
-            return "inputs alias differently", values
-        return None, values
-
-    def try_call(self, frame: _Frame) -> tuple[bool, Any]:
-        """Check the guards; if they all hold, run the graph and rebuild the frame's result."""
-        failed, values = self.check(frame)
-        if failed is not None:
-            return False, None
-        inputs = [values[at] for at in self.inputs]
-        if any(value is _MISSING for value in inputs):  # every input has a tensor guard; never reached
-            return False, None
-        return True, build_output(self.entry.output, self.compiled(*inputs), inputs)
-
-
-class _GraphRecord:
-    """One backend call during a recorded Dynamo compile."""
-
-    def __init__(self) -> None:
-        self.trace: fc.FrameTrace | None = None
-        self.problem = ""
-        self.keys: list[tuple[str, dict[str, Any]]] = []
-        self.lifted = 0
-        self.outputs: Any = None
-        self.inputs: list[Any] = []
-
-
-class _Recorder:
-    """The backend and guard filter given to Dynamo on the fallback path: compiles through
-    the artcache backend and notes what the frame entry needs."""
-
-    def __init__(self, backend: ArtcacheBackend) -> None:
-        self.backend = backend
-        self.graphs: list[_GraphRecord] = []
-        self.guards: list[list[Any]] | None = None
-        self.guard_problem: NotPrecompilable | None = None
-        self.guard_calls = 0
-
-    def reset(self) -> None:
-        self.graphs, self.guards, self.guard_problem, self.guard_calls = [], None, None, 0
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        record = _GraphRecord()
-        self.graphs.append(record)
-        try:
-            record.trace = fc.FrameTrace(gm)
-        except (AttributeError, KeyError, TypeError) as exc:  # a torch without what the trace reads
-            record.problem = f"trace unreadable: {type(exc).__name__}: {exc}"
-        record.lifted = len(rebuild.lifted_inputs(gm))
-        self.backend.on_key = lambda key, info: record.keys.append((key, info))
-        try:
-            compiled = self.backend(gm, example_inputs)
-        finally:
-            self.backend.on_key = None
-
-        def run(*args: Any) -> Any:
-            out = compiled(*args)
-            if record.outputs is None:
-                record.outputs, record.inputs = out, list(args)
-            return out
-
-        if getattr(compiled, "_boxed_call", False):
-            run._boxed_call = True  # type: ignore[attr-defined]
-        return run
-
-    def guard_filter(self, entries: list[Any]) -> list[bool]:
-        self.guard_calls += 1
-        try:
-            translated = [fc.translate_guard(entry) for entry in entries]
-            self.guards = [g for g in translated if g is not None]
-        except NotPrecompilable as exc:
-            self.guard_problem = exc
-        return [True] * len(entries)
-
-
-class Precompiled:
-    """``fn`` (a function, bound method or module) called through the precompile tier;
-    see the module docstring.  ``reasons`` counts why calls went through Dynamo."""
-
-    def __init__(self, fn: Callable[..., Any], cache: EntryStore, *, mode: str | None = None,
-                 options: Mapping[str, Any] | None = None) -> None:
-        self.fn = fn
-        self._module = fn if isinstance(fn, torch.nn.Module) else None
-        target = fn.forward if isinstance(fn, torch.nn.Module) else fn
-        self._code_fn = getattr(target, "__func__", target)
-        self._self = getattr(target, "__self__", None)
-        self._signature = inspect.signature(self._code_fn)
-        code = getattr(self._code_fn, "__code__", None)
-        self._cells = list(zip(code.co_freevars, self._code_fn.__closure__ or ())) if code is not None else []
-        self._globals: Mapping[str, Any] = getattr(self._code_fn, "__globals__", {})
+    def __init__(self, code_fn: Callable[..., Any], cache: EntryStore, backend: Any) -> None:
+        self._code_fn = code_fn
+        self._globals: Mapping[str, Any] = getattr(code_fn, "__globals__", {})
         self.cache = cache
-        self._backend = ArtcacheBackend(cache, mode=mode, options=options)
-        self._recorder = _Recorder(self._backend)
-        self._target = target
-        self._dynamo: Callable[..., Any] | None = None
-        self._dynamo_module: Callable[..., Any] | None = None
-        self._replays: list[_Replay] = []
+        self._backend = backend
+        self._recorder = Recorder(backend)
+        self._recorder.recording = self.records_always
+        self._replays: list[Replay] = []
         self._tried: set[str] = set()
         self._code_digest: str | None = None
         self.reasons: Counter[str] = Counter()
         self.refusals: dict[str, str] = {}  # why the frame is not precompilable, in full
         self.replayed = 0
 
-    # -- the call --------------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._module is not None and _module_hooks(self._module):
-            # Hooks run in the module's __call__: compile the module itself (no frame entry).
-            self.reasons["module-hooks"] += 1
-            if self._dynamo_module is None:
-                self._dynamo_module = torch.compile(self._module, backend=self._backend, dynamic=False)
-            return self._dynamo_module(*args, **kwargs)
-        frame = self._bind(args, kwargs)
-        for replay in self._replays:
-            ok, out = replay.try_call(frame)
-            if ok:
-                self.replayed += 1
-                return out
-        try:
-            key, factors = self._frame_key(frame.direct)
-        except Uncacheable as exc:
-            return self._fallback(None, args, kwargs, f"key-{exc.reason}")
-        if key.key in self._tried:  # looked up once in this process: Dynamo's own cache serves it now
-            return self._through_dynamo(*args, **kwargs)
-        self._tried.add(key.key)
-        replay, reason = self._load(key.key, frame)
-        if replay is None:
-            return self._fallback(key, args, kwargs, reason, factors)
-        self._replays.append(replay)
-        ok, out = replay.try_call(frame)
-        if not ok:  # the global state changed since the check a moment ago
-            return self._through_dynamo(*args, **kwargs)
-        self.replayed += 1
-        return out
-
-    def _through_dynamo(self, *args: Any, **kwargs: Any) -> Any:
-        """The fallback: ``torch.compile`` with the recording artcache backend (built at the
-        first fallback, so that a process served by replays never sets Dynamo up)."""
-        if self._dynamo is None:
-            self._dynamo = torch.compile(self._target, backend=self._recorder, dynamic=False,
-                                         options={"guard_filter_fn": self._recorder.guard_filter})
-        return self._dynamo(*args, **kwargs)
-
-    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Frame:
-        bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
-        bound.apply_defaults()
-        direct = dict(bound.arguments)
-        for name, cell in self._cells:
-            try:
-                direct.setdefault(name, cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        return _Frame(direct, {"fn": self._target, "args": args, "kwargs": dict(kwargs)})
-
-    def _frame_key(self, f_locals: Mapping[str, Any]) -> tuple[keys.CacheKey, dict[str, Any]]:
+    def _frame_key(self, f_locals: Mapping[str, Any],
+                   extra: Mapping[str, Any] | None = None) -> tuple[keys.CacheKey, dict[str, Any]]:
         if self._code_digest is None:
             self._code_digest = code_digest(self._code_fn)
         tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
@@ -346,18 +116,22 @@ class Precompiled:
             "environment": self._backend.fingerprint(tensors),
             "options": {"mode": self._backend.mode, "options": sorted(self._backend.options)},
             "precompile": FRAME_SCHEMA,
+            **(extra or {}),
         }
         return keys.make_key(keys.factor(name, value) for name, value in values.items()), values
 
     # -- the hit ---------------------------------------------------------------------------
-    def _load(self, key: str, frame: _Frame) -> tuple[_Replay | None, str]:
+    def _load(self, key: str, frame: Frame) -> tuple[Replay | None, str]:
         loaded = self.cache.lookup(key)
         if loaded is None:
             return None, "absent"
         try:
             doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
             entry = FrameEntry.from_plain(doc)
-            replay = _Replay(entry, _never_called, self._globals)
+            if self.wrapped_frames is not None and entry.wrapped != self.wrapped_frames:
+                self.cache.reject(key, "wrapped-frame")
+                return None, "wrapped-frame"
+            replay = Replay(entry, _never_called, self._globals)
             failed, values = replay.check(frame)
             if failed is not None:
                 log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
@@ -408,28 +182,29 @@ class Precompiled:
         self.cache.record_hit(loaded, 0.0)
         return compiled  # type: ignore[no-any-return]
 
-    # -- the fallback: Dynamo, recording ---------------------------------------------------
-    def _fallback(self, key: keys.CacheKey | None, args: tuple[Any, ...], kwargs: Mapping[str, Any], reason: str,
-                  factors: dict[str, Any] | None = None) -> Any:
-        self.reasons[reason] += 1
-        if key is None or reason != "absent":
-            return self._through_dynamo(*args, **kwargs)
-        self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": factors or {}})  # for explain
+    # -- the record: Dynamo compiles the frame, artcache notes what it produced ----------
+    def _record(self, key: keys.CacheKey, factors: dict[str, Any], f_locals: Mapping[str, Any],
+                call: Callable[[], Any]) -> Any:
+        """``call()`` (the frame through Dynamo) with the recorder on; then save the frame
+        entry, or count why the frame is not precompilable."""
+        self.cache.record_miss_details(key.key, {"factors": key.digests(), "values": factors})  # for explain
         state, hooks_empty = fc.global_state(), fc.global_hooks_empty()
-        direct = self._bind(args, kwargs).direct
         self._recorder.reset()
-        out = self._through_dynamo(*args, **kwargs)
+        self._recorder.recording = True
         try:
-            entry = self._capture(out, state, hooks_empty)
-        except NotPrecompilable as exc:
-            self.reasons[f"not-precompilable:{exc.reason}"] += 1
-            self.refusals[exc.reason] = str(exc)
-            self.cache.record_uncacheable(f"precompile-{exc.reason}")
-            log.info("artcache: frame %s is not precompilable (%s)", self._code_fn.__qualname__, exc)
-            return out
+            out = call()
+            try:
+                entry = self._capture(out, state, hooks_empty)
+            except NotPrecompilable as exc:
+                self.reasons[f"not-precompilable:{exc.reason}"] += 1
+                self.refusals[exc.reason] = str(exc)
+                self.cache.record_uncacheable(f"precompile-{exc.reason}")
+                log.info("artcache: frame %s is not precompilable (%s)", self._code_fn.__qualname__, exc)
+                return out
         finally:
             self._recorder.reset()
-        self._save(key, entry, factors or {}, direct)
+            self._recorder.recording = self.records_always
+        self._save(key, entry, factors, f_locals)
         return out
 
     def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry:
@@ -484,6 +259,87 @@ class Precompiled:
         tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
         self.cache.save(key.key, [NewBlob(BlobRole.OBJECT, data)], factors=key.digests(),
                         environment=self._backend.fingerprint(tensors), summary=summary)
+
+
+class Precompiled(FrameTier):
+    """``fn`` (a function, bound method or module) called through the precompile tier;
+    see the module docstring."""
+
+    def __init__(self, fn: Callable[..., Any], cache: EntryStore, backend: Any) -> None:
+        target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+        super().__init__(getattr(target, "__func__", target), cache, backend)
+        self.fn = fn
+        self._module = fn if isinstance(fn, torch.nn.Module) else None
+        self._self = getattr(target, "__self__", None)
+        self._signature = inspect.signature(self._code_fn)
+        code = getattr(self._code_fn, "__code__", None)
+        self._cells = list(zip(code.co_freevars, self._code_fn.__closure__ or ())) if code is not None else []
+        self._target = target
+        self._dynamo: Callable[..., Any] | None = None
+        self._dynamo_module: Callable[..., Any] | None = None
+
+    # -- the call --------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._module is not None and _module_hooks(self._module):
+            # Hooks run in the module's __call__: compile the module itself (no frame entry).
+            self.reasons["module-hooks"] += 1
+            if self._dynamo_module is None:
+                self._dynamo_module = torch.compile(self._module, backend=self._backend, dynamic=False)
+            return self._dynamo_module(*args, **kwargs)
+        frame = self._bind(args, kwargs)
+        for replay in self._replays:
+            ok, out = replay.try_call(frame)
+            if ok:
+                self.replayed += 1
+                return out
+        try:
+            key, factors = self._frame_key(frame.direct)
+        except Uncacheable as exc:
+            self.reasons[f"key-{exc.reason}"] += 1
+            return self._through_dynamo(*args, **kwargs)
+        if key.key in self._tried:  # looked up once in this process: Dynamo's own cache serves it now
+            return self._through_dynamo(*args, **kwargs)
+        self._tried.add(key.key)
+        replay, reason = self._load(key.key, frame)
+        if replay is None:
+            self.reasons[reason] += 1
+            if reason != "absent":
+                return self._through_dynamo(*args, **kwargs)
+            return self._record(key, factors, frame.direct, lambda: self._through_dynamo(*args, **kwargs))
+        self._replays.append(replay)
+        failed, values = replay.check(frame)
+        if failed is not None:  # the global state changed since the check a moment ago
+            return self._through_dynamo(*args, **kwargs)
+        out = replay.run(values)
+        # From the next call on, torch's C++ guards check what the Python checks just did.
+        built = guard_tree.build(None, replay.f_globals, replay.nodes, values, replay.checks, None)
+        if built is not None:
+            replay.tree, replay.tree_keep = built
+        self.replayed += 1
+        return out
+
+    def _through_dynamo(self, *args: Any, **kwargs: Any) -> Any:
+        """The fallback: ``torch.compile`` with the recording artcache backend (built at the
+        first fallback, so that a process served by replays never sets Dynamo up)."""
+        if self._dynamo is None:
+            self._dynamo = torch.compile(self._target, backend=self._recorder, dynamic=False,
+                                         options={"guard_filter_fn": self._recorder.guard_filter})
+        return self._dynamo(*args, **kwargs)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Frame:
+        def direct() -> dict[str, Any]:
+            bound = self._signature.bind(*((self._self,) if self._self is not None else ()), *args, **kwargs)
+            bound.apply_defaults()
+            found = dict(bound.arguments)
+            for name, cell in self._cells:
+                try:
+                    found.setdefault(name, cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            return found
+
+        # Bound only when read: a replay of torch's wrapper frame reads fn, args and kwargs.
+        return Frame(None, {"fn": self._target, "args": args, "kwargs": dict(kwargs)}, direct)
 
 
 def _never_called(*args: Any) -> Any:

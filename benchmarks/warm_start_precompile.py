@@ -4,7 +4,8 @@ torch's own ``aot_compile`` + ``load_compiled_function``.
 
     python benchmarks/warm_start_precompile.py [--models mlp] [--device cpu|cuda]
         [--repeats 3] [--steps 30] [--out FILE]
-    ARTCACHE_STORE=<filled store> python benchmarks/warm_start_precompile.py --steady [--models mlp]
+    ARTCACHE_STORE=<store> python benchmarks/warm_start_precompile.py --steady --fill [--threads 1]
+    ARTCACHE_STORE=<store> python benchmarks/warm_start_precompile.py --steady [--threads 1] [--models mlp]
 
 =======================  ================================================================
 floor                    ``torch.compile(model, backend="eager")``: Dynamo tracing and an
@@ -13,6 +14,12 @@ artcache-warm            ``backend=Cache().backend()`` on the store artcache's c
                          filled, with new empty torch dirs (Dynamo traces, graphs hit)
 artcache-precompile      ``artcache.precompile(model)`` on the store its cold run filled,
                          new empty torch dirs: a frame hit skips Dynamo's tracing too
+artcache-pc-compile      ``torch.compile(model, backend=Cache().backend(options={"precompile":
+                         True}))`` on the store its cold run filled, new empty torch dirs:
+                         the same tier through torch's precompile-entry hook (a backend
+                         object, as artcache-warm: ``backend="artcache"`` by name makes
+                         torch import every backend module of its own at the first lookup,
+                         about 0.3 s here, whatever the backend does)
 torch-aot-load           ``torch.compiler.load_compiled_function`` of the file
                          ``torch.compile(fullgraph=True).aot_compile`` saved, with the
                          Inductor cache dir the save filled (where fullgraph works)
@@ -40,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,10 +57,11 @@ REPO = THIS.parent.parent
 sys.path.insert(0, str(THIS.parent))
 from warm_start_models import BUILDERS  # noqa: E402
 
-FLOOR, AC_WARM, PRECOMPILE, AOT, AOT_FRESH = (
-    "floor", "artcache-warm", "artcache-precompile", "torch-aot-load", "torch-aot-load-fresh")
-VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, AOT, AOT_FRESH)
-PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", AOT: "torch-aot-save"}
+FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH = (
+    "floor", "artcache-warm", "artcache-precompile", "artcache-pc-compile", "torch-aot-load", "torch-aot-load-fresh")
+VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH)
+PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", PC_COMPILE: "artcache-pc-compile-cold",
+           AOT: "torch-aot-save"}
 
 
 # -- child ---------------------------------------------------------------------------------
@@ -61,6 +70,7 @@ def child_main(args: argparse.Namespace) -> None:
     import torch._dynamo  # noqa: F401 - before the clock, in every child
 
     import artcache
+    from artcache import frame_hook
     from artcache.frames import Precompiled
 
     device = torch.device(args.device)
@@ -83,6 +93,8 @@ def child_main(args: argparse.Namespace) -> None:
         fn = torch.compile(workload.model, backend=cache.backend())  # type: ignore[union-attr]
     elif args.variant in (PRECOMPILE, "artcache-precompile-cold"):
         fn = artcache.precompile(workload.model, cache=cache)
+    elif args.variant in (PC_COMPILE, "artcache-pc-compile-cold"):
+        fn = torch.compile(workload.model, backend=cache.backend(options={"precompile": True}))  # type: ignore[union-attr]
     elif args.variant == "torch-aot-save":
         if example is None:
             raise SystemExit(f"no aot_compile example input for {args.model}")
@@ -115,6 +127,12 @@ def child_main(args: argparse.Namespace) -> None:
         result["replayed"] = fn.replayed
         result["fallbacks"] = dict(fn.reasons)
         result["refusals"] = fn.refusals
+    result["dynamo_frames"] = torch._dynamo.utils.counters["frames"]["total"]  # frames Dynamo traced
+    if args.variant.startswith(PC_COMPILE):
+        hooks = frame_hook.attached()
+        result["replayed"] = sum(h.replayed for h in hooks)
+        result["fallbacks"] = dict(sum((h.reasons for h in hooks), Counter()))
+        result["refusals"] = {k: v for h in hooks for k, v in h.refusals.items()}
     if cache is not None:
         s = cache.stats()
         result["artcache"] = {"hits": s.hits, "misses": dict(s.misses), "saves": s.saves, "uncacheable": dict(s.uncacheable)}
@@ -132,30 +150,51 @@ def _example_input(model: str, device: Any) -> Any:
 
 def steady_main(args: argparse.Namespace) -> None:
     """``--steady``: per-call time of a replayed frame against the same graph behind
-    Dynamo's own guards, in one process, interleaved in rounds (the precompile tier checks
-    its guards in Python at every call).  Needs a store that the cold runs filled."""
+    Dynamo's own guards, in one process, interleaved in rounds: the wrapper, ``torch.compile``
+    with precompile, and the plain artcache backend.  Wall time and this process's CPU time
+    (with ``--threads 1`` the latter is what the call costs, whatever else runs on the
+    machine).  Needs a store the cold runs filled under the same ``--threads``: ``--fill``
+    makes one (run it once, in its own process, then run without it)."""
     import torch
     import torch._dynamo  # noqa: F401
 
     import artcache
+    from artcache import frame_hook
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # part of the global state the entries guard
     workload = BUILDERS[args.models.split(",")[0]](torch.device(args.device))
     cache = artcache.Cache()
     paths = {"artcache-precompile": artcache.precompile(workload.model, cache=cache),
+             "torch.compile precompile": torch.compile(workload.model, backend=cache.backend(options={"precompile": True})),
              "artcache (Dynamo's guards)": torch.compile(workload.model, backend=cache.backend())}
     for fn in paths.values():
         workload.step(fn)
-    rounds: dict[str, list[float]] = {name: [] for name in paths}
+        workload.step(fn)
+    if args.fill:
+        return
+    traced = torch._dynamo.utils.counters["frames"]["total"]
+    wall: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.repeats * 10):
         for name, fn in paths.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 workload.step(fn)
-            rounds[name].append((time.perf_counter() - start) / args.steps)
-    for name, times in rounds.items():
-        print(f"{name:28s} median {statistics.median(times) * 1e3:.3f} ms  min {min(times) * 1e3:.3f} ms")
-    replayed = paths["artcache-precompile"]
-    print(f"replayed {replayed.replayed} calls, fallbacks {dict(replayed.reasons) or 'none'}")
+            wall[name].append((time.perf_counter() - start) / args.steps)
+            cpu[name].append((time.process_time() - start_cpu) / args.steps)
+    base_wall = statistics.median(wall["artcache (Dynamo's guards)"])
+    base_cpu = statistics.median(cpu["artcache (Dynamo's guards)"])
+    for name in paths:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:28s} wall median {w * 1e3:.3f} ms ({100 * (w / base_wall - 1):+.1f}%) min "
+              f"{min(wall[name]) * 1e3:.3f} ms; cpu median {c * 1e3:.3f} ms ({100 * (c / base_cpu - 1):+.1f}%)")
+    wrapper = paths["artcache-precompile"]
+    hooks = frame_hook.attached()
+    print(f"wrapper: replayed {wrapper.replayed}, fallbacks {dict(wrapper.reasons) or 'none'}; torch.compile "
+          f"precompile: replayed {sum(h.replayed for h in hooks)}, fallbacks {[dict(h.reasons) for h in hooks]}; "
+          f"Dynamo traced {traced} frames in the first calls (the plain path's), "
+          f"{torch._dynamo.utils.counters['frames']['total'] - traced} after")
 
 
 # -- parent --------------------------------------------------------------------------------
@@ -185,7 +224,8 @@ def _dirs(root: Path, name: str) -> dict[str, str]:
 
 
 def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, list[dict[str, Any]]]:
-    stores = {AC_WARM: f"file://{root}/store-plain", PRECOMPILE: f"file://{root}/store-precompile"}
+    stores = {AC_WARM: f"file://{root}/store-plain", PRECOMPILE: f"file://{root}/store-precompile",
+              PC_COMPILE: f"file://{root}/store-pc-compile"}
     print(f"{model}: preparing (untimed)", flush=True)
     prepared = {}
     for variant, prep in PREPARE.items():
@@ -236,6 +276,7 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str,
                 notes.append(f"replayed {[r['replayed'] for r in mine]}; fallbacks {mine[0]['fallbacks'] or 'none'}")
                 if mine[0]["refusals"]:
                     notes.append(f"not precompilable: {mine[0]['refusals']}")
+            notes.append(f"Dynamo traced {[r.get('dynamo_frames') for r in mine]} frames")
             if "artcache" in mine[0]:
                 a = mine[0]["artcache"]
                 notes.append(f"hits {a['hits']} misses {a['misses'] or 0} saves {a['saves']}")
@@ -256,6 +297,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="")
     parser.add_argument("--steady", action="store_true", help="per-call time in one process (ARTCACHE_STORE filled)")
+    parser.add_argument("--threads", type=int, default=0, help="--steady: torch threads (0: torch's default)")
+    parser.add_argument("--fill", action="store_true", help="--steady: fill ARTCACHE_STORE for it, then exit")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)

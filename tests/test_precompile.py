@@ -205,20 +205,22 @@ def test_inputs_that_alias_differently_are_refused(runs: dict[str, Any]) -> None
 
 
 @pytest.mark.slow
-def test_precompile_option_on_torch_compile_compiles_and_says_where_it_works(tmp_path: Path) -> None:
-    """``torch.compile(..., backend="artcache", options={"precompile": True})``: torch
-    gives a backend no say before Dynamo traces, so the option cannot skip Dynamo there; it
-    must not reach Inductor's config (an unknown key) nor fail the compile, and it says to
-    use ``artcache.precompile``."""
+def test_precompile_option_without_torchs_hook_compiles_and_says_why(tmp_path: Path) -> None:
+    """``torch.compile(..., backend="artcache", options={"precompile": True})`` on a torch
+    without the precompile-entry hook (removed here before artcache is imported): nothing is
+    patched, the option does not reach Inductor's config (an unknown key) nor fails the
+    compile, Dynamo traces, and one warning says why."""
     proc = run_python(
-        "import torch\n"
+        "import torch, torch._C._dynamo.eval_frame as ef\n"
+        "del ef._load_precompile_entry\n"
         "x = torch.randn(3)\n"
         "out = torch.compile(lambda x: x.sin() + 1, backend='artcache', options={'precompile': True})(x)\n"
-        "assert torch.allclose(out, x.sin() + 1)\n",
+        "assert torch.allclose(out, x.sin() + 1)\n"
+        "assert not getattr(torch._dynamo.optimize, '_artcache_precompile_patch', False)\n",
         env={"ARTCACHE_STORE": f"file://{tmp_path}/store", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "artcache.precompile" in proc.stderr
+    assert "precompile-entry hook" in proc.stderr
 
 
 def test_frozen_frame_is_not_precompiled_and_new_weights_are_computed(tmp_path: Path) -> None:

@@ -35,6 +35,11 @@ logs               ``torch._logging`` log registry and ``trace_structured``,    
 frame_capture      ``guard_filter_fn`` entries, ``Source`` classes, the          2.13 (CPU); on 2.11
                    instruction translator's side effects, shape env and traced    (H200) frames fall
                    code, ``GlobalStateGuard``, dispatch keys                     back to Dynamo
+precompile_hook    ``torch._dynamo.optimize`` (wrapped), ``enter_exit_hooks``,   2.13 (CPU, Python 3.11);
+                   ``_load_precompile_entry``, ``GuardManagerWrapper`` lambda     absent internals: no
+                   guards, ``trace_rules.check``, ``bytecode_transformation``    patch, Dynamo traces
+guard_tree         ``GuardManagerWrapper`` accessors and leaf guards (tensor      2.13 (CPU); a guard the
+                   match, type/id/equals, lengths, dict contains, global state)  API refuses: Python checks
 =================  ===========================================================  ==============================
 
 On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or

@@ -1,0 +1,170 @@
+"""A loaded frame entry's checks as a tree of torch's C++ guards (the guard managers
+Dynamo builds for its own cache entries), so that a precompiled frame served through
+``torch.compile`` (:mod:`artcache.frame_hook`) costs what Dynamo's guards cost per call,
+not a walk of the checks in Python.
+
+Built from a replay's access paths and checks after they all held on a real call (the
+values found then are the example values torch's accessors ask for); nothing of the store
+is evaluated: every accessor and leaf guard is made by calling torch's API with names,
+numbers and objects resolved in this process.  What the tree checks, per stored check kind:
+
+==========  ================================================================================
+tensor      ``add_tensor_match_guard`` (class, dispatch keys, dtype, device, sizes, strides,
+            requires_grad) and the storage offset (a Python lambda)
+eq          exact type and value (``add_type_match_guard`` + ``add_equals_match_guard``,
+            ``None``/bools by identity); tuples and lists: a Python lambda on the value
+torch       a Python lambda (a dtype, device, layout or memory format as text)
+type, is    ``add_type_match_guard`` / ``add_id_match_guard`` on the object the name gave
+absent      the instance ``__dict__`` does not hold the name (``add_dict_contains_guard``)
+hasattr     a Python lambda (``lacks``: its negation)
+len         ``add_dict_length_check_guard`` / ``add_length_check_guard``
+keys        a Python lambda
+same        identity of both paths with the object found (only for paths that do not start
+            at a local: a local's aliasing is checked by the replay itself)
+==========  ================================================================================
+
+plus the global state (``add_global_state_guard`` and a lambda for the rest, see
+:class:`artcache._torch.frame_capture.StateCheck`) and an epilogue the caller gives.  A
+check that cannot be expressed makes :func:`build` return None (the replay's Python checks
+stay in use).  Checked on torch 2.13 (CPU).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import frame_capture as fc
+
+_SCALARS = {"NoneType": type(None), "bool": bool, "int": int, "float": float, "str": str}
+
+
+class Unsupported(Exception):
+    """A check the tree cannot express (internal to :func:`build`)."""
+
+
+def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequence[tuple[int, str, Any]],
+          values: Sequence[Any], checks: Sequence[tuple[int, int, list[Any]]],
+          epilogue: Callable[[Any], bool] | None) -> tuple[Any, list[Any]] | None:
+    """The guard manager (``GuardManagerWrapper``) for a replay whose ``nodes`` (parent,
+    step, key) resolved to ``values`` on a call where every check held, and the objects it
+    compares by identity (keep them alive as long as the tree); None when a check or an
+    accessor cannot be expressed.  With ``code``, the tree reads the locals of a frame of
+    that code (torch's eval-frame checks it); without, a dict of locals (``root.check(d)``)."""
+    from torch._C._dynamo.eval_frame import code_framelocals_names
+    from torch._dynamo.guards import GuardManagerType, GuardManagerWrapper
+
+    plain = GuardManagerType.GUARD_MANAGER
+    wrapper = GuardManagerWrapper()
+    root = wrapper.root
+    keep: list[Any] = []
+    names = list(code_framelocals_names(code)) if code is not None else []
+    managers: list[Any] = []
+    roots: list[str] = []
+    dict_roots: dict[str, Any] = {}
+    try:
+        for index, (parent, step, key) in enumerate(nodes):
+            value = values[index]
+            source = f"artcache_node_{index}"
+            if step == "L" and code is None:
+                managers.append(root.dict_getitem_manager(key=key, source=source, example_value=value,
+                                                          guard_manager_enum=plain))
+                roots.append("L")
+            elif step == "L":
+                if key not in names:
+                    raise Unsupported(f"local {key}")
+                local_index = len(names) - 1 - names[::-1].index(key)  # a cell's slot comes last
+                managers.append(root.framelocals_manager(key=(key, local_index), source=source,
+                                                         example_value=value, guard_manager_enum=plain))
+                roots.append("L")
+            elif step in ("G", "M"):
+                if step not in dict_roots:
+                    scope = f_globals if step == "G" else sys.modules
+                    dict_roots[step] = root.globals_dict_manager(f_globals=scope, source=f"artcache_{step}",
+                                                                 example_value=scope, guard_manager_enum=plain)
+                managers.append(dict_roots[step].dict_getitem_manager(key=key, source=source, example_value=value,
+                                                                      guard_manager_enum=plain))
+                roots.append(step)
+            elif step == "a":
+                managers.append(managers[parent].getattr_manager(attr=key, source=source, example_value=value,
+                                                                 guard_manager_enum=plain))
+                roots.append(roots[parent])
+            else:  # "i"
+                accessor = "dict_getitem_manager" if isinstance(values[parent], dict) else "getitem_manager"
+                managers.append(getattr(managers[parent], accessor)(key=key, source=source, example_value=value,
+                                                                     guard_manager_enum=plain))
+                roots.append(roots[parent])
+        for at, other, check in checks:
+            _leaf(managers[at], values[at], check, keep, roots[at], roots[other] if other >= 0 else "",
+                  managers[other] if other >= 0 else None)
+    except (Unsupported, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
+        return None  # a check or accessor this torch's guard API does not take
+    state = fc.StateCheck()
+    root.add_global_state_guard(torch._C._dynamo.guards.GlobalStateGuard(), ["artcache global state"], None)
+    root.add_lambda_guard(lambda _: state.holds() and fc.global_hooks_empty(), ["artcache global state (rest)"], None)
+    if epilogue is not None:
+        root.add_epilogue_lambda_guard(epilogue, ["artcache precompiled frame"], None)
+    return wrapper, keep
+
+
+def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str, other_root: str,
+          other: Any) -> None:
+    kind, _, want = check
+    parts = [f"artcache {kind}"]
+    if kind == "tensor":
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise Unsupported("tensor")
+        manager.add_tensor_match_guard(value, list(value.shape), list(value.stride()), "artcache_tensor", parts, None,
+                                       type(value), torch._C._dispatch_keys(value))
+        offset = want[5]
+        manager.add_lambda_guard(lambda t: t.storage_offset() == offset, parts, None)
+    elif kind == "eq":
+        type_name, constant = want
+        if type_name in ("NoneType", "bool"):
+            manager.add_id_match_guard(id(constant), parts, None)
+        elif type_name in _SCALARS:
+            manager.add_type_match_guard(id(_SCALARS[type_name]), parts, None)
+            manager.add_equals_match_guard(constant, parts, None)
+        else:
+            manager.add_lambda_guard(lambda v: fc.constant_form(v) == want, parts, None)
+    elif kind == "torch":
+        manager.add_lambda_guard(lambda v: fc.torch_constant(v) == want, parts, None)
+    elif kind in ("type", "is"):
+        named = fc.resolve_named(want)
+        if named is None:
+            raise Unsupported("unnamed")
+        keep.append(named)
+        if kind == "type":
+            manager.add_type_match_guard(id(named), parts, None)
+        else:
+            manager.add_id_match_guard(id(named), parts, None)
+    elif kind == "absent":
+        state = getattr(value, "__dict__", None)
+        if type(state) is not dict:
+            raise Unsupported("absent")
+        manager.get_generic_dict_manager(source="artcache_dict", example_value=state,
+                                         guard_manager_enum=torch._dynamo.guards.GuardManagerType.GUARD_MANAGER
+                                         ).add_dict_contains_guard(False, want, parts, None)
+    elif kind == "hasattr":
+        manager.add_lambda_guard(lambda v: hasattr(v, want), parts, None)
+    elif kind == "lacks":
+        manager.add_lambda_guard(lambda v: not hasattr(v, want), parts, None)
+    elif kind == "len":
+        if isinstance(value, dict):  # hook dicts are OrderedDicts (not sequences to torch)
+            manager.add_dict_length_check_guard(want, parts, None)
+        else:
+            manager.add_length_check_guard(want, parts, None)
+    elif kind == "keys":
+        manager.add_lambda_guard(lambda v: type(v) is dict and list(v) == want, parts, None)
+    elif kind == "same":
+        if "L" in (root, other_root) or other is None:
+            raise Unsupported("same")
+        keep.append(value)
+        manager.add_id_match_guard(id(value), parts, None)
+        other.add_id_match_guard(id(value), parts, None)
+    else:
+        raise Unsupported(kind)
