@@ -37,6 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bytecode import compile_checkout  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 VARIANTS = ("solo", "torch", "artcache", "artcache-sf-off")
@@ -167,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.child:
         child_main(args)
         return
+    compile_checkout()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.perf_counter()
     runs = []

@@ -72,6 +72,7 @@ REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 
 sys.path.insert(0, str(THIS.parent))  # the model and report modules beside this file, however it is run
+from _bytecode import compile_checkout
 from warm_start_models import BUILDERS, ArtcacheProbe
 from warm_start_report import (
     AC_COLD,
@@ -522,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.child or args.info:
         (child_main if args.child else info_main)(args)
         return
+    compile_checkout()
 
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     t0 = time.perf_counter()

@@ -39,6 +39,7 @@ from typing import Any
 THIS = Path(__file__).resolve()
 sys.path.insert(0, str(THIS.parent))
 import warm_start as ws  # noqa: E402
+from _bytecode import compile_checkout  # noqa: E402
 from warm_start_report import AC_REMOTE, AC_WARM  # noqa: E402
 
 FROZEN_MODELS = ("mlp", "resnet50")
@@ -191,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (ws.child_main if args.child else ws.info_main)(args)
         return
     ws.THIS = THIS  # children are this file, which sets freezing before running warm_start's child
+    compile_checkout()
     sys.path.insert(0, str(ws.REPO))
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     t0 = time.perf_counter()

@@ -56,6 +56,7 @@ THIS = Path(__file__).resolve()
 REPO = THIS.parent.parent
 sys.path.insert(0, str(THIS.parent))
 from warm_start_models import BUILDERS  # noqa: E402
+from _bytecode import compile_checkout  # noqa: E402
 
 FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH = (
     "floor", "artcache-warm", "artcache-precompile", "artcache-pc-compile", "torch-aot-load", "torch-aot-load-fresh")
@@ -315,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.steady:
         steady_main(args)
         return
+    compile_checkout()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     results = {}
     with tempfile.TemporaryDirectory(prefix="artcache-precompile-bench-") as tmp:
