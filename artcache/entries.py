@@ -418,10 +418,8 @@ class EntryStore:
     def reject(self, key: str, reason: str) -> None:
         """The caller could not use an entry that ``lookup`` returned (its shape guards
         reject the inputs, or it cannot be rebuilt): count that lookup as a miss."""
-        self._misses[reason] += 1
         self._hits -= 1
-        if self.activity is not None:
-            self.activity.record("miss", key=key, reason=reason)
+        self.count_lookup(key, reason)
 
     def record_hit(self, entry: LoadedEntry, load_seconds: float) -> None:
         """A looked-up entry was rebuilt and is in use: log the time it saved."""
