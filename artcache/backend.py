@@ -188,7 +188,7 @@ class ArtcacheBackend:
         if freezing.parameter_freezing():
             # A frozen graph compiles the values of the parameters and buffers that are
             # otherwise inputs: the entry serves only these weights.
-            extra["frozen_weights"] = weights.weights_digest(rebuild.lifted_inputs(gm))
+            extra["frozen_weights"] = freezing.weights_factor(weights.weights_digest(rebuild.lifted_inputs(gm)))
         custom_ops = keys.custom_op_factor_value(gm, op_registry.custom_op_code)
         cache_key = keys.graph_key(
             # AOTAutograd lifts the graph's parameters and buffers to inputs: only their

@@ -71,8 +71,10 @@ class CompileCapture:
 
     entry: Any = None
     bundle: KernelBundle = field(default_factory=KernelBundle)
-    # For a frozen graph (Inductor's freezing): the flat arguments its forward takes.
+    # For a frozen graph (Inductor's freezing): the flat arguments its forward takes, and
+    # its constants that are the model's own tensors (name -> lifted input index).
     frozen_args: tuple[int, ...] | None = None
+    frozen_aliases: dict[str, Any] = field(default_factory=dict)  # name -> freezing.ModelConstant
 
 
 @contextlib.contextmanager
@@ -94,6 +96,7 @@ def capturing(*, on_gpu: bool) -> Iterator[CompileCapture]:
     result.entry = capture.entry
     result.bundle = KernelBundle(cpp=dict(capture.cpp_kernels))
     result.frozen_args = capture.frozen_selection
+    result.frozen_aliases = dict(capture.frozen_aliases)
 
 
 def triton_kernels(entry: Any) -> KernelRefs:

@@ -30,6 +30,7 @@ import torch
 from . import bundler, pickler
 from ._torch import entry_parts, lean_load, rebuild
 from ._torch.entry_types import entry_allowlist
+from ._torch.freezing import ModelConstant
 from .bundler import CppKernel, KernelBundle, KernelRefs
 from .entry import BlobRole, LoadedEntry, NewBlob, SummaryKey
 from .errors import CorruptEntryError, Uncacheable
@@ -50,12 +51,16 @@ class CompiledGraph:
     # A frozen graph: the indices of the flat arguments (lifted parameters and buffers,
     # then the graph's inputs) that its forward takes; None for every other graph.
     frozen_args: tuple[int, ...] | None = None
+    # A frozen graph's constants that are views of the model's own parameters or buffers,
+    # not stored: constant name -> the lifted input and view a hit binds (``freezing``).
+    frozen_aliases: Mapping[str, ModelConstant] = field(default_factory=dict)
 
     @classmethod
     def captured(cls, capture: bundler.CompileCapture) -> CompiledGraph:
         """The graph a compile just produced, in the compiling process (where Inductor's
         extern-kernel registry is loaded, so the references can be recorded)."""
-        graph = cls(capture.entry, capture.bundle, frozen_args=capture.frozen_args)
+        graph = cls(capture.entry, capture.bundle, frozen_args=capture.frozen_args,
+                    frozen_aliases=dict(capture.frozen_aliases))
         refs = lean_load.extern_kernel_refs(entry_parts.generated_sources(capture.entry))
         return replace(graph, extern_kernels=refs)
 
@@ -81,7 +86,10 @@ class CompiledGraph:
             refs = {name: list(ref) for name, ref in sorted(self.extern_kernels.items())}
             blobs.append(NewBlob(BlobRole.EXTERN_KERNELS, pickler.dumps(refs, allow=allow).data))
         if self.frozen_args is not None:
-            blobs.append(NewBlob(BlobRole.FROZEN, pickler.dumps({"args": list(self.frozen_args)}, allow=allow).data))
+            record: dict[str, Any] = {"args": list(self.frozen_args)}
+            if self.frozen_aliases:
+                record["lifted"] = {name: alias.to_record() for name, alias in sorted(self.frozen_aliases.items())}
+            blobs.append(NewBlob(BlobRole.FROZEN, pickler.dumps(record, allow=allow).data))
         if self.kernels.winners or self.kernels.tuned:
             tuning = {"winners": dict(sorted(self.kernels.winners.items())), "results": dict(sorted(self.kernels.tuned.items()))}
             tdoc = pickler.dumps(tuning, allow=allow)
@@ -124,14 +132,18 @@ class CompiledGraph:
             ):
                 raise CorruptEntryError("bad extern_kernels record")
             externs = {name: (ref[0], ref[1]) for name, ref in refs.items()}
-        frozen_args = None
+        frozen_args, aliases = None, {}
         if any(ref.role == BlobRole.FROZEN for ref in manifest.blobs):
             record = pickler.loads(loaded.blob(BlobRole.FROZEN), data, allow=allow, verify=False)
             args = record.get("args") if type(record) is dict else None
             if type(args) is not list or not all(type(i) is int and 0 <= i < 1 << 20 for i in args):
                 raise CorruptEntryError("bad frozen-graph record")
             frozen_args = tuple(args)
-        return cls(entry, KernelBundle(cpp, winners, tuned), externs, frozen_args)
+            lifted = record.get("lifted", {})
+            if type(lifted) is not dict or not all(type(name) is str and 0 < len(name) <= 256 for name in lifted):
+                raise CorruptEntryError("bad frozen-graph constants record")
+            aliases = {name: ModelConstant.from_record(alias) for name, alias in lifted.items()}
+        return cls(entry, KernelBundle(cpp, winners, tuned), externs, frozen_args, aliases)
 
     def guards_hold(self, example_inputs: Sequence[Any]) -> bool:
         return rebuild.guards_hold(self.entry, example_inputs)
@@ -151,7 +163,7 @@ class CompiledGraph:
                 log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                           lightened, len(graphs), lean_post_compile)
                 return rebuild.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs, lifted=lifted,
-                                       frozen_args=self.frozen_args)
+                                       frozen_args=self.frozen_args, frozen_aliases=self.frozen_aliases)
 
     # -- inspect ---------------------------------------------------------------------------
     def summary(self, gm: torch.fx.GraphModule, input_specs: Sequence[str]) -> dict[str, Any]:
@@ -166,7 +178,10 @@ class CompiledGraph:
             SummaryKey.GUARDS: entry_parts.guards(self.entry),
             SummaryKey.GRAPH: text,
             SummaryKey.KERNELS: bundler.kernel_summary(self.entry, self.kernels),
-            SummaryKey.CONSTANTS: entry_parts.constants(self.entry),
+            SummaryKey.CONSTANTS: entry_parts.constants(self.entry) + [
+                {"name": name, "shape": list(alias.shape), "stored": f"no: a view of the model's lifted input {alias.index}"}
+                for name, alias in sorted(self.frozen_aliases.items())
+            ],
             SummaryKey.AUTOTUNE: bundler.autotune_summary(self.entry, self.kernels),
             SummaryKey.GENERATED_SOURCE_BYTES: sum(len(s) for s in entry_parts.generated_sources(self.entry)),
         }

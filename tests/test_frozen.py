@@ -97,11 +97,11 @@ import artcache
 from tests.corpus.frozen import PROGRAMS
 torch._inductor.config.freezing = True
 cache = artcache.Cache(strict=True)
-model, x = PROGRAMS["mlp"].build(0)
+model, x = PROGRAMS["convbn"].build(0)
 with torch.no_grad():
-    for batch in (16, 24):   # two graphs (static shapes), one set of weights
+    for batch in (4, 6):   # two graphs (static shapes), one set of weights
         torch._dynamo.reset()
-        torch.compile(model, backend=cache.backend(), dynamic=False)(torch.randn(batch, 64))
+        torch.compile(model, backend=cache.backend(), dynamic=False)(torch.randn(batch, *x.shape[1:]))
 keys = [info.key for info in cache.store.iterate("ac/")]
 entries = [cache.lookup(k.split("/", 1)[1]) for k in keys]
 # Raw (uncompressed) sizes: what the blob holds, whatever the store's encoding.
@@ -113,18 +113,60 @@ print(json.dumps({"entries": len(entries), "data": data, "cas_bytes": sum(blobs.
 """
 
 
-def test_constants_are_stored_once_across_entries(tmp_path: Path) -> None:
+def test_folded_constants_are_stored_once_across_entries(tmp_path: Path) -> None:
+    """Batch norm folded into a convolution makes new weights (constants no parameter
+    holds): two entries of one model name the same blobs, stored once."""
     proc = run_python(_SHARED, env={"ARTCACHE_STORE": f"file://{tmp_path}/store",
                                     "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["entries"] == 2 and out["saves"] == 2
     first, second = out["data"]
-    shared = set(first) & set(second)
-    # Every weight matrix (as freezing left it) is one blob both entries name; the biases
-    # are small enough to be inlined in each entry's document.
-    weights = sum(p.numel() * p.element_size() for p in PROGRAMS["mlp"].build(0)[0].parameters() if p.dim() == 2)
-    assert sum(first[d] for d in shared) >= weights, (first, second)
+    # The second convolution's folded weights (16x16x3x3 float32) are over the pickler's
+    # inline limit: a blob, named by both entries.  Smaller constants are inlined.
+    assert first and set(first) == set(second), (first, second)
+    assert sum(first.values()) >= 16 * 16 * 9 * 4, first
+
+
+_BOUND = r"""
+import hashlib, json, torch
+import artcache
+from tests.corpus.frozen import PROGRAMS
+torch._inductor.config.freezing = True
+cache = artcache.Cache(strict=True)
+model, x = PROGRAMS["mlp"].build(0)
+params = sorted(hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest() for p in model.parameters())
+with torch.no_grad():
+    compiled = torch.compile(model, backend=cache.backend())
+    first = compiled(x)
+    # A parameter changed in place after the compile: a fresh compile's constants are the
+    # parameters themselves (freezing binds them), so the program sees the change.
+    model[2].weight.mul_(0.5)
+    second = compiled(x)
+s = cache.stats()  # before the lookups below, which count too
+keys = [info.key.split("/", 1)[1] for info in cache.store.iterate("ac/")]
+stored = sorted(ref.name for k in keys for ref in cache.lookup(k).manifest.blobs if ref.role == "data")
+print(json.dumps({"first": first.tolist(), "second": second.tolist(), "params": params, "stored": stored,
+                  "hits": s.hits, "saves": s.saves}))
+"""
+
+
+def test_the_models_own_weights_are_not_stored_and_a_hit_binds_the_live_ones(tmp_path: Path) -> None:
+    """A frozen constant that is one of the model's parameters is not stored (the key's
+    frozen_weights factor pins its value): a hit binds the calling process's own tensor,
+    as a fresh compile does, so a parameter changed in place after the compile changes
+    the hit's program exactly as it changes a fresh compile's."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    cold = run_python(_BOUND, env=env)
+    assert cold.returncode == 0, cold.stderr[-4000:]
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor-warm")
+    warm = run_python(_BOUND, env=env)
+    assert warm.returncode == 0, warm.stderr[-4000:]
+    c, w = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (cold, warm))
+    assert c["saves"] == 1 and w["hits"] == 1 and w["saves"] == 0, (c, w)
+    assert not set(c["params"]) & set(c["stored"]), "a parameter's bytes were stored as a blob"
+    assert c["first"] == w["first"] and c["second"] == w["second"]
+    assert c["first"] != c["second"]
 
 
 _LENIENT = r"""
@@ -141,11 +183,28 @@ print(json.dumps({"ok": all(torch.allclose(a, b, atol=1e-4) for a, b in zip(outs
 """
 
 
-def test_a_bad_argument_selection_is_a_miss(tmp_path: Path) -> None:
-    """A frozen entry whose stored argument selection names arguments the graph does not
-    have: the hit is refused (a miss, one warning), the graph compiles and is saved anew."""
+def _bad_selection(graph: Any) -> Any:
     from dataclasses import replace
 
+    return replace(graph, frozen_args=(999, *graph.frozen_args)), "selects arguments the graph does not have"
+
+
+def _bad_model_constant(graph: Any) -> Any:
+    from dataclasses import replace
+
+    from artcache._torch.freezing import ModelConstant
+
+    name, alias = sorted(graph.frozen_aliases.items())[0]
+    # A view reaching past the end of the parameter it names.
+    past = ModelConstant(alias.index, alias.shape, alias.stride, alias.offset + 10**6)
+    return replace(graph, frozen_aliases={**graph.frozen_aliases, name: past}), "reaches past its lifted input"
+
+
+@pytest.mark.parametrize("damage", [_bad_selection, _bad_model_constant], ids=["selection", "model-constant"])
+def test_a_bad_frozen_record_is_a_miss(tmp_path: Path, damage: Any) -> None:
+    """A frozen entry whose stored argument selection names arguments the graph does not
+    have, or whose model constant is a view past its parameter's end: the hit is refused
+    (a miss, one warning), the graph compiles and is saved anew."""
     from artcache import Cache
     from artcache.entry import BlobRole
     from artcache.output_code import CompiledGraph
@@ -160,8 +219,8 @@ def test_a_bad_argument_selection_is_a_miss(tmp_path: Path) -> None:
     loaded = cache.lookup(keys[0])
     assert loaded is not None and any(ref.role == BlobRole.FROZEN for ref in loaded.manifest.blobs)
     graph = CompiledGraph.from_loaded(loaded)
-    assert graph.frozen_args is not None
-    bad = replace(graph, frozen_args=(999, *graph.frozen_args))
+    assert graph.frozen_args is not None and graph.frozen_aliases
+    bad, message = damage(graph)
     manifest = loaded.manifest
     cache.save(manifest.key, bad.to_blobs(), factors=manifest.factors, environment=manifest.environment,
                summary=dict(manifest.summary))
@@ -169,7 +228,19 @@ def test_a_bad_argument_selection_is_a_miss(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result == {"ok": True, "hits": 0, "misses": {"unloadable": 1}, "saves": 1}, (result, again.stderr[-3000:])
-    assert again.stderr.count("selects arguments the graph does not have") == 1, again.stderr[-3000:]
+    assert again.stderr.count(message) == 1, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize("record", [
+    None, [], [0, [1], [1]], [-1, [1], [1], 0], [0, [1, 2], [1], 0], [0, [1], [-1], 0], [0, [1], [1], -1],
+    [0, [1] * 17, [1] * 17, 0], [0, [2**41], [1], 0], [True, [1], [1], 0], ["0", [1], [1], 0],
+], ids=repr)
+def test_malformed_model_constant_records_are_refused(record: Any) -> None:
+    from artcache._torch.freezing import ModelConstant
+    from artcache.errors import CorruptEntryError
+
+    with pytest.raises(CorruptEntryError):
+        ModelConstant.from_record(record)
 
 
 def test_an_unreadable_freezing_wrapper_compiles_without_an_entry(monkeypatch: pytest.MonkeyPatch) -> None:

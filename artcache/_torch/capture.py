@@ -61,6 +61,8 @@ class Capture:
     cpp_kernels: dict[str, CppKernel] = dataclasses.field(default_factory=dict)
     # A frozen graph's argument selection (artcache._torch.freezing), else None.
     frozen_selection: tuple[int, ...] | None = None
+    # A frozen graph's constants that are views of lifted inputs (``freezing.ModelConstant``).
+    frozen_aliases: dict[str, Any] = dataclasses.field(default_factory=dict)
     _pending: dict[str, tuple[type, Callable[[], Any]]] = dataclasses.field(default_factory=dict)
 
     def collect_kernels(self) -> None:
@@ -125,8 +127,9 @@ def capture_compile() -> Iterator[Capture]:
             except Uncacheable:
                 return
             finally:
-                frozen.gm = None
+                frozen.gm = frozen.params = None
             capture.frozen_selection = frozen.selection
+            capture.frozen_aliases = dict(frozen.aliases)
         capture.entry = entry
 
     def load_async(cls: type, *args: Any, **kwargs: Any) -> Any:

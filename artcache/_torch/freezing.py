@@ -25,7 +25,15 @@ artcache's hit runs no tracing, so an entry holds the constants themselves:
   entry (``AOTAutogradCache.make_entry`` unwraps ``__wrapped__``) holds it.
 * :func:`hold_constants` gives the entry's (already copied) ``CompiledFxGraph`` every frozen
   constant's tensor in ``constants`` and empties ``frozen_param_names``; the pickler then
-  stores each tensor storage as a content-addressed blob, once across entries.
+  stores each tensor storage as a content-addressed blob, once across entries.  Except the
+  constants that *are* one of the model's parameters or buffers, or a view of one (folding
+  turns a weight's transpose into a view): a fresh compile's constant is that very tensor
+  (``replace_params_with_constants`` binds the real ``params_flat[i]``), so the entry
+  records only which lifted input and which view (:class:`ModelConstant`), and
+  :func:`bind_model_constants` gives a hit the same view of the calling process's tensor.  The key's ``frozen_weights`` factor already pins their values, so
+  storing them again bought nothing, and reading, checking and copying them was most of
+  what a frozen hit cost over an unfrozen one (the MLP's eight weight matrices, GPT-2's
+  every Linear weight).
 * :func:`selecting` runs a hit's ``wrap_post_compile`` with the forward narrowed to the
   recorded selection, as the wrapper did in the compiling process.
 
@@ -51,14 +59,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import CorruptEntryError, Uncacheable
 from .patching import patched
+
+
+# The form of a frozen entry, part of its ``frozen_weights`` factor: entries of this form
+# leave out the constants that are the model's own tensors (:func:`bind_model_constants`),
+# so a reader that expects every constant stored must never find one.
+ENTRY_FORM = "constants-bound-v1"
+
+
+def weights_factor(digest: str) -> str:
+    """The ``frozen_weights`` factor's value: the weights' digest and the entry form."""
+    return f"{ENTRY_FORM}:{digest}"
 
 
 def parameter_freezing() -> bool:
@@ -76,6 +95,11 @@ class FrozenRecord:
     gm: Any = None
     selection: tuple[int, ...] | None = None
     frozen: bool = False  # a frozen forward was compiled (selection None: it is not storable)
+    # The lifted parameters and buffers (``TracingContext.params_flat``, in the order of
+    # ``rebuild.lifted_inputs``) while the compile runs; dropped once the entry is made.
+    params: list[Any] | None = None
+    # Graph constant name -> the lifted input it is a view of (filled by hold_constants).
+    aliases: dict[str, ModelConstant] = field(default_factory=dict)
 
 
 def _selection(wrapper: Callable[..., Any]) -> tuple[int, ...]:
@@ -113,6 +137,12 @@ def recording(record: FrozenRecord) -> Iterator[None]:
             seen["gm"], seen["graph"] = gm, inner_compile(gm, inputs, **inner_kwargs)
             return seen["graph"]
 
+        # The real parameters and buffers freezing binds as constants (torch 2.11-2.13:
+        # ``freeze`` reads ``params_flat_unwrap_subclasses``, equal to ``params_flat`` when no
+        # lifted input is a tensor subclass; a subclass input never matches an alias below).
+        context = torch._guards.TracingContext.try_get()
+        params = getattr(context, "params_flat", None)
+        record.params = list(params) if isinstance(params, (list, tuple)) else None
         wrapper = original(aot_gm, aot_inputs, *args, inner_compile=recording_inner_compile, **kwargs)
         graph = seen.get("graph")
         if graph is None or wrapper is graph:  # AOT compilation returns the graph itself
@@ -146,16 +176,92 @@ def hold_constants(entry: Any, record: FrozenRecord) -> None:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     constants = dict(getattr(graph, "constants", None) or {})
+    aliases: dict[str, ModelConstant] = {}
     # torch saves the entry inside the compile's fake mode; these are real tensors.
     with unset_fake_temporarily():
         for name, attr in names.items():
             value = getattr(record.gm, attr, None)
             if not isinstance(value, torch.Tensor) or value.layout is not torch.strided:
                 raise Uncacheable("freezing-constant", f"frozen constant {name} is not a dense tensor")
+            alias = _model_constant(value, record.params or ())
+            if alias is not None:
+                aliases[name] = alias  # a view of the model's own tensor: a hit binds the live one
+                continue
             # A frozen parameter is the model's own Parameter; the graph reads only its data.
             constants[name] = value.detach() if isinstance(value, torch.nn.Parameter) else value
     graph.constants = constants
     graph.frozen_param_names = {}
+    record.aliases = aliases
+
+
+@dataclass(frozen=True)
+class ModelConstant:
+    """A frozen constant that is a view of one lifted input's storage (most often the
+    parameter itself, or its transpose when folding turned ``permute`` into a view)."""
+
+    index: int  # among the lifted inputs (``rebuild.lifted_inputs``)
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+    def to_record(self) -> list[Any]:
+        return [self.index, list(self.shape), list(self.stride), self.offset]
+
+    @classmethod
+    def from_record(cls, record: Any) -> ModelConstant:
+        """Parse a stored record (hostile bytes, already decoded to plain data)."""
+        def ints(value: Any, low: int) -> bool:
+            return type(value) is list and len(value) <= 16 and all(type(i) is int and low <= i < 1 << 40 for i in value)
+
+        if not (type(record) is list and len(record) == 4 and type(record[0]) is int and 0 <= record[0] < 1 << 20
+                and ints(record[1], 0) and ints(record[2], 0) and len(record[1]) == len(record[2])
+                and type(record[3]) is int and 0 <= record[3] < 1 << 40):
+            raise CorruptEntryError("bad frozen model-constant record")
+        return cls(record[0], tuple(record[1]), tuple(record[2]), record[3])
+
+
+def _owns_its_storage(t: Any) -> bool:
+    """A dense, contiguous tensor that is its whole storage: every byte a view of that
+    storage can read is one the ``frozen_weights`` digest hashed."""
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout is torch.strided and t.is_contiguous()
+            and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+
+
+def _model_constant(value: torch.Tensor, params: Sequence[Any]) -> ModelConstant | None:
+    """The lifted input whose storage ``value`` is a view of (same dtype and device), else
+    None.  Only inputs that own their storage whole, so the view reads nothing unhashed."""
+    ptr = value.untyped_storage().data_ptr()
+    for i, param in enumerate(params):
+        if (_owns_its_storage(param) and param.device == value.device and param.dtype == value.dtype
+                and param.untyped_storage().data_ptr() == ptr):
+            return ModelConstant(i, tuple(value.shape), tuple(value.stride()), value.storage_offset())
+    return None
+
+
+def bind_model_constants(entry: Any, aliases: Mapping[str, ModelConstant], lifted: Sequence[Any]) -> None:
+    """Give a loaded frozen entry's forward graph the constants that are views of the
+    model's own tensors, made from this process's lifted inputs (a fresh compile binds
+    the same tensors).  The key's ``frozen_weights`` factor has checked their values."""
+    if not aliases:
+        return
+    graph = getattr(getattr(entry, "compiled_fw", None), "result", None)
+    constants = getattr(graph, "constants", None)
+    if graph is None or not isinstance(constants, dict):
+        raise CorruptEntryError("a frozen entry without a forward graph names model constants")
+    bound = dict(constants)
+    for name, alias in aliases.items():
+        if name in bound:
+            raise CorruptEntryError(f"frozen constant {name} is both stored and bound to the model")
+        if alias.index >= len(lifted) or not _owns_its_storage(lifted[alias.index]):
+            raise CorruptEntryError(f"frozen constant {name} names no dense lifted input ({alias.index})")
+        source = lifted[alias.index].detach()
+        # Bounds checked here, so that a bad record is a corrupt entry with a reason
+        # rather than as_strided's error: the last element the view reaches must exist.
+        last = alias.offset + sum((n - 1) * st for n, st in zip(alias.shape, alias.stride)) if all(alias.shape) else -1
+        if last >= source.numel():
+            raise CorruptEntryError(f"frozen constant {name} reaches past its lifted input")
+        bound[name] = source.as_strided(alias.shape, alias.stride, alias.offset)
+    graph.constants = bound
 
 
 class _Selected:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .capture import autograd_cache_module
-from .freezing import selecting
+from .freezing import ModelConstant, bind_model_constants, selecting
 
 
 def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
@@ -46,13 +46,14 @@ def lifted_inputs(gm: torch.nn.Module) -> list[torch.Tensor]:
 
 def rebuild(
     entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = (),
-    frozen_args: Sequence[int] | None = None,
+    frozen_args: Sequence[int] | None = None, frozen_aliases: Mapping[str, ModelConstant] | None = None,
 ) -> Callable[..., Any]:
     """The compiled callable of ``entry``: torch's post-compile steps, no compilation.
 
     ``example_inputs`` are the graph's inputs; ``lifted`` (:func:`lifted_inputs`) go first
     in every call, as in torch's own compiled callable.  ``frozen_args``: for a frozen
-    graph, the flat arguments its forward takes (``artcache._torch.freezing``).  Must run
+    graph, the flat arguments its forward takes, and ``frozen_aliases`` its constants that
+    are lifted inputs, bound to ``lifted`` here (``artcache._torch.freezing``).  Must run
     inside Dynamo's backend call, so that its TracingContext receives the output strides
     and the SymInt inputs carry the entry's guards into Dynamo's shape env.
     """
@@ -69,6 +70,7 @@ def rebuild(
     if dataclasses.is_dataclass(aot_config) and hasattr(aot_config, "enable_log"):
         # Structured logging of the stored graph strings costs time and logs nothing new.
         aot_config = dataclasses.replace(aot_config, enable_log=False)
+    bind_model_constants(entry, frozen_aliases or {}, lifted)
     context = torch._guards.TracingContext.try_get()
     tracing = contextlib.nullcontext() if context is not None else _fresh_tracing()
     with tracing, selecting(entry, frozen_args):
