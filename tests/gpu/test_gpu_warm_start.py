@@ -40,6 +40,8 @@ CASES = [
     # freezing=True: the entry holds the frozen (folded, re-laid-out) weights as constants.
     "frozen_resnet50",
     "frozen_gpt2",
+    # The precompile tier: a warm hit skips Dynamo's tracing too.
+    "pc_infer", "pc_train", "pc_max_autotune", "pc_reduce_overhead",
 ]
 
 
@@ -91,7 +93,7 @@ def test_warm_start(case: str, tmp_path: Path) -> None:
     assert common, (sorted(cold_out), sorted(warm_out))
     for name in common:  # same kernels, same configs, same inputs: bitwise equal
         assert torch.equal(cold_out[name], warm_out[name]), name
-    tol = 5e-2 if case == "max_autotune" else 1e-3  # max-autotune may pick TF32 templates
+    tol = 5e-2 if case.endswith("max_autotune") else 1e-3  # max-autotune may pick TF32 templates
     if case.startswith("frozen_"):
         # Freezing folds batch norm into the (TF32 by default) convolutions and reorders
         # GPT-2's weights: relative to the largest output, as a sanity check only (the
@@ -120,13 +122,17 @@ def test_warm_start(case: str, tmp_path: Path) -> None:
         assert warm["rblock_scaled"] == [], warm["rblock_scaled"]
         assert "torch._inductor.runtime.triton_heuristics.CachingAutotuner.autotune_to_one_config" in warm["tripwires"]
         assert any("'tuned'" in m for m in warm["log"]), warm["log"]
-    if case not in ("reduce_overhead", "max_autotune", "nonstatic"):
+    if case not in ("reduce_overhead", "max_autotune", "nonstatic", "pc_reduce_overhead", "pc_max_autotune"):
         # The hit imported none of Inductor's compiler (artcache/_lean_load.py).  Not
         # claimed for the CUDA-graph modes (reduce-overhead, max-autotune: torch's CUDA-graph
         # post-compile imports compile_fx itself) nor for kernels rebuilt through
         # triton.compile (loaded by torch's own path).
         assert warm["compiler_modules_imported"] == [], (warm["compiler_modules_imported"], warm["compiler_first_import"])
-    if case == "reduce_overhead":
+    if case.startswith("pc_"):
+        # The warm calls were replays (a trace would have tripped the tracer tripwire,
+        # above), and nothing fell back.
+        assert warm["replayed"] >= 1 and warm["precompile_reasons"] == {}, (cold, warm)
+    if case in ("reduce_overhead", "pc_reduce_overhead"):
         assert warm["cudagraph"]["tree_manager"], warm
         assert warm["cudagraph"]["root_nodes"] >= 1, warm
     if case.startswith("frozen_"):

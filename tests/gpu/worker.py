@@ -84,6 +84,12 @@ CASES: dict[str, dict[str, Any]] = {
     # batch norm folded into convolutions, weights re-laid-out; the entry holds them.
     "frozen_resnet50": {"mode": None, "train": False, "model": "resnet50", "freezing": True},
     "frozen_gpt2": {"mode": None, "train": False, "model": "gpt2", "freezing": True},
+    # The precompile tier (artcache.precompile): the warm process must not trace the frame
+    # either (Dynamo's instruction translator is tripwired there).
+    "pc_infer": {"mode": None, "train": False, "precompile": True},
+    "pc_train": {"mode": None, "train": True, "precompile": True},
+    "pc_max_autotune": {"mode": "max-autotune", "train": False, "precompile": True},
+    "pc_reduce_overhead": {"mode": "reduce-overhead", "train": False, "precompile": True},
 }
 
 
@@ -105,6 +111,8 @@ def main() -> None:
         allowed = (NONSTATIC_ALLOWED if nonstatic else set()) | ({TORCH_KEY} if case_name in TORCH_KEY_ALLOWED else set())
         _tripwire.TARGETS[:] = [t for t in _tripwire.TARGETS if t not in allowed]
         patched = _tripwire.install(forbid_subprocess=not nonstatic)
+        if case.get("precompile"):
+            _tripwire.arm_tracer(lambda: True)
         _explain_trips()
 
     _watch_compiler_imports()
@@ -138,8 +146,10 @@ def main() -> None:
         torch._inductor.config.freezing = True
     cache = artcache.Cache()
     model = models.make(model=case.get("model", "net"))
-    backend = cache.backend(mode=case["mode"], options=case.get("options"))
-    compiled = torch.compile(model, backend=backend)
+    if case.get("precompile"):
+        compiled: Any = artcache.precompile(model, cache=cache, mode=case["mode"], options=case.get("options"))
+    else:
+        compiled = torch.compile(model, backend=cache.backend(mode=case["mode"], options=case.get("options")))
 
     if case.get("dynamic"):
         sizes = [32, 48] if role == "cold" else [48, 80]
@@ -213,6 +223,8 @@ def main() -> None:
         "inductor_counters": {k: v for k, v in torch._dynamo.utils.counters["inductor"].items()},
         "cudagraph": _cudagraph_info(),
         "log": messages[-20:],
+        "replayed": getattr(compiled, "replayed", None),
+        "precompile_reasons": dict(getattr(compiled, "reasons", {}) or {}),
         "rblock_scaled": scaled,
         "trip_details": TRIP_DETAILS[:40],
     }
