@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from . import bundler, frame_hook, keys, pickler, single_flight, weights
-from ._torch import freezing, key_inputs, op_registry, precompile_hook, rebuild
+from ._torch import freezing, import_cost, key_inputs, op_registry, precompile_hook, rebuild
 from ._torch import logs as torch_logs
 from ._torch import settings as torch_settings
 from ._torch.entry_types import entry_allowlist
@@ -67,6 +67,9 @@ class ArtcacheBackend:
                           "compiling with the artcache backend (Dynamo traces, graphs hit).", stacklevel=2)
         self._environment: dict[frozenset[str], dict[str, str]] = {}
         self._allow: pickler.Allowlist | None = None
+        # Before Dynamo's first compile imports torch's codecache (and with it redis-py,
+        # which a hit never uses): artcache._torch.import_cost.
+        import_cost.defer_unused_imports()
         # Called with each computed graph key and what the graph's factors were made of
         # (the precompile tier records which graph entry a frame uses).
         self.on_key: Callable[[str, dict[str, Any]], None] | None = None

@@ -30,6 +30,8 @@ triton_codec       Triton kernel objects (``CachingAutotuner``, static          
 triton_serve       the hit: cubins, autotune cache, ``ptxas`` alignment          2.11 + Triton 3.6 (H100, H200)
 triton_tuning      the miss: first-run autotuning winners                        2.11 + Triton 3.6 (H100, H200)
 static_launch      static launchers for kernels torch missed for their names    2.11 + Triton 3.6 (H100, H200)
+import_cost        ``torch._inductor.remote_cache``'s ``import redis``, and     2.13 (CPU)
+                   its ``redis`` global
 logs               ``torch._logging`` log registry and ``trace_structured``,     2.13 (CPU)
                    ``torch._dynamo.utils.counters``
 frame_capture      ``guard_filter_fn`` entries, ``Source`` classes, the          2.13 (CPU); on 2.11

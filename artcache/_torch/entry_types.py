@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import CorruptEntryError, IncompatibleEntryError, Uncacheable
 from ..pickler import default_allowlist
+from .import_cost import defer_unused_imports
 from .patching import find
 from .triton_codec import register_triton_classes
 
@@ -226,6 +227,7 @@ def entry_allowlist() -> Any:
 
     Built per call (cheap) and owned by the caller, so no module-level registry exists.
     """
+    defer_unused_imports()  # before the lookups below import torch's codecache
     allow = default_allowlist().copy()
     for module, name, reason in _ENTRY_CLASSES:
         cls = find(module, name)
