@@ -14,6 +14,10 @@ artcache-warm            ``backend=Cache().backend()`` on the store artcache's c
                          filled, with new empty torch dirs (Dynamo traces, graphs hit)
 artcache-precompile      ``artcache.precompile(model)`` on the store its cold run filled,
                          new empty torch dirs: a frame hit skips Dynamo's tracing too
+artcache-pc-fallback     ``artcache.precompile(model)`` on a copy of artcache-warm's store: no
+                         frame entry, so the tier looks its frame up, misses, lets Dynamo
+                         trace (the graphs hit) and records the frame: what the tier costs
+                         where it cannot serve, against artcache-warm
 artcache-pc-compile      ``torch.compile(model, backend=Cache().backend(options={"precompile":
                          True}))`` on the store its cold run filled, new empty torch dirs:
                          the same tier through torch's precompile-entry hook (a backend
@@ -42,6 +46,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,9 +63,10 @@ sys.path.insert(0, str(THIS.parent))
 from warm_start_models import BUILDERS  # noqa: E402
 from _bytecode import compile_checkout  # noqa: E402
 
-FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH = (
-    "floor", "artcache-warm", "artcache-precompile", "artcache-pc-compile", "torch-aot-load", "torch-aot-load-fresh")
-VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_COMPILE, AOT, AOT_FRESH)
+FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_COMPILE, AOT, AOT_FRESH = (
+    "floor", "artcache-warm", "artcache-precompile", "artcache-pc-fallback", "artcache-pc-compile", "torch-aot-load",
+    "torch-aot-load-fresh")
+VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_COMPILE, AOT, AOT_FRESH)
 PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", PC_COMPILE: "artcache-pc-compile-cold",
            AOT: "torch-aot-save"}
 
@@ -92,7 +98,7 @@ def child_main(args: argparse.Namespace) -> None:
         fn: Any = torch.compile(workload.model, backend="eager")
     elif args.variant in (AC_WARM, "artcache-cold"):
         fn = torch.compile(workload.model, backend=cache.backend())  # type: ignore[union-attr]
-    elif args.variant in (PRECOMPILE, "artcache-precompile-cold"):
+    elif args.variant in (PRECOMPILE, PC_FALLBACK, "artcache-precompile-cold"):
         fn = artcache.precompile(workload.model, cache=cache)
     elif args.variant in (PC_COMPILE, "artcache-pc-compile-cold"):
         fn = torch.compile(workload.model, backend=cache.backend(options={"precompile": True}))  # type: ignore[union-attr]
@@ -240,6 +246,13 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
                 continue
             dirs = _dirs(root, "aot") if variant == AOT else _dirs(root, f"{variant}-{repeat}")
             env = {**dirs, "ARTCACHE_STORE": stores.get(variant, f"file://{root}/store-unused-{repeat}")}
+            if variant == PC_FALLBACK:
+                if not prepared[AC_WARM]:
+                    continue
+                # A fresh copy each time: the fallback records its frame in the store it ran on.
+                copy = root / f"store-fallback-{repeat}"
+                shutil.copytree(root / "store-plain", copy, symlinks=True)
+                env["ARTCACHE_STORE"] = f"file://{copy}"
             data = spawn(args, model, variant, root, env)
             if data is not None:
                 runs[variant].append(data)
@@ -286,6 +299,12 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str,
                 notes.append(f"max err vs eager {max(err):.1e}")
             lines.append(f"| {model} | {variant} | {len(mine)} | {first:.3f} ({spread}) | {ratio} | "
                          f"{_median(mine, 'to_first_result_s'):.3f} | {steady * 1e3:.3f} | {'; '.join(notes)} |")
+    lines.append("")
+    for model, runs in results.items():
+        fallback, warm = _median(runs[PC_FALLBACK], "first_call_s"), _median(runs[AC_WARM], "first_call_s")
+        if fallback and warm:
+            lines.append(f"- {model}: the tier where it cannot serve (artcache-pc-fallback) / artcache-warm, "
+                         f"first call: {fallback / warm:.3f}x")
     return "\n".join(lines) + "\n"
 
 
