@@ -38,7 +38,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),
     frozenset({"_torch"}),
-    frozenset({"bundler", "output_code", "backend", "frames", "frame_replay", "frame_hook"}),
+    frozenset({"bundler", "output_code", "backend", "frames", "frame_replay", "frame_hook", "frame_resume"}),
     frozenset({"cache", "archive", "catalog", "explain", "summary_view", "cli_io", "cli", "testing", "__init__"}),
 )
 # Private namespaces whose use marks a reach into torch's or Triton's internals.

@@ -1,0 +1,241 @@
+"""Frames with graph breaks in the precompile tier (``artcache.frame_resume``), proven in
+fresh processes: a guard of a resume frame that fails after the first graph ran leaves the
+rest of the frame to Dynamo and the result is a fresh compile's, bitwise; a stored chain
+entry with malformed code or bindings is refused as a miss and the call is still right.
+(The corpus programs ``graph_break`` and ``graph_break_train`` replaying without Dynamo,
+bitwise equal to cold, are in ``tests/test_precompile.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import run_cli, run_python
+
+COLD = """
+import json, torch, artcache
+from tests.corpus.programs import PROGRAMS
+fn, (x,) = PROGRAMS["graph_break_train"].build()
+pre = artcache.precompile(fn, cache=artcache.Cache(strict=True))
+pre(x).sum().backward()
+print(json.dumps({"reasons": dict(pre.reasons)}))
+"""
+
+# The module of the recorded call, with its second Linear replaced by one of another shape:
+# the first frame's guards (which read only ``a``) hold, the resume frame's (``b``) do not.
+RESUME_GUARD = """
+import json, torch, artcache
+from tests.corpus.programs import PROGRAMS
+traced = []
+from torch._dynamo import symbolic_convert
+run = symbolic_convert.InstructionTranslator.run
+def noting(self):
+    traced.append(self.f_code.co_name)
+    return run(self)
+symbolic_convert.InstructionTranslator.run = noting
+
+def build():
+    fn, (x,) = PROGRAMS["graph_break_train"].build()
+    torch.manual_seed(7)
+    fn.b = torch.nn.Linear(16, 8)
+    return fn, x
+
+fn, x = build()
+pre = artcache.precompile(fn, cache=artcache.Cache(strict=True))
+results = []
+for _ in range(2):
+    out = pre(x)
+    out.square().sum().backward()
+    results.append([out.detach(), *(p.grad.clone() for p in fn.parameters())])
+    fn.zero_grad()
+served = list(traced)
+ref, x2 = build()
+compiled = torch.compile(ref, backend="inductor")
+want = []
+for _ in range(2):
+    out = compiled(x2)
+    out.square().sum().backward()
+    want.append([out.detach(), *(p.grad.clone() for p in ref.parameters())])
+    ref.zero_grad()
+same = all(a.dtype == b.dtype and torch.equal(a, b) for r, w in zip(results, want) for a, b in zip(r, w))
+print(json.dumps({"same": same, "n": len(results[0]), "replayed": pre.replayed, "reasons": dict(pre.reasons),
+                  "traced": served}))
+"""
+
+# Rewrite the stored chain entry (an unsigned copy of the store): MUTATION changes its document.
+TAMPER = """
+import json, torch, artcache
+from artcache import pickler
+from artcache.entry import BlobRole, NewBlob, SummaryKey
+cache = artcache.Cache()
+key = {key!r}
+loaded = cache.lookup(key)
+doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {{}}, verify=True)
+{mutation}
+cache.save(key, [NewBlob(BlobRole.OBJECT, pickler.dumps(doc).data)], factors=loaded.manifest.factors,
+           environment=loaded.manifest.environment, summary={{SummaryKey.TITLE: "tampered"}})
+"""
+
+USE = """
+import json, torch, artcache
+from tests.corpus.programs import PROGRAMS
+fn, (x,) = PROGRAMS["graph_break_train"].build()
+ref, (x2,) = PROGRAMS["graph_break_train"].build()
+cache = artcache.Cache()
+pre = artcache.precompile(fn, cache=cache)
+out = pre(x)
+want = ref(x2)
+print(json.dumps({"close": bool(torch.allclose(out, want, atol=1e-6)), "replayed": pre.replayed,
+                  "reasons": dict(pre.reasons), "misses": dict(cache.stats().misses)}))
+"""
+
+MUTATIONS = {
+    # an opcode byte no Python has, in the frame's transformed code
+    "bad-opcode": "doc['steps'][0]['out']['code'] = 'ff00' + doc['steps'][0]['out']['code'][4:]",
+    # a binding that would overwrite a user global
+    "bad-binding": "doc['steps'][0]['bindings'][0][0] = 'torch'",
+    # a resume step that resumes into itself (a cycle)
+    "resume-cycle": "[b.__setitem__(2, 0) for b in doc['steps'][0]['bindings'] if b[1] == 'resume']",
+    # a constant of a type a code document never holds
+    "bad-constant": "doc['steps'][1]['out']['consts'].append(['eval', 'print(1)'])",
+    # code whose signature is not the frame's
+    "signature": "doc['steps'][0]['out']['argcount'] = 5",
+}
+
+
+def _last_json(stdout: str) -> dict[str, Any]:
+    return json.loads(stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("precompile-breaks")
+    url = f"file://{tmp}/store"
+    proc = run_python(COLD, env={"ARTCACHE_STORE": url, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "ind-cold")})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _last_json(proc.stdout)["reasons"] == {"absent": 1}, proc.stdout
+    listed = run_cli("ls", "--format", "json", env={"ARTCACHE_STORE": url})
+    assert listed.returncode == 0, listed.stderr
+    frames = [e["key"] for e in json.loads(listed.stdout)["entries"] if e["title"].startswith("precompiled frame")]
+    assert len(frames) == 1, listed.stdout
+    return {"tmp": tmp, "url": url, "key": frames[0]}
+
+
+@pytest.mark.slow
+def test_a_failed_resume_guard_leaves_the_rest_to_dynamo_bitwise(store: dict[str, Any]) -> None:
+    """The first graph is replayed, the resume frame's guard fails (``b`` has another
+    shape): Dynamo traces that resume frame only, and outputs and gradients equal a fresh
+    Inductor compile of the same module bitwise, on the first call and the next."""
+    proc = run_python(RESUME_GUARD, env={"ARTCACHE_STORE": store["url"],
+                                         "TORCHINDUCTOR_CACHE_DIR": str(store["tmp"] / "ind-resume")})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = _last_json(proc.stdout)
+    assert got["same"] and got["n"] == 5, got
+    assert got["replayed"] == 2 and got["reasons"] == {"resume-guards": 2}, got
+    assert got["traced"] and all(name.startswith("torch_dynamo_resume_in_forward") for name in got["traced"]), got
+
+
+@pytest.mark.slow
+def test_inspect_shows_the_resume_steps(store: dict[str, Any]) -> None:
+    shown = run_cli("inspect", store["key"], env={"ARTCACHE_STORE": store["url"]})
+    assert shown.returncode == 0, shown.stderr
+    assert "resume_steps" in shown.stdout and "torch_dynamo_resume_in_forward" in shown.stdout, shown.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_a_malformed_chain_entry_is_a_miss(store: dict[str, Any], mutation: str, tmp_path: Path) -> None:
+    """A stored chain entry rewritten (in a store without signatures) is refused before any
+    code is built: the call goes through Dynamo and is right."""
+    shutil.copytree(store["tmp"] / "store", tmp_path / "store")
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    proc = run_python(TAMPER.format(key=store["key"], mutation=MUTATIONS[mutation]), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_python(USE, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = _last_json(proc.stdout)
+    assert got["close"] and got["replayed"] == 0, got
+    assert got["reasons"].get("unloadable") == 1 and got["misses"].get("unloadable") == 1, got
+
+
+# -- the documents, without a compile -------------------------------------------------------
+def _sample(x: Any, y: Any = 2, *rest: Any, scale: float = 1.5, **extra: Any) -> Any:
+    return (x * scale + y, b"\x00raw", (1, 2.5, None, True, "s", frozenset({3})), 1j, ...)
+
+
+def _chain_doc() -> dict[str, Any]:
+    from artcache._torch import code_codec
+    from artcache.frame_entry import FrameEntry
+
+    frame = FrameEntry([["eq", [["L", "k"]], ["int", 3]]], "{}", [[["L", "x"]]], ["c", None], "a" * 64, True, [],
+                       False, [0]).plain()
+    code = code_codec.encode(_sample.__code__)
+    return {"chain": 1, "steps": [
+        {"code": None, "out": code, "frame": frame,
+         "bindings": [["__compiled_fn_1_x", "graph", 0], ["__resume_at_8_2", "resume", 1],
+                      ["__import_torch", "module", "torch"]]},
+        {"code": code, "out": code, "frame": frame, "bindings": [["__compiled_fn_3_y", "graph", 0]]},
+    ]}
+
+
+def test_code_documents_round_trip_through_the_safe_pickler() -> None:
+    from artcache import pickler
+    from artcache._torch import code_codec
+    from artcache.frame_resume import ChainEntry
+
+    doc = pickler.loads(pickler.dumps(_chain_doc()).data, {})
+    entry = ChainEntry.from_plain(doc)
+    rebuilt = code_codec.decode(entry.steps[1].code)  # type: ignore[arg-type]
+    fn = types.FunctionType(rebuilt, globals())
+    assert fn(2.0, 1, scale=2.0) == _sample(2.0, 1, scale=2.0)
+    assert rebuilt.co_code == _sample.__code__.co_code and rebuilt.co_varnames == _sample.__code__.co_varnames
+
+
+def _set(path: list[Any], value: Any) -> Any:
+    def change(doc: dict[str, Any]) -> None:
+        target: Any = doc
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change", [
+    _set(["chain"], 2),
+    _set(["steps"], []),
+    _set(["steps", 0, "code"], _chain_doc()["steps"][1]["code"]),  # the first step is the frame's own code
+    _set(["steps", 1, "code"], None),
+    _set(["steps", 0, "out", "code"], "ff00"),  # no such opcode
+    _set(["steps", 0, "out", "code"], "0"),  # odd hex
+    _set(["steps", 0, "out", "code"], ""),
+    _set(["steps", 0, "out", "python"], "2.7"),
+    _set(["steps", 0, "out", "names"], [1]),
+    _set(["steps", 0, "out", "argcount"], -1),
+    _set(["steps", 0, "out", "consts"], [["eval", "1"]]),
+    _set(["steps", 0, "out", "consts"], [["int", "1"]]),
+    _set(["steps", 0, "out", "consts"], [["tuple", [["code", {"python": "3.11"}]]]]),
+    _set(["steps", 0, "out", "extra"], 1),
+    _set(["steps", 0, "bindings", 0], ["torch", "graph", 0]),  # not a name Dynamo installs
+    _set(["steps", 0, "bindings", 1], ["__resume_at_8_2", "resume", 0]),  # a cycle
+    _set(["steps", 0, "bindings", 1], ["__resume_at_8_2", "resume", 5]),
+    _set(["steps", 0, "bindings", 1], ["__resume_at_8_2", "eval", "x"]),
+    _set(["steps", 0, "bindings", 2], ["__import_torch", "module", "os; import sys"]),
+    _set(["steps", 0, "bindings", 2], ["__compiled_fn_1_x", "module", "torch"]),  # one name twice
+    _set(["steps", 1, "bindings"], []),  # a step calls its graph once
+    _set(["steps", 1, "frame", "wrapped"], True),
+])
+def test_malformed_chain_documents_are_refused(change: Any) -> None:
+    from artcache.errors import CorruptEntryError
+    from artcache.frame_resume import ChainEntry
+
+    doc = _chain_doc()
+    ChainEntry.from_plain(doc)
+    change(doc)
+    with pytest.raises(CorruptEntryError):
+        ChainEntry.from_plain(doc)
