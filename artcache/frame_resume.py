@@ -361,7 +361,12 @@ class ChainReplay(Replay):
         self._reasons["resume-guards" if failed is not None else "resume-graph"] += 1
         if index not in self._fallbacks:
             fn = types.FunctionType(code, self.f_globals, code.co_name)
-            self._fallbacks[index] = torch.compile(fn, backend=self._backend, dynamic=False)
+            backend = self._backend
+
+            def compile_graph(gm: Any, example_inputs: Any) -> Any:  # a plain function: no precompile tier
+                return backend(gm, example_inputs)
+
+            self._fallbacks[index] = torch.compile(fn, backend=compile_graph, dynamic=False)
         return self._fallbacks[index](*args)
 
 

@@ -12,8 +12,10 @@ options.  A frame entry holds what Dynamo produced for the frame, as plain data:
   attributes; plus one snapshot of the global state (grad mode, autocast, default dtype
   and device, deterministic algorithms, mode stacks, saved-tensor hooks);
 * **the replay**: the access path of each graph input and how the frame's return value
-  is built from the graph's outputs.  Only frames that are one graph with nothing else
-  to do qualify: no graph break, no Python side effect, no symbolic shapes;
+  is built from the graph's outputs.  A frame that is one graph qualifies when it has no
+  Python side effect and no symbolic shapes; a frame with graph breaks is a *chain entry*
+  instead, whose steps hold Dynamo's transformed code and resume functions
+  (:mod:`artcache.frame_resume`);
 * the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
   user function Dynamo inlined.
 

@@ -239,3 +239,98 @@ def test_malformed_chain_documents_are_refused(change: Any) -> None:
     change(doc)
     with pytest.raises(CorruptEntryError):
         ChainEntry.from_plain(doc)
+
+
+# -- torch.compile(..., options={"precompile": True}) --------------------------------------
+COMPILED = r'''
+import json, sys, torch
+phase, out_path = sys.argv[1], sys.argv[2]
+traced = []
+if phase == "warm":
+    from tests import _tripwire
+    _tripwire.install()
+    _tripwire.arm_tracer(lambda: True)
+else:
+    from torch._dynamo import symbolic_convert
+    run = symbolic_convert.InstructionTranslator.run
+    def noting(self):
+        traced.append(self.f_code.co_name)
+        return run(self)
+    symbolic_convert.InstructionTranslator.run = noting
+from tests.corpus.programs import PROGRAMS
+
+def steps(name, compile_fn):
+    fn, (x,) = PROGRAMS[name].build()
+    if phase == "changed":
+        torch.manual_seed(7)
+        fn.b = torch.nn.Linear(16, 8).train(fn.training)  # the same module tree: the same frame key
+    c = compile_fn(fn)
+    outs = []
+    for _ in range(3):
+        with torch.set_grad_enabled(PROGRAMS[name].train):
+            out = c(x)
+        outs.append(out.detach())
+        if PROGRAMS[name].train:
+            out.square().sum().backward()
+            outs += [p.grad.clone() for p in fn.parameters()]
+            fn.zero_grad()
+    return outs
+
+results = {}
+for name in ("graph_break", "graph_break_train"):
+    results[name] = steps(name, lambda fn: torch.compile(fn, backend="artcache", options={"precompile": True}))
+served = list(traced)
+if phase == "changed":
+    for name in ("graph_break", "graph_break_train"):
+        results[name + "-fresh"] = steps(name, lambda fn: torch.compile(fn, backend="inductor"))
+torch.save(results, out_path)
+from artcache import frame_hook
+hooks = [[h.replayed, h.trees, dict(h.reasons)] for h in frame_hook.attached()]
+print(json.dumps({"hooks": hooks, "traced": served}))
+'''
+
+
+def _compiled(phase: str, tmp: Path, store: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
+    out = tmp / f"{phase}.pt"
+    env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{phase}")}
+    proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + COMPILED, env=env, timeout=900)
+    assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
+    return torch.load(out, weights_only=True), _last_json(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def compiled_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("precompile-breaks-compile")
+    store = f"file://{tmp}/store"
+    return {phase: _compiled(phase, tmp, store) for phase in ("cold", "warm", "changed")}
+
+
+def _bitwise(a: list[Any], b: list[Any]) -> bool:
+    import torch
+
+    return len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_torch_compile_replays_graph_breaks_without_tracing_bitwise(compiled_runs: dict[str, Any]) -> None:
+    """Through ``torch.compile``: the warm process (tracer and compiler tripwires armed)
+    served every call, the later ones after torch's guard tree held, bitwise equal to cold
+    (outputs and gradients of three training steps)."""
+    (cold, cold_info), (warm, warm_info) = compiled_runs["cold"], compiled_runs["warm"]
+    assert [h[2] for h in cold_info["hooks"]] == [{"absent": 1}, {"absent": 1}], cold_info
+    assert warm_info["hooks"] == [[3, 1, {}], [3, 1, {}]], warm_info
+    for name in ("graph_break", "graph_break_train"):
+        assert _bitwise(cold[name], warm[name]), name
+
+
+@pytest.mark.slow
+def test_torch_compile_failed_resume_guard_is_a_fresh_compile_bitwise(compiled_runs: dict[str, Any]) -> None:
+    """Through ``torch.compile``, ``b`` of another shape: the first graph replays, Dynamo
+    traces the resume frame only, and the results equal a fresh Inductor compile bitwise."""
+    results, info = compiled_runs["changed"]
+    assert [h[0] for h in info["hooks"]] == [3, 3] and all(h[2].get("resume-guards") for h in info["hooks"]), info
+    assert info["traced"] and all(n.startswith("torch_dynamo_resume_in_forward") for n in info["traced"]), info
+    for name in ("graph_break", "graph_break_train"):
+        assert _bitwise(results[name], results[name + "-fresh"]), name
