@@ -14,7 +14,7 @@ guards, graph and, after a further break, resume function.  A *chain entry* hold
   code, as plain fields (:mod:`artcache._torch.code_codec`: no pickle, no marshal);
 * the **bindings** of the globals the transformed code names that Dynamo installed: its
   graph (``graph``), a later step's resume function (``resume``, by step index: a chain
-  has no cycle) or a module by name (``module``).  Any other global Dynamo added, a
+  has no cycle), a module by name (``module``) or the builtins' dict (``builtins``).  Any other global Dynamo added, a
   constant that is not plain data, a resume function with free variables, a frame
   compiled twice or a frame that is none of the chain's makes the frame not precompilable.
 
@@ -32,6 +32,7 @@ Code objects are rebuilt only from an entry that passed the store's trust checks
 
 from __future__ import annotations
 
+import builtins
 import re
 import sys
 import types
@@ -50,7 +51,7 @@ from .frame_replay import Frame, GraphRecord, Recorder, Replay
 
 CHAIN_SCHEMA = 1
 _MAX_STEPS = 32
-_BOUND = re.compile(r"__(compiled_fn|resume_at|import)_[A-Za-z0-9_]{1,200}")
+_BOUND = re.compile(r"__(compiled_fn|resume_at|import|builtins_dict)_[A-Za-z0-9_]{0,200}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,32}")
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 
@@ -137,6 +138,8 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
             ok = ok and type(arg) is int and index < arg < count
         elif kind == "module":
             ok = ok and type(arg) is str and bool(_MODULE.fullmatch(arg))
+        elif kind == "builtins":
+            ok = ok and arg == 0 and type(arg) is int
         else:
             ok = False
         if not ok or binding[0] in names:
@@ -152,11 +155,10 @@ def is_chain(doc: Any) -> bool:
 
 # -- the record ----------------------------------------------------------------------------
 def has_breaks(rec: Recorder) -> bool:
-    """Whether the recorded call converted more than one frame, or its graph ended at a
+    """Whether the recorded call compiled more than one graph, or its graph ended at a
     graph break (a chain entry, not a one-graph frame entry)."""
-    frames = sum(1 for event in rec.events if event[0] == "code")
     graph = rec.graphs[0] if len(rec.graphs) == 1 else None
-    return frames > 1 or len(rec.graphs) > 1 or bool(graph and graph.trace and graph.trace.graph_break)
+    return len(rec.graphs) > 1 or bool(graph and graph.trace and graph.trace.graph_break)
 
 
 def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
@@ -241,6 +243,12 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
         elif (name.startswith("__import_") and isinstance(value, types.ModuleType)
               and sys.modules.get(value.__name__) is value and _MODULE.fullmatch(value.__name__)):
             bindings.append([name, "module", value.__name__])
+        elif name.startswith("__builtins_dict__") and value is vars(builtins):
+            bindings.append([name, "builtins", 0])
+        elif name.startswith("__resume_at_") and "_make_fn" in getattr(value, "__qualname__", ""):
+            # A resume function with free variables is made by the transformed code at run
+            # time, from its cells (not covered).
+            raise NotPrecompilable("resume-closure", name)
         elif name.startswith("__resume_at_"):
             raise NotPrecompilable("resume-not-compiled", name)
         else:
@@ -308,7 +316,7 @@ class ChainReplay(Replay):
             for number, (name, kind, arg) in enumerate(step.bindings):
                 names[name] = f"{prefix}_{index}_{number}"
                 value: Any = (self._graph_call(index) if kind == "graph" else ResumeStep(self, arg)
-                              if kind == "resume" else sys.modules.get(arg))
+                              if kind == "resume" else vars(builtins) if kind == "builtins" else sys.modules.get(arg))
                 if value is None:
                     raise CorruptEntryError(f"a chain step names module {arg}, not imported here")
                 self.f_globals[names[name]] = value  # type: ignore[index]

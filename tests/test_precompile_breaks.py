@@ -179,7 +179,7 @@ def _chain_doc() -> dict[str, Any]:
     return {"chain": 1, "steps": [
         {"code": None, "out": code, "frame": frame,
          "bindings": [["__compiled_fn_1_x", "graph", 0], ["__resume_at_8_2", "resume", 1],
-                      ["__import_torch", "module", "torch"]]},
+                      ["__import_torch", "module", "torch"], ["__builtins_dict___1", "builtins", 0]]},
         {"code": code, "out": code, "frame": frame, "bindings": [["__compiled_fn_3_y", "graph", 0]]},
     ]}
 
@@ -202,14 +202,14 @@ def _set(path: list[Any], value: Any) -> Any:
         target: Any = doc
         for part in path[:-1]:
             target = target[part]
-        target[path[-1]] = value
+        target[path[-1]] = value(doc) if callable(value) else value
     return change
 
 
 @pytest.mark.parametrize("change", [
     _set(["chain"], 2),
     _set(["steps"], []),
-    _set(["steps", 0, "code"], _chain_doc()["steps"][1]["code"]),  # the first step is the frame's own code
+    _set(["steps", 0, "code"], lambda doc: doc["steps"][1]["code"]),  # the first step is the frame's own code
     _set(["steps", 1, "code"], None),
     _set(["steps", 0, "out", "code"], "ff00"),  # no such opcode
     _set(["steps", 0, "out", "code"], "0"),  # odd hex
@@ -227,6 +227,7 @@ def _set(path: list[Any], value: Any) -> Any:
     _set(["steps", 0, "bindings", 1], ["__resume_at_8_2", "eval", "x"]),
     _set(["steps", 0, "bindings", 2], ["__import_torch", "module", "os; import sys"]),
     _set(["steps", 0, "bindings", 2], ["__compiled_fn_1_x", "module", "torch"]),  # one name twice
+    _set(["steps", 0, "bindings", 3], ["__builtins_dict___1", "builtins", "os"]),
     _set(["steps", 1, "bindings"], []),  # a step calls its graph once
     _set(["steps", 1, "frame", "wrapped"], True),
 ])
