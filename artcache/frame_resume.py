@@ -14,9 +14,12 @@ guards, graph and, after a further break, resume function.  A *chain entry* hold
   code, as plain fields (:mod:`artcache._torch.code_codec`: no pickle, no marshal);
 * the **bindings** of the globals the transformed code names that Dynamo installed: its
   graph (``graph``), a later step's resume function (``resume``, by step index: a chain
-  has no cycle), a module by name (``module``) or the builtins' dict (``builtins``).  Any other global Dynamo added, a
-  constant that is not plain data, a resume function with free variables, a frame
-  compiled twice or a frame that is none of the chain's makes the frame not precompilable.
+  has no cycle), the factory Dynamo installs for a resume function with free variables
+  (``closure``: called with the frame's cells, it returns the resume function), a module
+  by name (``module``) or the builtins' dict (``builtins``).  Any other global Dynamo
+  added, a constant that is not plain data, a frame compiled twice or a frame that is
+  none of the chain's (a function called at the break that Dynamo compiled as a frame of
+  its own) makes the frame not precompilable.
 
 A replay (:class:`ChainReplay`) checks the first step's guards on the call's locals, as
 for a one-graph frame; then runs the transformed code as a function of the frame's
@@ -134,7 +137,7 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
         if kind == "graph":
             ok = ok and arg == 0 and type(arg) is int
             graphs += 1
-        elif kind == "resume":
+        elif kind in ("resume", "closure"):
             ok = ok and type(arg) is int and index < arg < count
         elif kind == "module":
             ok = ok and type(arg) is str and bool(_MODULE.fullmatch(arg))
@@ -214,12 +217,10 @@ def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
             raise NotPrecompilable("dynamic-shapes")
         if trace.input_problem:
             raise NotPrecompilable("graph-input", trace.input_problem)
-        if index and code.co_freevars:
-            raise NotPrecompilable("resume-closure", code.co_name)
         bindings = _bindings(code, out, code_fn.__globals__, codes, index, graph)
         steps.append(Step(None if index == 0 else code_codec.encode(code), code_codec.encode(out), bindings,
                           step_entry(graph, guards, frame_state)))
-    reached = {b[2] for s in steps for b in s.bindings if b[1] == "resume"}
+    reached = {b[2] for s in steps for b in s.bindings if b[1] in ("resume", "closure")}
     if reached != set(range(1, len(steps))):
         raise NotPrecompilable("other-frames", "a frame converted in the call is not a resume function of the chain")
     return ChainEntry(steps)
@@ -245,10 +246,11 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
             bindings.append([name, "module", value.__name__])
         elif name.startswith("__builtins_dict__") and value is vars(builtins):
             bindings.append([name, "builtins", 0])
-        elif name.startswith("__resume_at_") and "_make_fn" in getattr(value, "__qualname__", ""):
-            # A resume function with free variables is made by the transformed code at run
-            # time, from its cells (not covered).
-            raise NotPrecompilable("resume-closure", name)
+        elif name.startswith("__resume_at_") and _factory_code(value) in codes[index + 1:]:
+            # A resume function with free variables: the transformed code calls Dynamo's
+            # factory with the frame's cells, then the function it returns.
+            made = _factory_code(value)
+            bindings.append([name, "closure", next(i for i, c in enumerate(codes) if c is made)])
         elif name.startswith("__resume_at_"):
             raise NotPrecompilable("resume-not-compiled", name)
         else:
@@ -256,6 +258,15 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
     if sum(1 for b in bindings if b[1] == "graph") != 1:
         raise NotPrecompilable("resume-graphs", "the frame's code does not call its graph once")
     return bindings
+
+
+def _factory_code(value: Any) -> types.CodeType | None:
+    """The resume code of Dynamo's factory for a resume function with free variables
+    (``OutputGraph.install_resume_function_global``'s ``_make_fn``, torch 2.13), else None."""
+    if not isinstance(value, types.FunctionType) or value.__code__.co_name != "_make_fn":
+        return None
+    found = [c.cell_contents for c in value.__closure__ or () if isinstance(c.cell_contents, types.CodeType)]
+    return found[0] if len(found) == 1 else None
 
 
 # -- the replay ----------------------------------------------------------------------------
@@ -295,13 +306,17 @@ class ChainReplay(Replay):
         self._reasons = reasons
         # Built here, before any guard is evaluated: a malformed code document is refused.
         self._outs = [code_codec.decode(s.out) for s in entry.steps]
-        self._codes = [code_fn.__code__] + [code_codec.decode(s.code) for s in entry.steps[1:] if s.code]
+        self._codes = [code_fn.__code__] + [code_codec.decode(s.code) for s in entry.steps[1:]]  # type: ignore[arg-type]
         for step, code, out in zip(entry.steps, self._codes, self._outs):
             bound = {b[0] for b in step.bindings}
             names = code_codec.global_names(out)
             if _signature(code) != _signature(out) or not bound <= names or names - bound - set(code.co_names):
                 raise CorruptEntryError("a chain step's code does not match its frame")
-        self._functions: list[Callable[..., Any]] = []
+            # A resume function with free variables is reached only through its factory.
+            if any(kind in ("resume", "closure") and (kind == "closure") != bool(self._codes[arg].co_freevars)
+                   for _, kind, arg in step.bindings):
+                raise CorruptEntryError("a chain step calls a resume function without its closure")
+        self._functions: list[Callable[..., Any]] = []  # per step, made at the first run
         self.steps = [self] + [Replay(s.frame, _not_loaded, self.f_globals) for s in entry.steps[1:]]
         self._graphs: list[Callable[..., Any] | None] = [None] * len(entry.steps)
         self._fallbacks: dict[int, Callable[..., Any]] = {}
@@ -316,13 +331,16 @@ class ChainReplay(Replay):
             for number, (name, kind, arg) in enumerate(step.bindings):
                 names[name] = f"{prefix}_{index}_{number}"
                 value: Any = (self._graph_call(index) if kind == "graph" else ResumeStep(self, arg)
-                              if kind == "resume" else vars(builtins) if kind == "builtins" else sys.modules.get(arg))
+                              if kind == "resume" else _Factory(self, arg) if kind == "closure" else vars(builtins)
+                              if kind == "builtins" else sys.modules.get(arg))
                 if value is None:
                     raise CorruptEntryError(f"a chain step names module {arg}, not imported here")
                 self.f_globals[names[name]] = value  # type: ignore[index]
             closure = self._fn.__closure__ if index == 0 else None
-            self._functions.append(types.FunctionType(code_codec.renamed(out, names), self.f_globals,
-                                                      self._codes[index].co_name, None, closure))
+            self._outs[index] = code_codec.renamed(out, names)
+            # A resume function with free variables is made at each call, with that call's cells.
+            self._functions.append(_no_function if index and out.co_freevars else types.FunctionType(
+                self._outs[index], self.f_globals, self._codes[index].co_name, None, closure))
 
     def _graph_call(self, index: int) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
@@ -352,12 +370,17 @@ class ChainReplay(Replay):
         failed, values = self.check(frame)
         return (False, None) if failed is not None else (True, self.run_frame(frame, values))
 
-    def resume(self, index: int, args: tuple[Any, ...]) -> Any:
-        """A resume step called with its arguments: its checks, then its graph, else
-        Dynamo compiles this resume function alone."""
+    def resume(self, index: int, args: tuple[Any, ...], closure: tuple[Any, ...] | None = None) -> Any:
+        """A resume step called with its arguments (and the cells of its free variables):
+        its checks, then its graph, else Dynamo compiles this resume function alone."""
         code = self._codes[index]
         replay = self.steps[index]
         f_locals = dict(zip(code.co_varnames[:code.co_argcount], args))
+        for name, cell in zip(code.co_freevars, closure or ()):
+            try:
+                f_locals[name] = cell.cell_contents  # the frame's locals hold free variables by name
+            except ValueError:  # an empty cell
+                pass
         failed, values = replay.check(Frame(f_locals, {}))
         if failed is None and self._graphs[index] is None and index not in self._unloadable:
             graph = self._load_graph(self.chain.steps[index].frame, [values[at] for at in replay.inputs])
@@ -365,15 +388,20 @@ class ChainReplay(Replay):
                 self._unloadable.add(index)
             self._graphs[index] = graph
         if failed is None and self._graphs[index] is not None:
-            return self._functions[index](*args)
+            if closure is None:
+                return self._functions[index](*args)
+            return types.FunctionType(self._outs[index], self.f_globals, code.co_name, None, closure)(*args)
         self._reasons["resume-guards" if failed is not None else "resume-graph"] += 1
+        backend = self._backend
+
+        def compile_graph(gm: Any, example_inputs: Any) -> Any:  # a plain function: no precompile tier
+            return backend(gm, example_inputs)
+
+        if closure is not None:  # a function of this call's cells (Dynamo's cache is per code object)
+            fn = types.FunctionType(code, self.f_globals, code.co_name, None, closure)
+            return torch.compile(fn, backend=compile_graph, dynamic=False)(*args)
         if index not in self._fallbacks:
             fn = types.FunctionType(code, self.f_globals, code.co_name)
-            backend = self._backend
-
-            def compile_graph(gm: Any, example_inputs: Any) -> Any:  # a plain function: no precompile tier
-                return backend(gm, example_inputs)
-
             self._fallbacks[index] = torch.compile(fn, backend=compile_graph, dynamic=False)
         return self._fallbacks[index](*args)
 
@@ -387,6 +415,24 @@ class ResumeStep:
 
     def __call__(self, *args: Any) -> Any:
         return self._chain.resume(self._index, args)
+
+
+class _Factory:
+    """What a chain's transformed code calls in place of Dynamo's factory of a resume
+    function with free variables: the resume step, bound to the frame's cells."""
+
+    def __init__(self, chain: ChainReplay, index: int) -> None:
+        self._chain = chain
+        self._index = index
+
+    def __call__(self, closure: tuple[Any, ...]) -> Callable[..., Any]:
+        if type(closure) is not tuple or len(closure) != len(self._chain._codes[self._index].co_freevars):
+            raise TypeError("a resume function's closure does not match its code")
+        return lambda *args: self._chain.resume(self._index, args, closure)
+
+
+def _no_function(*args: Any) -> Any:
+    raise AssertionError("a resume function with free variables is called with its cells")
 
 
 def _not_loaded(*args: Any) -> Any:

@@ -106,6 +106,8 @@ MUTATIONS = {
     "bad-constant": "doc['steps'][1]['out']['consts'].append(['eval', 'print(1)'])",
     # code whose signature is not the frame's
     "signature": "doc['steps'][0]['out']['argcount'] = 5",
+    # a resume function without free variables bound as if it had some
+    "closure-kind": "[b.__setitem__(1, 'closure') for b in doc['steps'][0]['bindings'] if b[1] == 'resume']",
 }
 
 
@@ -335,3 +337,83 @@ def test_torch_compile_failed_resume_guard_is_a_fresh_compile_bitwise(compiled_r
     assert info["traced"] and all(n.startswith("torch_dynamo_resume_in_forward") for n in info["traced"]), info
     for name in ("graph_break", "graph_break_train"):
         assert _bitwise(results[name], results[name + "-fresh"]), name
+
+
+# -- a closure: the resume function has free variables ------------------------------------
+CLOSURE = r'''
+import json, sys, torch, artcache
+phase, out_path = sys.argv[1], sys.argv[2]
+if phase == "warm":
+    from tests import _tripwire
+    _tripwire.install()
+    _tripwire.arm_tracer(lambda: True)
+OFFSET = torch.linspace(0, 1, 6)
+# A tensor in **kwargs, read after the break only (a dict's contents are no part of the frame key).
+T = torch.full((6,), 0.5, dtype=torch.float64 if phase == "changed" else torch.float32)
+
+def make(scale, shift):
+    def fn(x, w, *rest, bias=1.0, **kw):
+        y = torch.tanh(x @ w) * scale
+        print("between the graphs", len(rest), file=sys.stderr)  # a graph break: Python between graphs
+        return ((y + bias + OFFSET) * shift * kw["t"]).sum(0) * len(rest), kw["k"]
+    return fn
+
+x, w = torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+results = {}
+ways = {"wrapper": lambda fn: artcache.precompile(fn, cache=artcache.Cache(strict=True)),
+        "compile": lambda fn: torch.compile(fn, backend="artcache", options={"precompile": True})}
+served = {}
+for way, compile_fn in ways.items():
+    fn = make(torch.tensor(0.25), torch.tensor(2.0))
+    c = compile_fn(fn)
+    results[way] = [c(x, w, 1, 2, bias=2.0, k=3, t=T)[0] for _ in range(2)]
+    if way == "wrapper":
+        served[way] = [c.replayed, dict(c.reasons)]
+    if phase == "changed":
+        results[way + "-fresh"] = [torch.compile(make(torch.tensor(0.25), torch.tensor(2.0)), backend="inductor")(
+            x, w, 1, 2, bias=2.0, k=3, t=T)[0]]
+from artcache import frame_hook
+served["compile"] = [[h.replayed, dict(h.reasons)] for h in frame_hook.attached()][0]
+torch.save(results, out_path)
+print(json.dumps(served))
+'''
+
+
+@pytest.fixture(scope="module")
+def closure_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import torch
+
+    tmp = tmp_path_factory.mktemp("precompile-breaks-closure")
+    store = f"file://{tmp}/store"
+    runs = {}
+    for phase in ("cold", "warm", "changed"):
+        out = tmp / f"{phase}.pt"
+        env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{phase}")}
+        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + CLOSURE, env=env, timeout=900)
+        assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
+        assert proc.stderr.count("between the graphs 2") == 4 + 2 * (phase == "changed"), proc.stderr[-3000:]
+        runs[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
+    return runs
+
+
+@pytest.mark.slow
+def test_a_closure_with_a_graph_break_replays_without_tracing_bitwise(closure_runs: dict[str, Any]) -> None:
+    """A closure (free variables in the frame and in its resume function), varargs,
+    keyword-only arguments, ``**kwargs`` and a builtin called between the graphs: the
+    warm process (tripwires armed) replays both ways, bitwise equal to cold."""
+    (cold, cold_info), (warm, warm_info) = closure_runs["cold"], closure_runs["warm"]
+    assert cold_info == {"wrapper": [0, {"absent": 1}], "compile": [0, {"absent": 1}]}, cold_info
+    assert warm_info == {"wrapper": [2, {}], "compile": [2, {}]}, warm_info
+    for way in ("wrapper", "compile"):
+        assert _bitwise(cold[way], warm[way]), way
+
+
+@pytest.mark.slow
+def test_a_closures_failed_resume_guard_is_a_fresh_compile_bitwise(closure_runs: dict[str, Any]) -> None:
+    """A tensor in ``**kwargs`` read only after the break has another dtype: the first graph
+    replays, the resume function (with this call's cells) goes through Dynamo, equal to a
+    fresh compile."""
+    results, info = closure_runs["changed"]
+    assert info == {"wrapper": [2, {"resume-guards": 2}], "compile": [2, {"resume-guards": 2}]}, info
+    for way in ("wrapper", "compile"):
+        assert _bitwise(results[way], results[way + "-fresh"] * 2), way
