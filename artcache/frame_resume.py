@@ -26,7 +26,8 @@ for a one-graph frame; then runs the transformed code as a function of the frame
 arguments (the user's closure, the user's globals), with each binding installed in those
 globals under a name artcache makes (never a stored name).  A resume binding is a
 :class:`ResumeStep`: called with the resume function's arguments, it checks that step's
-guards on them and runs its transformed code with its graph (loaded at its first call);
+guards on them (after its first served call through a tree of torch's guards, as for the
+first step) and runs its transformed code with its graph (loaded at its first call);
 when a guard fails or its graph cannot be loaded, that resume function alone is compiled
 by ``torch.compile`` through the artcache backend (Dynamo traces the rest of the frame;
 what already ran stays as it is), so a failed guard anywhere is never a wrong program.
@@ -46,7 +47,7 @@ from typing import Any
 
 import torch
 
-from ._torch import code_codec
+from ._torch import code_codec, guard_tree
 from .entry import SummaryKey
 from .errors import CorruptEntryError, NotPrecompilable
 from .frame_entry import FrameEntry, guard_text, path_text
@@ -381,12 +382,21 @@ class ChainReplay(Replay):
                 f_locals[name] = cell.cell_contents  # the frame's locals hold free variables by name
             except ValueError:  # an empty cell
                 pass
-        failed, values = replay.check(Frame(f_locals, {}))
-        if failed is None and self._graphs[index] is None and index not in self._unloadable:
-            graph = self._load_graph(self.chain.steps[index].frame, [values[at] for at in replay.inputs])
-            if graph is None:
-                self._unloadable.add(index)
-            self._graphs[index] = graph
+        frame = Frame(f_locals, {})
+        if replay.tree is not None:  # torch's guards, built at the step's first served call
+            held = replay.tree.root.check(f_locals) and replay.inputs_if_unaliased(frame) is not None
+            failed: str | None = None if held else "guards"
+        else:
+            failed, values = replay.check(frame)
+            if failed is None and self._graphs[index] is None and index not in self._unloadable:
+                graph = self._load_graph(self.chain.steps[index].frame, [values[at] for at in replay.inputs])
+                if graph is None:
+                    self._unloadable.add(index)
+                self._graphs[index] = graph
+            if failed is None and self._graphs[index] is not None:
+                built = guard_tree.build(None, self.f_globals, replay.nodes, values, replay.checks, None)
+                if built is not None:
+                    replay.tree, replay.tree_keep = built
         if failed is None and self._graphs[index] is not None:
             if closure is None:
                 return self._functions[index](*args)
