@@ -22,7 +22,8 @@ guards, graph and, after a further break, resume function.  A *chain entry* hold
   its own) makes the frame not precompilable.
 
 A replay (:class:`ChainReplay`) checks the first step's guards on the call's locals, as
-for a one-graph frame; then runs the transformed code as a function of the frame's
+for a one-graph frame; then runs the transformed code (which also applies the frame's
+Python side effects, as Dynamo's own cache entry would: a step may mutate objects) as a function of the frame's
 arguments (the user's closure, the user's globals), with each binding installed in those
 globals under a name artcache makes (never a stored name).  A resume binding is a
 :class:`ResumeStep`: called with the resume function's arguments, it checks that step's
@@ -212,8 +213,6 @@ def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
             raise NotPrecompilable("trace", graph.problem)
         if trace.frame_code is not code:
             raise NotPrecompilable("nested-frame", trace.frame_code.co_name)
-        if trace.side_effects:
-            raise NotPrecompilable("side-effects", "Python state the frame mutates is replayed by Dynamo's bytecode")
         if trace.symbolic:
             raise NotPrecompilable("dynamic-shapes")
         if trace.input_problem:

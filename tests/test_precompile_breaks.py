@@ -417,3 +417,61 @@ def test_a_closures_failed_resume_guard_is_a_fresh_compile_bitwise(closure_runs:
     assert info == {"wrapper": [2, {"resume-guards": 2}], "compile": [2, {"resume-guards": 2}]}, info
     for way in ("wrapper", "compile"):
         assert _bitwise(results[way], results[way + "-fresh"] * 2), way
+
+
+# -- Python side effects, applied by the transformed code ----------------------------------
+SIDE_EFFECTS = r'''
+import json, sys, torch, artcache
+phase, out_path = sys.argv[1], sys.argv[2]
+armed = [phase == "warm"]
+if phase == "warm":
+    from tests import _tripwire
+    _tripwire.install(forbid_subprocess=False)
+    _tripwire.arm_tracer(lambda: armed[0])
+
+class Logged(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.log = []
+
+    def forward(self, x):
+        y = self.a(x).relu()
+        self.log.append("before")  # mutations of an object that existed before the call
+        torch._dynamo.graph_break()
+        self.log.append(y.shape[0])
+        return self.b(y)
+
+torch.manual_seed(0)
+m, x = Logged(), torch.randn(3, 8)
+pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
+outs = [pre(x)]
+first = [list(m.log), pre.replayed]
+armed[0] = False  # the log is longer now: its length guard fails, Dynamo traces again
+outs.append(pre(x))
+torch.save(outs, out_path)
+print(json.dumps({"first": first, "log": m.log, "replayed": pre.replayed, "reasons": dict(pre.reasons)}))
+'''
+
+
+@pytest.mark.slow
+def test_a_chain_applies_the_frames_side_effects(tmp_path: Path) -> None:
+    """Mutations of the module (a list appended to before and after the break) are applied
+    by the replayed code: the warm first call (tracer armed) leaves the
+    module as the cold one did; the next call, whose guards on the list's length fail, goes
+    through Dynamo and is right too."""
+    import torch
+
+    store = f"file://{tmp_path}/store"
+    got = {}
+    for phase in ("cold", "warm"):
+        out = tmp_path / f"{phase}.pt"
+        env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")}
+        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + SIDE_EFFECTS, env=env)
+        assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
+        got[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
+    (cold, cold_info), (warm, warm_info) = got["cold"], got["warm"]
+    assert cold_info["first"] == [["before", 3], 0] and cold_info["reasons"] == {"absent": 1}, cold_info
+    assert warm_info["first"] == [["before", 3], 1], warm_info
+    assert warm_info["log"] == cold_info["log"] == ["before", 3] * 2, warm_info
+    assert _bitwise(cold, warm)
