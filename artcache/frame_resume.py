@@ -22,10 +22,11 @@ guards, graph and, after a further break, resume function.  A *chain entry* hold
   its own) makes the frame not precompilable.
 
 A replay (:class:`ChainReplay`) checks the first step's guards on the call's locals, as
-for a one-graph frame; then runs the transformed code (which also applies the frame's
-Python side effects, as Dynamo's own cache entry would: a step may mutate objects) as a function of the frame's
+for a one-graph frame; then runs the transformed code as a function of the frame's
 arguments (the user's closure, the user's globals), with each binding installed in those
-globals under a name artcache makes (never a stored name).  A resume binding is a
+globals under a name artcache makes (never a stored name).  The transformed code also
+applies the frame's Python side effects, as Dynamo's own cache entry does (a one-graph
+frame entry, which has no code, refuses them).  A resume binding is a
 :class:`ResumeStep`: called with the resume function's arguments, it checks that step's
 guards on them (after its first served call through a tree of torch's guards, as for the
 first step) and runs its transformed code with its graph (loaded at its first call);
@@ -246,7 +247,7 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
             bindings.append([name, "module", value.__name__])
         elif name.startswith("__builtins_dict__") and value is vars(builtins):
             bindings.append([name, "builtins", 0])
-        elif name.startswith("__resume_at_") and _factory_code(value) in codes[index + 1:]:
+        elif name.startswith("__resume_at_") and any(_factory_code(value) is c for c in codes[index + 1:]):
             # A resume function with free variables: the transformed code calls Dynamo's
             # factory with the frame's cells, then the function it returns.
             made = _factory_code(value)
