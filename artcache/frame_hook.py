@@ -157,7 +157,7 @@ class CompileHook(FrameTier):
                 continue  # its guard tree, checked before this guard, did not hold
             failed, values = replay.check(frame)
             if failed is None:
-                _state.pending = ("replay", (replay, values))
+                _state.pending = ("replay", (replay, values, frame))
                 return True
         quick = _quick_spec(f_locals, self._wrapped)
         if quick in self._looked_up:  # Dynamo's own cache serves these calls now
@@ -183,7 +183,7 @@ class CompileHook(FrameTier):
             self._replays.append(replay)
             failed, values = replay.check(frame)
             if failed is None:
-                _state.pending = ("replay", (replay, values))
+                _state.pending = ("replay", (replay, values, frame))
                 return True
             return False
         self.reasons[reason] += 1
@@ -220,18 +220,18 @@ class CompileHook(FrameTier):
         kind, what = pending
         if kind == "replay":
             self.replayed += 1
-            replay, values = what
+            replay, values, frame = what
             if replay not in self._tree_tried:
                 # Here, not in the guard: torch iterates the code's entries while guards run.
                 self._tree_tried.append(replay)
                 self._install_tree(replay, values)
-            return replay.run(values)
+            return replay.run_frame(frame, values)
         if kind == "checked":  # a guard tree held: read the inputs, check their aliasing
             replay, f_locals = what
-            inputs = replay.inputs_if_unaliased(Frame({}, f_locals) if self._wrapped else Frame(f_locals, {}))
-            if inputs is not None:
+            ran, out = replay.run_checked(Frame({}, f_locals) if self._wrapped else Frame(f_locals, {}))
+            if ran:
                 self.replayed += 1
-                return replay.run_inputs(inputs)
+                return out
             self.reasons["inputs-alias"] += 1
             call = self._call_of(f_locals)
             if call is None:

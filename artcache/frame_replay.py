@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from ._torch import code_codec, rebuild
 from ._torch import frame_capture as fc
-from ._torch import rebuild
 from .errors import NotPrecompilable
 from .frame_entry import FrameEntry, build_output, guard_text
 
@@ -207,6 +207,16 @@ class Replay:
     def run_inputs(self, inputs: list[Any]) -> Any:
         return build_output(self.entry.output, self.compiled(*inputs), inputs)
 
+    def run_frame(self, frame: Frame, values: list[Any]) -> Any:
+        """Run a checked call (``values`` from :meth:`check`); a chain's replay runs the
+        frame's code (:mod:`artcache.frame_resume`)."""
+        return self.run(values)
+
+    def run_checked(self, frame: Frame) -> tuple[bool, Any]:
+        """Run a call whose checks a guard tree held: False when its inputs alias otherwise."""
+        inputs = self.inputs_if_unaliased(frame)
+        return (False, None) if inputs is None else (True, self.run_inputs(inputs))
+
 
 class GraphRecord:
     """One backend call during a recorded Dynamo compile."""
@@ -218,6 +228,7 @@ class GraphRecord:
         self.lifted = 0
         self.outputs: Any = None
         self.inputs: list[Any] = []
+        self.callable: Any = None  # what the backend returned to Dynamo (its transformed code calls it)
 
 
 class Recorder:
@@ -231,15 +242,24 @@ class Recorder:
         self.guards: list[list[Any]] | None = None
         self.guard_problem: NotPrecompilable | None = None
         self.guard_calls = 0
+        # In order: ("graph", GraphRecord), ("guards", checks or NotPrecompilable, global
+        # state), ("code", code, transformed code) when Dynamo finished converting a frame.
+        self.events: list[tuple[Any, ...]] = []
 
     def reset(self) -> None:
         self.graphs, self.guards, self.guard_problem, self.guard_calls = [], None, None, 0
+        self.events = []
+
+    def on_bytecode(self, code: Any, out: Any) -> None:
+        if self.recording:
+            self.events.append(("code", code, out))
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
         if not self.recording:
             return self.backend(gm, example_inputs)  # type: ignore[no-any-return]
         record = GraphRecord()
         self.graphs.append(record)
+        self.events.append(("graph", record))
         try:
             record.trace = fc.FrameTrace(gm)
         except (AttributeError, KeyError, TypeError) as exc:  # a torch without what the trace reads
@@ -259,6 +279,7 @@ class Recorder:
 
         if getattr(compiled, "_boxed_call", False):
             run._boxed_call = True  # type: ignore[attr-defined]
+        record.callable = run
         return run
 
     def guard_filter(self, entries: list[Any]) -> list[bool]:
@@ -268,6 +289,8 @@ class Recorder:
         try:
             translated = [fc.translate_guard(entry) for entry in entries]
             self.guards = [g for g in translated if g is not None]
+            self.events.append(("guards", self.guards, code_codec.frame_state()))
         except NotPrecompilable as exc:
             self.guard_problem = exc
+            self.events.append(("guards", exc, ""))
         return [True] * len(entries)

@@ -12,8 +12,10 @@ options.  A frame entry holds what Dynamo produced for the frame, as plain data:
   attributes; plus one snapshot of the global state (grad mode, autocast, default dtype
   and device, deterministic algorithms, mode stacks, saved-tensor hooks);
 * **the replay**: the access path of each graph input and how the frame's return value
-  is built from the graph's outputs.  Only frames that are one graph with nothing else
-  to do qualify: no graph break, no Python side effect, no symbolic shapes;
+  is built from the graph's outputs.  A frame that is one graph qualifies when it has no
+  Python side effect and no symbolic shapes; a frame with graph breaks is a *chain entry*
+  instead, whose steps hold Dynamo's transformed code and resume functions
+  (:mod:`artcache.frame_resume`);
 * the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
   user function Dynamo inlined.
 
@@ -45,9 +47,9 @@ from typing import Any
 
 import torch
 
-from . import keys, pickler
+from . import frame_resume, keys, pickler
+from ._torch import code_codec, guard_tree
 from ._torch import frame_capture as fc
-from ._torch import guard_tree
 from ._torch import settings as torch_settings
 from .code_digest import code_digest, installed_module
 from .entries import EntryStore
@@ -127,17 +129,19 @@ class FrameTier:
             return None, "absent"
         try:
             doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
-            entry = FrameEntry.from_plain(doc)
+            chain = frame_resume.ChainEntry.from_plain(doc) if frame_resume.is_chain(doc) else None
+            entry = chain.steps[0].frame if chain is not None else FrameEntry.from_plain(doc)
             if self.wrapped_frames is not None and entry.wrapped != self.wrapped_frames:
                 self.cache.reject(key, "wrapped-frame")
                 return None, "wrapped-frame"
-            replay = Replay(entry, _never_called, self._globals)
+            replay = Replay(entry, _never_called, self._globals) if chain is None else frame_resume.ChainReplay(
+                chain, self._code_fn, self._load_graph, self._backend, self.reasons)
             failed, values = replay.check(frame)
             if failed is not None:
                 log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
                 self.cache.reject(key, "guards")
                 return None, "guards"
-            for module, qualname, digest in entry.traced:
+            for module, qualname, digest in (chain or entry).traced:
                 if _traced_digest(module, qualname) != digest:
                     self.cache.reject(key, "traced-code")
                     return None, "traced-code"
@@ -192,7 +196,8 @@ class FrameTier:
         self._recorder.reset()
         self._recorder.recording = True
         try:
-            out = call()
+            with code_codec.bytecode_hook(self._recorder.on_bytecode):
+                out = call()
             try:
                 entry = self._capture(out, state, hooks_empty)
             except NotPrecompilable as exc:
@@ -207,8 +212,10 @@ class FrameTier:
         self._save(key, entry, factors, f_locals)
         return out
 
-    def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry:
+    def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry | frame_resume.ChainEntry:
         rec = self._recorder
+        if rec.graphs and frame_resume.has_breaks(rec):
+            return frame_resume.capture(rec, self._code_fn, state, hooks_empty, self._step_entry)
         if len(rec.graphs) != 1:
             raise NotPrecompilable("graph-count" if rec.graphs else "no-graph", f"{len(rec.graphs)} graphs")
         graph = rec.graphs[0]
@@ -224,6 +231,13 @@ class FrameTier:
             raise NotPrecompilable("guard-sets", f"{rec.guard_calls} guard sets")
         if not hooks_empty:
             raise NotPrecompilable("global-module-hooks")
+        return self._step_entry(graph, rec.guards, state, out, wrapped)
+
+    def _step_entry(self, graph: Any, guards: list[list[Any]], state: str, out: Any = None,
+                    wrapped: bool = False) -> FrameEntry:
+        """The frame entry of one recorded graph with its frame's guards and global state
+        (``out``: the frame's return value, built from the graph's outputs; None for a step
+        of a chain, whose code builds it)."""
         if graph.lifted:
             raise NotPrecompilable("lifted-attributes", f"{graph.lifted} tensors")
         if len(graph.keys) != 1:
@@ -234,15 +248,16 @@ class FrameTier:
                 raise NotPrecompilable(f"graph-{name}")
         if graph.outputs is None or len(graph.inputs) != len(graph.trace.input_paths):
             raise NotPrecompilable("graph-not-called")
-        structure = output_structure(out, graph.outputs, graph.inputs)
+        structure = output_structure(out, graph.outputs, graph.inputs) if out is not None else ["c", None]
         # Code nested in the frame's or a traced function's code (a generator expression, a
         # local function) is part of that code's digest (code_digest walks code constants).
         nested = set().union(*(_nested_code(c) for c in [graph.trace.frame_code, *graph.trace.traced_code]))
         traced = [_traced_name(code) for code in graph.trace.traced_code if code not in nested]
-        return FrameEntry(rec.guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
+        return FrameEntry(guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
                           [t for t in traced if t is not None], wrapped, fc.storage_groups(graph.inputs))
 
-    def _save(self, key: keys.CacheKey, entry: FrameEntry, values: dict[str, Any], f_locals: Mapping[str, Any]) -> None:
+    def _save(self, key: keys.CacheKey, entry: FrameEntry | frame_resume.ChainEntry, values: dict[str, Any],
+              f_locals: Mapping[str, Any]) -> None:
         try:
             data = pickler.dumps(entry.plain()).data
         except Uncacheable as exc:
@@ -250,10 +265,11 @@ class FrameTier:
             return
         summary = {
             SummaryKey.TITLE: f"precompiled frame {self._code_fn.__module__}.{self._code_fn.__qualname__}",
-            SummaryKey.INPUTS: [path_text(p) for p in entry.inputs],
-            SummaryKey.GUARDS: [guard_text(g) for g in entry.guards] + ["global state " + entry.state],
-            "graph_entry": entry.graph_key,
-            "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in entry.traced],
+            **(entry.summary() if isinstance(entry, frame_resume.ChainEntry) else {
+                SummaryKey.INPUTS: [path_text(p) for p in entry.inputs],
+                SummaryKey.GUARDS: [guard_text(g) for g in entry.guards] + ["global state " + entry.state],
+                "graph_entry": entry.graph_key,
+                "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in entry.traced]}),
             SummaryKey.FACTOR_VALUES: values,
         }
         tensors = [v for v in f_locals.values() if isinstance(v, torch.Tensor)]
@@ -310,7 +326,7 @@ class Precompiled(FrameTier):
         failed, values = replay.check(frame)
         if failed is not None:  # the global state changed since the check a moment ago
             return self._through_dynamo(*args, **kwargs)
-        out = replay.run(values)
+        out = replay.run_frame(frame, values)
         # From the next call on, torch's C++ guards check what the Python checks just did.
         built = guard_tree.build(None, replay.f_globals, replay.nodes, values, replay.checks, None)
         if built is not None:

@@ -24,11 +24,10 @@ from .conftest import REPO, run_cli, run_python
 
 # Programs that replay without Dynamo in the warm process.
 REPLAYED = ("mlp_infer", "mlp_train", "linear_relu_train", "conv2d_train", "batchnorm_eval", "attention_train",
-            "mutate_input", "alias_outputs", "rng_ops", "dropout_train", "dtype_mix", "views_train")
+            "mutate_input", "alias_outputs", "rng_ops", "dropout_train", "dtype_mix", "views_train",
+            "graph_break", "graph_break_train")  # graph_break*: two graphs and a resume function
 # Programs that cannot, with the reason the cold run names (``precompile-<reason>``).
 FALLBACK = {
-    "graph_break": "graph-count",         # two graphs and a resume function
-    "graph_break_train": "graph-count",
     "dynamic_pointwise": "dynamic-shapes",  # marked dynamic: the graph has symbols
     "batchnorm_train": "dynamic-shapes",     # num_batches_tracked += 1 leaves a symbol
 }

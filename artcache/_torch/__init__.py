@@ -42,6 +42,9 @@ precompile_hook    ``torch._dynamo.optimize`` (wrapped), ``enter_exit_hooks``,  
                    guards, ``trace_rules.check``, ``bytecode_transformation``    patch, Dynamo traces
 guard_tree         ``GuardManagerWrapper`` accessors and leaf guards (tensor      2.13 (CPU); a guard the
                    match, type/id/equals, lengths, dict contains, global state)  API refuses: Python checks
+code_codec         ``convert_frame.register_bytecode_hook`` and                 2.13 (CPU, Python 3.11);
+                   ``initial_global_state``; code objects as fields (3.11)      other Pythons: frames with
+                                                                                graph breaks fall back
 =================  ===========================================================  ==============================
 
 On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or
