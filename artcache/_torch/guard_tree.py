@@ -21,6 +21,7 @@ len         ``add_dict_length_check_guard`` / ``add_length_check_guard``
 keys        a Python lambda
 same        identity of both paths with the object found (only for paths that do not start
             at a local: a local's aliasing is checked by the replay itself)
+shape       not expressed (a frame with symbolic shapes keeps its Python checks)
 ==========  ================================================================================
 
 plus the global state (``add_global_state_guard`` and a lambda for the rest, see
@@ -93,7 +94,9 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                 managers.append(managers[parent].getattr_manager(attr=key, source=source, example_value=value,
                                                                  guard_manager_enum=plain))
                 roots.append(roots[parent])
-            else:  # "i"
+            elif step != "i":  # a tensor property (a size read by a shape guard or a SymInt input)
+                raise Unsupported(step)
+            else:
                 accessor = "dict_getitem_manager" if isinstance(values[parent], dict) else "getitem_manager"
                 managers.append(getattr(managers[parent], accessor)(key=key, source=source, example_value=value,
                                                                      guard_manager_enum=plain))

@@ -14,13 +14,15 @@ from typing import Any
 
 import torch
 
+from . import shape_guards
 from .capture import autograd_cache_module
 from .freezing import selecting
 
 
-def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
+def guards_hold(entry: Any, example_inputs: Sequence[Any], *, int_symbols: bool = False) -> bool:
     """Whether the entry's Inductor shape guards accept these inputs (evaluated on hints,
-    so nothing is installed into Dynamo's shape env yet)."""
+    so nothing is installed into Dynamo's shape env yet).  With ``int_symbols`` the inputs
+    are a replayed frame's (no SymInts): each plain int stands for the symbol at its place."""
     expr = getattr(entry, "guards_expr", None)
     if not expr:
         return True
@@ -30,8 +32,12 @@ def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
     except ImportError:  # torch 2.11: the same hint under its older name
         from torch.fx.experimental.symbolic_shapes import size_hint as hint
 
-    symints = ac.AOTAutogradCache._filter_backed_symints(list(example_inputs))
-    hints = [hint(s) for s in symints]
+    if int_symbols:
+        # Parsed and interpreted by artcache, not evaluated by torch (no shape env here).
+        return shape_guards.graph_guards_hold(expr, [s for s in example_inputs if type(s) is int])
+    else:
+        symints = ac.AOTAutogradCache._filter_backed_symints(list(example_inputs))
+        hints = [hint(s) for s in symints]
     return bool(ac.AOTAutogradCache.evaluate_guards(expr, hints))
 
 
@@ -46,7 +52,7 @@ def lifted_inputs(gm: torch.nn.Module) -> list[torch.Tensor]:
 
 def rebuild(
     entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = (),
-    frozen_args: Sequence[int] | None = None,
+    frozen_args: Sequence[int] | None = None, ints_checked: bool = False,
 ) -> Callable[..., Any]:
     """The compiled callable of ``entry``: torch's post-compile steps, no compilation.
 
@@ -54,7 +60,11 @@ def rebuild(
     in every call, as in torch's own compiled callable.  ``frozen_args``: for a frozen
     graph, the flat arguments its forward takes (``artcache._torch.freezing``).  Must run
     inside Dynamo's backend call, so that its TracingContext receives the output strides
-    and the SymInt inputs carry the entry's guards into Dynamo's shape env.
+    and the SymInt inputs carry the entry's guards into Dynamo's shape env; or, with
+    ``ints_checked``, for a replayed frame (:mod:`artcache.frames`): the SymInt inputs are
+    plain ints whose shape guards the caller checked (``guards_hold(int_symbols=True)``),
+    and torch's own check of them (``_check_guards``, which needs SymInts and a shape env;
+    torch 2.13) is skipped.
     """
     from torch._inductor.cudagraph_utils import BoxedDeviceIndex
     from torch._inductor.utils import BoxedBool
@@ -71,7 +81,7 @@ def rebuild(
         aot_config = dataclasses.replace(aot_config, enable_log=False)
     context = torch._guards.TracingContext.try_get()
     tracing = contextlib.nullcontext() if context is not None else _fresh_tracing()
-    with tracing, selecting(entry, frozen_args):
+    with tracing, selecting(entry, frozen_args), _guards_checked(entry, ints_checked):
         compiled = entry.wrap_post_compile([*lifted, *example_inputs], aot_config, fx_config)
 
     if lifted:
@@ -84,6 +94,21 @@ def rebuild(
             return compiled(list(args))
 
     return torch._dynamo.disable(forward, reason="artcache compiled graph")  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _guards_checked(entry: Any, checked: bool) -> Any:
+    """With ``checked``, the entry's guard expression hidden from its post-compile (see
+    :func:`rebuild`); put back afterwards."""
+    expr = getattr(entry, "guards_expr", None)
+    if not checked or not expr:
+        yield
+        return
+    entry.guards_expr = None
+    try:
+        yield
+    finally:
+        entry.guards_expr = expr
 
 
 def _fresh_tracing() -> Any:
