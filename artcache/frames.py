@@ -18,7 +18,7 @@ options.  A frame entry holds what Dynamo produced for the frame, as plain data:
 * **the replay**: the access path of each graph input (a SymInt input is a size read at
   its path) and how the frame's return value is built from the graph's outputs.  Only
   frames that are one graph with nothing else to do qualify: no graph break, no Python
-  side effect, no data-dependent sizes;
+  side effect;
 * the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
   user function Dynamo inlined.
 

@@ -183,3 +183,4 @@ def test_malformed_stored_shape_guard_is_a_miss(runs: dict[str, Any], kind: str)
     assert info["shape_guards"] >= 3, info
     assert info["replayed"] == 0 and info["reasons"] == {"unloadable": 1}, info
     torch.testing.assert_close(got["pre-8-3"], got["eager-8-3"])
+

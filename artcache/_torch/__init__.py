@@ -41,8 +41,7 @@ precompile_hook    ``torch._dynamo.optimize`` (wrapped), ``enter_exit_hooks``,  
 guard_tree         ``GuardManagerWrapper`` accessors and leaf guards (tensor      2.13 (CPU); a guard the
                    match, type/id/equals, lengths, dict contains, global state)  API refuses: Python checks
 shape_guards       the ``SHAPE_ENV`` guard's ``code_list`` (torch's text of the   2.13 (CPU); no code_list:
-                   ShapeEnv's guards), ``input_source_to_sizes_strides``,        the frame falls back
-                   the shape env's unbacked-symbol counter
+                   ShapeEnv's guards), ``input_source_to_sizes_strides``         the frame falls back
 =================  ===========================================================  ==============================
 
 On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or

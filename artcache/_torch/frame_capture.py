@@ -13,8 +13,8 @@ Three reads, all during a ``torch.compile`` call that artcache starts itself:
   in a tensor property, ``["size", 0]``).
 * **the trace**, from the instruction translator that called the backend: whether the
   graph ended at a graph break, whether Python side effects remain to be replayed,
-  which input sizes are symbolic and whether any symbol is data-dependent
-  (:mod:`artcache._torch.shape_guards` translates the ``SHAPE_ENV`` guard), and the code
+  which input sizes are symbolic (:mod:`artcache._torch.shape_guards` translates the
+  ``SHAPE_ENV`` guard), and the code
   objects Dynamo inlined (their digests go into the entry).
 
 Checked on torch 2.13 (CPU).  A missing attribute raises :class:`NotPrecompilable`.
@@ -360,10 +360,10 @@ class FrameTrace:
         if symbols is None:
             symbols = getattr(shape_env, "var_to_val", None)
         self.symbolic = bool(shape_env is not None and (symbols or shape_env.guards))
-        # Which input sizes and strides are symbols (their tensor checks leave them to the
-        # shape guards), and whether any symbol is data-dependent.
+        # Which input sizes and strides are symbols: their tensor checks leave them to the
+        # shape guards.  (Data-dependent symbols need nothing here: Dynamo guards none of
+        # them, the graph checks them as it runs.)
         self.dims = shape_guards.dynamic_dims(output) if self.symbolic else {}
-        self.unbacked = self.symbolic and shape_guards.unbacked(shape_env)
         self.frame_code = tx.f_code
         self.traced_code = [c for c in output.tracing_context.traced_code if c is not tx.f_code]
         self.input_paths: list[list[list[Any]]] = []
@@ -390,8 +390,6 @@ class FrameTrace:
             raise NotPrecompilable("graph-break")
         if self.side_effects:
             raise NotPrecompilable("side-effects", "Python state the frame mutates is replayed by Dynamo's bytecode")
-        if self.unbacked:
-            raise NotPrecompilable("dynamic-unbacked", "a data-dependent size (an unbacked symbol)")
         if self.input_problem:
             raise NotPrecompilable("graph-input", self.input_problem)
 

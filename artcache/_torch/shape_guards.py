@@ -177,11 +177,3 @@ def _concrete(value: Any) -> int | None:
         as_int = value.node.maybe_as_int()
         return None if as_int is None else int(as_int)
     return int(value)
-
-
-def unbacked(shape_env: Any) -> bool:
-    """Whether the trace made symbols for data-dependent values (``nonzero``, an
-    ``.item()`` the graph uses): not replayed (untested here), the frame goes through
-    Dynamo.  Unknown on a torch without the counter: taken as yes."""
-    counter = getattr(shape_env, "unbacked_symint_counter", None)
-    return type(counter) is not int or counter > 0 or bool(getattr(shape_env, "pending_fresh_unbacked_symbols", None))
