@@ -59,9 +59,13 @@ if phase in ("cold", "warm"):
 elif phase == "changed":
     armed[0] = True  # new sizes the guards accept: replayed
     results["pre-12-5"] = pre(*inputs(12, 5))
+    results["tc-12-5"] = tc(*inputs(12, 5))
+    results["tc-14-7"] = tc(*inputs(14, 7))  # through torch's guard tree, built at the call before
     armed[0] = False
     fresh = torch.compile(pairs, backend="inductor", dynamic=False)
     results["fresh-12-5"] = fresh(*inputs(12, 5))
+    results["fresh-14-7"] = fresh(*inputs(14, 7))
+    results["tc-8-6"] = tc(*inputs(8, 6))  # the tree's shape guard fails: Dynamo
     # 8 and 6 break "s1 <= s0 // 2" (the slice is all 4 rows): Dynamo traces, the result is eager's.
     results["pre-8-6"] = pre(*inputs(8, 6))
     results["eager-8-6"] = pairs(*inputs(8, 6))
@@ -98,7 +102,7 @@ elif phase.startswith("hostile"):
 torch.save(results, out)
 from artcache import frame_hook
 info["pre"] = [pre.replayed, dict(pre.reasons), dict(pre.refusals)]
-info["tc"] = [[h.replayed, dict(h.reasons), dict(h.refusals)] for h in frame_hook.attached()]
+info["tc"] = [[h.replayed, dict(h.reasons), dict(h.refusals), h.trees] for h in frame_hook.attached()]
 info["misses"] = dict(cache.stats().misses)
 print(json.dumps(info))
 '''
@@ -151,7 +155,7 @@ def test_warm_replays_recorded_and_new_sizes_bitwise(runs: dict[str, Any], call:
     assert _same(runs["cold"]["results"][call], runs["warm"]["results"][call]), call
     pre, tc = runs["warm"]["info"]["pre"], runs["warm"]["info"]["tc"]
     assert pre[:2] == [2, {}], pre
-    assert [t[:2] for t in tc] == [[2, {}]], tc
+    assert [t[:2] + t[3:] for t in tc] == [[2, {}, 1]], tc  # the second call through torch's guard tree
     assert runs["warm"]["info"]["misses"] == {}, runs["warm"]["info"]
 
 
@@ -159,6 +163,8 @@ def test_warm_replays_recorded_and_new_sizes_bitwise(runs: dict[str, Any], call:
 def test_new_size_within_the_guards_equals_a_fresh_compile(runs: dict[str, Any]) -> None:
     got = runs["changed"]["results"]
     assert _same(got["pre-12-5"], got["fresh-12-5"])
+    assert _same(got["tc-12-5"], got["fresh-12-5"])
+    assert _same(got["tc-14-7"], got["fresh-14-7"])
 
 
 @pytest.mark.slow
@@ -166,6 +172,9 @@ def test_size_that_breaks_a_shape_guard_falls_back_correctly(runs: dict[str, Any
     got, pre = runs["changed"]["results"], runs["changed"]["info"]["pre"]
     assert pre[0] == 1, pre  # only the first call replayed; 8, 6 went through Dynamo
     torch.testing.assert_close(got["pre-8-6"], got["eager-8-6"])
+    torch.testing.assert_close(got["tc-8-6"], got["eager-8-6"])
+    [[replayed, _, _, trees]] = runs["changed"]["info"]["tc"]
+    assert (replayed, trees) == (2, 1), runs["changed"]["info"]
 
 
 @pytest.mark.slow

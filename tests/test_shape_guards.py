@@ -168,3 +168,24 @@ def test_a_replay_reads_sizes_at_their_paths_and_checks_shape_guards() -> None:
 ])
 def test_graph_entry_guards_are_interpreted_never_evaluated(code: Any, ints: list[int], holds: bool) -> None:
     assert shape_guards.graph_guards_hold(code, ints) is holds
+
+
+def test_torchs_guard_tree_checks_shape_guards() -> None:
+    """The same checks as a tree of torch's guards (what serves calls after the first hit):
+    the tensor guard leaves the symbolic size alone, the shape guards decide it."""
+    from artcache._torch import guard_tree
+
+    facts = fc.tensor_facts(torch.randn(6, 3))
+    facts[3][0] = None
+    entry = FrameEntry.from_plain(_entry([["tensor", [["L", "x"]], facts],
+                                          *_translate("(L['x'].size()[0] % 2) == 0", "2 <= L['x'].size()[0]")]))
+    replay = Replay(entry, lambda n, x: (x,), {})
+    failed, values = replay.check(Frame({"x": torch.ones(6, 3)}, {}))
+    assert failed is None
+    built = guard_tree.build(None, {}, replay.nodes, values, replay.checks, None)
+    assert built is not None
+    tree = built[0]
+    for rows, ok in ((6, True), (10, True), (7, False), (0, False)):
+        assert tree.root.check({"x": torch.ones(rows, 3)}) is ok, rows
+    assert not tree.root.check({"x": torch.ones(6, 4)})
+    assert not tree.root.check({"y": torch.ones(6, 3)})
