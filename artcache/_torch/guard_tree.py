@@ -163,12 +163,12 @@ def _step(obj: Any, step: str, key: Any) -> Any:
     """One step of an access path (None where it finds nothing: a failed shape check)."""
     try:
         if step in ("L", "G", "M"):
-            return obj[key] if key in obj else None
+            return obj.get(key)
         if step == "a":
             return getattr(obj, key, None)
         if step == "i":
             return obj[key]
-    except (KeyError, IndexError, TypeError):
+    except (KeyError, IndexError, TypeError, AttributeError):
         return None
     if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
         return None
