@@ -170,9 +170,10 @@ class FrameTier:
     def _load_graph(self, entry: FrameEntry, inputs: list[Any]) -> Callable[..., Any] | None:
         if not all(isinstance(t, torch.Tensor) or type(t) is int for t in inputs):
             return None
-        loaded = self._lookup_graph(entry.graph_key, inputs)
-        if loaded is None:
+        found = self._lookup_graph(entry.graph_key, inputs)
+        if found is None:
             return None
+        loaded, graph = found
         ambient = self._backend.ambient_digests(entry.cpu_code, inputs)
         stored = loaded.manifest.factors
         if set(stored) != set(ambient) | (_GRAPH_FACTORS & set(stored)) or any(
@@ -180,13 +181,12 @@ class FrameTier:
             log.info("artcache: graph entry %s was made under other settings", entry.graph_key[:16])
             self.cache.reject(entry.graph_key, "settings")
             return None
-        graph = CompiledGraph.from_loaded(loaded)
         with torch_settings.inductor_config_patch(torch_settings.mode_options(self._backend.mode, self._backend.options)):
             compiled = graph.load(inputs, cudagraphs=torch_settings.cudagraphs_enabled(), ints_checked=True)
         self.cache.record_hit(loaded, 0.0)
         return compiled  # type: ignore[no-any-return]
 
-    def _lookup_graph(self, key: str, inputs: list[Any]) -> Any:
+    def _lookup_graph(self, key: str, inputs: list[Any]) -> tuple[Any, CompiledGraph] | None:
         """The graph entry of ``key`` whose Inductor shape guards accept ``inputs``: a graph
         with symbolic shapes may have been saved under a guard variant of its key (for other
         sizes, ``keys.guard_variant``), looked up in order as the backend does."""
@@ -195,8 +195,9 @@ class FrameTier:
             loaded = self.cache.lookup(variant)
             if loaded is None:
                 return None
-            if CompiledGraph.from_loaded(loaded).guards_hold(inputs, int_symbols=True):
-                return loaded
+            graph = CompiledGraph.from_loaded(loaded)
+            if graph.guards_hold(inputs, int_symbols=True):
+                return loaded, graph
             self.cache.reject(variant, "guards")
         return None
 

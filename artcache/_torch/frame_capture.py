@@ -14,8 +14,8 @@ Three reads, all during a ``torch.compile`` call that artcache starts itself:
 * **the trace**, from the instruction translator that called the backend: whether the
   graph ended at a graph break, whether Python side effects remain to be replayed,
   which input sizes are symbolic (:mod:`artcache._torch.shape_guards` translates the
-  ``SHAPE_ENV`` guard), and the code
-  objects Dynamo inlined (their digests go into the entry).
+  ``SHAPE_ENV`` guard), and the code objects Dynamo inlined (their digests go into the
+  entry).
 
 Checked on torch 2.13 (CPU).  A missing attribute raises :class:`NotPrecompilable`.
 """

@@ -26,18 +26,17 @@ def guards_hold(entry: Any, example_inputs: Sequence[Any], *, int_symbols: bool 
     expr = getattr(entry, "guards_expr", None)
     if not expr:
         return True
+    if int_symbols:
+        # Parsed and interpreted by artcache, not evaluated by torch (no shape env here).
+        return shape_guards.graph_guards_hold(expr, [s for s in example_inputs if type(s) is int])
     ac = autograd_cache_module()
     try:
         from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw as hint
     except ImportError:  # torch 2.11: the same hint under its older name
         from torch.fx.experimental.symbolic_shapes import size_hint as hint
 
-    if int_symbols:
-        # Parsed and interpreted by artcache, not evaluated by torch (no shape env here).
-        return shape_guards.graph_guards_hold(expr, [s for s in example_inputs if type(s) is int])
-    else:
-        symints = ac.AOTAutogradCache._filter_backed_symints(list(example_inputs))
-        hints = [hint(s) for s in symints]
+    symints = ac.AOTAutogradCache._filter_backed_symints(list(example_inputs))
+    hints = [hint(s) for s in symints]
     return bool(ac.AOTAutogradCache.evaluate_guards(expr, hints))
 
 
