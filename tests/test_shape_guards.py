@@ -189,3 +189,12 @@ def test_torchs_guard_tree_checks_shape_guards() -> None:
         assert tree.root.check({"x": torch.ones(rows, 3)}) is ok, rows
     assert not tree.root.check({"x": torch.ones(6, 4)})
     assert not tree.root.check({"y": torch.ones(6, 3)})
+
+
+def test_symbolic_sizes_without_shape_guards_are_not_precompilable() -> None:
+    """A tensor check that leaves a size open is only safe next to the guards on it."""
+    shape_env = types.SimpleNamespace(guard_type="SHAPE_ENV", orig_guard=types.SimpleNamespace(code_list=None))
+    assert fc.translate_guards([shape_env], {}) == []
+    with pytest.raises(NotPrecompilable) as exc:
+        fc.translate_guards([shape_env], {"source": ([None, 3], [3, 1])})
+    assert exc.value.reason == "shape-guard"

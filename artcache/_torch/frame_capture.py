@@ -243,9 +243,12 @@ def translate_guards(entries: Sequence[Any], dims: dict[Any, Any]) -> list[list[
     tensor's sizes and strides that ``dims`` (``shape_guards.dynamic_dims``) lists as
     symbolic are left to the shape checks, as Dynamo's tensor guard leaves them."""
     checks: list[list[Any]] = []
+    shapes = 0
     for entry in entries:
         if entry.guard_type == "SHAPE_ENV":
-            checks += shape_guards.translate(entry.orig_guard)
+            found = shape_guards.translate(entry.orig_guard)
+            shapes += len(found)
+            checks += found
             continue
         check = translate_guard(entry)
         if check is not None and check[0] == "tensor":
@@ -254,6 +257,10 @@ def translate_guards(entries: Sequence[Any], dims: dict[Any, Any]) -> list[list[
                 check[2][3], check[2][4] = list(symbolic[0]), list(symbolic[1])
         if check is not None:
             checks.append(check)
+    if dims and not shapes:
+        # A symbolic size always has a guarded range (at least 2 <= s0): with none found,
+        # the tensor checks that leave sizes open would accept any size.
+        raise NotPrecompilable("shape-guard", "symbolic sizes without shape guards")
     return checks
 
 
