@@ -193,3 +193,41 @@ def test_malformed_stored_shape_guard_is_a_miss(runs: dict[str, Any], kind: str)
     assert info["replayed"] == 0 and info["reasons"] == {"unloadable": 1}, info
     torch.testing.assert_close(got["pre-8-3"], got["eager-8-3"])
 
+
+
+_DATA_DEPENDENT = r'''
+import json, sys, torch, artcache
+torch._dynamo.config.capture_dynamic_output_shape_ops = True
+if sys.argv[1] == "warm":
+    from tests import _tripwire
+    _tripwire.arm_tracer(lambda: True)
+
+def positive(x):  # a size from data (an unbacked symbol) beside a marked one
+    kept = x[x > 0]
+    return kept.sum() * x.shape[0] + kept.numel()
+
+pre = artcache.precompile(positive, cache=artcache.Cache(strict=True))
+out = []
+for n, seed in ((8, 0), (11, 1), (11, 2)):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    torch._dynamo.mark_dynamic(x, 0)
+    got, want = pre(x), positive(x)
+    out.append([float(got), float(want)])
+print(json.dumps({"out": out, "replayed": pre.replayed, "refusals": pre.refusals}))
+'''
+
+
+def test_data_dependent_sizes_beside_symbolic_ones_replay(tmp_path: Path) -> None:
+    """A size computed from data (Dynamo guards none of those; the graph checks them as
+    it runs) next to a marked one: recorded, then replayed without tracing in a fresh
+    process for other sizes and other data, equal to eager."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store"}
+    for phase in ("cold", "warm"):
+        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}]\n" + _DATA_DEPENDENT,
+                          env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert info["refusals"] == {}, info
+        for got, want in info["out"]:
+            assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), info
+    assert info["replayed"] == 3, info
