@@ -50,22 +50,24 @@ _BINARY = {
     ">=": lambda a, b: int(a >= b),
 }
 _UNARY = {"neg": lambda a: -a, "abs": abs, "not": lambda a: int(not a)}
-_NARY = {"min": (min, 8), "max": (max, 8), "and": (lambda *v: int(all(v)), 64), "or": (lambda *v: int(any(v)), 64)}
+_NARY = {"min": (min, 8), "max": (max, 8), "and": (lambda *v: int(all(v)), MAX_NODES),
+         "or": (lambda *v: int(any(v)), MAX_NODES)}  # and/or: bounded by the node count only
 
 
 class ShapeError(Exception):
     """An expression that cannot be evaluated on these values (internal: a failed guard)."""
 
 
-def is_expr(value: Any, is_path: Callable[[Any], bool], args: int = 0) -> bool:
+def is_expr(value: Any, is_path: Callable[[Any], bool], args: int = 0, max_nodes: int = MAX_NODES) -> bool:
     """Whether ``value`` is a well-formed expression within the bounds (``is_path``
-    validates the access paths of its leaves; ``["arg", i]`` leaves need ``i < args``)."""
+    validates the access paths of its leaves; ``["arg", i]`` leaves need ``i < args``;
+    a graph entry's guards, one conjunction over all its symbols, may take more nodes)."""
     count = [0]
     n_args = args
 
     def ok(node: Any, depth: int) -> bool:
         count[0] += 1
-        if count[0] > MAX_NODES or depth > MAX_DEPTH or type(node) is not list or not node:
+        if count[0] > max_nodes or depth > MAX_DEPTH or type(node) is not list or not node:
             return False
         op, args = node[0], node[1:]
         if op == "int":
@@ -80,7 +82,7 @@ def is_expr(value: Any, is_path: Callable[[Any], bool], args: int = 0) -> bool:
         elif op in _UNARY:
             arity_ok = len(args) == 1
         elif op in _NARY:
-            arity_ok = 2 <= len(args) <= _NARY[op][1]
+            arity_ok = 2 <= len(args) <= (max_nodes if op in ("and", "or") else _NARY[op][1])
         else:
             return False
         return arity_ok and all(ok(a, depth + 1) for a in args)

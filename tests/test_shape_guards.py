@@ -108,7 +108,7 @@ def test_well_formed_shape_guards_round_trip() -> None:
     ["==", ["p", [["X", "os"], ["size", 0]]], ["int", 1]],
     ["==", ["p", X0]],                                        # wrong arity
     ["min", ["p", X0]],
-    ["and", *[["==", ["p", X0], ["int", 1]]] * 65],
+    ["and", *[["==", ["p", X0], ["int", 1]]] * 90],          # past the node bound
     ["int", 1, 2],
     [],
 ])
@@ -198,3 +198,12 @@ def test_symbolic_sizes_without_shape_guards_are_not_precompilable() -> None:
     with pytest.raises(NotPrecompilable) as exc:
         fc.translate_guards([shape_env], {"source": ([None, 3], [3, 1])})
     assert exc.value.reason == "shape-guard"
+
+
+def test_a_large_graph_guard_conjunction_is_interpreted() -> None:
+    """A graph entry's guards are one conjunction over all its symbols (bounded in text and
+    nodes, not in operands)."""
+    code = " and ".join(f"2 <= L['t{i}']" for i in range(300))
+    assert shape_guards.graph_guards_hold(code, [5] * 300)
+    assert not shape_guards.graph_guards_hold(code, [5] * 299 + [1])
+    assert not shape_guards.graph_guards_hold(" and ".join(["2 <= L['t0']"] * 5000), [5])  # past the text bound

@@ -35,6 +35,8 @@ from ..errors import NotPrecompilable
 from ..frame_entry import CHECK_ARG
 
 _MAX_TEXT = 4096
+# A graph entry's guards are one conjunction over all of the graph's symbols.
+_MAX_GRAPH_TEXT, _MAX_GRAPH_NODES = 65536, 8192
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
 _CMPOPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _CALLS = {"min": (2, 8), "max": (2, 8), "abs": (1, 1)}
@@ -75,13 +77,13 @@ def graph_guards_hold(code: Any, ints: list[int]) -> bool:
     (bounded in length), translated as :func:`translate` translates, with ``L['t<i>']``
     as the ``i``-th int, and evaluated by :mod:`artcache.shape_expr`; never ``eval``'d.
     Anything not translated, or not well formed, is a guard that fails."""
-    if type(code) is not str or len(code) > _MAX_TEXT:
+    if type(code) is not str or len(code) > _MAX_GRAPH_TEXT:
         return False
     try:
         expr = _expr(ast.parse(code, mode="eval").body, code, graph_args=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError, NotPrecompilable):
         return False
-    if not shape_expr.is_expr(expr, lambda path: False, args=len(ints)):
+    if not shape_expr.is_expr(expr, lambda path: False, args=len(ints), max_nodes=_MAX_GRAPH_NODES):
         return False
     return shape_expr.evaluator(expr, lambda path: 0)(list(ints))
 
