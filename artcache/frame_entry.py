@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import shape_expr
 from .errors import CorruptEntryError, NotPrecompilable
 
 # The frame-entry document's version, a key factor of every frame entry: entries of another
 # version are never looked up.
-FRAME_SCHEMA = 2
+FRAME_SCHEMA = 3
 
 CONSTANTS = (type(None), bool, int, float, str)
 _MAX_STRUCTURE_DEPTH = 16
@@ -26,8 +27,16 @@ def _is_path(path: Any) -> bool:
     root = path[0]
     if type(root) is not list or len(root) != 2 or root[0] not in ("L", "G", "M") or type(root[1]) is not str:
         return False
+    *steps, last = path[1:] or [None]
+    if last is not None and type(last) is list and len(last) == 2 and last[0] in shape_expr.PROPERTY_STEPS:
+        # A tensor property (a size, a stride, the storage offset) ends a path: a graph's
+        # SymInt input or a shape guard's operand.
+        if type(last[1]) is not int or not 0 <= last[1] < 64:
+            return False
+    elif last is not None:
+        steps.append(last)
     return all(type(s) is list and len(s) == 2 and ((s[0] == "a" and type(s[1]) is str)
-               or (s[0] == "i" and type(s[1]) in (str, int))) for s in path[1:])
+               or (s[0] == "i" and type(s[1]) in (str, int))) for s in steps)
 
 
 def _is_name(value: Any) -> bool:
@@ -46,6 +55,7 @@ CHECK_ARG = {
     "torch": _is_name,
     "same": _is_path,
     "keys": lambda v: type(v) is list and all(type(k) in (str, int) for k in v),
+    "shape": lambda v: shape_expr.is_expr(v, _is_path),  # a ShapeEnv guard (artcache.shape_expr)
 }
 
 
@@ -116,13 +126,15 @@ def path_text(path: list[list[Any]]) -> str:
     (kind, name), text = path[0], ""
     text = {"L": f"L[{name!r}]", "G": f"G[{name!r}]", "M": f"module {name}"}[kind]
     for step, key in path[1:]:
-        text += f".{key}" if step == "a" else f"[{key!r}]"
+        text += (f".{key}" if step == "a" else f"[{key!r}]" if step == "i" else
+                 ".storage_offset()" if step == "offset" else f".{step}()[{key}]")
     return text
 
 
 def guard_text(check: list[Any]) -> str:
     want = (" ".join(str(v) for v in check[2]) if check[0] == "tensor" else
-            path_text(check[2]) if check[0] == "same" else check[2])
+            path_text(check[2]) if check[0] == "same" else
+            shape_expr.text(check[2], path_text) if check[0] == "shape" else check[2])
     return f"{check[0]:<7} {path_text(check[1])} {want}"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from . import shape_expr
 from ._torch import code_codec, rebuild
 from ._torch import frame_capture as fc
 from .errors import NotPrecompilable
@@ -105,8 +106,13 @@ class Replay:
             return parent
 
         self._checks = []
+        # Shape guards relate several paths: each is evaluated on all the values of a call.
+        self._shape_checks: list[tuple[Callable[[list[Any]], bool], list[Any]]] = []
         seen = set()
         for check in entry.guards:
+            if check[0] == "shape":
+                self._shape_checks.append((shape_expr.evaluator(check[2], node), check))
+                continue
             at, other = node(check[1]), node(check[2]) if check[0] == "same" else -1
             identity = (check[0], at, other, repr(check[2]))
             if identity not in seen:  # Dynamo repeats some guards (hook dicts, generic-dict checks)
@@ -132,7 +138,8 @@ class Replay:
     @property
     def checks(self) -> list[tuple[int, int, list[Any]]]:
         """``(node, second node or -1, stored check)`` per distinct check."""
-        return [(at, other, check) for at, other, _, check in self._checks]
+        return [(at, other, check) for at, other, _, check in self._checks] + [
+            (-1, -1, check) for _, check in self._shape_checks]
 
     def _resolve_all(self, frame: Frame, only: list[int] | None = None) -> list[Any]:
         f_locals = frame.wrapped if self.entry.wrapped else frame.direct
@@ -146,7 +153,8 @@ class Replay:
             else:
                 try:
                     value = (getattr(obj, name, MISSING) if step == "a" else obj.get(name, MISSING)
-                             if step in ("L", "G", "M") else obj[name])
+                             if step in ("L", "G", "M") else obj[name] if step == "i" else
+                             _tensor_property(obj, step, name))
                 except (KeyError, IndexError, TypeError):
                     value = MISSING
             if only is None:
@@ -170,6 +178,9 @@ class Replay:
         for at, other, holds, check in self._checks:
             value = values[at]
             if value is MISSING or not holds(value, values[other] if other >= 0 else None):
+                return guard_text(check), values
+        for holds_shape, check in self._shape_checks:
+            if not holds_shape(values):
                 return guard_text(check), values
         if self._state is None:
             if fc.global_state() != self.entry.state:
@@ -216,6 +227,18 @@ class Replay:
         """Run a call whose checks a guard tree held: False when its inputs alias otherwise."""
         inputs = self.inputs_if_unaliased(frame)
         return (False, None) if inputs is None else (True, self.run_inputs(inputs))
+
+
+def _tensor_property(obj: Any, step: str, index: int) -> Any:
+    """A size, stride or the storage offset of a plain strided tensor, as an int
+    (a path's last step; ``MISSING`` for anything else)."""
+    if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
+        return MISSING
+    if step == "offset":
+        return obj.storage_offset()
+    if index >= obj.dim():
+        return MISSING
+    return obj.size(index) if step == "size" else obj.stride(index)
 
 
 class GraphRecord:
@@ -287,8 +310,8 @@ class Recorder:
             return [True] * len(entries)
         self.guard_calls += 1
         try:
-            translated = [fc.translate_guard(entry) for entry in entries]
-            self.guards = [g for g in translated if g is not None]
+            dims = {k: v for g in self.graphs if g.trace is not None for k, v in g.trace.dims.items()}
+            self.guards = fc.translate_guards(entries, dims)
             self.events.append(("guards", self.guards, code_codec.frame_state()))
         except NotPrecompilable as exc:
             self.guard_problem = exc

@@ -11,17 +11,23 @@ options.  A frame entry holds what Dynamo produced for the frame, as plain data:
   facts, constant values, types and named objects by identity, dict lengths, absent
   attributes; plus one snapshot of the global state (grad mode, autocast, default dtype
   and device, deterministic algorithms, mode stacks, saved-tensor hooks);
-* **the replay**: the access path of each graph input and how the frame's return value
-  is built from the graph's outputs.  A frame that is one graph qualifies when it has no
-  Python side effect and no symbolic shapes; a frame with graph breaks is a *chain entry*
-  instead, whose steps hold Dynamo's transformed code and resume functions
-  (:mod:`artcache.frame_resume`);
+* **shape guards**, for a frame traced with symbolic shapes (dimensions marked dynamic):
+  the ShapeEnv's guards as expression trees over sizes, strides and storage offsets read
+  at access paths (:mod:`artcache.shape_expr`), evaluated by a small interpreter; a tensor
+  check leaves its symbolic sizes to them, and the frame key leaves marked dimensions out;
+* **the replay**: the access path of each graph input (a SymInt input is a size read at
+  its path) and how the frame's return value is built from the graph's outputs.  A frame
+  that is one graph qualifies when it has no Python side effect; a frame with graph breaks
+  is a *chain entry* instead, whose steps hold Dynamo's transformed code and resume
+  functions (:mod:`artcache.frame_resume`);
 * the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
   user function Dynamo inlined.
 
 A call evaluates the guards before anything runs; all must hold.  Then the graph entry is
 looked up, its process-dependent factors (configs, numerics, environment, options) are
-recomputed here and compared with those in its manifest, and the compiled graph is called
+recomputed here and compared with those in its manifest (a graph with symbolic shapes:
+the first of its guard variants, ``keys.guard_variant``, whose own shape guards accept the
+sizes, interpreted as the frame's are), and the compiled graph is called
 with the inputs read through the paths.  Anything else (no entry, a failed guard, a frame
 that cannot qualify, an entry that cannot be read) falls back to ``torch.compile`` with
 the artcache backend: Dynamo traces and the graphs still hit.  The fallback's first trace
@@ -165,11 +171,12 @@ class FrameTier:
         return None, "unloadable"
 
     def _load_graph(self, entry: FrameEntry, inputs: list[Any]) -> Callable[..., Any] | None:
-        if not all(isinstance(t, torch.Tensor) for t in inputs):
+        if not all(isinstance(t, torch.Tensor) or type(t) is int for t in inputs):
             return None
-        loaded = self.cache.lookup(entry.graph_key)
-        if loaded is None:
+        found = self._lookup_graph(entry.graph_key, inputs)
+        if found is None:
             return None
+        loaded, graph = found
         ambient = self._backend.ambient_digests(entry.cpu_code, inputs)
         stored = loaded.manifest.factors
         if set(stored) != set(ambient) | (_GRAPH_FACTORS & set(stored)) or any(
@@ -177,14 +184,25 @@ class FrameTier:
             log.info("artcache: graph entry %s was made under other settings", entry.graph_key[:16])
             self.cache.reject(entry.graph_key, "settings")
             return None
-        graph = CompiledGraph.from_loaded(loaded)
-        if not graph.guards_hold(inputs):
-            self.cache.reject(entry.graph_key, "guards")
-            return None
         with torch_settings.inductor_config_patch(torch_settings.mode_options(self._backend.mode, self._backend.options)):
-            compiled = graph.load(inputs, cudagraphs=torch_settings.cudagraphs_enabled())
+            compiled = graph.load(inputs, cudagraphs=torch_settings.cudagraphs_enabled(), ints_checked=True)
         self.cache.record_hit(loaded, 0.0)
         return compiled  # type: ignore[no-any-return]
+
+    def _lookup_graph(self, key: str, inputs: list[Any]) -> tuple[Any, CompiledGraph] | None:
+        """The graph entry of ``key`` whose Inductor shape guards accept ``inputs``: a graph
+        with symbolic shapes may have been saved under a guard variant of its key (for other
+        sizes, ``keys.guard_variant``), looked up in order as the backend does."""
+        for slot in range(keys.MAX_GUARD_VARIANTS):
+            variant = keys.guard_variant(key, slot)
+            loaded = self.cache.lookup(variant)
+            if loaded is None:
+                return None
+            graph = CompiledGraph.from_loaded(loaded)
+            if graph.guards_hold(inputs, int_symbols=True):
+                return loaded, graph
+            self.cache.reject(variant, "guards")
+        return None
 
     # -- the record: Dynamo compiles the frame, artcache notes what it produced ----------
     def _record(self, key: keys.CacheKey, factors: dict[str, Any], f_locals: Mapping[str, Any],
@@ -378,7 +396,11 @@ def _arg_spec(name: str, value: Any) -> str:
     if isinstance(value, torch.nn.Module):
         return f"{name}: module {type(value).__module__}.{type(value).__qualname__} {_module_structure(value)}"
     if isinstance(value, torch.Tensor):
-        return (f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)} {value.device.type}"
+        # Dimensions marked dynamic (torch._dynamo.mark_dynamic) are symbols in the graph:
+        # their sizes are checked by the entry's shape guards, not keyed.
+        dynamic = getattr(value, "_dynamo_dynamic_indices", None) or ()
+        shape = tuple("*" if i in dynamic else n for i, n in enumerate(value.shape))
+        return (f"{name}: tensor {str(value.dtype).removeprefix('torch.')} {shape} {value.device.type}"
                 f" grad={value.requires_grad}")
     if type(value) in CONSTANTS:
         return f"{name}: {value!r}"

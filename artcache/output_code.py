@@ -145,14 +145,16 @@ class CompiledGraph:
             aliases = {name: ModelConstant.from_record(alias) for name, alias in lifted.items()}
         return cls(entry, KernelBundle(cpp, winners, tuned), externs, frozen_args, aliases)
 
-    def guards_hold(self, example_inputs: Sequence[Any]) -> bool:
-        return rebuild.guards_hold(self.entry, example_inputs)
+    def guards_hold(self, example_inputs: Sequence[Any], *, int_symbols: bool = False) -> bool:
+        return rebuild.guards_hold(self.entry, example_inputs, int_symbols=int_symbols)
 
     def load(
-        self, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = ()
+        self, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = (),
+        ints_checked: bool = False,
     ) -> Callable[..., Any]:
         """The compiled callable (runs torch's post-compile steps; compiles nothing).
-        ``lifted``: the live graph's parameters and buffers (``rebuild.lifted_inputs``)."""
+        ``lifted``: the live graph's parameters and buffers (``rebuild.lifted_inputs``);
+        ``ints_checked``: a replayed frame's (``rebuild.rebuild``)."""
         graphs = entry_parts.output_codes(self.entry)
         with bundler.serving(self.entry, self.kernels) as plan:
             # Graphs with kernels rebuilt through triton.compile load by torch's own path:
@@ -163,7 +165,8 @@ class CompiledGraph:
                 log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
                           lightened, len(graphs), lean_post_compile)
                 return rebuild.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs, lifted=lifted,
-                                       frozen_args=self.frozen_args, frozen_aliases=self.frozen_aliases)
+                                       frozen_args=self.frozen_args, frozen_aliases=self.frozen_aliases,
+                                       ints_checked=ints_checked)
 
     # -- inspect ---------------------------------------------------------------------------
     def summary(self, gm: torch.fx.GraphModule, input_specs: Sequence[str]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ Every ``import`` counts, wherever it is: at the top, inside a function, or under
 
     0  errors, digest, config, _version          what everything uses
     1  entry, keys, code_digest, environment,     the data model: manifests, keys and
-       signing, blob_codec, frame_entry           their factors, signatures, blob encodings,
-                                                  precompiled frame entries
+       signing, blob_codec, frame_entry,          their factors, signatures, blob encodings,
+       shape_expr                                 precompiled frame entries and shape guards
     2  store/, activity                           bytes in, bytes out; the per-machine log
                                                   kept beside the local tier
     3  entries, single_flight                     whole entries in a store: trust, errors, stats;
@@ -33,7 +33,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "artcache"
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "digest", "config", "_version"}),
-    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec", "weights", "frame_entry"}),
+    frozenset({"entry", "keys", "code_digest", "environment", "signing", "blob_codec", "weights", "frame_entry",
+               "shape_expr"}),
     frozenset({"store", "activity"}),
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),

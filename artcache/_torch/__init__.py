@@ -45,6 +45,8 @@ guard_tree         ``GuardManagerWrapper`` accessors and leaf guards (tensor    
 code_codec         ``convert_frame.register_bytecode_hook`` and                 2.13 (CPU, Python 3.11);
                    ``initial_global_state``; code objects as fields (3.11)      other Pythons: frames with
                                                                                 graph breaks fall back
+shape_guards       the ``SHAPE_ENV`` guard's ``code_list`` (torch's text of the   2.13 (CPU); no code_list:
+                   ShapeEnv's guards), ``input_source_to_sizes_strides``         the frame falls back
 =================  ===========================================================  ==============================
 
 On a CPU-only torch the Triton modules install nothing.  A reach that finds a class or

@@ -9,10 +9,13 @@ Three reads, all during a ``torch.compile`` call that artcache starts itself:
   does not translate makes the frame not precompilable, with the kind as the reason.
   Nothing of Dynamo's guard state is pickled.
 * **the graph's inputs**, from the placeholders' ``grapharg`` sources, as access paths
-  (``[["L", "self"], ["a", "_modules"], ["i", "fc1"], ...]``).
+  (``[["L", "self"], ["a", "_modules"], ["i", "fc1"], ...]``; a SymInt input's path ends
+  in a tensor property, ``["size", 0]``).
 * **the trace**, from the instruction translator that called the backend: whether the
   graph ended at a graph break, whether Python side effects remain to be replayed,
-  symbolic shapes, and the code objects Dynamo inlined (their digests go into the entry).
+  which input sizes are symbolic (:mod:`artcache._torch.shape_guards` translates the
+  ``SHAPE_ENV`` guard), and the code objects Dynamo inlined (their digests go into the
+  entry).
 
 Checked on torch 2.13 (CPU).  A missing attribute raises :class:`NotPrecompilable`.
 """
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import NotPrecompilable
+from . import shape_guards
 
 __all__ = ["NotPrecompilable"]
 
@@ -75,6 +79,12 @@ def source_path(source: Any) -> list[list[Any]]:
         return [["G", name]]
     if type(source) in attribute:
         return [*source_path(source.base), *(["a", part] for part in source.member.split("."))]
+    if type(source) is getattr(s, "TensorPropertySource", None):  # a size, stride or offset of a tensor
+        step = {"SIZE": "size", "STRIDE": "stride", "STORAGE_OFFSET": "offset"}.get(source.prop.name)
+        index = 0 if step == "offset" else source.idx
+        if step is None or type(index) is not int:
+            raise NotPrecompilable("source", f"TensorPropertySource {source.prop.name}")
+        return [*source_path(source.base), [step, index]]
     if type(source) in (s.DictGetItemSource, s.GetItemSource):
         index = source.index
         if type(index) not in (str, int) or getattr(source, "index_is_slice", False):
@@ -137,6 +147,16 @@ def tensor_check(facts: list[Any]) -> Any:
     match compares the full facts; later calls compare the same values field by field
     against objects resolved once (dtype, device, the dispatch key set)."""
     cached: list[Any] = []
+    if None in facts[3] or None in facts[4]:  # sizes or strides a shape guard checks instead
+        sizes, strides = facts[3], facts[4]
+        rest = facts[:3] + facts[5:]
+
+        def holds_dynamic(value: Any) -> bool:
+            found = tensor_facts(value)
+            return (bool(found) and found[:3] + found[5:] == rest and _dims_match(found[3], sizes)
+                    and _dims_match(found[4], strides))
+
+        return holds_dynamic
 
     def holds(value: Any) -> bool:
         if not cached:
@@ -152,6 +172,10 @@ def tensor_check(facts: list[Any]) -> Any:
                 and torch._C._dispatch_keys(value) == keys)
 
     return holds
+
+
+def _dims_match(found: list[int], want: list[int | None]) -> bool:
+    return len(found) == len(want) and all(w is None or f == w for f, w in zip(found, want))
 
 
 def storage_groups(tensors: Sequence[Any]) -> list[int]:
@@ -213,6 +237,33 @@ def global_hooks_empty() -> bool:
     return not any(getattr(module, name, None) for name in names)
 
 
+def translate_guards(entries: Sequence[Any], dims: dict[Any, Any]) -> list[list[Any]]:
+    """Every guard of a frame as plain-data checks: the ``SHAPE_ENV`` guard as shape
+    checks (:mod:`artcache._torch.shape_guards`), the others by :func:`translate_guard`; a
+    tensor's sizes and strides that ``dims`` (``shape_guards.dynamic_dims``) lists as
+    symbolic are left to the shape checks, as Dynamo's tensor guard leaves them."""
+    checks: list[list[Any]] = []
+    shapes = 0
+    for entry in entries:
+        if entry.guard_type == "SHAPE_ENV":
+            found = shape_guards.translate(entry.orig_guard)
+            shapes += len(found)
+            checks += found
+            continue
+        check = translate_guard(entry)
+        if check is not None and check[0] == "tensor":
+            symbolic = dims.get(entry.orig_guard.originating_source)
+            if symbolic is not None and len(symbolic[0]) == len(check[2][3]) and len(symbolic[1]) == len(check[2][4]):
+                check[2][3], check[2][4] = list(symbolic[0]), list(symbolic[1])
+        if check is not None:
+            checks.append(check)
+    if dims and not shapes:
+        # A symbolic size always has a guarded range (at least 2 <= s0): with none found,
+        # the tensor checks that leave sizes open would accept any size.
+        raise NotPrecompilable("shape-guard", "symbolic sizes without shape guards")
+    return checks
+
+
 def translate_guard(entry: Any) -> list[Any] | None:
     """One Dynamo guard (a ``GuardFilterEntry``) as a plain-data check, ``None`` for a
     global-state or shape guard (checked as a whole elsewhere), or NotPrecompilable."""
@@ -221,7 +272,7 @@ def translate_guard(entry: Any) -> list[Any] | None:
     if kind in _GLOBAL_STATE_GUARDS:
         return None
     if kind == "SHAPE_ENV":
-        return None  # the capture refuses any graph with symbols (FrameTrace.check)
+        return None  # translated as a whole (translate_guards)
     path = source_path(guard.originating_source)
     value = entry.value if entry.has_value else None
     if kind == "CONSTANT_MATCH" and torch_constant(value):
@@ -316,6 +367,10 @@ class FrameTrace:
         if symbols is None:
             symbols = getattr(shape_env, "var_to_val", None)
         self.symbolic = bool(shape_env is not None and (symbols or shape_env.guards))
+        # Which input sizes and strides are symbols: their tensor checks leave them to the
+        # shape guards.  (Data-dependent symbols need nothing here: Dynamo guards none of
+        # them, the graph checks them as it runs.)
+        self.dims = shape_guards.dynamic_dims(output) if self.symbolic else {}
         self.frame_code = tx.f_code
         self.traced_code = [c for c in output.tracing_context.traced_code if c is not tx.f_code]
         self.input_paths: list[list[list[Any]]] = []
@@ -326,8 +381,9 @@ class FrameTrace:
                 self.input_problem = f"placeholder {node.name} has no source"
                 break
             example = getattr(arg, "example", None)
-            if not isinstance(example, torch.Tensor) or getattr(arg, "pass_arg_as_tensor", False):
-                self.input_problem = f"placeholder {node.name} is not a tensor input"
+            # A SymInt input (a size the graph computes with) is read at its path, an int.
+            if not isinstance(example, (torch.Tensor, torch.SymInt)) or getattr(arg, "pass_arg_as_tensor", False):
+                self.input_problem = f"placeholder {node.name} is not a tensor or SymInt input"
                 break
             try:
                 self.input_paths.append(source_path(arg.source))
@@ -341,8 +397,6 @@ class FrameTrace:
             raise NotPrecompilable("graph-break")
         if self.side_effects:
             raise NotPrecompilable("side-effects", "Python state the frame mutates is replayed by Dynamo's bytecode")
-        if self.symbolic:
-            raise NotPrecompilable("dynamic-shapes")
         if self.input_problem:
             raise NotPrecompilable("graph-input", self.input_problem)
 

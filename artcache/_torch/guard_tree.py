@@ -21,6 +21,8 @@ len         ``add_dict_length_check_guard`` / ``add_length_check_guard``
 keys        a Python lambda
 same        identity of both paths with the object found (only for paths that do not start
             at a local: a local's aliasing is checked by the replay itself)
+shape       one epilogue lambda for all shape checks: reads the sizes at their paths from
+            the frame's locals and interprets the checks (:mod:`artcache.shape_expr`)
 ==========  ================================================================================
 
 plus the global state (``add_global_state_guard`` and a lambda for the rest, see
@@ -38,6 +40,7 @@ from typing import Any
 
 import torch
 
+from .. import shape_expr
 from . import frame_capture as fc
 
 _SCALARS = {"NoneType": type(None), "bool": bool, "int": int, "float": float, "str": str}
@@ -93,12 +96,20 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                 managers.append(managers[parent].getattr_manager(attr=key, source=source, example_value=value,
                                                                  guard_manager_enum=plain))
                 roots.append(roots[parent])
-            else:  # "i"
+            elif step in shape_expr.PROPERTY_STEPS:  # read by the shape epilogue, not by an accessor
+                managers.append(None)
+                roots.append(roots[parent])
+            else:
                 accessor = "dict_getitem_manager" if isinstance(values[parent], dict) else "getitem_manager"
                 managers.append(getattr(managers[parent], accessor)(key=key, source=source, example_value=value,
                                                                      guard_manager_enum=plain))
                 roots.append(roots[parent])
+        shapes = [check for _, _, check in checks if check[0] == "shape"]
         for at, other, check in checks:
+            if check[0] == "shape":
+                continue
+            if managers[at] is None or (other >= 0 and managers[other] is None):
+                raise Unsupported("a check on a tensor property")
             _leaf(managers[at], values[at], check, keep, roots[at], roots[other] if other >= 0 else "",
                   managers[other] if other >= 0 else None)
     except (Unsupported, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
@@ -106,9 +117,64 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
     state = fc.StateCheck()
     root.add_global_state_guard(torch._C._dynamo.guards.GlobalStateGuard(), ["artcache global state"], None)
     root.add_lambda_guard(lambda _: state.holds() and fc.global_hooks_empty(), ["artcache global state (rest)"], None)
+    if shapes:
+        # Last, as Dynamo runs its own shape guards: every accessor above found its value.
+        root.add_epilogue_lambda_guard(_shape_epilogue(nodes, shapes, f_globals), ["artcache shape guards"], None)
     if epilogue is not None:
         root.add_epilogue_lambda_guard(epilogue, ["artcache precompiled frame"], None)
     return wrapper, keep
+
+
+def _shape_epilogue(nodes: Sequence[tuple[int, str, Any]], shapes: list[list[Any]],
+                    f_globals: Mapping[str, Any]) -> Callable[[Any], bool]:
+    """One guard for all shape checks (:mod:`artcache.shape_expr`): reads the nodes their
+    paths go through from the frame's locals (a mapping, as Dynamo's own shape guards get
+    them) and evaluates each check."""
+    index = {}
+    for at, (parent, step, key) in enumerate(nodes):
+        index[at] = (index[parent] if parent >= 0 else ()) + ((step, key, type(key).__name__),)
+    at_of = {path: at for at, path in index.items()}
+
+    def slot(path: list[Any]) -> int:
+        return at_of[tuple((step, key, type(key).__name__) for step, key in path)]
+
+    evaluators = [shape_expr.evaluator(check[2], slot) for check in shapes]
+    needed: set[int] = set()
+    for check in shapes:
+        for path in shape_expr.paths(check[2]):
+            at = slot(path)
+            while at >= 0 and at not in needed:
+                needed.add(at)
+                at = nodes[at][0]
+    order = sorted(needed)
+
+    def holds(f_locals: Any) -> bool:
+        values: list[Any] = [None] * len(nodes)
+        for at in order:
+            parent, step, key = nodes[at]
+            values[at] = _step(f_locals if step == "L" else f_globals if step == "G" else sys.modules
+                               if step == "M" else values[parent], step, key)
+        return all(holds_one(values) for holds_one in evaluators)
+
+    return holds
+
+
+def _step(obj: Any, step: str, key: Any) -> Any:
+    """One step of an access path (None where it finds nothing: a failed shape check)."""
+    try:
+        if step in ("L", "G", "M"):
+            return obj.get(key)
+        if step == "a":
+            return getattr(obj, key, None)
+        if step == "i":
+            return obj[key]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
+        return None
+    if step == "offset":
+        return obj.storage_offset()
+    return (obj.size(key) if step == "size" else obj.stride(key)) if 0 <= key < obj.dim() else None
 
 
 def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str, other_root: str,
@@ -118,7 +184,8 @@ def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str
     if kind == "tensor":
         if type(value) not in (torch.Tensor, torch.nn.Parameter):
             raise Unsupported("tensor")
-        manager.add_tensor_match_guard(value, list(value.shape), list(value.stride()), "artcache_tensor", parts, None,
+        # Sizes and strides as stored: None where a shape guard checks them (as Dynamo's own).
+        manager.add_tensor_match_guard(value, list(want[3]), list(want[4]), "artcache_tensor", parts, None,
                                        type(value), torch._C._dispatch_keys(value))
         offset = want[5]
         manager.add_lambda_guard(lambda t: t.storage_offset() == offset, parts, None)

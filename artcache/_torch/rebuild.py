@@ -14,16 +14,21 @@ from typing import Any
 
 import torch
 
+from . import shape_guards
 from .capture import autograd_cache_module
 from .freezing import ModelConstant, bind_model_constants, selecting
 
 
-def guards_hold(entry: Any, example_inputs: Sequence[Any]) -> bool:
+def guards_hold(entry: Any, example_inputs: Sequence[Any], *, int_symbols: bool = False) -> bool:
     """Whether the entry's Inductor shape guards accept these inputs (evaluated on hints,
-    so nothing is installed into Dynamo's shape env yet)."""
+    so nothing is installed into Dynamo's shape env yet).  With ``int_symbols`` the inputs
+    are a replayed frame's (no SymInts): each plain int stands for the symbol at its place."""
     expr = getattr(entry, "guards_expr", None)
     if not expr:
         return True
+    if int_symbols:
+        # Parsed and interpreted by artcache, not evaluated by torch (no shape env here).
+        return shape_guards.graph_guards_hold(expr, [s for s in example_inputs if type(s) is int])
     ac = autograd_cache_module()
     try:
         from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw as hint
@@ -47,6 +52,7 @@ def lifted_inputs(gm: torch.nn.Module) -> list[torch.Tensor]:
 def rebuild(
     entry: Any, example_inputs: Sequence[Any], *, cudagraphs: bool, lifted: Sequence[torch.Tensor] = (),
     frozen_args: Sequence[int] | None = None, frozen_aliases: Mapping[str, ModelConstant] | None = None,
+    ints_checked: bool = False,
 ) -> Callable[..., Any]:
     """The compiled callable of ``entry``: torch's post-compile steps, no compilation.
 
@@ -55,7 +61,11 @@ def rebuild(
     graph, the flat arguments its forward takes, and ``frozen_aliases`` its constants that
     are lifted inputs, bound to ``lifted`` here (``artcache._torch.freezing``).  Must run
     inside Dynamo's backend call, so that its TracingContext receives the output strides
-    and the SymInt inputs carry the entry's guards into Dynamo's shape env.
+    and the SymInt inputs carry the entry's guards into Dynamo's shape env; or, with
+    ``ints_checked``, for a replayed frame (:mod:`artcache.frames`): the SymInt inputs are
+    plain ints whose shape guards the caller checked (``guards_hold(int_symbols=True)``),
+    and torch's own check of them (``_check_guards``, which needs SymInts and a shape env;
+    torch 2.13) is skipped.
     """
     from torch._inductor.cudagraph_utils import BoxedDeviceIndex
     from torch._inductor.utils import BoxedBool
@@ -73,7 +83,7 @@ def rebuild(
     bind_model_constants(entry, frozen_aliases or {}, lifted)
     context = torch._guards.TracingContext.try_get()
     tracing = contextlib.nullcontext() if context is not None else _fresh_tracing()
-    with tracing, selecting(entry, frozen_args):
+    with tracing, selecting(entry, frozen_args), _guards_checked(entry, ints_checked):
         compiled = entry.wrap_post_compile([*lifted, *example_inputs], aot_config, fx_config)
 
     if lifted:
@@ -86,6 +96,21 @@ def rebuild(
             return compiled(list(args))
 
     return torch._dynamo.disable(forward, reason="artcache compiled graph")  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _guards_checked(entry: Any, checked: bool) -> Any:
+    """With ``checked``, the entry's guard expression hidden from its post-compile (see
+    :func:`rebuild`); put back afterwards."""
+    expr = getattr(entry, "guards_expr", None)
+    if not checked or not expr:
+        yield
+        return
+    entry.guards_expr = None
+    try:
+        yield
+    finally:
+        entry.guards_expr = expr
 
 
 def _fresh_tracing() -> Any:
