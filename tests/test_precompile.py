@@ -295,6 +295,14 @@ def test_an_attribute_guarded_absent_and_then_present_falls_back(tmp_path: Path)
     assert cold["same"] and cold["replayed"] == 0
     present = run("present", True)
     assert present["same"], "a replay computed the module without its attribute"
+    refused = [r for r in cold["reasons"] if r.startswith("not-precompilable")]
+    if refused and torch.__version__ < "2.12":
+        # torch 2.11 guards an absent attribute in a form the capture does not read (the
+        # attribute's own source): the cold run recorded no frame, so every later run
+        # traces (seen on the GPU machine's torch 2.11); correct, and nothing to replay.
+        assert present["replayed"] == 0 and present["reasons"] == {"absent": 1}, (cold, present)
+        return
+    assert not refused, cold
     assert present["replayed"] == 0 and present["reasons"].get("guards") == 1, present
     absent = run("absent", False)
     assert absent["same"] and absent["replayed"] == 1, absent
