@@ -52,3 +52,33 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "artcache.cli", *args], env=full_env, capture_output=True, text=True, timeout=300
     )
+
+
+def keypair_envs(tmp: Path, store: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The environments of a writer signing with a new key and of a reader trusting only
+    that key, both over ``store`` (the key files go under ``tmp``)."""
+    import json
+
+    proc = run_cli("keygen", "--out", str(tmp / "writer"), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    key = json.loads(proc.stdout)
+    return ({"ARTCACHE_STORE": store, "ARTCACHE_SIGNING_KEY": key["private_path"]},
+            {"ARTCACHE_STORE": store, "ARTCACHE_TRUSTED_KEYS": key["public_key"]})
+
+
+def run_phase(program: str, phase: str, tmp: Path, env: dict[str, str], *,
+              weights_only: bool = True) -> dict[str, object]:
+    """Run ``program`` for one phase in a fresh process, with ``sys.argv`` set to
+    ``[_, phase, result file]`` and its own empty Inductor cache dir: the result file it
+    saved (torch.save) and the JSON line it printed last."""
+    import json
+
+    import torch
+
+    name = phase.replace(":", "-")
+    out = tmp / f"{name}.pt"
+    full = {"TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{name}"), **env}
+    proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + program, env=full, timeout=900)
+    assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
+    return {"results": torch.load(out, weights_only=weights_only),  # our own result file
+            "info": json.loads(proc.stdout.strip().splitlines()[-1])}

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from .conftest import REPO, run_cli, run_python
+from .conftest import REPO, keypair_envs, run_cli, run_python
 
 # Programs that replay without Dynamo in the warm process.
 # dynamic_pointwise: marked dynamic, replayed at both sizes (its shape guards hold for both);
@@ -52,15 +52,12 @@ def _run(phase: str, out: Path, env: dict[str, str], names: list[str], extra: li
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("precompile")
-    proc = run_cli("keygen", "--out", str(tmp / "writer"), "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    key = json.loads(proc.stdout)
     store = f"file://{tmp}/store"
+    writer, reader = keypair_envs(tmp, store)
     names = [*REPLAYED, *FALLBACK]
-    cold = _run("cold", tmp / "cold.pt", {"ARTCACHE_STORE": store, "ARTCACHE_SIGNING_KEY": key["private_path"],
-                                          "TORCHINDUCTOR_CACHE_DIR": str(tmp / "ind-cold")}, names, ["--precompile"])
-    warm = _run("warm", tmp / "warm.pt", {"ARTCACHE_STORE": store, "ARTCACHE_TRUSTED_KEYS": key["public_key"],
-                                          "TORCHINDUCTOR_CACHE_DIR": str(tmp / "ind-warm")}, names,
+    cold = _run("cold", tmp / "cold.pt", {**writer, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "ind-cold")}, names,
+                ["--precompile"])
+    warm = _run("warm", tmp / "warm.pt", {**reader, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "ind-warm")}, names,
                 ["--precompile", "--may-trace", ",".join(FALLBACK)])
     return {"cold": cold, "warm": warm, "store": store, "tmp": tmp}
 

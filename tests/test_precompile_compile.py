@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import run_cli, run_python
+from .conftest import run_cli, run_phase
 
 PROGRAM = r'''
 import json, sys, torch, artcache
@@ -101,12 +101,8 @@ print(json.dumps({"hook_calls": len(calls), "hooks": hooks}))
 
 
 def _run(phase: str, tmp: Path, store: str) -> dict[str, object]:
-    env = {"ARTCACHE_STORE": store, "ARTCACHE_PRECOMPILE": "1", "ARTCACHE_STRICT": "1",
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{phase}")}
-    out = tmp / f"{phase}.pt"
-    proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + PROGRAM, env=env, timeout=900)
-    assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
-    return {"results": torch.load(out, weights_only=False), "info": json.loads(proc.stdout.strip().splitlines()[-1])}
+    env = {"ARTCACHE_STORE": store, "ARTCACHE_PRECOMPILE": "1", "ARTCACHE_STRICT": "1"}
+    return run_phase(PROGRAM, phase, tmp, env, weights_only=False)
 
 
 @pytest.fixture(scope="module")

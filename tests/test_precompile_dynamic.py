@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from .conftest import run_cli, run_python
+from .conftest import keypair_envs, run_cli, run_phase, run_python
 
 PROGRAM = r'''
 import json, sys, torch, artcache
@@ -109,22 +109,14 @@ print(json.dumps(info))
 
 
 def _run(phase: str, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
-    out = tmp / f"{phase.replace(':', '-')}.pt"
-    full = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{phase.replace(':', '-')}")}
-    proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + PROGRAM, env=full, timeout=900)
-    assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
-    return {"results": torch.load(out, weights_only=True), "info": json.loads(proc.stdout.strip().splitlines()[-1])}
+    return run_phase(PROGRAM, phase, tmp, env)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("precompile-dynamic")
-    proc = run_cli("keygen", "--out", str(tmp / "writer"), "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    key = json.loads(proc.stdout)
     store = f"file://{tmp}/store"
-    writer = {"ARTCACHE_STORE": store, "ARTCACHE_SIGNING_KEY": key["private_path"]}
-    reader = {"ARTCACHE_STORE": store, "ARTCACHE_TRUSTED_KEYS": key["public_key"]}
+    writer, reader = keypair_envs(tmp, store)
     cold = _run("cold", tmp, writer)
     return {"cold": cold, "warm": _run("warm", tmp, reader), "changed": _run("changed", tmp, reader),
             "tmp": tmp, "writer": writer, "reader": reader, "store": store}
