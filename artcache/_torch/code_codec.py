@@ -15,8 +15,10 @@ program: README, "Security model").  A malformed document is a ``CorruptEntryErr
 Also here: the global state a frame Dynamo converts saw on entry (:func:`frame_state`),
 the bytecode hook Dynamo calls with each frame's original and transformed code
 (``torch._dynamo.convert_frame.register_bytecode_hook``), and which globals a code object
-loads.  Checked on torch 2.13 and Python 3.11 (code fields and opcodes are those of 3.11;
-another Python refuses, :func:`supported`).
+loads.  Checked on torch 2.13 with Python 3.11 and torch 2.11 with Python 3.12: both
+have the same code fields and ``CodeType`` constructor, and the opcodes accepted are the
+running interpreter's; a document of another Python is refused (its ``python`` field),
+and another interpreter encodes nothing (:func:`supported`).
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ _BYTES = ("code", "linetable", "exceptiontable")
 _NAMES = ("names", "varnames", "freevars", "cellvars")
 _STRS = ("filename", "name", "qualname")
 _GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL"})
-_OPCODES = frozenset(dis.opmap.values()) | {0}  # 0: CACHE entries after an instruction
+# This interpreter's opcodes; 0 is the CACHE entries after an instruction.  Python 3.12's
+# INSTRUMENTED_* opcodes (written in place by sys.monitoring, never in co_code) and
+# pseudo-instructions (numbered above 255) are not bytecode a document may hold.
+_OPCODES = frozenset(op for name, op in dis.opmap.items() if op < 256 and not name.startswith("INSTRUMENTED_")) | {0}
+_PYTHONS = ((3, 11), (3, 12))
 
 
 def supported() -> bool:
-    """Whether this interpreter's code objects have the fields the codec writes (3.11)."""
-    return sys.version_info[:2] == (3, 11)
+    """Whether this interpreter's code objects have the fields the codec writes (3.11, 3.12)."""
+    return sys.version_info[:2] in _PYTHONS
 
 
 def encode(code: types.CodeType, depth: int = 0) -> dict[str, Any]:
