@@ -1,5 +1,9 @@
-"""Frames with graph breaks in the precompile tier (:mod:`artcache.frames`): a chain of
-frame steps that replays what Dynamo produced without Dynamo tracing.
+"""Frames with graph breaks or Python side effects in the precompile tier
+(:mod:`artcache.frames`): a chain of frame steps that replays what Dynamo produced
+without Dynamo tracing.  A frame of one graph with side effects (it mutates an object
+that existed before the call, or builds an object with attributes, as a Hugging Face
+model's ``ModelOutput``) is a chain of one step: its transformed code calls the graph and
+then applies them.
 
 Dynamo compiles a frame with a graph break into *transformed bytecode*: it calls the
 first compiled graph (a global ``__compiled_fn_*``), runs the unsupported instruction in
@@ -160,20 +164,23 @@ def is_chain(doc: Any) -> bool:
 
 
 # -- the record ----------------------------------------------------------------------------
-def has_breaks(rec: Recorder) -> bool:
-    """Whether the recorded call compiled more than one graph, or its graph ended at a
-    graph break (a chain entry, not a one-graph frame entry)."""
+def needs_code(rec: Recorder) -> bool:
+    """Whether the recorded call is a chain entry, not a one-graph frame entry: it compiled
+    more than one graph, or its graph ended at a graph break, or its frame has Python side
+    effects (a chain of one step, whose transformed code applies them after the graph)."""
     graph = rec.graphs[0] if len(rec.graphs) == 1 else None
-    return len(rec.graphs) > 1 or bool(graph and graph.trace and graph.trace.graph_break)
+    trace = graph.trace if graph else None
+    return len(rec.graphs) > 1 or bool(trace and (trace.graph_break or trace.side_effects))
 
 
 def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
             step_entry: Callable[[GraphRecord, list[list[Any]], str], FrameEntry]) -> ChainEntry:
-    """The chain entry of a recorded call whose frame has graph breaks; NotPrecompilable
+    """The chain entry of a recorded call whose frame has graph breaks or side effects
+    (:func:`needs_code`); NotPrecompilable
     with a reason when any step cannot be replayed.  ``step_entry`` makes a step's frame
     entry from its graph, guards and global state (the checks of a one-graph frame)."""
     if not code_codec.supported():
-        raise NotPrecompilable("bytecode-python", "code objects are encoded for Python 3.11 only")
+        raise NotPrecompilable("bytecode-python", "code objects are encoded for Python 3.11 and 3.12 only")
     if not hooks_empty:
         raise NotPrecompilable("global-module-hooks")
     # Dynamo converts one frame at a time: its graph is compiled, its code transformed (the

@@ -232,7 +232,7 @@ class FrameTier:
 
     def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry | frame_resume.ChainEntry:
         rec = self._recorder
-        if rec.graphs and frame_resume.has_breaks(rec):
+        if rec.graphs and frame_resume.needs_code(rec):
             return frame_resume.capture(rec, self._code_fn, state, hooks_empty, self._step_entry)
         if len(rec.graphs) != 1:
             raise NotPrecompilable("graph-count" if rec.graphs else "no-graph", f"{len(rec.graphs)} graphs")

@@ -438,7 +438,7 @@ class Logged(torch.nn.Module):
     def forward(self, x):
         y = self.a(x).relu()
         self.log.append("before")  # mutations of an object that existed before the call
-        torch._dynamo.graph_break()
+        BREAK
         self.log.append(y.shape[0])
         return self.b(y)
 
@@ -455,11 +455,12 @@ print(json.dumps({"first": first, "log": m.log, "replayed": pre.replayed, "reaso
 
 
 @pytest.mark.slow
-def test_a_chain_applies_the_frames_side_effects(tmp_path: Path) -> None:
-    """Mutations of the module (a list appended to before and after the break) are applied
-    by the replayed code: the warm first call (tracer armed) leaves the
-    module as the cold one did; the next call, whose guards on the list's length fail, goes
-    through Dynamo and is right too."""
+@pytest.mark.parametrize("brk", ["torch._dynamo.graph_break()", "pass"], ids=["graph-break", "one-graph"])
+def test_a_chain_applies_the_frames_side_effects(tmp_path: Path, brk: str) -> None:
+    """Mutations of the module (a list appended to before and after a graph break, or in a
+    frame of one graph, stored as a chain of one step) are applied by the replayed code:
+    the warm first call (tracer armed) leaves the module as the cold one did; the next call,
+    whose guards on the list's length fail, goes through Dynamo and is right too."""
     import torch
 
     store = f"file://{tmp_path}/store"
@@ -467,11 +468,57 @@ def test_a_chain_applies_the_frames_side_effects(tmp_path: Path) -> None:
     for phase in ("cold", "warm"):
         out = tmp_path / f"{phase}.pt"
         env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")}
-        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + SIDE_EFFECTS, env=env)
+        program = SIDE_EFFECTS.replace("BREAK", brk)
+        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + program, env=env)
         assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
         got[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
     (cold, cold_info), (warm, warm_info) = got["cold"], got["warm"]
     assert cold_info["first"] == [["before", 3], 0] and cold_info["reasons"] == {"absent": 1}, cold_info
     assert warm_info["first"] == [["before", 3], 1], warm_info
     assert warm_info["log"] == cold_info["log"] == ["before", 3] * 2, warm_info
+    assert _bitwise(cold, warm)
+
+
+# A frame of one graph that returns a new object with attributes set
+# (``tests.corpus.programs.ObjectHead``): Dynamo's transformed code builds it after the graph.
+OUTPUT_OBJECT = r'''
+import json, sys, torch, artcache
+from tests.corpus.programs import HeadOutput, ObjectHead
+phase, out_path = sys.argv[1], sys.argv[2]
+if phase == "warm":
+    from tests import _tripwire
+    _tripwire.install(forbid_subprocess=False)
+    _tripwire.arm_tracer(lambda: True)
+
+torch.manual_seed(0)
+m, x = ObjectHead(), torch.randn(3, 8)
+pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
+outs = []
+for _ in range(2):
+    out = pre(x)
+    assert type(out) is HeadOutput, type(out)
+    outs += [out.hidden, out.logits]
+torch.save(outs, out_path)
+print(json.dumps({"replayed": pre.replayed, "reasons": dict(pre.reasons)}))
+'''
+
+
+@pytest.mark.slow
+def test_a_one_graph_frame_that_builds_an_object_replays_bitwise(tmp_path: Path) -> None:
+    """A frame of one graph whose return value is a new object with attributes (a Python
+    side effect to Dynamo) replays as a chain of one step: the warm process (tracer armed)
+    returns the same type with bitwise equal tensors, and Dynamo traced nothing."""
+    import torch
+
+    store = f"file://{tmp_path}/store"
+    got = {}
+    for phase in ("cold", "warm"):
+        out = tmp_path / f"{phase}.pt"
+        env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")}
+        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + OUTPUT_OBJECT, env=env)
+        assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
+        got[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
+    (cold, cold_info), (warm, warm_info) = got["cold"], got["warm"]
+    assert cold_info == {"replayed": 0, "reasons": {"absent": 1}}, cold_info
+    assert warm_info == {"replayed": 2, "reasons": {}}, warm_info
     assert _bitwise(cold, warm)

@@ -78,6 +78,25 @@ class GraphBreak(nn.Module):
         return self.b(y).sigmoid()
 
 
+
+class HeadOutput:
+    """A return value built with attributes, as a Hugging Face ``ModelOutput`` is (Dynamo
+    counts the attribute stores as side effects its transformed code replays)."""
+
+    def __init__(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        self.hidden, self.logits = hidden, logits
+
+
+class ObjectHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> HeadOutput:
+        h = self.a(x).tanh()
+        return HeadOutput(h, self.b(h))
+
+
 def _views(x: torch.Tensor) -> torch.Tensor:
     return x.t().reshape(-1, 4)[1:, ::2].contiguous() * 2
 
