@@ -321,6 +321,7 @@ class Precompiled(FrameTier):
                 self._dynamo_module = torch.compile(self._module, backend=self._backend, dynamic=False)
             return self._dynamo_module(*args, **kwargs)
         frame = self._bind(args, kwargs)
+        fc.new_generation()  # a new call, to CUDA-graph trees (Dynamo's context is not entered)
         for replay in self._replays:
             ok, out = replay.try_call(frame)
             if ok:

@@ -460,6 +460,19 @@ def module_of_code(code: types.CodeType) -> str | None:
     return None
 
 
+def new_generation() -> None:
+    """Move torch's module-generation counter, as entering a ``torch.compile``d function
+    does (``OptimizeContext``'s ``on_enter``, ``install_generation_tagging_init``).
+    CUDA-graph trees end a function's warmup and record it only once the generation has
+    moved since the previous call (``CUDAGraphTreeManager.in_new_torch_compile_invocation``),
+    so a replayed call, which enters no Dynamo context, moves it itself; otherwise every
+    replayed call of ``mode="reduce-overhead"`` would run as a warmup, without CUDA graphs.
+    Checked on torch 2.13 and 2.11 (``torch._dynamo.mutation_guard.GenerationTracker``)."""
+    from torch._dynamo.mutation_guard import GenerationTracker
+
+    GenerationTracker.generation += 1
+
+
 def disable(fn: Any) -> Any:
     """``fn`` marked so that Dynamo never traces into it (a replayed frame calls the
     compiled graph directly)."""

@@ -248,7 +248,7 @@ def _watch_compiler_imports() -> None:
     class Watch(importlib.abc.MetaPathFinder):
         def find_spec(self, name: str, path: Any, target: Any = None) -> None:
             if name in _tripwire.COMPILER_MODULES and not COMPILER_IMPORT:
-                COMPILER_IMPORT.append(f"{name}:\n" + "".join(traceback.format_stack(limit=14)[:-1]))
+                COMPILER_IMPORT.append(f"{name}:\n" + "".join(traceback.format_stack(limit=40)[:-1]))
 
     sys.meta_path.insert(0, Watch())
 
@@ -270,7 +270,7 @@ def _explain_trips() -> None:
     popen = subprocess.Popen.__init__
 
     def popen_init(self: Any, *args: Any, **kwargs: Any) -> Any:
-        stack = "".join(traceback.format_stack(limit=14)[:-1])
+        stack = "".join(traceback.format_stack(limit=40)[:-1])
         TRIP_DETAILS.append(f"subprocess {args[:1]!r}:\n{stack}")
         return popen(self, *args, **kwargs)
 
