@@ -3,8 +3,9 @@
 A key is a pure function of the :class:`Factor` values passed in; nothing here reads
 global state.  The compile path (``backend.py``) gathers each factor explicitly, once,
 through the ``*_factor`` helpers below, and stores every factor's digest in the manifest
-(``artcache explain`` diffs them).  Never in a key: paths, hostnames, pids, device
-indices, times.
+(``artcache explain`` diffs them).  Never in a key: paths, hostnames, pids, times.  A
+CUDA device index is, through the graph factor (its nodes' example values): the generated
+code names the index it was compiled on.
 """
 
 from __future__ import annotations
@@ -330,10 +331,11 @@ TORCH_KEY_COUNTERPARTS: Mapping[str, str] = {
     "fx_kwargs.layout_opt": "graph, inductor_config.layout_optimization",
     "fx_kwargs.static_input_idxs": "static_inputs",
     "user_defined_triton_source": "user_triton_kernels",
-    # Inductor's generated code names the index it was compiled on (device guards), for
-    # graphs with or without tensor inputs alike: serving an entry on another index of
-    # one host is the load path's job, not the key's.
-    "default_cuda_device_index": "ignored: device indices never enter the key (one entry serves every GPU of a host)",
+    # Inductor's generated code names the CUDA index it was compiled on (device guards,
+    # streams, allocations, the launchers' device), so an entry of cuda:0 must not serve
+    # cuda:3.  The graph factor holds the index: the pickler writes every node's example
+    # value with its device, index included, for graphs with or without tensor inputs.
+    "default_cuda_device_index": "graph",
     "deterministic_algorithms_settings": "numerics.deterministic, numerics.deterministic_warn_only, numerics.fill_uninitialized_memory",
     "cpp_runtime_thread_count": "numerics.cpu_threads",
     "provenance_tracking_level": "inductor_config.trace.provenance_tracking_level",

@@ -451,6 +451,8 @@ NOT_FLIPPABLE = {
     "system_info.hash": "the installed CUDA/Triton/GPU",
     "inductor_config": "every entry is flipped by tests/test_key_fuzz.py",
     "inductor_config_comms": "every entry is flipped by test_comms_config_entry below",
+    "default_cuda_device_index": "needs two CUDA devices; test_a_graph_on_another_cuda_index_has_another_key "
+                                 "shows the graph factor names the index",
 }
 
 
@@ -488,9 +490,39 @@ def test_comms_config_entry(entry: str) -> None:
 
 
 def test_extra_factors_read_no_device_index() -> None:
-    """Device indices never enter the key: no extra factor's value names one."""
+    """The extra factors read no device index (the graph factor holds it, below)."""
     values = repr(key_inputs.extra_factors(torch.fx.symbolic_trace(torch.nn.Linear(2, 2))))
     assert "cuda:" not in values and "device_index" not in values
+
+
+@pytest.mark.parametrize("inputs", [True, False], ids=["tensor-input", "no-tensor-input"])
+def test_a_graph_on_another_cuda_index_has_another_key(inputs: bool) -> None:
+    """Inductor's code for a graph names the CUDA index it was compiled on, so the same
+    graph on cuda:0 and cuda:3 must get two keys (an entry of one never runs on the other).
+    The input specs name device types only; the graph factor, which holds every node's
+    example value with its device, tells them apart, with or without a tensor input
+    (torch's ``default_cuda_device_index``).  Fake tensors: no GPU needed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from artcache import pickler
+    from artcache._torch.entry_types import entry_allowlist
+
+    def sine(x: torch.Tensor) -> torch.Tensor:
+        return x.sin() + 1
+
+    graphs, specs = [], []
+    for index in (0, 3):
+        with FakeTensorMode():
+            x = torch.empty(4, device=f"cuda:{index}")
+            if inputs:
+                gm, args = make_fx(sine)(x), [x]
+            else:
+                gm, args = make_fx(lambda: torch.ones(4, device=f"cuda:{index}").cos())(), []
+        graphs.append(pickler.hash_object(gm, allow=entry_allowlist(), lifted_inputs=True))
+        specs.append(keys.input_specs(gm, args))
+    assert specs[0] == specs[1]
+    assert graphs[0] != graphs[1]
 
 
 def test_key_computation_does_not_need_a_gpu_or_a_subprocess() -> None:

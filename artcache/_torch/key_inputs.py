@@ -9,8 +9,9 @@ torch and flips each input to see the key change.  Checked on torch 2.13
 in torch/_functorch/_aot_autograd/autograd_cache.py); every read tolerates an attribute
 that another version lacks.
 
-Nothing here reads a device index: entries are keyed on device types only (an index
-would split one store's entries per GPU of a host).
+Nothing here reads a device index: the graph factor already holds the CUDA index of
+every tensor the graph touches (its nodes' example values), which the generated code
+names too.
 """
 
 from __future__ import annotations
