@@ -89,7 +89,7 @@ class CompileHook(FrameTier):
         self._call_signature = inspect.signature(frame_fn, follow_wrapped=False)
         # How the wrapper's call binds to fn's own code (for the frame key, as the wrapper
         # artcache.precompile keys it): a module or bound method is the code's first argument.
-        self._key_signature = inspect.signature(code_fn)
+        self._key_signature = inspect.signature(code_fn, follow_wrapped=False)
         self._key_self = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
         code = frame_fn.__code__
         self._code = code

@@ -129,6 +129,8 @@ class ChainEntry:
             frame = FrameEntry.from_plain(step["frame"])
             if frame.wrapped:
                 raise CorruptEntryError("a chain step on torch's wrapper frame")
+            if any(b[1] == "global" and not _guarded_global(b[0], frame.guards) for b in step["bindings"]):
+                raise CorruptEntryError("a chain step reads a global its guards do not check")
             steps.append(Step(step["code"], step["out"], step["bindings"], frame))
         return cls(steps)
 
@@ -139,9 +141,13 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
     names = set()
     graphs = 0
     for binding in bindings:
-        ok = type(binding) is list and len(binding) == 3 and type(binding[0]) is str and _BOUND.fullmatch(binding[0])
+        ok = type(binding) is list and len(binding) == 3 and type(binding[0]) is str
         kind, arg = (binding[1], binding[2]) if ok else (None, None)
-        if kind == "graph":
+        if kind == "global":  # a user global, checked by the step's guards (_guarded_global)
+            ok = ok and _is_user_global(binding[0]) and arg == 0 and type(arg) is int
+        elif not (ok and _BOUND.fullmatch(binding[0])):
+            ok = False
+        elif kind == "graph":
             ok = ok and arg == 0 and type(arg) is int
             graphs += 1
         elif kind in ("resume", "closure"):
@@ -225,7 +231,7 @@ def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
             raise NotPrecompilable("dynamic-shapes")
         if trace.input_problem:
             raise NotPrecompilable("graph-input", trace.input_problem)
-        bindings = _bindings(code, out, code_fn.__globals__, codes, index, graph)
+        bindings = _bindings(code, out, code_fn.__globals__, codes, index, graph, guards)
         steps.append(Step(None if index == 0 else code_codec.encode(code), code_codec.encode(out), bindings,
                           step_entry(graph, guards, frame_state)))
     reached = {b[2] for s in steps for b in s.bindings if b[1] in ("resume", "closure")}
@@ -235,7 +241,7 @@ def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
 
 
 def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str, Any], codes: list[types.CodeType],
-              index: int, graph: GraphRecord) -> list[list[Any]]:
+              index: int, graph: GraphRecord, guards: list[list[Any]]) -> list[list[Any]]:
     own = set(code.co_names)
     bindings: list[list[Any]] = []
     if code_codec.stored_globals(out) - own:
@@ -243,6 +249,12 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
     for name in sorted(code_codec.global_names(out) - own):
         value = f_globals.get(name)
         if not _BOUND.fullmatch(name):
+            # A global of the user's module that a function the frame calls reads (a class
+            # a decorated ``forward`` builds its output with): the transformed code loads
+            # it from the same globals, and the step's guards check it is the same object.
+            if name in f_globals and _is_user_global(name) and _guarded_global(name, guards):
+                bindings.append([name, "global", 0])
+                continue
             raise NotPrecompilable("bytecode-global", name)
         if name.startswith("__compiled_fn") and code_codec.unwrapped(value) is graph.callable:
             bindings.append([name, "graph", 0])
@@ -266,6 +278,15 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
     if sum(1 for b in bindings if b[1] == "graph") != 1:
         raise NotPrecompilable("resume-graphs", "the frame's code does not call its graph once")
     return bindings
+
+
+def _is_user_global(name: Any) -> bool:
+    return type(name) is str and name.isidentifier() and not name.startswith("__") and len(name) <= 256
+
+
+def _guarded_global(name: str, guards: Any) -> bool:
+    """Whether ``guards`` check the identity or type of the frame's global ``name``."""
+    return any(type(g) is list and len(g) == 3 and g[0] in ("is", "type") and g[1] == [["G", name]] for g in guards)
 
 
 def _factory_code(value: Any) -> types.CodeType | None:
@@ -337,6 +358,8 @@ class ChainReplay(Replay):
         for index, (step, out) in enumerate(zip(self.chain.steps, self._outs)):
             names = {}
             for number, (name, kind, arg) in enumerate(step.bindings):
+                if kind == "global":  # read from the user's globals, as Dynamo's code does
+                    continue
                 names[name] = f"{prefix}_{index}_{number}"
                 value: Any = (self._graph_call(index) if kind == "graph" else ResumeStep(self, arg)
                               if kind == "resume" else _Factory(self, arg) if kind == "closure" else vars(builtins)

@@ -305,7 +305,7 @@ class Precompiled(FrameTier):
         self.fn = fn
         self._module = fn if isinstance(fn, torch.nn.Module) else None
         self._self = getattr(target, "__self__", None)
-        self._signature = inspect.signature(self._code_fn)
+        self._signature = inspect.signature(self._code_fn, follow_wrapped=False)  # the code's own parameters
         code = getattr(self._code_fn, "__code__", None)
         self._cells = list(zip(code.co_freevars, self._code_fn.__closure__ or ())) if code is not None else []
         self._target = target
@@ -417,10 +417,16 @@ def _traced_name(code: Any) -> list[str] | None:
         return None
     if module is None or "<" in code.co_qualname:
         raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
-    fn = fc.resolve_named([module, code.co_qualname])
+    qualname = code.co_qualname
+    fn = fc.resolve_named([module, qualname])
     if getattr(fn, "__code__", None) is not code:
-        raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
-    return [module, code.co_qualname, code_digest(fn)]
+        # A decorated function: its name finds the wrapper (functools.wraps).
+        hops = fc.wrapped_hops(fn, lambda found: getattr(found, "__code__", None) is code)
+        if not hops:
+            raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
+        qualname += ".__wrapped__" * hops
+        fn = fc.resolve_named([module, qualname])
+    return [module, qualname, code_digest(fn)]
 
 
 def _nested_code(code: Any) -> set[Any]:

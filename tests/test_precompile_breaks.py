@@ -208,6 +208,17 @@ def _set(path: list[Any], value: Any) -> Any:
     return change
 
 
+def test_a_guarded_user_global_binding_is_accepted() -> None:
+    """The counterpart of the ``global`` cases below: a user global the step's guards check
+    by identity is a binding a chain entry may hold."""
+    from artcache.frame_resume import ChainEntry
+
+    doc = _chain_doc()
+    doc["steps"][0]["frame"]["guards"].append(["is", [["G", "Output"]], ["tests.corpus.programs", "HeadOutput"]])
+    doc["steps"][0]["bindings"].append(["Output", "global", 0])
+    assert ChainEntry.from_plain(doc).steps[0].bindings[-1] == ["Output", "global", 0]
+
+
 @pytest.mark.parametrize("change", [
     _set(["chain"], 2),
     _set(["steps"], []),
@@ -232,6 +243,10 @@ def _set(path: list[Any], value: Any) -> Any:
     _set(["steps", 0, "bindings", 3], ["__builtins_dict___1", "builtins", "os"]),
     _set(["steps", 1, "bindings"], []),  # a step calls its graph once
     _set(["steps", 1, "frame", "wrapped"], True),
+    _set(["steps", 0, "bindings", 3], ["Output", "global", 0]),  # a user global no guard checks
+    _set(["steps", 0, "bindings", 3], ["__builtins__", "global", 0]),  # not a user global's name
+    _set(["steps", 0, "bindings", 3], ["os.path", "global", 0]),
+    _set(["steps", 0, "bindings", 3], ["k", "global", 1]),
 ])
 def test_malformed_chain_documents_are_refused(change: Any) -> None:
     from artcache.errors import CorruptEntryError
@@ -483,7 +498,7 @@ def test_a_chain_applies_the_frames_side_effects(tmp_path: Path, brk: str) -> No
 # (``tests.corpus.programs.ObjectHead``): Dynamo's transformed code builds it after the graph.
 OUTPUT_OBJECT = r'''
 import json, sys, torch, artcache
-from tests.corpus.programs import HeadOutput, ObjectHead
+from tests.corpus.programs import HeadOutput, MODULE
 phase, out_path = sys.argv[1], sys.argv[2]
 if phase == "warm":
     from tests import _tripwire
@@ -491,7 +506,7 @@ if phase == "warm":
     _tripwire.arm_tracer(lambda: True)
 
 torch.manual_seed(0)
-m, x = ObjectHead(), torch.randn(3, 8)
+m, x = MODULE(), torch.randn(3, 8)
 pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
 outs = []
 for _ in range(2):
@@ -504,10 +519,13 @@ print(json.dumps({"replayed": pre.replayed, "reasons": dict(pre.reasons)}))
 
 
 @pytest.mark.slow
-def test_a_one_graph_frame_that_builds_an_object_replays_bitwise(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["ObjectHead", "DecoratedHead"])
+def test_a_one_graph_frame_that_builds_an_object_replays_bitwise(tmp_path: Path, module: str) -> None:
     """A frame of one graph whose return value is a new object with attributes (a Python
     side effect to Dynamo) replays as a chain of one step: the warm process (tracer armed)
-    returns the same type with bitwise equal tensors, and Dynamo traced nothing."""
+    returns the same type with bitwise equal tensors, and Dynamo traced nothing.  Also with
+    ``forward`` decorated as Hugging Face models decorate it: the frame is the wrapper, its
+    guards name the function it wraps, whose name finds the wrapper (``__wrapped__``)."""
     import torch
 
     store = f"file://{tmp_path}/store"
@@ -515,7 +533,8 @@ def test_a_one_graph_frame_that_builds_an_object_replays_bitwise(tmp_path: Path)
     for phase in ("cold", "warm"):
         out = tmp_path / f"{phase}.pt"
         env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")}
-        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + OUTPUT_OBJECT, env=env)
+        program = OUTPUT_OBJECT.replace("MODULE", module)
+        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + program, env=env)
         assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
         got[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
     (cold, cold_info), (warm, warm_info) = got["cold"], got["warm"]

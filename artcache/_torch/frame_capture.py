@@ -26,7 +26,7 @@ import functools
 import json
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -115,11 +115,28 @@ def named(value: Any) -> list[str]:
     for name in ([module, qualname], [module, getattr(value, "__name__", qualname)]):
         if resolve_named(name) is value:
             return name
+    # A decorated function (functools.wraps): its name finds the wrapper, whose
+    # ``__wrapped__`` chain leads to it, and so does the name with that chain appended.
+    hops = wrapped_hops(resolve_named([module, qualname]), lambda found: found is value)
+    if hops:
+        return [module, qualname + ".__wrapped__" * hops]
     # Interpreter types with no importable name of their own (method, function, cell).
     for attr, candidate in vars(types).items():
         if candidate is value and not attr.startswith("_"):
             return ["types", attr]
     raise NotPrecompilable("unnamed-object", f"{module}.{qualname} does not name the object it came from")
+
+
+def wrapped_hops(obj: Any, found: Callable[[Any], bool], limit: int = 8) -> int:
+    """How many ``__wrapped__`` steps from ``obj`` (a function ``functools.wraps`` made)
+    reach an object ``found`` accepts; 0 when none within ``limit`` does."""
+    for hops in range(1, limit + 1):
+        obj = getattr(obj, "__wrapped__", None) if isinstance(obj, types.FunctionType) else None
+        if obj is None:
+            return 0
+        if found(obj):
+            return hops
+    return 0
 
 
 def resolve_named(name: Sequence[str]) -> Any:

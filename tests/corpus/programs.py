@@ -7,6 +7,7 @@ input; ``dynamic`` marks dimension 0 of the first input dynamic and runs a secon
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,23 @@ class ObjectHead(nn.Module):
         super().__init__()
         self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
 
+    def forward(self, x: torch.Tensor) -> HeadOutput:
+        h = self.a(x).tanh()
+        return HeadOutput(h, self.b(h))
+
+
+def _passes_through(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator as Hugging Face puts on ``forward`` (``functools.wraps``): the module's
+    ``forward`` is the wrapper, which calls the function from its closure."""
+    @functools.wraps(func)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return func(self, *args, **kwargs)
+
+    return wrapper
+
+
+class DecoratedHead(ObjectHead):
+    @_passes_through
     def forward(self, x: torch.Tensor) -> HeadOutput:
         h = self.a(x).tanh()
         return HeadOutput(h, self.b(h))
