@@ -74,8 +74,6 @@ def attached() -> list[CompileHook]:
 class CompileHook(FrameTier):
     """The precompile tier for one ``torch.compile`` call of ``func``'s frames."""
 
-    records_always = False
-
     def __init__(self, fn: Any, traced: tuple[Any, Any, bool], cache: EntryStore, backend: Any,
                  recorder: Recorder) -> None:
         frame_fn, code_fn, wrapped = traced

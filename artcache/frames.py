@@ -95,17 +95,15 @@ class FrameTier:
     # Which entries can be served: those recorded on torch's wrapper frame (True), on the
     # function's own frame (False), or both (None: the wrapper calls either frame itself).
     wrapped_frames: bool | None = None
-    # Whether the recorder notes every compile (the wrapper resets it at each record), or
-    # only those inside a record (torch.compile's context compiles other frames too).
-    records_always = True
-
     def __init__(self, code_fn: Callable[..., Any], cache: EntryStore, backend: Any) -> None:
         self._code_fn = code_fn
         self._globals: Mapping[str, Any] = getattr(code_fn, "__globals__", {})
         self.cache = cache
         self._backend = backend
         self._recorder = Recorder(backend)
-        self._recorder.recording = self.records_always
+        # The recorder notes compiles only inside a record (``_record``): a fallback after a
+        # failed guard or an unreadable entry compiles through it without noting anything.
+        self._recorder.recording = False
         self._replays: list[Replay] = []
         self._tried: set[str] = set()
         self._code_digest: str | None = None
@@ -226,7 +224,7 @@ class FrameTier:
                 return out
         finally:
             self._recorder.reset()
-            self._recorder.recording = self.records_always
+            self._recorder.recording = False
         self._save(key, entry, factors, f_locals)
         return out
 
