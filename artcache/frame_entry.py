@@ -55,6 +55,8 @@ CHECK_ARG = {
     "torch": _is_name,
     "same": _is_path,
     "keys": lambda v: type(v) is list and all(type(k) in (str, int) for k in v),
+    # [key, present]: whether a dict has the key (a ``**kwargs`` read with .get or ``in``)
+    "contains": lambda v: type(v) is list and len(v) == 2 and type(v[0]) in (str, int) and type(v[1]) is bool,
     "shape": lambda v: shape_expr.is_expr(v, _is_path),  # a ShapeEnv guard (artcache.shape_expr)
 }
 

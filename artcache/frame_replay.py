@@ -46,6 +46,9 @@ def check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
         return lambda value, other: value is named
     if kind == "absent":
         return lambda value, other: want not in getattr(value, "__dict__", {})
+    if kind == "contains":
+        key, present = want
+        return lambda value, other: isinstance(value, dict) and (key in value) == present
     if kind == "hasattr":
         return lambda value, other: hasattr(value, want)
     if kind == "lacks":

@@ -305,3 +305,43 @@ def test_an_attribute_guarded_absent_and_then_present_falls_back(tmp_path: Path)
     assert present["replayed"] == 0 and present["reasons"].get("guards") == 1, present
     absent = run("absent", False)
     assert absent["same"] and absent["replayed"] == 1, absent
+
+
+_KWARGS = """
+import json, sys, torch, artcache
+class Scaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+    def forward(self, x, **kwargs):
+        y = self.lin(x)  # Dynamo guards whether kwargs holds "scale" (a dict-key guard)
+        return y * kwargs["scale"] if "scale" in kwargs else y * 2
+torch.manual_seed(0)
+m = Scaled()
+x = torch.randn(2, 4)
+kwargs = {kwargs}
+pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
+with torch.no_grad():
+    out, ref = pre(x, **kwargs), m(x, **kwargs)
+print(json.dumps({{"same": bool(torch.equal(out, ref)), "replayed": pre.replayed, "reasons": dict(pre.reasons)}}))
+"""
+
+
+def test_a_kwargs_key_guarded_absent_and_then_present_falls_back(tmp_path: Path) -> None:
+    """A frame that read ``**kwargs`` without a key (Dynamo's dict-key guard) replays for a
+    call without it, and never for a call that passes it: that call goes through Dynamo
+    and gets the program's result."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path / 'store'}"}
+
+    def run(tag: str, kwargs: str) -> dict[str, Any]:
+        proc = run_python(_KWARGS.format(kwargs=kwargs),
+                          env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{tag}")})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    cold = run("cold", "{}")
+    assert cold["same"] and cold["replayed"] == 0 and cold["reasons"] == {"absent": 1}, cold
+    present = run("present", "{'scale': 3.0}")
+    assert present["same"] and present["replayed"] == 0 and present["reasons"].get("guards") == 1, present
+    absent = run("absent", "{}")
+    assert absent["same"] and absent["replayed"] == 1, absent

@@ -328,9 +328,24 @@ def translate_guard(entry: Any) -> list[Any] | None:
         if other is None:
             raise NotPrecompilable(f"guard {kind}", "no second source")
         return ["same", path, source_path(other)]
+    if kind in ("DICT_CONTAINS", "DICT_NOT_CONTAINS"):
+        return _contains_check(guard, kind, path)
     if kind == "HASATTR":
         return _hasattr_check(entry, path)
     raise NotPrecompilable(f"guard {kind}", entry.name)
+
+
+def _contains_check(guard: Any, kind: str, path: list[Any]) -> list[Any]:
+    """A dict-key guard (a ``**kwargs`` key read with ``.get`` or ``in``) as ``contains``
+    ``[key, present]``.  torch 2.12 and later (checked on 2.13) guard presence with
+    ``DICT_CONTAINS(key)`` and absence with ``DICT_NOT_CONTAINS(key)``; torch 2.11 and
+    earlier with ``DICT_CONTAINS(key, invert)``, present when not ``invert``."""
+    create = guard.create_fn
+    keywords = create.keywords if isinstance(create, functools.partial) else {}
+    key, invert = keywords.get("key"), keywords.get("invert", False)
+    if type(key) not in (str, int) or type(invert) is not bool:
+        raise NotPrecompilable(f"guard {kind}", "a key that is not str or int")
+    return ["contains", path, [key, kind == "DICT_CONTAINS" and not invert]]
 
 
 def _hasattr_check(entry: Any, path: list[Any]) -> list[Any]:

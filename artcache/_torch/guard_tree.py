@@ -216,6 +216,9 @@ def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str
         manager.get_generic_dict_manager(source="artcache_dict", example_value=state,
                                          guard_manager_enum=torch._dynamo.guards.GuardManagerType.GUARD_MANAGER
                                          ).add_dict_contains_guard(False, want, parts, None)
+    elif kind == "contains":
+        key, present = want
+        manager.add_lambda_guard(lambda v: isinstance(v, dict) and (key in v) == present, parts, None)
     elif kind == "hasattr":
         manager.add_lambda_guard(lambda v: hasattr(v, want), parts, None)
     elif kind == "lacks":
