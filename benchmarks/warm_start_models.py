@@ -35,6 +35,14 @@ def _mlp(device: Any) -> Workload:
     return Workload(model, step, compare_to_eager=True)
 
 
+def _mlp_flag(device: Any) -> Workload:
+    """The MLP behind a Python flag its forward reads (``flagged_mlp.Flagged``)."""
+    from flagged_mlp import Flagged  # beside this file, on the children's sys.path
+
+    workload = _mlp(device)
+    return Workload(Flagged(workload.model), workload.step, compare_to_eager=True)
+
+
 def _gpt2_model(device: Any, *, train: bool) -> tuple[Any, Any]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -93,7 +101,7 @@ def _resnet50(device: Any) -> Workload:
     return Workload(model, step, compare_to_eager=True)
 
 
-BUILDERS: dict[str, Callable[[Any], Workload]] = {"mlp": _mlp, "gpt2": _gpt2, "gpt2-train": _gpt2_train, "resnet50": _resnet50}
+BUILDERS: dict[str, Callable[[Any], Workload]] = {"mlp": _mlp, "mlp-flag": _mlp_flag, "gpt2": _gpt2, "gpt2-train": _gpt2_train, "resnet50": _resnet50}
 
 
 class ArtcacheProbe:

@@ -18,6 +18,11 @@ artcache-pc-fallback     ``artcache.precompile(model)`` on a copy of artcache-wa
                          frame entry, so the tier looks its frame up, misses, lets Dynamo
                          trace (the graphs hit) and records the frame: what the tier costs
                          where it cannot serve, against artcache-warm
+artcache-pc-guardfail    (model ``mlp-flag`` only) ``artcache.precompile(model)`` on a copy of
+                         artcache-precompile's store, with the flag the model's forward reads
+                         flipped: the frame entry is found, its guards fail, Dynamo traces
+                         (the graphs hit; nothing is recorded): the fallback's cost, against
+                         artcache-warm
 artcache-pc-compile      ``torch.compile(model, backend=Cache().backend(options={"precompile":
                          True}))`` on the store its cold run filled, new empty torch dirs:
                          the same tier through torch's precompile-entry hook (a backend
@@ -63,10 +68,11 @@ sys.path.insert(0, str(THIS.parent))
 from warm_start_models import BUILDERS  # noqa: E402
 from _bytecode import compile_checkout  # noqa: E402
 
-FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_COMPILE, AOT, AOT_FRESH = (
-    "floor", "artcache-warm", "artcache-precompile", "artcache-pc-fallback", "artcache-pc-compile", "torch-aot-load",
-    "torch-aot-load-fresh")
-VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_COMPILE, AOT, AOT_FRESH)
+FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, PC_COMPILE, AOT, AOT_FRESH = (
+    "floor", "artcache-warm", "artcache-precompile", "artcache-pc-fallback", "artcache-pc-guardfail",
+    "artcache-pc-compile", "torch-aot-load", "torch-aot-load-fresh")
+VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, PC_COMPILE, AOT, AOT_FRESH)
+FLAGGED = "mlp-flag"  # the model PC_GUARDFAIL runs on
 PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", PC_COMPILE: "artcache-pc-compile-cold",
            AOT: "torch-aot-save"}
 
@@ -98,7 +104,9 @@ def child_main(args: argparse.Namespace) -> None:
         fn: Any = torch.compile(workload.model, backend="eager")
     elif args.variant in (AC_WARM, "artcache-cold"):
         fn = torch.compile(workload.model, backend=cache.backend())  # type: ignore[union-attr]
-    elif args.variant in (PRECOMPILE, PC_FALLBACK, "artcache-precompile-cold"):
+    elif args.variant in (PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, "artcache-precompile-cold"):
+        if args.variant == PC_GUARDFAIL:
+            workload.model.flag = False  # recorded with True: the frame's guard on it fails
         fn = artcache.precompile(workload.model, cache=cache)
     elif args.variant in (PC_COMPILE, "artcache-pc-compile-cold"):
         fn = torch.compile(workload.model, backend=cache.backend(options={"precompile": True}))  # type: ignore[union-attr]
@@ -150,7 +158,7 @@ def _example_input(model: str, device: Any) -> Any:
     """The tensor the model's step passes first (for torch's ``aot_compile``)."""
     import torch
 
-    if model == "mlp":
+    if model in ("mlp", FLAGGED):
         return torch.randn(64, 256, generator=torch.Generator().manual_seed(1)).to(device)
     return None
 
@@ -242,7 +250,7 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
     for repeat in range(args.repeats):
         order = VARIANTS[repeat % len(VARIANTS):] + VARIANTS[:repeat % len(VARIANTS)]
         for variant in order:
-            if variant in (AOT, AOT_FRESH) and not prepared[AOT]:
+            if (variant in (AOT, AOT_FRESH) and not prepared[AOT]) or (variant == PC_GUARDFAIL and model != FLAGGED):
                 continue
             dirs = _dirs(root, "aot") if variant == AOT else _dirs(root, f"{variant}-{repeat}")
             env = {**dirs, "ARTCACHE_STORE": stores.get(variant, f"file://{root}/store-unused-{repeat}")}
@@ -252,6 +260,12 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
                 # A fresh copy each time: the fallback records its frame in the store it ran on.
                 copy = root / f"store-fallback-{repeat}"
                 shutil.copytree(root / "store-plain", copy, symlinks=True)
+                env["ARTCACHE_STORE"] = f"file://{copy}"
+            if variant == PC_GUARDFAIL:
+                if not prepared[PRECOMPILE]:
+                    continue
+                copy = root / f"store-guardfail-{repeat}"  # a fresh copy: nothing may change the next run's
+                shutil.copytree(root / "store-precompile", copy, symlinks=True)
                 env["ARTCACHE_STORE"] = f"file://{copy}"
             data = spawn(args, model, variant, root, env)
             if data is not None:
@@ -305,6 +319,10 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str,
         if fallback and warm:
             lines.append(f"- {model}: the tier where it cannot serve (artcache-pc-fallback) / artcache-warm, "
                          f"first call: {fallback / warm:.3f}x")
+        guardfail = _median(runs[PC_GUARDFAIL], "first_call_s")
+        if guardfail and warm:
+            lines.append(f"- {model}: a frame whose guards fail (artcache-pc-guardfail) / artcache-warm, "
+                         f"first call: {guardfail / warm:.3f}x")
     return "\n".join(lines) + "\n"
 
 
