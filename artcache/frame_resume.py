@@ -205,6 +205,8 @@ def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
             raise NotPrecompilable("bytecode-hook", "guards outside a converted frame")
     if graphs or not groups:
         raise NotPrecompilable("bytecode-hook", "a graph outside a converted frame")
+    if len(groups) > _MAX_STEPS:  # a longer chain would be refused when read back
+        raise NotPrecompilable("chain-length", f"{len(groups)} converted frames (at most {_MAX_STEPS})")
     codes = [group[0] for group in groups]
     if codes[0] is not getattr(code_fn, "__code__", None):
         raise NotPrecompilable("nested-frame", codes[0].co_name)

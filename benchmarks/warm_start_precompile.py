@@ -258,13 +258,13 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
                 if not prepared[AC_WARM]:
                     continue
                 # A fresh copy each time: the fallback records its frame in the store it ran on.
-                copy = root / f"store-fallback-{repeat}"
+                copy = root / f"store-fallback-{model}-{repeat}"
                 shutil.copytree(root / "store-plain", copy, symlinks=True)
                 env["ARTCACHE_STORE"] = f"file://{copy}"
             if variant == PC_GUARDFAIL:
                 if not prepared[PRECOMPILE]:
                     continue
-                copy = root / f"store-guardfail-{repeat}"  # a fresh copy: nothing may change the next run's
+                copy = root / f"store-guardfail-{model}-{repeat}"  # a fresh copy: nothing may change the next run's
                 shutil.copytree(root / "store-precompile", copy, symlinks=True)
                 env["ARTCACHE_STORE"] = f"file://{copy}"
             data = spawn(args, model, variant, root, env)

@@ -541,3 +541,24 @@ def test_a_one_graph_frame_that_builds_an_object_replays_bitwise(tmp_path: Path,
     assert cold_info == {"replayed": 0, "reasons": {"absent": 1}}, cold_info
     assert warm_info == {"replayed": 2, "reasons": {}}, warm_info
     assert _bitwise(cold, warm)
+
+
+CHAIN_LENGTH = """
+import json, torch, artcache
+from artcache import frame_resume
+from tests.corpus.programs import PROGRAMS
+frame_resume._MAX_STEPS = 1  # the graph_break program converts two frames
+fn, (x,) = PROGRAMS["graph_break"].build()
+pre = artcache.precompile(fn, cache=artcache.Cache(strict=True))
+out = pre(x)
+print(json.dumps({"reasons": dict(pre.reasons)}))
+"""
+
+
+def test_a_chain_longer_than_a_reader_accepts_is_not_recorded(tmp_path: Path) -> None:
+    """A chain with more steps than ``ChainEntry.from_plain`` reads back is refused when it
+    is recorded (a reason, no frame entry), not saved to be refused at every later load."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    proc = run_python(CHAIN_LENGTH, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _last_json(proc.stdout)["reasons"] == {"absent": 1, "not-precompilable:chain-length": 1}, proc.stdout
