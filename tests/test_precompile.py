@@ -256,6 +256,13 @@ def test_frozen_frame_is_not_precompiled_and_new_weights_are_computed(tmp_path: 
         assert {"not-precompilable:guard ID_MATCH", "not-precompilable:graph-frozen_weights"} & set(reasons), reasons
 
 
+def _last_line(program: str, env: dict[str, str], inductor_dir: Path) -> dict[str, Any]:
+    """The JSON line ``program`` printed last, run in a fresh process with its own Inductor dir."""
+    proc = run_python(program, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 _OPTIONAL_ATTRIBUTE = """
 import json, sys, torch, artcache
 class Scaled(torch.nn.Module):
@@ -285,10 +292,7 @@ def test_an_attribute_guarded_absent_and_then_present_falls_back(tmp_path: Path)
     env = {"ARTCACHE_STORE": f"file://{tmp_path / 'store'}"}
 
     def run(tag: str, set_scale: bool) -> dict[str, Any]:
-        proc = run_python(_OPTIONAL_ATTRIBUTE.format(set_scale=set_scale),
-                          env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{tag}")})
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        return _last_line(_OPTIONAL_ATTRIBUTE.format(set_scale=set_scale), env, tmp_path / f"ind-{tag}")
 
     cold = run("cold", False)
     assert cold["same"] and cold["replayed"] == 0
@@ -334,10 +338,7 @@ def test_a_kwargs_key_guarded_absent_and_then_present_falls_back(tmp_path: Path)
     env = {"ARTCACHE_STORE": f"file://{tmp_path / 'store'}"}
 
     def run(tag: str, kwargs: str) -> dict[str, Any]:
-        proc = run_python(_KWARGS.format(kwargs=kwargs),
-                          env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{tag}")})
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        return _last_line(_KWARGS.format(kwargs=kwargs), env, tmp_path / f"ind-{tag}")
 
     cold = run("cold", "{}")
     assert cold["same"] and cold["replayed"] == 0 and cold["reasons"] == {"absent": 1}, cold

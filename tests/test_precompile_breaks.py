@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import run_cli, run_python
+from .conftest import run_cli, run_phase, run_python
 
 COLD = """
 import json, torch, artcache
@@ -469,6 +469,14 @@ print(json.dumps({"first": first, "log": m.log, "replayed": pre.replayed, "reaso
 '''
 
 
+def _cold_and_warm(program: str, tmp_path: Path) -> list[tuple[Any, dict[str, Any]]]:
+    """``program`` run cold, then warm, each in a fresh process over one strict store: the
+    tensors each saved and the JSON line each printed last."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
+    runs = [run_phase(program, phase, tmp_path, env) for phase in ("cold", "warm")]
+    return [(run["results"], run["info"]) for run in runs]  # type: ignore[misc]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("brk", ["torch._dynamo.graph_break()", "pass"], ids=["graph-break", "one-graph"])
 def test_a_chain_applies_the_frames_side_effects(tmp_path: Path, brk: str) -> None:
@@ -476,18 +484,7 @@ def test_a_chain_applies_the_frames_side_effects(tmp_path: Path, brk: str) -> No
     frame of one graph, stored as a chain of one step) are applied by the replayed code:
     the warm first call (tracer armed) leaves the module as the cold one did; the next call,
     whose guards on the list's length fail, goes through Dynamo and is right too."""
-    import torch
-
-    store = f"file://{tmp_path}/store"
-    got = {}
-    for phase in ("cold", "warm"):
-        out = tmp_path / f"{phase}.pt"
-        env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")}
-        program = SIDE_EFFECTS.replace("BREAK", brk)
-        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + program, env=env)
-        assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
-        got[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
-    (cold, cold_info), (warm, warm_info) = got["cold"], got["warm"]
+    (cold, cold_info), (warm, warm_info) = _cold_and_warm(SIDE_EFFECTS.replace("BREAK", brk), tmp_path)
     assert cold_info["first"] == [["before", 3], 0] and cold_info["reasons"] == {"absent": 1}, cold_info
     assert warm_info["first"] == [["before", 3], 1], warm_info
     assert warm_info["log"] == cold_info["log"] == ["before", 3] * 2, warm_info
@@ -526,18 +523,7 @@ def test_a_one_graph_frame_that_builds_an_object_replays_bitwise(tmp_path: Path,
     returns the same type with bitwise equal tensors, and Dynamo traced nothing.  Also with
     ``forward`` decorated as Hugging Face models decorate it: the frame is the wrapper, its
     guards name the function it wraps, whose name finds the wrapper (``__wrapped__``)."""
-    import torch
-
-    store = f"file://{tmp_path}/store"
-    got = {}
-    for phase in ("cold", "warm"):
-        out = tmp_path / f"{phase}.pt"
-        env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"ind-{phase}")}
-        program = OUTPUT_OBJECT.replace("MODULE", module)
-        proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + program, env=env)
-        assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
-        got[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
-    (cold, cold_info), (warm, warm_info) = got["cold"], got["warm"]
+    (cold, cold_info), (warm, warm_info) = _cold_and_warm(OUTPUT_OBJECT.replace("MODULE", module), tmp_path)
     assert cold_info == {"replayed": 0, "reasons": {"absent": 1}}, cold_info
     assert warm_info == {"replayed": 2, "reasons": {}}, warm_info
     assert _bitwise(cold, warm)
