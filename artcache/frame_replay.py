@@ -48,7 +48,7 @@ def check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
         return lambda value, other: want not in getattr(value, "__dict__", {})
     if kind == "contains":
         key, present = want
-        return lambda value, other: isinstance(value, dict) and (key in value) == present
+        return lambda value, other: fc.has_key(value, key, present)
     if kind == "hasattr":
         return lambda value, other: hasattr(value, want)
     if kind == "lacks":

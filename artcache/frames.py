@@ -17,9 +17,9 @@ options.  A frame entry holds what Dynamo produced for the frame, as plain data:
   check leaves its symbolic sizes to them, and the frame key leaves marked dimensions out;
 * **the replay**: the access path of each graph input (a SymInt input is a size read at
   its path) and how the frame's return value is built from the graph's outputs.  A frame
-  that is one graph qualifies when it has no Python side effect; a frame with graph breaks
-  is a *chain entry* instead, whose steps hold Dynamo's transformed code and resume
-  functions (:mod:`artcache.frame_resume`);
+  that is one graph and has no Python side effect needs nothing more; a frame with graph
+  breaks or side effects is a *chain entry* instead, whose steps hold Dynamo's transformed
+  code (which applies the side effects) and resume functions (:mod:`artcache.frame_resume`);
 * the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
   user function Dynamo inlined.
 
@@ -95,6 +95,7 @@ class FrameTier:
     # Which entries can be served: those recorded on torch's wrapper frame (True), on the
     # function's own frame (False), or both (None: the wrapper calls either frame itself).
     wrapped_frames: bool | None = None
+
     def __init__(self, code_fn: Callable[..., Any], cache: EntryStore, backend: Any) -> None:
         self._code_fn = code_fn
         self._globals: Mapping[str, Any] = getattr(code_fn, "__globals__", {})

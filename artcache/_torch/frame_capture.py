@@ -112,12 +112,14 @@ def named(value: Any) -> list[str]:
         raise NotPrecompilable("unnamed-object", f"{type(value).__name__} {qualname or value!r}")
     # torch's builtins name a class they are not reachable through (torch.relu's qualname
     # is _VariableFunctionsClass.relu): their module and plain name also identify them.
-    for name in ([module, qualname], [module, getattr(value, "__name__", qualname)]):
-        if resolve_named(name) is value:
-            return name
+    found = resolve_named([module, qualname])
+    if found is value:
+        return [module, qualname]
+    if resolve_named([module, getattr(value, "__name__", qualname)]) is value:
+        return [module, getattr(value, "__name__", qualname)]
     # A decorated function (functools.wraps): its name finds the wrapper, whose
     # ``__wrapped__`` chain leads to it, and so does the name with that chain appended.
-    hops = wrapped_hops(resolve_named([module, qualname]), lambda found: found is value)
+    hops = wrapped_hops(found, lambda candidate: candidate is value)
     if hops:
         return [module, qualname + ".__wrapped__" * hops]
     # Interpreter types with no importable name of their own (method, function, cell).
@@ -335,6 +337,11 @@ def translate_guard(entry: Any) -> list[Any] | None:
     raise NotPrecompilable(f"guard {kind}", entry.name)
 
 
+def has_key(value: Any, key: Any, present: bool) -> bool:
+    """What a ``contains`` check compares: whether the dict ``value`` has ``key``."""
+    return isinstance(value, dict) and (key in value) == present
+
+
 def _contains_check(guard: Any, kind: str, path: list[Any]) -> list[Any]:
     """A dict-key guard (a ``**kwargs`` key read with ``.get`` or ``in``) as ``contains``
     ``[key, present]``.  torch 2.12 and later (checked on 2.13) guard presence with
@@ -424,11 +431,10 @@ class FrameTrace:
                 break
 
     def check(self) -> None:
-        """Raise NotPrecompilable when the frame needs more than its graph to replay."""
+        """Raise NotPrecompilable when the frame needs more than its graph to replay (a
+        frame with side effects never gets here: it is a chain, ``frame_resume.needs_code``)."""
         if self.graph_break:
             raise NotPrecompilable("graph-break")
-        if self.side_effects:
-            raise NotPrecompilable("side-effects", "Python state the frame mutates is replayed by Dynamo's bytecode")
         if self.input_problem:
             raise NotPrecompilable("graph-input", self.input_problem)
 

@@ -218,7 +218,7 @@ def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str
                                          ).add_dict_contains_guard(False, want, parts, None)
     elif kind == "contains":
         key, present = want
-        manager.add_lambda_guard(lambda v: isinstance(v, dict) and (key in v) == present, parts, None)
+        manager.add_lambda_guard(lambda v: fc.has_key(v, key, present), parts, None)
     elif kind == "hasattr":
         manager.add_lambda_guard(lambda v: hasattr(v, want), parts, None)
     elif kind == "lacks":
