@@ -251,6 +251,16 @@ class _Digester:
             self.value(member, depth + 1)
 
 
+def code_shape_digest(code: types.CodeType) -> str:
+    """SHA-256 hex of a code object alone, structurally (bytecode, names, argument layout,
+    constants and nested code, as :func:`code_digest` walks it), without the globals it
+    reads: what decides that two code objects run the same instructions."""
+    d = _Digester()
+    d._code_shape(code, [])
+    d.put("name", code.co_name)
+    return d.h.hexdigest()
+
+
 def code_digest(value: Any) -> str:
     """SHA-256 hex of what decides the behaviour of ``value`` (a function, or any value
     user code reads).  Raises :class:`Uncacheable` past the bounds above."""

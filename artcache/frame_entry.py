@@ -36,7 +36,7 @@ def _is_path(path: Any) -> bool:
     elif last is not None:
         steps.append(last)
     return all(type(s) is list and len(s) == 2 and ((s[0] == "a" and type(s[1]) is str)
-               or (s[0] == "i" and type(s[1]) in (str, int))) for s in steps)
+               or (s[0] == "i" and type(s[1]) in (str, int)) or s == ["t", ""]) for s in steps)
 
 
 def _is_name(value: Any) -> bool:
@@ -54,6 +54,7 @@ CHECK_ARG = {
     "len": lambda v: type(v) is int,
     "torch": _is_name,
     "same": _is_path,
+    "code": lambda v: type(v) is str and keys_is_digest(v),  # a code object's structural digest
     "keys": lambda v: type(v) is list and all(type(k) in (str, int) for k in v),
     # [key, present]: whether a dict has the key (a ``**kwargs`` read with .get or ``in``)
     "contains": lambda v: type(v) is list and len(v) == 2 and type(v[0]) in (str, int) and type(v[1]) is bool,
@@ -128,6 +129,9 @@ def path_text(path: list[list[Any]]) -> str:
     (kind, name), text = path[0], ""
     text = {"L": f"L[{name!r}]", "G": f"G[{name!r}]", "M": f"module {name}"}[kind]
     for step, key in path[1:]:
+        if step == "t":
+            text = f"type({text})"
+            continue
         text += (f".{key}" if step == "a" else f"[{key!r}]" if step == "i" else
                  ".storage_offset()" if step == "offset" else f".{step}()[{key}]")
     return text

@@ -35,8 +35,11 @@ def check_fn(check: list[Any]) -> Callable[[Any, Any], bool]:
         return lambda value, other: tensor(value)
     if kind == "torch":
         return lambda value, other: fc.torch_constant(value) == want
+    if kind == "code":
+        code = fc.code_check(want)
+        return lambda value, other: code(value)
     if kind == "keys":
-        return lambda value, other: isinstance(value, dict) and list(value) == want
+        return lambda value, other: fc.has_keys(value, want)
     if kind in ("type", "is"):
         named = fc.resolve_named(want)
         if named is None:
@@ -156,7 +159,7 @@ class Replay:
             else:
                 try:
                     value = (getattr(obj, name, MISSING) if step == "a" else obj.get(name, MISSING)
-                             if step in ("L", "G", "M") else obj[name] if step == "i" else
+                             if step in ("L", "G", "M") else obj[name] if step == "i" else type(obj) if step == "t" else
                              _tensor_property(obj, step, name))
                 except (KeyError, IndexError, TypeError):
                     value = MISSING

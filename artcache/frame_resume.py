@@ -20,7 +20,9 @@ guards, graph and, after a further break, resume function.  A *chain entry* hold
   graph (``graph``), a later step's resume function (``resume``, by step index: a chain
   has no cycle), the factory Dynamo installs for a resume function with free variables
   (``closure``: called with the frame's cells, it returns the resume function), a module
-  by name (``module``) or the builtins' dict (``builtins``).  Any other global Dynamo
+  by name (``module``), the builtins' dict (``builtins``), a builtin by its name (``builtin``:
+  the builtins module's own, whatever the user's globals hold), or a user global the step's
+  guards check (``global``, read from the user's globals).  Any other global Dynamo
   added, a constant that is not plain data, a frame compiled twice or a frame that is
   none of the chain's (a function called at the break that Dynamo compiled as a frame of
   its own) makes the frame not precompilable.
@@ -61,7 +63,7 @@ from .frame_replay import Frame, GraphRecord, Recorder, Replay
 
 CHAIN_SCHEMA = 1
 _MAX_STEPS = 32
-_BOUND = re.compile(r"__(compiled_fn|resume_at|import|builtins_dict)_[A-Za-z0-9_]{0,200}")
+_BOUND = re.compile(r"__(compiled_fn|resume_at|import|builtins_dict)_[A-Za-z0-9_]{0,200}|___module_[A-Za-z0-9_]{0,200}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,32}")
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 
@@ -145,6 +147,11 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
         kind, arg = (binding[1], binding[2]) if ok else (None, None)
         if kind == "global":  # a user global, checked by the step's guards (_guarded_global)
             ok = ok and _is_user_global(binding[0]) and arg == 0 and type(arg) is int
+        elif kind == "builtin":  # a name of the builtins module
+            ok = ok and _is_user_global(binding[0]) and hasattr(builtins, binding[0]) and arg == 0 and type(arg) is int
+        elif kind == "module":  # under Dynamo's alias, or the name the user's module gave it
+            ok = ok and (_BOUND.fullmatch(binding[0]) or _is_user_global(binding[0])) and (
+                type(arg) is str and bool(_MODULE.fullmatch(arg)))
         elif not (ok and _BOUND.fullmatch(binding[0])):
             ok = False
         elif kind == "graph":
@@ -152,8 +159,6 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
             graphs += 1
         elif kind in ("resume", "closure"):
             ok = ok and type(arg) is int and index < arg < count
-        elif kind == "module":
-            ok = ok and type(arg) is str and bool(_MODULE.fullmatch(arg))
         elif kind == "builtins":
             ok = ok and arg == 0 and type(arg) is int
         else:
@@ -250,6 +255,17 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
         raise NotPrecompilable("bytecode-global", "stores a global Dynamo added")
     for name in sorted(code_codec.global_names(out) - own):
         value = f_globals.get(name)
+        if name not in f_globals and _is_user_global(name) and hasattr(builtins, name):
+            # A builtin the transformed code loads as a global (Dynamo's ``type(x)``): bound
+            # to the builtins module's own, whatever the user's globals hold at replay.
+            bindings.append([name, "builtin", 0])
+            continue
+        if (name in f_globals and _is_user_global(name) and isinstance(value, types.ModuleType)
+                and sys.modules.get(value.__name__) is value and _MODULE.fullmatch(value.__name__)):
+            # A module the user's module imported, loaded by Dynamo's code under the user's
+            # name for it (``create_load_python_module``): bound to the module by its name.
+            bindings.append([name, "module", value.__name__])
+            continue
         if not _BOUND.fullmatch(name):
             # A global of the user's module that a function the frame calls reads (a class
             # a decorated ``forward`` builds its output with): the transformed code loads
@@ -263,7 +279,7 @@ def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str,
         elif (name.startswith("__resume_at_") and isinstance(value, types.FunctionType)
               and any(value.__code__ is c for c in codes[index + 1:])):
             bindings.append([name, "resume", next(i for i, c in enumerate(codes) if c is value.__code__)])
-        elif (name.startswith("__import_") and isinstance(value, types.ModuleType)
+        elif (name.startswith(("__import_", "___module_")) and isinstance(value, types.ModuleType)
               and sys.modules.get(value.__name__) is value and _MODULE.fullmatch(value.__name__)):
             bindings.append([name, "module", value.__name__])
         elif name.startswith("__builtins_dict__") and value is vars(builtins):
@@ -365,7 +381,8 @@ class ChainReplay(Replay):
                 names[name] = f"{prefix}_{index}_{number}"
                 value: Any = (self._graph_call(index) if kind == "graph" else ResumeStep(self, arg)
                               if kind == "resume" else _Factory(self, arg) if kind == "closure" else vars(builtins)
-                              if kind == "builtins" else sys.modules.get(arg))
+                              if kind == "builtins" else getattr(builtins, name)
+                              if kind == "builtin" else sys.modules.get(arg))
                 if value is None:
                     raise CorruptEntryError(f"a chain step names module {arg}, not imported here")
                 self.f_globals[names[name]] = value  # type: ignore[index]

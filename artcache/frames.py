@@ -45,8 +45,11 @@ wrapper here is one, ``torch.compile`` with precompile on is the other
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
+import sys
+import types
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,7 +60,7 @@ from . import frame_resume, keys, pickler
 from ._torch import code_codec, guard_tree
 from ._torch import frame_capture as fc
 from ._torch import settings as torch_settings
-from .code_digest import code_digest, installed_module
+from .code_digest import code_digest, code_shape_digest, installed_module
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
 from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
@@ -269,7 +272,11 @@ class FrameTier:
         # Code nested in the frame's or a traced function's code (a generator expression, a
         # local function) is part of that code's digest (code_digest walks code constants).
         nested = set().union(*(_nested_code(c) for c in [graph.trace.frame_code, *graph.trace.traced_code]))
-        traced = [_traced_name(code) for code in graph.trace.traced_code if code not in nested]
+        # Code a ``code`` guard checks where the call finds it (a function reached through
+        # an object, not by a name: a registered closure) is pinned by that guard.
+        checked = {check[2] for check in guards if check[0] == "code"}
+        traced = [_traced_name(code) for code in graph.trace.traced_code
+                  if code not in nested and not (checked and code_shape_digest(code) in checked)]
         return FrameEntry(guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
                           [t for t in traced if t is not None], wrapped, fc.storage_groups(graph.inputs))
 
@@ -412,9 +419,11 @@ def _traced_name(code: Any) -> list[str] | None:
     installed code (pinned by the environment factor).  NotPrecompilable when the
     function cannot be found again by its name."""
     module = fc.module_of_code(code)
-    if module is not None and code_digest_installed(module):
+    if module is None:
+        return _generated_name(code)
+    if code_digest_installed(module):
         return None
-    if module is None or "<" in code.co_qualname:
+    if "<" in code.co_qualname:
         raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
     qualname = code.co_qualname
     fn = fc.resolve_named([module, qualname])
@@ -426,6 +435,23 @@ def _traced_name(code: Any) -> list[str] | None:
         qualname += ".__wrapped__" * hops
         fn = fc.resolve_named([module, qualname])
     return [module, qualname, code_digest(fn)]
+
+
+def _generated_name(code: Any) -> list[str] | None:
+    """``_traced_name`` of code that no module's file holds: code made with ``exec``, as
+    a dataclass's ``__init__``.  Found through the function that holds it (the garbage
+    collector's referrers: this runs once, when a frame is recorded), named as the
+    function names itself (dataclasses name a method ``Class.__init__``)."""
+    functions = [f for f in gc.get_referrers(code) if type(f) is types.FunctionType and f.__code__ is code]
+    module = functions[0].__module__ if len(functions) == 1 else None
+    if not isinstance(module, str) or sys.modules.get(module) is None:
+        raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
+    if code_digest_installed(module):
+        return None
+    fn = functions[0]
+    if "<" in fn.__qualname__ or fc.resolve_named([module, fn.__qualname__]) is not fn:
+        raise NotPrecompilable("traced-code", f"{fn.__qualname__} cannot be found by name")
+    return [module, fn.__qualname__, code_digest(fn)]
 
 
 def _nested_code(code: Any) -> set[Any]:

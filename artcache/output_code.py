@@ -162,8 +162,9 @@ class CompiledGraph:
             lean = not plan.through_triton
             lightened = sum(lean_load.lighten(graph, self.extern_kernels) for graph in graphs) if lean else 0
             with lean_load.hit_post_compile(graphs, enabled=lean) as lean_post_compile:
-                log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s",
-                          lightened, len(graphs), lean_post_compile)
+                log.debug("artcache: %d of %d wrapper module(s) lightened; lean post-compile: %s%s",
+                          lightened, len(graphs), lean_post_compile,
+                          "; kernels rebuilt through triton.compile" if plan.through_triton else "")
                 return rebuild.rebuild(self.entry, example_inputs, cudagraphs=cudagraphs, lifted=lifted,
                                        frozen_args=self.frozen_args, frozen_aliases=self.frozen_aliases,
                                        ints_checked=ints_checked)

@@ -160,7 +160,15 @@ def test_tracer_tripwire_catches_a_trace(tmp_path: Path) -> None:
      "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False, "storage": []},
     {"schema": 1, "guards": [], "state": "", "inputs": [], "output": ["c", 1],
      "graph_key": "../../etc", "cpu_code": True, "traced": [], "wrapped": False, "storage": []},
-])
+    # a type step carries no key; a code check carries a digest
+    {"schema": 1, "guards": [["type", [["L", "x"], ["t", "__class__"]], ["builtins", "int"]]], "state": "",
+     "inputs": [], "output": ["c", 1], "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False,
+     "storage": []},
+    {"schema": 1, "guards": [["code", [["L", "f"], ["a", "__code__"]], "os.system"]], "state": "",
+     "inputs": [], "output": ["c", 1], "graph_key": "0" * 64, "cpu_code": True, "traced": [], "wrapped": False,
+     "storage": []},
+], ids=["none", "list", "schema-only", "eval-check", "unknown-root", "call-output", "path-key", "type-step-key",
+        "code-not-digest"])
 def test_malformed_frame_entries_are_refused(doc: Any) -> None:
     from artcache.errors import CorruptEntryError
     from artcache.frames import FrameEntry
@@ -173,7 +181,9 @@ def test_well_formed_frame_entry_round_trips() -> None:
     from artcache import pickler
     from artcache.frames import FrameEntry
 
-    entry = FrameEntry([["eq", [["L", "k"]], ["int", 3]], ["same", [["M", "torch"]], [["G", "torch"]]]], "{}",
+    entry = FrameEntry([["eq", [["L", "k"]], ["int", 3]], ["same", [["M", "torch"]], [["G", "torch"]]],
+                        ["code", [["L", "m"], ["t", ""], ["a", "__dict__"], ["i", "f"], ["a", "__code__"]], "b" * 64]],
+                       "{}",
                        [[["L", "x"]]], ["tuple", [["o", 0], ["in", 0], ["c", None]]], "a" * 64, True,
                        [["m", "f", "d"]], False, [0])
     doc = pickler.loads(pickler.dumps(entry.plain()).data, {})

@@ -37,6 +37,8 @@ logs               ``torch._logging`` log registry and ``trace_structured``,    
 frame_capture      ``guard_filter_fn`` entries, ``Source`` classes, the          2.13 (CPU); on 2.11
                    instruction translator's side effects, shape env and traced    (H200) frames fall
                    code, ``GlobalStateGuard``, dispatch keys                     back to Dynamo
+frame_paths        ``torch._dynamo.source`` classes (paths of guards and graph      2.13 (CPU), 2.11 (H200)
+                   inputs), the globals ``install_global_by_id`` names
 precompile_hook    ``torch._dynamo.optimize`` (wrapped), ``enter_exit_hooks``,   2.13 (CPU, Python 3.11);
                    ``_load_precompile_entry``, ``GuardManagerWrapper`` lambda     absent internals: no
                    guards, ``trace_rules.check``, ``bytecode_transformation``    patch, Dynamo traces

@@ -9,8 +9,8 @@ Three reads, all during a ``torch.compile`` call that artcache starts itself:
   does not translate makes the frame not precompilable, with the kind as the reason.
   Nothing of Dynamo's guard state is pickled.
 * **the graph's inputs**, from the placeholders' ``grapharg`` sources, as access paths
-  (``[["L", "self"], ["a", "_modules"], ["i", "fc1"], ...]``; a SymInt input's path ends
-  in a tensor property, ``["size", 0]``).
+  (``[["L", "self"], ["a", "_modules"], ["i", "fc1"], ...]``, :mod:`.frame_paths`; a SymInt
+  input's path ends in a tensor property, ``["size", 0]``).
 * **the trace**, from the instruction translator that called the backend: whether the
   graph ended at a graph break, whether Python side effects remain to be replayed,
   which input sizes are symbolic (:mod:`artcache._torch.shape_guards` translates the
@@ -22,6 +22,7 @@ Checked on torch 2.13 (CPU).  A missing attribute raises :class:`NotPrecompilabl
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -31,8 +32,10 @@ from typing import Any
 
 import torch
 
-from ..errors import NotPrecompilable
+from ..code_digest import code_shape_digest
+from ..errors import NotPrecompilable, Uncacheable
 from . import shape_guards
+from .frame_paths import named, resolve_named, source_path, wrapped_hops  # noqa: F401 - the tier reads them here
 
 __all__ = ["NotPrecompilable"]
 
@@ -44,112 +47,6 @@ _GLOBAL_STATE_GUARDS = frozenset({
     "GRAD_MODE", "DETERMINISTIC_ALGORITHMS", "GLOBAL_STATE", "TORCH_FUNCTION_STATE",
     "DEFAULT_DEVICE", "AUTOGRAD_SAVED_TENSORS_HOOKS",
 })
-_IMPORT_PREFIX = "__import_"
-_BUILTINS_PREFIX = "__builtins_dict__"  # Dynamo's alias of an inlined function's builtins  # Dynamo's alias of an imported module in the frame's globals
-
-
-def _sources() -> Any:
-    import torch._dynamo.source as source
-
-    return source
-
-
-def source_path(source: Any) -> list[list[Any]]:
-    """An access path for a Dynamo ``Source``: a root (``["L", local]``, ``["G", global]``,
-    ``["M", module]``) followed by steps (``["a", attribute]``, ``["i", key]``)."""
-    s = _sources()
-    # Markers of how Dynamo treats a module: the object is the base's.
-    transparent = tuple(getattr(s, name) for name in (
-        "UnspecializedNNModuleSource", "UnspecializedBuiltinNNModuleSource", "NNModuleSource") if hasattr(s, name))
-    # Attribute reads (a module's parameter and buffer dicts are read through these).
-    attribute = tuple(getattr(s, name) for name in (
-        "AttrSource", "ParamBufferSource", "UnspecializedParamBufferSource") if hasattr(s, name))
-    if type(source) in transparent:
-        return source_path(source.base)
-    if type(source) is s.LocalSource:  # a local, or the contents of a closure cell by its name
-        return [["L", source.local_name]]
-    if type(source) is s.GlobalSource:
-        name = source.global_name
-        if name.startswith(_IMPORT_PREFIX):
-            return [["M", name[len(_IMPORT_PREFIX):].replace("_dot_", ".")]]
-        if name.startswith(_BUILTINS_PREFIX):  # the builtins namespace of an inlined function
-            return [["M", "builtins"]]
-        if name.startswith("__"):
-            raise NotPrecompilable("source", f"Dynamo-installed global {name}")
-        return [["G", name]]
-    if type(source) in attribute:
-        return [*source_path(source.base), *(["a", part] for part in source.member.split("."))]
-    if type(source) is getattr(s, "TensorPropertySource", None):  # a size, stride or offset of a tensor
-        step = {"SIZE": "size", "STRIDE": "stride", "STORAGE_OFFSET": "offset"}.get(source.prop.name)
-        index = 0 if step == "offset" else source.idx
-        if step is None or type(index) is not int:
-            raise NotPrecompilable("source", f"TensorPropertySource {source.prop.name}")
-        return [*source_path(source.base), [step, index]]
-    if type(source) in (s.DictGetItemSource, s.GetItemSource):
-        index = source.index
-        if type(index) not in (str, int) or getattr(source, "index_is_slice", False):
-            raise NotPrecompilable("source", f"{type(source).__name__} with index {type(index).__name__}")
-        base = source_path(source.base)
-        # A name looked up in the builtins namespace: an attribute of the builtins module.
-        return [*base, ["a" if base == [["M", "builtins"]] else "i", index]]
-    raise NotPrecompilable("source", type(source).__name__)
-
-
-def named(value: Any) -> list[str]:
-    """``[module, qualname]`` of a module, class, function or builtin that is reachable by
-    that name right now (checked by walking it), else raises NotPrecompilable."""
-    if isinstance(value, types.ModuleType):
-        name = value.__name__
-        if sys.modules.get(name) is not value:
-            raise NotPrecompilable("unnamed-object", f"module {name} is not sys.modules[{name!r}]")
-        return [name, ""]
-    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
-    if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)) and module is None:
-        owner = getattr(value, "__self__", None)
-        module = getattr(owner, "__name__", None) if isinstance(owner, types.ModuleType) else None
-        qualname = value.__name__
-    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
-        raise NotPrecompilable("unnamed-object", f"{type(value).__name__} {qualname or value!r}")
-    # torch's builtins name a class they are not reachable through (torch.relu's qualname
-    # is _VariableFunctionsClass.relu): their module and plain name also identify them.
-    found = resolve_named([module, qualname])
-    if found is value:
-        return [module, qualname]
-    if resolve_named([module, getattr(value, "__name__", qualname)]) is value:
-        return [module, getattr(value, "__name__", qualname)]
-    # A decorated function (functools.wraps): its name finds the wrapper, whose
-    # ``__wrapped__`` chain leads to it, and so does the name with that chain appended.
-    hops = wrapped_hops(found, lambda candidate: candidate is value)
-    if hops:
-        return [module, qualname + ".__wrapped__" * hops]
-    # Interpreter types with no importable name of their own (method, function, cell).
-    for attr, candidate in vars(types).items():
-        if candidate is value and not attr.startswith("_"):
-            return ["types", attr]
-    raise NotPrecompilable("unnamed-object", f"{module}.{qualname} does not name the object it came from")
-
-
-def wrapped_hops(obj: Any, found: Callable[[Any], bool], limit: int = 8) -> int:
-    """How many ``__wrapped__`` steps from ``obj`` (a function ``functools.wraps`` made)
-    reach an object ``found`` accepts; 0 when none within ``limit`` does."""
-    for hops in range(1, limit + 1):
-        obj = getattr(obj, "__wrapped__", None) if isinstance(obj, types.FunctionType) else None
-        if obj is None:
-            return 0
-        if found(obj):
-            return hops
-    return 0
-
-
-def resolve_named(name: Sequence[str]) -> Any:
-    """The object ``[module, qualname]`` names, among modules already imported (nothing is
-    imported here); ``None`` when it names nothing."""
-    obj: Any = sys.modules.get(name[0])
-    for part in name[1].split(".") if name[1] else ():
-        obj = getattr(obj, part, None)
-    return obj
-
-
 def tensor_facts(value: Any) -> list[Any]:
     """What a tensor guard compares: exact class, dtype, device, sizes, strides, storage
     offset, requires_grad and dispatch keys (which cover inference tensors, conjugate and
@@ -296,6 +193,8 @@ def translate_guard(entry: Any) -> list[Any] | None:
     value = entry.value if entry.has_value else None
     if kind == "CONSTANT_MATCH" and torch_constant(value):
         return ["torch", path, torch_constant(value)]
+    if kind in ("CONSTANT_MATCH", "EQUALS_MATCH") and type(value) is types.CodeType:
+        return ["code", path, _code_identity(value)]  # Dynamo compares code objects with ==
     if kind in ("CONSTANT_MATCH", "EQUALS_MATCH") or (kind == "ID_MATCH" and (value is None or type(value) is bool)):
         form = constant_form(value)
         if form is None:
@@ -309,8 +208,16 @@ def translate_guard(entry: Any) -> list[Any] | None:
     if kind == "TYPE_MATCH":
         return ["type", path, named(type(value))]
     if kind in ("MODULE_MATCH", "BUILTIN_MATCH", "FUNCTION_MATCH", "ID_MATCH", "CLASS_MATCH", "CLOSURE_MATCH"):
-        if not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)):
+        if not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type, enum.Enum)):
             raise NotPrecompilable(f"guard {kind}", f"on a {type(value).__name__}")
+        if kind == "CLOSURE_MATCH" and type(value) is types.FunctionType:
+            # Dynamo matches a user function by its code alone (its closure and defaults,
+            # where read, have guards of their own): identity where the function has a
+            # name, else its code (a property's getter, a function made per call).
+            try:
+                return ["is", path, named(value)]
+            except NotPrecompilable:
+                return ["code", [*path, ["a", "__code__"]], _code_identity(value.__code__)]
         return ["is", path, named(value)]
     if kind == "NOT_PRESENT_IN_GENERIC_DICT":
         attr = _keyword(guard, "attr")
@@ -337,9 +244,48 @@ def translate_guard(entry: Any) -> list[Any] | None:
     raise NotPrecompilable(f"guard {kind}", entry.name)
 
 
+# The mappings a dict guard reads: dicts, and a class's ``__dict__`` (a mapping proxy,
+# where Dynamo guards a copy of it: ``dict(type(x).__dict__)``).
+_MAPPINGS = (dict, types.MappingProxyType)
+
+
+def _code_identity(code: types.CodeType) -> str:
+    try:
+        return code_shape_digest(code)
+    except Uncacheable as error:
+        raise NotPrecompilable("guard CLOSURE_MATCH", error.detail) from None
+
+
+def code_check(digest: str) -> Callable[[Any], bool]:
+    """What a ``code`` check compares: the value is a code object of that structural
+    digest.  Code objects are immutable: one that matched is remembered, and the same
+    object matches again without a digest."""
+    matched: list[types.CodeType] = []
+
+    def holds(value: Any) -> bool:
+        if matched and value is matched[0]:
+            return True
+        if type(value) is not types.CodeType:
+            return False
+        try:
+            same = code_shape_digest(value) == digest
+        except Uncacheable:
+            return False
+        if same:
+            matched[:] = [value]
+        return same
+
+    return holds
+
+
 def has_key(value: Any, key: Any, present: bool) -> bool:
-    """What a ``contains`` check compares: whether the dict ``value`` has ``key``."""
-    return isinstance(value, dict) and (key in value) == present
+    """What a ``contains`` check compares: whether the mapping ``value`` has ``key``."""
+    return isinstance(value, _MAPPINGS) and (key in value) == present
+
+
+def has_keys(value: Any, keys: list[Any]) -> bool:
+    """What a ``keys`` check compares: the mapping ``value``'s keys, in order."""
+    return isinstance(value, _MAPPINGS) and list(value) == keys
 
 
 def _contains_check(guard: Any, kind: str, path: list[Any]) -> list[Any]:
@@ -491,7 +437,12 @@ def wrapper_globals() -> dict[str, Any]:
 
 
 def module_of_code(code: types.CodeType) -> str | None:
-    """The name of the imported module whose file holds ``code`` (None when none does)."""
+    """The name of the imported module whose file holds ``code`` (None when none does).
+    A frozen standard-library module (``_collections_abc``, ``os``...) names itself in
+    its code's file name, ``<frozen NAME>``."""
+    filename = code.co_filename
+    if filename.startswith("<frozen ") and filename.endswith(">") and filename[8:-1] in sys.modules:
+        return filename[8:-1]
     for name, module in list(sys.modules.items()):
         if getattr(module, "__file__", None) == code.co_filename:
             return name

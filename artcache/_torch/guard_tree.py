@@ -19,6 +19,7 @@ absent      the instance ``__dict__`` does not hold the name (``add_dict_contain
 hasattr     a Python lambda (``lacks``: its negation)
 len         ``add_dict_length_check_guard`` / ``add_length_check_guard``
 keys        a Python lambda
+code        a Python lambda (the code object's structural digest, once per code object)
 same        identity of both paths with the object found (only for paths that do not start
             at a local: a local's aliasing is checked by the replay itself)
 shape       one epilogue lambda for all shape checks: reads the sizes at their paths from
@@ -96,6 +97,10 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                 managers.append(managers[parent].getattr_manager(attr=key, source=source, example_value=value,
                                                                  guard_manager_enum=plain))
                 roots.append(roots[parent])
+            elif step == "t":
+                managers.append(managers[parent].type_manager(source=source, example_value=value,
+                                                              guard_manager_enum=plain))
+                roots.append(roots[parent])
             elif step in shape_expr.PROPERTY_STEPS:  # read by the shape epilogue, not by an accessor
                 managers.append(None)
                 roots.append(roots[parent])
@@ -168,6 +173,8 @@ def _step(obj: Any, step: str, key: Any) -> Any:
             return getattr(obj, key, None)
         if step == "i":
             return obj[key]
+        if step == "t":
+            return type(obj)
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
     if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
@@ -228,8 +235,10 @@ def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str
             manager.add_dict_length_check_guard(want, parts, None)
         else:
             manager.add_length_check_guard(want, parts, None)
+    elif kind == "code":
+        manager.add_lambda_guard(fc.code_check(want), parts, None)
     elif kind == "keys":
-        manager.add_lambda_guard(lambda v: type(v) is dict and list(v) == want, parts, None)
+        manager.add_lambda_guard(lambda v: fc.has_keys(v, want), parts, None)
     elif kind == "same":
         if "L" in (root, other_root) or other is None:
             raise Unsupported("same")

@@ -182,16 +182,18 @@ def lighten_source(source: str, refs: Mapping[str, Ref]) -> str | None:
     lines = source.split("\n")
     extern_at = [i for i, line in enumerate(lines) if line == EXTERN_IMPORT]
     if len(extern_at) != 1:
-        return None
+        return _kept(f"{len(extern_at)} extern_kernels import lines")
     uses = _words(_EXTERN_USE, source)
     used = sorted(set(uses))
     if len(_words(_EXTERN_ANY, source)) != 1 + len(uses):
-        return None  # the namespace itself is passed around somewhere
-    if any(name not in refs for name in used):
-        return None
+        return _kept("extern_kernels is used otherwise than by attribute")  # the namespace passed around
+    missing = [name for name in used if name not in refs]
+    if missing:
+        return _kept(f"extern kernels without a stored reference: {missing[:3]}")
     needed = tuple((name, *refs[name]) for name in used)
-    if not all(callable(_resolve(module, path)) for _, module, path in needed):
-        return None
+    unresolved = [name for name, module, path in needed if not callable(_resolve(module, path))]
+    if unresolved:
+        return _kept(f"extern kernels not found by name here: {unresolved[:3]}")
     if not _ops_registered(source):
         return None
     lines[extern_at[0]] = (
@@ -202,6 +204,10 @@ def lighten_source(source: str, refs: Mapping[str, Ref]) -> str | None:
     if len(align_at) == 1 and len(_words(_ALIGN_ANY, source)) == 1:
         lines[align_at[0]] = ""
     return "\n".join(lines)
+
+
+def _kept(why: str) -> None:
+    log.debug("artcache: a wrapper keeps its imports: %s", why)
 
 
 def _ops_registered(source: str) -> bool:

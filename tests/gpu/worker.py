@@ -128,8 +128,11 @@ def main() -> None:
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage()[:600])
 
-    logging.getLogger("artcache").addHandler(_Keep(logging.INFO))
+    logging.getLogger("artcache").addHandler(_Keep(logging.DEBUG))
     logging.getLogger("artcache").setLevel(logging.INFO)
+    # Why a hit's wrapper keeps its compiler imports (the lean load's reasons, at DEBUG).
+    for name in ("artcache.output_code", "artcache._torch.lean_load"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
     # torch logs each reduction block _dynamic_scale_rblock halves (at DEBUG).
     scaled: list[str] = []
 

@@ -1,0 +1,113 @@
+"""Precompiled frames of models written as model libraries write theirs
+(``tests.corpus.library_style``, after Hugging Face transformers): guards that read a
+class's ``__dict__`` and ``__mro__``, ``type(x)``, a function's defaults and closure cells,
+a property's getter by its code, an enum member, and transformed code that loads a module
+Dynamo installed, a builtin, and a dataclass ``__init__`` made by ``exec``.  Proven in
+fresh processes (the warm one with Dynamo's tracer tripwired), bitwise; and the new checks
+are live: a property getter with other code fails its check and Dynamo traces.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from artcache._torch import frame_capture as fc
+from artcache.code_digest import code_shape_digest
+from artcache.errors import NotPrecompilable
+
+from .conftest import run_phase
+
+PROGRAM = r'''
+import json, sys, torch, artcache
+from tests.corpus import library_style
+phase, out_path = sys.argv[1], sys.argv[2]
+armed = [phase == "warm"]
+if phase == "warm":
+    from tests import _tripwire
+    _tripwire.install(forbid_subprocess=False)
+    _tripwire.arm_tracer(lambda: armed[0])
+
+torch.manual_seed(0)
+m, x = library_style.LibraryStyle(), torch.randn(3, 8)
+pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
+outs = []
+for _ in range(2):
+    out = pre(x, scale=0.5)
+    assert type(out) is library_style.Output, type(out)
+    outs += [out.hidden, out.logits]
+info = {"replayed": pre.replayed, "reasons": dict(pre.reasons)}
+if phase == "warm":
+    # Another getter of the same value, with other code: the check on the getter's code
+    # fails and Dynamo traces the frame (the tracer disarmed for it; its graph is the same
+    # and hits the store, so nothing compiles).
+    armed[0] = False
+    library_style.Settings.gain = property(lambda self: self.width / 8)
+    out = pre(x, scale=0.5)
+    info["after_change"] = {"replayed": pre.replayed, "traced": torch._dynamo.utils.counters["frames"]["total"],
+                            "same": bool(torch.equal(out.logits, outs[-1]))}
+torch.save(outs, out_path)
+print(json.dumps(info))
+'''
+
+
+@pytest.mark.slow
+def test_a_library_style_model_replays_without_tracing_bitwise(tmp_path: Path) -> None:
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
+    cold, warm = (run_phase(PROGRAM, phase, tmp_path, env) for phase in ("cold", "warm"))
+    assert cold["info"] == {"replayed": 0, "reasons": {"absent": 1}}, cold["info"]
+    after = warm["info"].pop("after_change")
+    assert warm["info"] == {"replayed": 2, "reasons": {}}, warm["info"]
+    assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(cold["results"], warm["results"], strict=True))
+    assert after == {"replayed": 2, "traced": 1, "same": True}, after
+
+
+def _sources() -> Any:
+    import torch._dynamo.source as s
+
+    return s
+
+
+def test_library_sources_translate_to_paths() -> None:
+    s = _sources()
+    self_ = s.LocalSource("self")
+    cls = s.TypeSource(self_)
+    assert fc.source_path(cls) == [["L", "self"], ["t", ""]]
+    assert fc.source_path(s.GetItemSource(s.TypeMROSource(cls), 2)) == [["L", "self"], ["t", ""], ["a", "__mro__"],
+                                                                        ["i", 2]]
+    assert fc.source_path(s.DictGetItemSource(s.TypeDictSource(cls), "attribute_map")) == [
+        ["L", "self"], ["t", ""], ["a", "__dict__"], ["i", "attribute_map"]]
+    fn = s.AttrSource(self_, "f")
+    assert fc.source_path(s.DefaultsSource(fn, 1)) == [["L", "self"], ["a", "f"], ["a", "__defaults__"], ["i", 1]]
+    assert fc.source_path(s.DefaultsSource(fn, "k", is_kw=True)) == [
+        ["L", "self"], ["a", "f"], ["a", "__kwdefaults__"], ["i", "k"]]
+    cell = s.CellContentsSource(s.GetItemSource(s.ClosureSource(fn), 0), "cell_contents")
+    assert fc.source_path(cell) == [["L", "self"], ["a", "f"], ["a", "__closure__"], ["i", 0], ["a", "cell_contents"]]
+
+
+def test_a_global_installed_by_id_is_the_module_of_that_id_or_refused() -> None:
+    s = _sources()
+    assert fc.source_path(s.GlobalSource(f"_{id(torch)}_c0")) == [["M", "torch"]]
+    assert fc.source_path(s.GlobalSource(f"___module_types_{id(types)}_c3")) == [["M", "types"]]
+    alive = object()
+    with pytest.raises(NotPrecompilable, match="Dynamo-installed global"):
+        fc.source_path(s.GlobalSource(f"_{id(alive)}_c0"))
+
+
+def _one(x: Any) -> Any:
+    return x + 1
+
+
+def _two(x: Any) -> Any:
+    return x + 2
+
+
+def test_a_code_check_matches_the_same_code_only() -> None:
+    same = types.FunctionType(_one.__code__, {})  # another function object, the same code
+    check = fc.code_check(code_shape_digest(_one.__code__))
+    assert check(same.__code__) and check(_one.__code__)
+    assert not check(_two.__code__) and not check(_one) and not check(None)
