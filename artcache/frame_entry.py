@@ -36,7 +36,8 @@ def _is_path(path: Any) -> bool:
     elif last is not None:
         steps.append(last)
     return all(type(s) is list and len(s) == 2 and ((s[0] == "a" and type(s[1]) is str)
-               or (s[0] == "i" and type(s[1]) in (str, int)) or s == ["t", ""]) for s in steps)
+               or (s[0] == "i" and type(s[1]) in (str, int)) or s == ["t", ""]
+               or (s[0] == "g" and type(s[1]) is str)) for s in steps)
 
 
 def _is_name(value: Any) -> bool:
@@ -129,8 +130,8 @@ def path_text(path: list[list[Any]]) -> str:
     (kind, name), text = path[0], ""
     text = {"L": f"L[{name!r}]", "G": f"G[{name!r}]", "M": f"module {name}"}[kind]
     for step, key in path[1:]:
-        if step == "t":
-            text = f"type({text})"
+        if step in ("t", "g"):
+            text = f"type({text})" if step == "t" else f"object.__getattribute__({text}, {key!r})"
             continue
         text += (f".{key}" if step == "a" else f"[{key!r}]" if step == "i" else
                  ".storage_offset()" if step == "offset" else f".{step}()[{key}]")

@@ -160,6 +160,7 @@ class Replay:
                 try:
                     value = (getattr(obj, name, MISSING) if step == "a" else obj.get(name, MISSING)
                              if step in ("L", "G", "M") else obj[name] if step == "i" else type(obj) if step == "t" else
+                             fc.generic_getattr(obj, name, MISSING) if step == "g" else
                              _tensor_property(obj, step, name))
                 except (KeyError, IndexError, TypeError):
                     value = MISSING

@@ -67,10 +67,21 @@ def test_lightened_source_builds_the_same_namespace_line_for_line() -> None:
         ("f(extern_kernels)", {}),  # the namespace itself used
         ("torch.ops.artcache_nowhere.op.default(a)", {}),  # an operator nobody registered
         ("inductor_ops.artcache_no_such_op(a)", {}),  # the same, through the wrapper's alias
+        ("y = torch.ops.artcache_nowhere.op.default(a)  # a call with a comment after it", {}),
     ],
 )
 def test_source_kept_as_torch_wrote_it(body: str, refs: dict[str, tuple[str, str]]) -> None:
     assert lean.lighten_source(_source(body), refs) is None
+
+
+def test_an_operator_named_only_in_a_comment_line_is_not_needed() -> None:
+    """Inductor annotates kernels with the FX nodes they came from; an operator named only
+    there (one Inductor's own modules register) is not called, and the source is lightened."""
+    body = ("# %op : [num_users=1] = call_function[target=torch.ops.artcache_nowhere.op.default](args = (%a,))\n"
+            "    # torch.ops.artcache_nowhere.other.default\n"
+            "buf = extern_kernels.addmm(a, b, c)")
+    source = _source(body)
+    assert lean.lighten_source(source, lean.extern_kernel_refs([source])) is not None
 
 
 def test_import_line_must_be_there_once() -> None:

@@ -87,6 +87,18 @@ def test_library_sources_translate_to_paths() -> None:
         ["L", "self"], ["a", "f"], ["a", "__kwdefaults__"], ["i", "k"]]
     cell = s.CellContentsSource(s.GetItemSource(s.ClosureSource(fn), 0), "cell_contents")
     assert fc.source_path(cell) == [["L", "self"], ["a", "f"], ["a", "__closure__"], ["i", 0], ["a", "cell_contents"]]
+    # torch 2.11 reads a configuration past its own __getattribute__ (PretrainedConfig's)
+    config = s.GenericAttrSource(s.AttrSource(self_, "config"), "__dict__")
+    assert fc.source_path(config) == [["L", "self"], ["a", "config"], ["g", "__dict__"]]
+
+
+def test_a_generic_attribute_step_reads_past_the_class_getattribute() -> None:
+    from tests.corpus.library_style import Settings
+
+    settings = Settings()
+    assert settings.kind == "scaled"  # through Settings.__getattribute__'s attribute_map
+    assert fc.generic_getattr(settings, "kind", None) is None  # object.__getattribute__ has no "kind"
+    assert fc.generic_getattr(settings, "implementation", None) == "scaled"
 
 
 def test_a_global_installed_by_id_is_the_module_of_that_id_or_refused() -> None:

@@ -35,7 +35,7 @@ import torch
 from ..code_digest import code_shape_digest
 from ..errors import NotPrecompilable, Uncacheable
 from . import shape_guards
-from .frame_paths import named, resolve_named, source_path, wrapped_hops  # noqa: F401 - the tier reads them here
+from .frame_paths import generic_getattr, named, resolve_named, source_path, wrapped_hops  # noqa: F401 - the tier reads them here
 
 __all__ = ["NotPrecompilable"]
 
@@ -309,8 +309,10 @@ def _hasattr_check(entry: Any, path: list[Any]) -> list[Any]:
     torch 2.12 and later (checked on 2.13) pass the attribute as the guard's ``attr`` and
     the guarded object is the one that has or lacks it: its presence is read from it here,
     as Dynamo read it.  torch 2.11 and earlier guard the attribute's own source
-    (``base.member``): only presence is taken (the attribute's value was retrieved);
-    anything else is not precompilable."""
+    (``base.member``) and decide with ``hasattr(base, member)``; the entry has a value when
+    ``base.member`` could be read (present).  It has none when reading it raised: an
+    ``AttributeError`` (absent), as any other error would have raised from Dynamo's own
+    ``hasattr`` as well, and no guard would exist."""
     guard = entry.orig_guard
     create = guard.create_fn
     attr = create.keywords.get("attr") if isinstance(create, functools.partial) else None
@@ -322,9 +324,9 @@ def _hasattr_check(entry: Any, path: list[Any]) -> list[Any]:
     if type(source).__name__ == "NNModuleSource":
         source = source.base
     base, member = getattr(source, "base", None), getattr(source, "member", None)
-    if base is None or type(member) is not str or not entry.has_value:
+    if base is None or type(member) is not str:
         raise NotPrecompilable("guard HASATTR", f"source {type(source).__name__}")
-    return ["hasattr", source_path(base), member]
+    return ["hasattr" if entry.has_value else "lacks", source_path(base), member]
 
 
 def _keyword(guard: Any, name: str) -> str:

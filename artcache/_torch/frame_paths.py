@@ -4,6 +4,8 @@ qualname]`` that finds it again (:func:`named`, :func:`resolve_named`).
 
 A path is a root (``["L", local]``, ``["G", global]``, ``["M", module]``) and steps:
 ``["a", attribute]``, ``["i", key]``, ``["t", ""]`` (``type(x)``: ``x.__class__`` may lie),
+``["g", attribute]`` (``object.__getattribute__(x, attribute)``, past a class's own
+``__getattribute__``),
 and last, a tensor property (``["size", i]``, ``["stride", i]``, ``["offset", 0]``).
 Checked on torch 2.13 (CPU) and 2.11 (H200): the ``Source`` classes of
 ``torch._dynamo.source`` and the globals ``OutputGraph.install_global_by_id`` names.
@@ -82,6 +84,8 @@ def source_path(source: Any) -> list[list[Any]]:
         return [*source_path(source.base), *(["a", part] for part in source.member.split("."))]
     if type(source) in fixed_attribute:
         return [*source_path(source.base), ["a", fixed_attribute[type(source)]]]
+    if type(source) is getattr(s, "GenericAttrSource", None):  # past a class's own __getattribute__
+        return [*source_path(source.base), ["g", source.member]]
     if type(source) is getattr(s, "TypeSource", None):  # type(x): a step of its own (x.__class__ may lie)
         return [*source_path(source.base), ["t", ""]]
     if type(source) is getattr(s, "TensorPropertySource", None):  # a size, stride or offset of a tensor
@@ -164,3 +168,13 @@ def resolve_named(name: Sequence[str]) -> Any:
     for part in name[1].split(".") if name[1] else ():
         obj = getattr(obj, part, None)
     return obj
+
+
+def generic_getattr(obj: Any, name: str, default: Any) -> Any:
+    """A ``["g", name]`` step: ``object.__getattribute__(obj, name)`` (``default`` when it
+    has no such attribute), as Dynamo reads an attribute past a class's own
+    ``__getattribute__``."""
+    try:
+        return object.__getattribute__(obj, name)
+    except AttributeError:
+        return default

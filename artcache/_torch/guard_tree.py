@@ -101,6 +101,10 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                 managers.append(managers[parent].type_manager(source=source, example_value=value,
                                                               guard_manager_enum=plain))
                 roots.append(roots[parent])
+            elif step == "g":
+                managers.append(managers[parent].generic_getattr_manager(attr=key, source=source, example_value=value,
+                                                                         guard_manager_enum=plain))
+                roots.append(roots[parent])
             elif step in shape_expr.PROPERTY_STEPS:  # read by the shape epilogue, not by an accessor
                 managers.append(None)
                 roots.append(roots[parent])
@@ -175,6 +179,8 @@ def _step(obj: Any, step: str, key: Any) -> Any:
             return obj[key]
         if step == "t":
             return type(obj)
+        if step == "g":
+            return fc.generic_getattr(obj, key, None)
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
     if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:

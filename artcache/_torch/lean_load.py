@@ -22,9 +22,9 @@ it can show that nothing else changes:
 
    - the line is there exactly once, and ``extern_kernels`` is used only as ``extern_kernels.X``;
    - every such ``X`` has a reference, and every reference resolves again, to a callable;
-   - every ``torch.ops`` operator the source names (directly or through the wrapper's
-     ``aten = torch.ops.aten``-style aliases) is registered already: some are registered by
-     modules that the skipped import would have loaded.
+   - every ``torch.ops`` operator the source names outside comment lines (directly or
+     through the wrapper's ``aten = torch.ops.aten``-style aliases) is registered already:
+     some are registered by modules that the skipped import would have loaded.
 
    The ``align`` import (``memory_planning``) is dropped only when the name occurs nowhere
    else in the source.  Lines are replaced one for one, so the graph's line map (tracebacks
@@ -213,6 +213,10 @@ def _kept(why: str) -> None:
 def _ops_registered(source: str) -> bool:
     import torch
 
+    # Comment lines name operators that nothing calls: Inductor annotates kernels with the
+    # FX nodes they came from (``call_function[target=torch.ops.prims.X.default]``), ops
+    # that may be registered only by Inductor's own modules.  A call is never on one.
+    source = "\n".join(line for line in source.split("\n") if not line.lstrip().startswith("#"))
     aliases = dict(_OP_ALIAS.findall(source))
     used = set(_words(_OP_USE, source))
     for alias, namespace in aliases.items():
