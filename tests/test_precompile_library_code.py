@@ -123,3 +123,54 @@ def test_a_code_check_matches_the_same_code_only() -> None:
     check = fc.code_check(code_shape_digest(_one.__code__))
     assert check(same.__code__) and check(_one.__code__)
     assert not check(_two.__code__) and not check(_one) and not check(None)
+
+
+SHARED_CONFIG = r'''
+import copy, json, sys, torch, artcache
+phase, out_path = sys.argv[1], sys.argv[2]
+
+class Config:
+    def __init__(self):
+        self.scale = 2.0
+
+class Block(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.lin = config, torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) * self.config.scale
+
+class Model(torch.nn.Module):  # one configuration object shared, as a Hugging Face model shares it
+    def __init__(self):
+        super().__init__()
+        self.config = Config()
+        self.block = Block(self.config)
+
+    def forward(self, x):
+        return self.block(x) + self.config.scale
+
+torch.manual_seed(0)
+m, x = Model(), torch.randn(2, 4)
+pre = artcache.precompile(m, cache=artcache.Cache(strict=True))
+outs = [pre(x), pre(x)]
+info = {"replayed": pre.replayed, "tree": bool(pre._replays and pre._replays[0].tree is not None)}
+m.block.config = copy.copy(m.config)  # equal values, another object: Dynamo's guard that both are one fails
+outs.append(pre(x))
+info["after_split"] = pre.replayed
+torch.save(outs, out_path)
+print(json.dumps(info))
+'''
+
+
+@pytest.mark.slow
+def test_a_shared_object_check_runs_in_torchs_guard_tree(tmp_path: Path) -> None:
+    """Two paths from the call's locals to one object (Dynamo's DUPLICATE_INPUT guard) are
+    checked by torch's guard tree (an epilogue comparing identity), so a served call does
+    not fall back to the Python checks; and once the paths lead to two objects, the call is
+    not replayed."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
+    cold, warm = (run_phase(SHARED_CONFIG, phase, tmp_path, env) for phase in ("cold", "warm"))
+    assert cold["info"]["replayed"] == 0
+    assert warm["info"] == {"replayed": 2, "tree": True, "after_split": 2}, warm["info"]
+    assert all(torch.equal(a, b) for a, b in zip(cold["results"], warm["results"], strict=True))

@@ -20,8 +20,8 @@ hasattr     a Python lambda (``lacks``: its negation)
 len         ``add_dict_length_check_guard`` / ``add_length_check_guard``
 keys        a Python lambda
 code        a Python lambda (the code object's structural digest, once per code object)
-same        identity of both paths with the object found (only for paths that do not start
-            at a local: a local's aliasing is checked by the replay itself)
+same        identity of both paths with the object found, where neither starts at a local;
+            from a local, one epilogue lambda reads both paths and compares identity
 shape       one epilogue lambda for all shape checks: reads the sizes at their paths from
             the frame's locals and interprets the checks (:mod:`artcache.shape_expr`)
 ==========  ================================================================================
@@ -114,8 +114,12 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                                                                      guard_manager_enum=plain))
                 roots.append(roots[parent])
         shapes = [check for _, _, check in checks if check[0] == "shape"]
+        local_sames: list[tuple[int, int]] = []
         for at, other, check in checks:
             if check[0] == "shape":
+                continue
+            if check[0] == "same" and other >= 0 and "L" in (roots[at], roots[other]):
+                local_sames.append((at, other))  # objects reached from the call's locals: no fixed id
                 continue
             if managers[at] is None or (other >= 0 and managers[other] is None):
                 raise Unsupported("a check on a tensor property")
@@ -126,6 +130,8 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
     state = fc.StateCheck()
     root.add_global_state_guard(torch._C._dynamo.guards.GlobalStateGuard(), ["artcache global state"], None)
     root.add_lambda_guard(lambda _: state.holds() and fc.global_hooks_empty(), ["artcache global state (rest)"], None)
+    if local_sames:
+        root.add_epilogue_lambda_guard(_same_epilogue(nodes, local_sames, f_globals), ["artcache same objects"], None)
     if shapes:
         # Last, as Dynamo runs its own shape guards: every accessor above found its value.
         root.add_epilogue_lambda_guard(_shape_epilogue(nodes, shapes, f_globals), ["artcache shape guards"], None)
@@ -148,24 +154,50 @@ def _shape_epilogue(nodes: Sequence[tuple[int, str, Any]], shapes: list[list[Any
         return at_of[tuple((step, key, type(key).__name__) for step, key in path)]
 
     evaluators = [shape_expr.evaluator(check[2], slot) for check in shapes]
-    needed: set[int] = set()
-    for check in shapes:
-        for path in shape_expr.paths(check[2]):
-            at = slot(path)
-            while at >= 0 and at not in needed:
-                needed.add(at)
-                at = nodes[at][0]
-    order = sorted(needed)
+    resolve = _resolver(nodes, [slot(path) for check in shapes for path in shape_expr.paths(check[2])], f_globals)
 
     def holds(f_locals: Any) -> bool:
+        values = resolve(f_locals)
+        return all(holds_one(values) for holds_one in evaluators)
+
+    return holds
+
+
+def _same_epilogue(nodes: Sequence[tuple[int, str, Any]], pairs: list[tuple[int, int]],
+                   f_globals: Mapping[str, Any]) -> Callable[[Any], bool]:
+    """One guard for the ``same`` checks between objects reached from the call's locals
+    (two paths to one object, as a module and its submodule share a configuration): reads
+    both paths from the frame's locals and compares identity.  A path that finds nothing
+    fails the check."""
+    resolve = _resolver(nodes, [at for pair in pairs for at in pair], f_globals)
+
+    def holds(f_locals: Any) -> bool:
+        values = resolve(f_locals)
+        return all(values[a] is values[b] and values[a] is not None for a, b in pairs)
+
+    return holds
+
+
+def _resolver(nodes: Sequence[tuple[int, str, Any]], targets: Sequence[int],
+              f_globals: Mapping[str, Any]) -> Callable[[Any], list[Any]]:
+    """A function of the frame's locals that resolves the ``targets`` nodes (and the nodes
+    they go through); the other values stay None."""
+    needed: set[int] = set()
+    for at in targets:
+        while at >= 0 and at not in needed:
+            needed.add(at)
+            at = nodes[at][0]
+    order = sorted(needed)
+
+    def resolve(f_locals: Any) -> list[Any]:
         values: list[Any] = [None] * len(nodes)
         for at in order:
             parent, step, key = nodes[at]
             values[at] = _step(f_locals if step == "L" else f_globals if step == "G" else sys.modules
                                if step == "M" else values[parent], step, key)
-        return all(holds_one(values) for holds_one in evaluators)
+        return values
 
-    return holds
+    return resolve
 
 
 def _step(obj: Any, step: str, key: Any) -> Any:
