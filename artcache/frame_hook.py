@@ -201,10 +201,12 @@ class CompileHook(FrameTier):
             _state.pending = ("checked", (replay, f_locals))
             return True
 
-        built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept)
+        built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept,
+                                 replay.distinct_inputs)
         if built is None:
             return
         manager, replay.tree_keep = built
+        replay.tree_aliasing = bool(replay.distinct_inputs)
         precompile_hook.install_tree(self._code, manager, self._replacement)
         self._trees.add(id(replay))
         self.trees += 1

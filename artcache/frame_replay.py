@@ -134,8 +134,14 @@ class Replay:
         # The nodes the graph inputs are read through (a call whose checks already held,
         # by a guard tree, reads only these).
         self._input_nodes = sorted(needed)
+        # Inputs recorded as tensors of distinct storages: a guard tree checks that they
+        # still are (torch's no-aliasing guard), in place of storage_groups in Python.
+        storage = entry.storage
+        self.distinct_inputs = (list(self.inputs) if len(storage) >= 2 and storage == list(range(len(storage)))
+                                else [])
         self.tree_keep: list[Any] = []  # objects a guard tree compares by identity
         self.tree: Any = None  # torch's guards for these checks over a dict of locals, when built
+        self.tree_aliasing = False  # whether the tree checks the inputs' aliasing
 
     @property
     def nodes(self) -> list[tuple[int, str, Any]]:
@@ -175,9 +181,20 @@ class Replay:
         or None when one is missing or they alias otherwise than when recorded."""
         values = self._resolve_all(frame, self._input_nodes)
         inputs = [values[at] for at in self.inputs]
-        if any(value is MISSING for value in inputs) or fc.storage_groups(inputs) != self.entry.storage:
+        if any(value is MISSING for value in inputs):
+            return None
+        if not self.tree_aliasing and fc.storage_groups(inputs) != self.entry.storage:
             return None
         return inputs
+
+    def set_tree(self, built: tuple[Any, list[Any]] | None) -> bool:
+        """Use a guard tree :func:`artcache._torch.guard_tree.build` made for this replay
+        (with ``no_aliasing=self.distinct_inputs``); False when none was built."""
+        if built is None:
+            return False
+        self.tree, self.tree_keep = built
+        self.tree_aliasing = bool(self.distinct_inputs)
+        return True
 
     def check(self, frame: Frame) -> tuple[str | None, list[Any]]:
         """The first failing check (or ``None``) and every path's value for this call."""

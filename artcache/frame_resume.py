@@ -408,7 +408,9 @@ class ChainReplay(Replay):
         return self._functions[0](*args, **kwargs)
 
     def run_checked(self, frame: Frame) -> tuple[bool, Any]:
-        if self.inputs_if_unaliased(frame) is None:
+        # The transformed code reads the graph's inputs itself: they are resolved here only
+        # to check their aliasing, which the guard tree checks when it can.
+        if not self.tree_aliasing and self.inputs_if_unaliased(frame) is None:
             return False, None
         return True, self.run_frame(frame, [])
 
@@ -433,7 +435,8 @@ class ChainReplay(Replay):
                 pass
         frame = Frame(f_locals, {})
         if replay.tree is not None:  # torch's guards, built at the step's first served call
-            held = replay.tree.root.check(f_locals) and replay.inputs_if_unaliased(frame) is not None
+            held = replay.tree.root.check(f_locals) and (
+                replay.tree_aliasing or replay.inputs_if_unaliased(frame) is not None)
             failed: str | None = None if held else "guards"
         else:
             failed, values = replay.check(frame)
@@ -443,9 +446,8 @@ class ChainReplay(Replay):
                     self._unloadable.add(index)
                 self._graphs[index] = graph
             if failed is None and self._graphs[index] is not None:
-                built = guard_tree.build(None, self.f_globals, replay.nodes, values, replay.checks, None)
-                if built is not None:
-                    replay.tree, replay.tree_keep = built
+                replay.set_tree(guard_tree.build(None, self.f_globals, replay.nodes, values, replay.checks, None,
+                                                 replay.distinct_inputs))
         if failed is None and self._graphs[index] is not None:
             if closure is None:
                 return self._functions[index](*args)

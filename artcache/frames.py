@@ -353,9 +353,8 @@ class Precompiled(FrameTier):
             return self._through_dynamo(*args, **kwargs)
         out = replay.run_frame(frame, values)
         # From the next call on, torch's C++ guards check what the Python checks just did.
-        built = guard_tree.build(None, replay.f_globals, replay.nodes, values, replay.checks, None)
-        if built is not None:
-            replay.tree, replay.tree_keep = built
+        replay.set_tree(guard_tree.build(None, replay.f_globals, replay.nodes, values, replay.checks, None,
+                                         replay.distinct_inputs))
         self.replayed += 1
         return out
 

@@ -16,6 +16,7 @@ eq          exact type and value (``add_type_match_guard`` + ``add_equals_match_
 torch       a Python lambda (a dtype, device, layout or memory format as text)
 type, is    ``add_type_match_guard`` / ``add_id_match_guard`` on the object the name gave
 absent      the instance ``__dict__`` does not hold the name (``add_dict_contains_guard``)
+contains    a dict: exact type and ``add_dict_contains_guard``; a mapping proxy: a Python lambda
 hasattr     a Python lambda (``lacks``: its negation)
 len         ``add_dict_length_check_guard`` / ``add_length_check_guard``
 keys        a Python lambda
@@ -26,7 +27,8 @@ shape       one epilogue lambda for all shape checks: reads the sizes at their p
             the frame's locals and interprets the checks (:mod:`artcache.shape_expr`)
 ==========  ================================================================================
 
-plus the global state (``add_global_state_guard`` and a lambda for the rest, see
+plus, where the graph's inputs were recorded as tensors of distinct storages, torch's
+no-aliasing guard on them; plus the global state (``add_global_state_guard`` and a lambda for the rest, see
 :class:`artcache._torch.frame_capture.StateCheck`) and an epilogue the caller gives.  A
 check that cannot be expressed makes :func:`build` return None (the replay's Python checks
 stay in use).  Checked on torch 2.13 (CPU).
@@ -53,12 +55,14 @@ class Unsupported(Exception):
 
 def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequence[tuple[int, str, Any]],
           values: Sequence[Any], checks: Sequence[tuple[int, int, list[Any]]],
-          epilogue: Callable[[Any], bool] | None) -> tuple[Any, list[Any]] | None:
+          epilogue: Callable[[Any], bool] | None, no_aliasing: Sequence[int] = ()) -> tuple[Any, list[Any]] | None:
     """The guard manager (``GuardManagerWrapper``) for a replay whose ``nodes`` (parent,
     step, key) resolved to ``values`` on a call where every check held, and the objects it
     compares by identity (keep them alive as long as the tree); None when a check or an
     accessor cannot be expressed.  With ``code``, the tree reads the locals of a frame of
-    that code (torch's eval-frame checks it); without, a dict of locals (``root.check(d)``)."""
+    that code (torch's eval-frame checks it); without, a dict of locals (``root.check(d)``).
+    ``no_aliasing``: nodes of tensors (each with a tensor check) that must not share storage
+    (torch's ``install_no_tensor_aliasing_guard``, as Dynamo guards its own inputs)."""
     from torch._C._dynamo.eval_frame import code_framelocals_names
     from torch._dynamo.guards import GuardManagerType, GuardManagerWrapper
 
@@ -125,6 +129,13 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                 raise Unsupported("a check on a tensor property")
             _leaf(managers[at], values[at], check, keep, roots[at], roots[other] if other >= 0 else "",
                   managers[other] if other >= 0 else None)
+        if no_aliasing:
+            tensors = [managers[at] for at in no_aliasing]
+            if any(manager is None for manager in tensors) or not all(
+                    type(values[at]) in (torch.Tensor, torch.nn.Parameter) for at in no_aliasing):
+                raise Unsupported("no-aliasing on a value that is not a tensor")
+            names = [f"artcache_node_{at}" for at in no_aliasing]
+            torch._C._dynamo.guards.install_no_tensor_aliasing_guard(tensors, names, ["artcache no aliasing"], None)
     except (Unsupported, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
         return None  # a check or accessor this torch's guard API does not take
     state = fc.StateCheck()
@@ -263,7 +274,11 @@ def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str
                                          ).add_dict_contains_guard(False, want, parts, None)
     elif kind == "contains":
         key, present = want
-        manager.add_lambda_guard(lambda v: fc.has_key(v, key, present), parts, None)
+        if type(value) is dict:  # torch's own dict-key guard, behind an exact type check
+            manager.add_type_match_guard(id(dict), parts, None)
+            manager.add_dict_contains_guard(present, key, parts, None)
+        else:  # a class's namespace (a mapping proxy)
+            manager.add_lambda_guard(lambda v: fc.has_key(v, key, present), parts, None)
     elif kind == "hasattr":
         manager.add_lambda_guard(lambda v: hasattr(v, want), parts, None)
     elif kind == "lacks":
