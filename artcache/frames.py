@@ -20,8 +20,10 @@ options.  A frame entry holds what Dynamo produced for the frame, as plain data:
   that is one graph and has no Python side effect needs nothing more; a frame with graph
   breaks or side effects is a *chain entry* instead, whose steps hold Dynamo's transformed
   code (which applies the side effects) and resume functions (:mod:`artcache.frame_resume`);
-* the **graph entry key** of that graph (an ordinary artcache entry), and digests of every
-  user function Dynamo inlined.
+* the **graph entry key** of that graph (an ordinary artcache entry), digests of every
+  user function Dynamo inlined, and the version of every installed package (other than
+  torch and the standard library, environment factors) whose code it inlined: an entry
+  recorded before an upgrade of such a package is refused.
 
 A call evaluates the guards before anything runs; all must hold.  Then the graph entry is
 looked up, its process-dependent factors (configs, numerics, environment, options) are
@@ -46,6 +48,7 @@ wrapper here is one, ``torch.compile`` with precompile on is the other
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import inspect
 import logging
 import sys
@@ -150,7 +153,7 @@ class FrameTier:
                 self.cache.reject(key, "guards")
                 return None, "guards"
             for module, qualname, digest in (chain or entry).traced:
-                if _traced_digest(module, qualname) != digest:
+                if _traced_now(module, qualname, digest) != digest:
                     self.cache.reject(key, "traced-code")
                     return None, "traced-code"
             compiled = self._load_graph(entry, [values[at] for at in replay.inputs])
@@ -277,8 +280,9 @@ class FrameTier:
         checked = {check[2] for check in guards if check[0] == "code"}
         traced = [_traced_name(code) for code in graph.trace.traced_code
                   if code not in nested and not (checked and code_shape_digest(code) in checked)]
+        records = list({tuple(t): t for t in traced if t is not None}.values())  # a package once
         return FrameEntry(guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
-                          [t for t in traced if t is not None], wrapped, fc.storage_groups(graph.inputs))
+                          records, wrapped, fc.storage_groups(graph.inputs))
 
     def _save(self, key: keys.CacheKey, entry: FrameEntry | frame_resume.ChainEntry, values: dict[str, Any],
               f_locals: Mapping[str, Any]) -> None:
@@ -414,14 +418,14 @@ def _arg_spec(name: str, value: Any) -> str:
 
 
 def _traced_name(code: Any) -> list[str] | None:
-    """``[module, qualname, digest]`` of a user function Dynamo inlined; ``None`` for
-    installed code (pinned by the environment factor).  NotPrecompilable when the
+    """``[module, qualname, digest]`` of a user function Dynamo inlined; for installed
+    code, its package's record (:func:`_package_record`).  NotPrecompilable when the
     function cannot be found again by its name."""
     module = fc.module_of_code(code)
     if module is None:
         return _generated_name(code)
     if code_digest_installed(module):
-        return None
+        return _package_record(module)
     if "<" in code.co_qualname:
         raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
     qualname = code.co_qualname
@@ -446,7 +450,7 @@ def _generated_name(code: Any) -> list[str] | None:
     if not isinstance(module, str) or sys.modules.get(module) is None:
         raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
     if code_digest_installed(module):
-        return None
+        return _package_record(module)
     fn = functions[0]
     if "<" in fn.__qualname__ or fc.resolve_named([module, fn.__qualname__]) is not fn:
         raise NotPrecompilable("traced-code", f"{fn.__qualname__} cannot be found by name")
@@ -462,6 +466,44 @@ def _nested_code(code: Any) -> set[Any]:
                 out.add(const)
                 stack.append(const)
     return out
+
+
+# The third field of a traced-code record of installed code: the package's version, where a
+# user function's record has its code digest.
+_PACKAGE = "package "
+
+
+def _package_record(module: str) -> list[str] | None:
+    """The traced-code record of installed code.  The Python and torch versions are
+    environment factors of every key, so the standard library and torch need none; any
+    other package is recorded by its version (``[top module, "", "package <version>"]``):
+    upgraded, its code may trace to another program, and the entry is refused.
+    NotPrecompilable for a package whose version cannot be read."""
+    top = module.split(".", 1)[0]
+    if top in sys.stdlib_module_names or top in ("torch", "builtins", "_operator"):
+        return None
+    version = _package_version(top)
+    if version is None:
+        raise NotPrecompilable("traced-code", f"package {top} has no version to pin its code")
+    return [top, "", _PACKAGE + version]
+
+
+def _package_version(top: str) -> str | None:
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if isinstance(version, str) and version:
+        return version
+    try:
+        return importlib.metadata.version(top)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def _traced_now(module: str, qualname: str, recorded: str) -> str | None:
+    """What a traced-code record would hold now (compared with the stored one)."""
+    if recorded.startswith(_PACKAGE):
+        version = _package_version(module)
+        return None if version is None else _PACKAGE + version
+    return _traced_digest(module, qualname)
 
 
 def _traced_digest(module: str, qualname: str) -> str | None:

@@ -47,3 +47,42 @@ def test_gpt2_inference_replays_without_tracing_bitwise(tmp_path: Path) -> None:
     assert cold["info"] == {"replayed": 0, "reasons": {"absent": 1}}, cold["info"]
     assert warm["info"] == {"replayed": 2, "reasons": {}}, warm["info"]
     assert all(torch.equal(a, b) for a, b in zip(cold["results"], warm["results"], strict=True))
+
+
+UPGRADED = r'''
+import json, sys, torch, artcache, transformers
+from transformers.activations import NewGELUActivation
+phase, out_path = sys.argv[1], sys.argv[2]
+if phase == "upgraded":
+    transformers.__version__ += ".post1"  # what an upgrade changes, as far as a version goes
+
+class Head(torch.nn.Module):  # the user's own module, calling a library's module
+    def __init__(self):
+        super().__init__()
+        self.lin, self.act = torch.nn.Linear(8, 8), NewGELUActivation()
+
+    def forward(self, x):
+        return self.act(self.lin(x))
+
+torch.manual_seed(0)
+m, x = Head(), torch.randn(2, 8)
+pre = artcache.precompile(m, cache=artcache.Cache())
+outs = [pre(x)]
+torch.save(outs, out_path)
+print(json.dumps({"replayed": pre.replayed, "reasons": dict(pre.reasons)}))
+'''
+
+
+@pytest.mark.slow
+def test_an_entry_that_inlined_a_package_is_refused_after_its_upgrade(tmp_path: Path) -> None:
+    """A user's frame that calls into an installed package (not torch, not the standard
+    library) records that package's version; a process with another version refuses the
+    entry (Dynamo traces again) and one with the same version replays it."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store"}
+    cold = run_phase(UPGRADED, "cold", tmp_path, env)
+    assert cold["info"] == {"replayed": 0, "reasons": {"absent": 1}}, cold["info"]
+    upgraded = run_phase(UPGRADED, "upgraded", tmp_path, env)
+    assert upgraded["info"] == {"replayed": 0, "reasons": {"traced-code": 1}}, upgraded["info"]
+    same = run_phase(UPGRADED, "warm", tmp_path, env)
+    assert same["info"] == {"replayed": 1, "reasons": {}}, same["info"]
+    assert all(torch.equal(a, b) for a, b in zip(cold["results"], same["results"], strict=True))
