@@ -27,6 +27,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import importlib.metadata
 import sys
 import sysconfig
 import types
@@ -74,8 +75,22 @@ def installed_module(name: str | None) -> bool:
 
 def _package_identity(name: str) -> str:
     top = name.split(".", 1)[0]
+    return f"{top} {package_version(top)}"
+
+
+def package_version(top: str) -> str:
+    """The version of the installed package whose top-level module is ``top``: its
+    ``__version__``, else its distribution's (a package that sets no ``__version__``), else
+    "" (the standard library, or no distribution of that name)."""
     version = getattr(sys.modules.get(top), "__version__", "")
-    return f"{top} {version}" if isinstance(version, str) else top
+    if isinstance(version, str) and version:
+        return version
+    if top in sys.stdlib_module_names:
+        return ""
+    try:
+        return importlib.metadata.version(top)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return ""
 
 
 def _const_repr(const: Any) -> str:

@@ -48,7 +48,6 @@ wrapper here is one, ``torch.compile`` with precompile on is the other
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import inspect
 import logging
 import sys
@@ -63,7 +62,7 @@ from . import frame_resume, keys, pickler
 from ._torch import code_codec, guard_tree
 from ._torch import frame_capture as fc
 from ._torch import settings as torch_settings
-from .code_digest import code_digest, code_shape_digest, installed_module
+from .code_digest import code_digest, code_shape_digest, installed_module, package_version
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
 from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
@@ -482,27 +481,17 @@ def _package_record(module: str) -> list[str] | None:
     top = module.split(".", 1)[0]
     if top in sys.stdlib_module_names or top in ("torch", "builtins", "_operator"):
         return None
-    version = _package_version(top)
-    if version is None:
+    version = package_version(top)
+    if not version:
         raise NotPrecompilable("traced-code", f"package {top} has no version to pin its code")
     return [top, "", _PACKAGE + version]
-
-
-def _package_version(top: str) -> str | None:
-    version = getattr(sys.modules.get(top), "__version__", None)
-    if isinstance(version, str) and version:
-        return version
-    try:
-        return importlib.metadata.version(top)
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        return None
 
 
 def _traced_now(module: str, qualname: str, recorded: str) -> str | None:
     """What a traced-code record would hold now (compared with the stored one)."""
     if recorded.startswith(_PACKAGE):
-        version = _package_version(module)
-        return None if version is None else _PACKAGE + version
+        version = package_version(module)
+        return _PACKAGE + version if version else None
     return _traced_digest(module, qualname)
 
 
