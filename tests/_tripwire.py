@@ -173,3 +173,15 @@ def arm_tracer(armed: Any) -> None:
 
     symbolic_convert.InstructionTranslator.run = run  # type: ignore[method-assign]
 
+
+
+def armed_in(phase: str) -> list[bool]:
+    """For a cold/warm test program: in its ``warm`` phase, every compile entry point
+    tripwired (:func:`install`) and Dynamo's tracer too while the returned flag's one item
+    is true (a program sets it false before a call that must trace).  Nothing in any other
+    phase."""
+    armed = [phase == "warm"]
+    if armed[0]:
+        install(forbid_subprocess=False)
+        arm_tracer(lambda: armed[0])
+    return armed

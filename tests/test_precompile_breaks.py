@@ -437,12 +437,9 @@ def test_a_closures_failed_resume_guard_is_a_fresh_compile_bitwise(closure_runs:
 # -- Python side effects, applied by the transformed code ----------------------------------
 SIDE_EFFECTS = r'''
 import json, sys, torch, artcache
+from tests import _tripwire
 phase, out_path = sys.argv[1], sys.argv[2]
-armed = [phase == "warm"]
-if phase == "warm":
-    from tests import _tripwire
-    _tripwire.install(forbid_subprocess=False)
-    _tripwire.arm_tracer(lambda: armed[0])
+armed = _tripwire.armed_in(phase)
 
 class Logged(torch.nn.Module):
     def __init__(self):
@@ -496,11 +493,9 @@ def test_a_chain_applies_the_frames_side_effects(tmp_path: Path, brk: str) -> No
 OUTPUT_OBJECT = r'''
 import json, sys, torch, artcache
 from tests.corpus.programs import HeadOutput, MODULE
+from tests import _tripwire
 phase, out_path = sys.argv[1], sys.argv[2]
-if phase == "warm":
-    from tests import _tripwire
-    _tripwire.install(forbid_subprocess=False)
-    _tripwire.arm_tracer(lambda: True)
+_tripwire.armed_in(phase)
 
 torch.manual_seed(0)
 m, x = MODULE(), torch.randn(3, 8)

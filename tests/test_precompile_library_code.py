@@ -24,13 +24,10 @@ from .conftest import run_phase
 
 PROGRAM = r'''
 import json, sys, torch, artcache
+from tests import _tripwire
 from tests.corpus import library_style
 phase, out_path = sys.argv[1], sys.argv[2]
-armed = [phase == "warm"]
-if phase == "warm":
-    from tests import _tripwire
-    _tripwire.install(forbid_subprocess=False)
-    _tripwire.arm_tracer(lambda: armed[0])
+armed = _tripwire.armed_in(phase)
 
 torch.manual_seed(0)
 m, x = library_style.LibraryStyle(), torch.randn(3, 8)

@@ -20,11 +20,9 @@ pytest.importorskip("transformers")
 PROGRAM = r'''
 import json, sys, torch, artcache
 from transformers import GPT2Config, GPT2LMHeadModel
+from tests import _tripwire
 phase, out_path = sys.argv[1], sys.argv[2]
-if phase == "warm":
-    from tests import _tripwire
-    _tripwire.install(forbid_subprocess=False)
-    _tripwire.arm_tracer(lambda: True)
+_tripwire.armed_in(phase)
 
 torch.manual_seed(0)
 config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, use_cache=False)
