@@ -17,7 +17,8 @@ Three reads, all during a ``torch.compile`` call that artcache starts itself:
   ``SHAPE_ENV`` guard), and the code objects Dynamo inlined (their digests go into the
   entry).
 
-Checked on torch 2.13 (CPU).  A missing attribute raises :class:`NotPrecompilable`.
+Checked on torch 2.13 (CPU) and 2.11 (H200: GPT-2, resnet50 and the MLP replay).  A
+missing attribute raises :class:`NotPrecompilable`.
 """
 
 from __future__ import annotations
