@@ -34,11 +34,11 @@ import_cost        ``torch._inductor.remote_cache``'s ``import redis``, and     
                    its ``redis`` global
 logs               ``torch._logging`` log registry and ``trace_structured``,     2.13 (CPU)
                    ``torch._dynamo.utils.counters``
-frame_capture      ``guard_filter_fn`` entries (2.11's and 2.13's HASATTR and       2.13 (CPU), 2.11 (H200:
-                   DICT_CONTAINS forms), the instruction translator's side       GPT-2, resnet50, MLP;
-                   effects, shape env and traced code, ``GlobalStateGuard``,     tests/gpu pc_ cases)
+frame_capture      ``guard_filter_fn`` entries (2.11's and 2.13's HASATTR and   2.13 (CPU), 2.11 (H200:
+                   DICT_CONTAINS forms), the instruction translator's side      GPT-2, resnet50, MLP;
+                   effects, shape env and traced code, ``GlobalStateGuard``,    tests/gpu pc_ cases)
                    dispatch keys
-frame_paths        ``torch._dynamo.source`` classes (paths of guards and graph      2.13 (CPU), 2.11 (H200)
+frame_paths        ``torch._dynamo.source`` classes (paths of guards and graph  2.13 (CPU), 2.11 (H200)
                    inputs), the globals ``install_global_by_id`` names
 precompile_hook    ``torch._dynamo.optimize`` (wrapped), ``enter_exit_hooks``,   2.13 (CPU, Python 3.11);
                    ``_load_precompile_entry``, ``GuardManagerWrapper`` lambda     absent internals: no
