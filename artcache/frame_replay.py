@@ -162,14 +162,10 @@ class Replay:
                 values[parent])
             if obj is MISSING:
                 value: Any = MISSING
+            elif step in ("L", "G", "M"):
+                value = obj.get(name, MISSING)
             else:
-                try:
-                    value = (getattr(obj, name, MISSING) if step == "a" else obj.get(name, MISSING)
-                             if step in ("L", "G", "M") else obj[name] if step == "i" else type(obj) if step == "t" else
-                             fc.generic_getattr(obj, name, MISSING) if step == "g" else
-                             _tensor_property(obj, step, name))
-                except (KeyError, IndexError, TypeError):
-                    value = MISSING
+                value = fc.step_value(obj, step, name, MISSING)
             if only is None:
                 values.append(value)
             else:
@@ -251,18 +247,6 @@ class Replay:
         """Run a call whose checks a guard tree held: False when its inputs alias otherwise."""
         inputs = self.inputs_if_unaliased(frame)
         return (False, None) if inputs is None else (True, self.run_inputs(inputs))
-
-
-def _tensor_property(obj: Any, step: str, index: int) -> Any:
-    """A size, stride or the storage offset of a plain strided tensor, as an int
-    (a path's last step; ``MISSING`` for anything else)."""
-    if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
-        return MISSING
-    if step == "offset":
-        return obj.storage_offset()
-    if index >= obj.dim():
-        return MISSING
-    return obj.size(index) if step == "size" else obj.stride(index)
 
 
 class GraphRecord:

@@ -36,7 +36,8 @@ import torch
 from ..code_digest import code_shape_digest
 from ..errors import NotPrecompilable, Uncacheable
 from . import shape_guards
-from .frame_paths import generic_getattr, named, resolve_named, source_path, wrapped_hops  # noqa: F401 - the tier reads them here
+from .frame_paths import (  # noqa: F401 - the tier reads them here
+    generic_getattr, named, resolve_named, source_path, step_value, wrapped_hops)
 
 __all__ = ["NotPrecompilable"]
 
@@ -254,7 +255,7 @@ def _code_identity(code: types.CodeType) -> str:
     try:
         return code_shape_digest(code)
     except Uncacheable as error:
-        raise NotPrecompilable("guard CLOSURE_MATCH", error.detail) from None
+        raise NotPrecompilable("guard code", error.detail) from None
 
 
 def code_check(digest: str) -> Callable[[Any], bool]:

@@ -21,6 +21,8 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from ..errors import NotPrecompilable
 
 _IMPORT_PREFIX = "__import_"  # Dynamo's alias of an imported module in the frame's globals
@@ -178,3 +180,28 @@ def generic_getattr(obj: Any, name: str, default: Any) -> Any:
         return object.__getattribute__(obj, name)
     except AttributeError:
         return default
+
+
+def step_value(obj: Any, step: str, key: Any, missing: Any) -> Any:
+    """What one step of an access path after its root reaches from ``obj``: an attribute,
+    an item, ``type(obj)``, an attribute past the class's ``__getattribute__``, or a size,
+    stride or the storage offset of a plain strided tensor; ``missing`` where it finds
+    nothing.  The one reading of a path the replay's checks and torch's guard tree share."""
+    try:
+        if step == "a":
+            return getattr(obj, key, missing)
+        if step == "i":
+            return obj[key]
+        if step == "t":
+            return type(obj)
+        if step == "g":
+            return generic_getattr(obj, key, missing)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return missing
+    if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
+        return missing
+    if step == "offset":
+        return obj.storage_offset()
+    if not 0 <= key < obj.dim():
+        return missing
+    return obj.size(key) if step == "size" else obj.stride(key)

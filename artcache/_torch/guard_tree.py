@@ -213,24 +213,9 @@ def _resolver(nodes: Sequence[tuple[int, str, Any]], targets: Sequence[int],
 
 def _step(obj: Any, step: str, key: Any) -> Any:
     """One step of an access path (None where it finds nothing: a failed shape check)."""
-    try:
-        if step in ("L", "G", "M"):
-            return obj.get(key)
-        if step == "a":
-            return getattr(obj, key, None)
-        if step == "i":
-            return obj[key]
-        if step == "t":
-            return type(obj)
-        if step == "g":
-            return fc.generic_getattr(obj, key, None)
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-    if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.layout != torch.strided:
-        return None
-    if step == "offset":
-        return obj.storage_offset()
-    return (obj.size(key) if step == "size" else obj.stride(key)) if 0 <= key < obj.dim() else None
+    if step in ("L", "G", "M"):
+        return obj.get(key)
+    return fc.step_value(obj, step, key, None)
 
 
 def _leaf(manager: Any, value: Any, check: list[Any], keep: list[Any], root: str, other_root: str,
