@@ -79,6 +79,11 @@ def _is_structure(value: Any, depth: int = 0) -> bool:
     return False
 
 
+# The graph key of a chain step whose frame Dynamo converted without a graph (it only
+# calls functions of its own, as a decorator's wrapper does): the step runs its code alone.
+NO_GRAPH = ""
+
+
 @dataclass(frozen=True)
 class FrameEntry:
     """What a precompiled frame needs, as plain data (see the module docstring)."""
@@ -110,7 +115,8 @@ class FrameEntry:
               and type(doc.get("state")) is str
               and type(doc.get("inputs")) is list and all(_is_path(p) for p in doc["inputs"])
               and _is_structure(doc.get("output"))
-              and type(doc.get("graph_key")) is str and keys_is_digest(doc["graph_key"])
+              and type(doc.get("graph_key")) is str and (keys_is_digest(doc["graph_key"]) or (
+                  doc["graph_key"] == NO_GRAPH and doc.get("inputs") == []))
               and type(doc.get("cpu_code")) is bool and type(doc.get("wrapped")) is bool
               and type(doc.get("storage")) is list and len(doc["storage"]) == len(doc["inputs"])
               and all(type(i) is int for i in doc["storage"])

@@ -29,6 +29,12 @@ with the frame's locals:
   returns False and the frame goes through Dynamo as without precompile; the graphs still
   hit.  Errors in the guard are a miss with a warning (``Cache.degrade``).
 
+A chain entry that holds *called frames* (functions its code calls that Dynamo compiled as
+frames of their own, :mod:`artcache.frame_resume`) runs its code with those calls seen by
+this context's callback; at its first served call each called function's code gets a
+precompile entry of its own (:class:`CalledFrame`), which serves that frame while this
+hook's compiled function runs and otherwise declines (Dynamo, as without precompile).
+
 The guard and the entry's code run in one thread back to back; what the guard decided is
 passed to the code through thread-local state.  A hook and its entries live as long as the
 process, like the code object they are installed on.
@@ -98,6 +104,7 @@ class CompileHook(FrameTier):
         self._trees: set[int] = set()  # ids of the replays whose checks torch's guards run
         self._tree_tried: list[Any] = []
         self.trees = 0  # loaded entries served through a guard tree (the rest: Python checks)
+        self.called_replayed = 0  # calls of called frames served by their chains (CalledFrame)
 
     def attach(self, ctx: Any) -> None:
         """Install the precompile entry on the frame's code, for calls through ``ctx``."""
@@ -108,6 +115,8 @@ class CompileHook(FrameTier):
         self._frame_fn.__globals__[name] = precompile_hook.disable(self._run)
         precompile_hook.add_enter_hook(ctx, self._enter)
         self._rerun = ctx(self._frame_fn)
+        self._ctx = ctx
+        self._callees = precompile_hook.callees_traced(ctx)
         precompile_hook.install_entry(self._code, self._guard, replacement,
                                       f"artcache precompiled frame {self._code_fn.__qualname__}")
         _HOOKS.add(self)
@@ -225,6 +234,8 @@ class CompileHook(FrameTier):
                 # Here, not in the guard: torch iterates the code's entries while guards run.
                 self._tree_tried.append(replay)
                 self._install_tree(replay, values)
+                for fn, called in getattr(replay, "called", ()):
+                    CalledFrame(self, fn, called)
             return replay.run_frame(frame, values)
         if kind == "checked":  # a guard tree held: read the inputs, check their aliasing
             replay, f_locals = what
@@ -280,6 +291,105 @@ class CompileHook(FrameTier):
             else:
                 kwargs.update(value)
         return args, kwargs
+
+
+class CalledFrame:
+    """A precompile entry on the code of a function a replayed chain calls that Dynamo
+    compiled as a frame of its own (``ChainEntry.called``): while the hook's compiled
+    function runs, a call whose checks hold runs the called frame's chain (its graph loaded
+    at the first such call); any other call goes through Dynamo (its graphs still hit)."""
+
+    def __init__(self, hook: CompileHook, fn: Any, replay: Any) -> None:
+        self._hook = hook
+        self._replay = replay
+        self._code = fn.__code__
+        self._loaded: bool | None = None  # the graph: not tried yet, loaded, or unloadable
+        self._tree_tried = False
+        self._declined = False  # the next call declines (a call made again through Dynamo)
+        self._fn = fn
+        name = f"__artcache_called_{id(self):x}"
+        self._replacement = precompile_hook.replacement_code(self._code, name)
+        fn.__globals__[name] = precompile_hook.disable(self._run)
+        precompile_hook.install_entry(self._code, self._guard, self._replacement,
+                                      f"artcache precompiled called frame {fn.__qualname__}")
+        self._pending: Any = None
+
+    def _guard(self, f_locals: dict[str, Any]) -> bool:
+        if self._declined:
+            self._declined = False
+            return False
+        if _state.active is not self._hook or _state.bypass is self._hook or self._loaded is False:
+            return False
+        try:
+            frame = Frame(dict(f_locals), {})
+            failed, values = self._replay.check(frame)
+            if failed is None and self._loaded is None:
+                inputs = [values[at] for at in self._replay.inputs]
+                self._replay.compiled = self._hook._load_graph(self._replay.chain.steps[0].frame, inputs)
+                self._loaded = self._replay.compiled is not None
+                if not self._loaded:
+                    self._hook.reasons["called-graph"] += 1
+                    return False
+        except ArtcacheError as exc:
+            self._hook.cache.degrade("precompile", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - the guard boundary (CompileHook._guard)
+            error = CorruptEntryError(f"precompiled called frame: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._hook.cache.degrade("precompile", error)
+            return False
+        if failed is not None:
+            self._hook.reasons["called-guards"] += 1
+            return False
+        self._pending = (frame, values)
+        return True
+
+    def _run(self) -> Any:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise ArtcacheError("a precompiled called frame ran without its guard deciding")
+        frame, values = pending
+        if values is None:  # the guard tree held: the inputs' aliasing is left to check
+            ran, out = self._replay.run_checked(frame)
+            if not ran:  # inputs alias as the record's did not: the frame again, through Dynamo
+                self._hook.reasons["called-inputs-alias"] += 1
+                return self._through_dynamo(frame)
+        else:
+            if not self._tree_tried:  # here, not in the guard: torch iterates the entries then
+                self._tree_tried = True
+                self._install_tree(values)
+            out = self._replay.run_frame(frame, values)
+        self._hook.called_replayed += 1
+        return out
+
+    def _install_tree(self, values: list[Any]) -> None:
+        """From the next call on, the replay's checks as a tree of torch's guards, ahead of
+        this entry's Python guard (when every check can be expressed so)."""
+        replay = self._replay
+
+        def accept(f_locals: Any) -> bool:  # last, after every guard of the tree held
+            if _state.active is not self._hook or _state.bypass is self._hook or self._declined:
+                return False
+            self._pending = (Frame(dict(f_locals), {}), None)
+            return True
+
+        built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept,
+                                 replay.distinct_inputs)
+        if built is None:
+            return
+        manager, replay.tree_keep = built
+        replay.tree_aliasing = bool(replay.distinct_inputs)
+        precompile_hook.install_tree(self._code, manager, self._replacement)
+        self._hook.trees += 1
+
+    def _through_dynamo(self, frame: Frame) -> Any:
+        """The called frame's function again, as a frame Dynamo traces (its code's own
+        entries declined once, as the hook's record does)."""
+        from .frame_resume import _call_args
+
+        args, kwargs = _call_args(self._code, frame.direct)
+        self._declined = True
+        return precompile_hook.call_traced(self._hook._ctx, self._fn, *args, **kwargs)
 
 
 def _quick_spec(f_locals: Mapping[str, Any], wrapped: bool) -> tuple[Any, ...]:

@@ -274,7 +274,8 @@ class Recorder:
         self.guard_problem: NotPrecompilable | None = None
         self.guard_calls = 0
         # In order: ("graph", GraphRecord), ("guards", checks or NotPrecompilable, global
-        # state), ("code", code, transformed code) when Dynamo finished converting a frame.
+        # state), ("code", code, transformed code, (traced code, frame globals) or None)
+        # when Dynamo finished converting a frame.
         self.events: list[tuple[Any, ...]] = []
 
     def reset(self) -> None:
@@ -283,7 +284,7 @@ class Recorder:
 
     def on_bytecode(self, code: Any, out: Any) -> None:
         if self.recording:
-            self.events.append(("code", code, out))
+            self.events.append(("code", code, out, code_codec.conversion_output(code)))
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
         if not self.recording:

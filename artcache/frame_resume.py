@@ -21,11 +21,21 @@ guards, graph and, after a further break, resume function.  A *chain entry* hold
   has no cycle), the factory Dynamo installs for a resume function with free variables
   (``closure``: called with the frame's cells, it returns the resume function), a module
   by name (``module``), the builtins' dict (``builtins``), a builtin by its name (``builtin``:
-  the builtins module's own, whatever the user's globals hold), or a user global the step's
-  guards check (``global``, read from the user's globals).  Any other global Dynamo
-  added, a constant that is not plain data, a frame compiled twice or a frame that is
-  none of the chain's (a function called at the break that Dynamo compiled as a frame of
-  its own) makes the frame not precompilable.
+  the builtins module's own, whatever the user's globals hold), a user global the step's
+  guards check (``global``, read from the user's globals), or a resume function Dynamo
+  left to run as it is (``skipped``: it found no graph in it; its code is in the chain's
+  ``skipped`` list).  Any other global Dynamo added, a constant that is not plain data or
+  a frame compiled twice makes the frame not precompilable.
+
+A step Dynamo converted without a graph (a decorator's wrapper that calls the function it
+wraps at a break) has no graph binding (``frame_entry.NO_GRAPH``).  A function called from
+a step's code that Dynamo compiled as a frame of its own is a *called frame*: a chain of
+its own in the entry's ``called`` list, named by its function
+(:mod:`artcache.chain_capture` records them, :mod:`artcache.code_records` names them).
+Such a chain is served only through ``torch.compile`` (:mod:`artcache.frame_hook`): its
+steps' code runs with the functions it calls seen by Dynamo's callback
+(``precompile_hook.callees_traced``), as Dynamo runs its own transformed code, so that
+each called function reaches the precompile entry artcache installs on its code.
 
 A replay (:class:`ChainReplay`) checks the first step's guards on the call's locals, as
 for a one-graph frame; then runs the transformed code as a function of the frame's
@@ -50,19 +60,21 @@ import sys
 import types
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ._torch import code_codec, guard_tree
+from ._torch import code_codec, guard_tree, precompile_hook
+from ._torch import frame_capture as fc
 from .entry import SummaryKey
-from .errors import CorruptEntryError, NotPrecompilable
-from .frame_entry import FrameEntry, guard_text, path_text
-from .frame_replay import Frame, GraphRecord, Recorder, Replay
+from .errors import CorruptEntryError
+from .frame_entry import NO_GRAPH, FrameEntry, guard_text, path_text
+from .frame_replay import Frame, Replay
 
-CHAIN_SCHEMA = 1
+CHAIN_SCHEMA = 2
 _MAX_STEPS = 32
+_MAX_CALLED = 64
 _BOUND = re.compile(r"__(compiled_fn|resume_at|import|builtins_dict)_[A-Za-z0-9_]{0,200}|___module_[A-Za-z0-9_]{0,200}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,32}")
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
@@ -84,20 +96,36 @@ class Step:
 
 @dataclass(frozen=True)
 class ChainEntry:
-    """A frame with graph breaks, as plain data (see the module docstring)."""
+    """A frame with graph breaks, as plain data (see the module docstring).  ``skipped``:
+    the code of resume functions Dynamo left to run as they are (it found no graph in
+    them), by index of a ``skipped`` binding.  ``called``: the chains of functions the
+    frame's code calls that Dynamo compiled as frames of their own, each named
+    ``[module, qualname, pin, code shape]`` (``name``; None for the top frame's chain).
+    A chain with either runs its code with the functions it calls traced (only the
+    ``torch.compile`` way into the tier, :mod:`artcache.frame_hook`, serves it)."""
 
     steps: list[Step]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    called: list[ChainEntry] = field(default_factory=list)
+    name: list[str] | None = None
 
     def plain(self) -> dict[str, Any]:
-        return {"chain": CHAIN_SCHEMA, "steps": [s.plain() for s in self.steps]}
+        return {"chain": CHAIN_SCHEMA, "steps": [s.plain() for s in self.steps], "skipped": self.skipped,
+                "called": [c.plain() for c in self.called], "name": self.name}
+
+    @property
+    def calls(self) -> bool:
+        """Whether replaying this chain needs the functions its code calls traced (so do
+        its called frames' chains)."""
+        return bool(self.skipped or self.called)
 
     @property
     def traced(self) -> list[list[str]]:
-        return [t for s in self.steps for t in s.frame.traced]
+        return [t for s in self.steps for t in s.frame.traced] + [t for c in self.called for t in c.traced]
 
     def summary(self) -> dict[str, Any]:
         """What ``artcache inspect`` shows: the first step's inputs and guards, then per
-        step its graph entry, guards and bindings."""
+        step its graph entry, guards and bindings, then the called frames."""
         root = self.steps[0].frame
         return {
             SummaryKey.INPUTS: [path_text(p) for p in root.inputs],
@@ -106,15 +134,31 @@ class ChainEntry:
             "resume_steps": [{"code": s.code["qualname"] if s.code else "", "graph_entry": s.frame.graph_key,
                               "guards": [guard_text(g) for g in s.frame.guards],
                               "bindings": [f"{b[1]} {b[2]}" for b in s.bindings]} for s in self.steps[1:]],
+            "skipped_resumes": [c["qualname"] for c in self.skipped],
+            "called_frames": [{"function": ".".join(c.name[:2]) if c.name else "", **c.summary()} for c in self.called],
             "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in self.traced],
         }
 
     @classmethod
-    def from_plain(cls, doc: Any) -> ChainEntry:
+    def from_plain(cls, doc: Any, top: bool = True) -> ChainEntry:
         """Validate a decoded document; CorruptEntryError on anything else.  The code
-        documents are checked field by field here and built only by :class:`ChainReplay`."""
-        if type(doc) is not dict or set(doc) != {"chain", "steps"} or doc["chain"] != CHAIN_SCHEMA:
+        documents are checked field by field here and built only by :class:`ChainReplay`.
+        A first-version document (steps only) still reads."""
+        if type(doc) is not dict or doc.get("chain") not in (1, CHAIN_SCHEMA):
             raise CorruptEntryError("bad chain entry document")
+        fields = {"chain", "steps"} if doc["chain"] == 1 else {"chain", "steps", "skipped", "called", "name"}
+        if set(doc) != fields:
+            raise CorruptEntryError("bad chain entry document")
+        skipped, called, name = doc.get("skipped", []), doc.get("called", []), doc.get("name")
+        if type(skipped) is not list or len(skipped) > _MAX_STEPS or type(called) is not list or (
+                len(called) > _MAX_CALLED or (called and not top)):
+            raise CorruptEntryError("bad chain entry document")
+        if (name is None) != top or (name is not None and not (
+                type(name) is list and len(name) == 4 and all(type(v) is str and 0 < len(v) <= 512 for v in name)
+                and bool(_MODULE.fullmatch(name[0])))):
+            raise CorruptEntryError("bad called frame name")
+        for code in skipped:
+            code_codec.check(code)
         raw = doc["steps"]
         if type(raw) is not list or not 0 < len(raw) <= _MAX_STEPS:
             raise CorruptEntryError("bad chain entry steps")
@@ -127,17 +171,17 @@ class ChainEntry:
             if step["code"] is not None:
                 code_codec.check(step["code"])
             code_codec.check(step["out"])
-            _check_bindings(step["bindings"], index, len(raw))
             frame = FrameEntry.from_plain(step["frame"])
+            _check_bindings(step["bindings"], index, len(raw), len(skipped), frame.graph_key != NO_GRAPH)
             if frame.wrapped:
                 raise CorruptEntryError("a chain step on torch's wrapper frame")
             if any(b[1] == "global" and not _guarded_global(b[0], frame.guards) for b in step["bindings"]):
                 raise CorruptEntryError("a chain step reads a global its guards do not check")
             steps.append(Step(step["code"], step["out"], step["bindings"], frame))
-        return cls(steps)
+        return cls(steps, skipped, [cls.from_plain(c, top=False) for c in called], name)
 
 
-def _check_bindings(bindings: Any, index: int, count: int) -> None:
+def _check_bindings(bindings: Any, index: int, count: int, skipped: int, has_graph: bool) -> None:
     if type(bindings) is not list or len(bindings) > 256:
         raise CorruptEntryError("bad chain bindings")
     names = set()
@@ -159,6 +203,8 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
             graphs += 1
         elif kind in ("resume", "closure"):
             ok = ok and type(arg) is int and index < arg < count
+        elif kind == "skipped":
+            ok = ok and type(arg) is int and 0 <= arg < skipped
         elif kind == "builtins":
             ok = ok and arg == 0 and type(arg) is int
         else:
@@ -166,136 +212,12 @@ def _check_bindings(bindings: Any, index: int, count: int) -> None:
         if not ok or binding[0] in names:
             raise CorruptEntryError("bad chain binding")
         names.add(binding[0])
-    if graphs != 1:
-        raise CorruptEntryError("a chain step calls exactly one graph")
+    if graphs != has_graph:
+        raise CorruptEntryError("a chain step calls its graph once, or none when it has none")
 
 
 def is_chain(doc: Any) -> bool:
     return type(doc) is dict and "chain" in doc
-
-
-# -- the record ----------------------------------------------------------------------------
-def needs_code(rec: Recorder) -> bool:
-    """Whether the recorded call is a chain entry, not a one-graph frame entry: it compiled
-    more than one graph, or its graph ended at a graph break, or its frame has Python side
-    effects (a chain of one step, whose transformed code applies them after the graph)."""
-    graph = rec.graphs[0] if len(rec.graphs) == 1 else None
-    trace = graph.trace if graph else None
-    return len(rec.graphs) > 1 or bool(trace and (trace.graph_break or trace.side_effects))
-
-
-def capture(rec: Recorder, code_fn: Any, state: str, hooks_empty: bool,
-            step_entry: Callable[[GraphRecord, list[list[Any]], str], FrameEntry]) -> ChainEntry:
-    """The chain entry of a recorded call whose frame has graph breaks or side effects
-    (:func:`needs_code`); NotPrecompilable
-    with a reason when any step cannot be replayed.  ``step_entry`` makes a step's frame
-    entry from its graph, guards and global state (the checks of a one-graph frame)."""
-    if not code_codec.supported():
-        raise NotPrecompilable("bytecode-python", "code objects are encoded for Python 3.11 and 3.12 only")
-    if not hooks_empty:
-        raise NotPrecompilable("global-module-hooks")
-    # Dynamo converts one frame at a time: its graph is compiled, its code transformed (the
-    # bytecode hook), then its guards are built (the guard filter).
-    groups: list[tuple[types.CodeType, types.CodeType, list[GraphRecord], list[tuple[Any, str]]]] = []
-    graphs: list[GraphRecord] = []
-    for event in rec.events:
-        if event[0] == "graph":
-            graphs.append(event[1])
-        elif event[0] == "code":
-            groups.append((event[1], event[2], graphs, []))
-            graphs = []
-        elif groups and not graphs:
-            groups[-1][3].append((event[1], event[2]))
-        else:
-            raise NotPrecompilable("bytecode-hook", "guards outside a converted frame")
-    if graphs or not groups:
-        raise NotPrecompilable("bytecode-hook", "a graph outside a converted frame")
-    if len(groups) > _MAX_STEPS:  # a longer chain would be refused when read back
-        raise NotPrecompilable("chain-length", f"{len(groups)} converted frames (at most {_MAX_STEPS})")
-    codes = [group[0] for group in groups]
-    if codes[0] is not getattr(code_fn, "__code__", None):
-        raise NotPrecompilable("nested-frame", codes[0].co_name)
-    if len({id(c) for c in codes}) != len(codes):
-        raise NotPrecompilable("recompiled", "a frame was converted twice in one call")
-    steps = []
-    for index, (code, out, step_graphs, step_guards) in enumerate(groups):
-        if len(step_guards) != 1:
-            raise NotPrecompilable("guard-sets", f"{len(step_guards)} guard sets in one frame")
-        guards, frame_state = step_guards[0]
-        if isinstance(guards, NotPrecompilable):
-            raise guards
-        if index == 0 and frame_state != state:
-            raise NotPrecompilable("global-state", "the frame's guards saw another global state than its call")
-        if len(step_graphs) != 1:
-            raise NotPrecompilable("resume-graphs", f"{len(step_graphs)} graphs in a frame of the chain")
-        graph = step_graphs[0]
-        trace = graph.trace
-        if trace is None:
-            raise NotPrecompilable("trace", graph.problem)
-        if trace.frame_code is not code:
-            raise NotPrecompilable("nested-frame", trace.frame_code.co_name)
-        if trace.symbolic:
-            raise NotPrecompilable("dynamic-shapes")
-        if trace.input_problem:
-            raise NotPrecompilable("graph-input", trace.input_problem)
-        bindings = _bindings(code, out, code_fn.__globals__, codes, index, graph, guards)
-        steps.append(Step(None if index == 0 else code_codec.encode(code), code_codec.encode(out), bindings,
-                          step_entry(graph, guards, frame_state)))
-    reached = {b[2] for s in steps for b in s.bindings if b[1] in ("resume", "closure")}
-    if reached != set(range(1, len(steps))):
-        raise NotPrecompilable("other-frames", "a frame converted in the call is not a resume function of the chain")
-    return ChainEntry(steps)
-
-
-def _bindings(code: types.CodeType, out: types.CodeType, f_globals: Mapping[str, Any], codes: list[types.CodeType],
-              index: int, graph: GraphRecord, guards: list[list[Any]]) -> list[list[Any]]:
-    own = set(code.co_names)
-    bindings: list[list[Any]] = []
-    if code_codec.stored_globals(out) - own:
-        raise NotPrecompilable("bytecode-global", "stores a global Dynamo added")
-    for name in sorted(code_codec.global_names(out) - own):
-        value = f_globals.get(name)
-        if name not in f_globals and _is_user_global(name) and hasattr(builtins, name):
-            # A builtin the transformed code loads as a global (Dynamo's ``type(x)``): bound
-            # to the builtins module's own, whatever the user's globals hold at replay.
-            bindings.append([name, "builtin", 0])
-            continue
-        if (name in f_globals and _is_user_global(name) and isinstance(value, types.ModuleType)
-                and sys.modules.get(value.__name__) is value and _MODULE.fullmatch(value.__name__)):
-            # A module the user's module imported, loaded by Dynamo's code under the user's
-            # name for it (``create_load_python_module``): bound to the module by its name.
-            bindings.append([name, "module", value.__name__])
-            continue
-        if not _BOUND.fullmatch(name):
-            # A global of the user's module that a function the frame calls reads (a class
-            # a decorated ``forward`` builds its output with): the transformed code loads
-            # it from the same globals, and the step's guards check it is the same object.
-            if name in f_globals and _is_user_global(name) and _guarded_global(name, guards):
-                bindings.append([name, "global", 0])
-                continue
-            raise NotPrecompilable("bytecode-global", name)
-        if name.startswith("__compiled_fn") and code_codec.unwrapped(value) is graph.callable:
-            bindings.append([name, "graph", 0])
-        elif (name.startswith("__resume_at_") and isinstance(value, types.FunctionType)
-              and any(value.__code__ is c for c in codes[index + 1:])):
-            bindings.append([name, "resume", next(i for i, c in enumerate(codes) if c is value.__code__)])
-        elif (name.startswith(("__import_", "___module_")) and isinstance(value, types.ModuleType)
-              and sys.modules.get(value.__name__) is value and _MODULE.fullmatch(value.__name__)):
-            bindings.append([name, "module", value.__name__])
-        elif name.startswith("__builtins_dict__") and value is vars(builtins):
-            bindings.append([name, "builtins", 0])
-        elif name.startswith("__resume_at_") and any(_factory_code(value) is c for c in codes[index + 1:]):
-            # A resume function with free variables: the transformed code calls Dynamo's
-            # factory with the frame's cells, then the function it returns.
-            made = _factory_code(value)
-            bindings.append([name, "closure", next(i for i, c in enumerate(codes) if c is made)])
-        elif name.startswith("__resume_at_"):
-            raise NotPrecompilable("resume-not-compiled", name)
-        else:
-            raise NotPrecompilable("bytecode-global", name)
-    if sum(1 for b in bindings if b[1] == "graph") != 1:
-        raise NotPrecompilable("resume-graphs", "the frame's code does not call its graph once")
-    return bindings
 
 
 def _is_user_global(name: Any) -> bool:
@@ -305,15 +227,6 @@ def _is_user_global(name: Any) -> bool:
 def _guarded_global(name: str, guards: Any) -> bool:
     """Whether ``guards`` check the identity or type of the frame's global ``name``."""
     return any(type(g) is list and len(g) == 3 and g[0] in ("is", "type") and g[1] == [["G", name]] for g in guards)
-
-
-def _factory_code(value: Any) -> types.CodeType | None:
-    """The resume code of Dynamo's factory for a resume function with free variables
-    (``OutputGraph.install_resume_function_global``'s ``_make_fn``, torch 2.13), else None."""
-    if not isinstance(value, types.FunctionType) or value.__code__.co_name != "_make_fn":
-        return None
-    found = [c.cell_contents for c in value.__closure__ or () if isinstance(c.cell_contents, types.CodeType)]
-    return found[0] if len(found) == 1 else None
 
 
 # -- the replay ----------------------------------------------------------------------------
@@ -344,10 +257,17 @@ class ChainReplay(Replay):
 
     def __init__(self, entry: ChainEntry, code_fn: Any,
                  load_graph: Callable[[FrameEntry, list[Any]], Callable[..., Any] | None], backend: Any,
-                 reasons: Counter[str]) -> None:
+                 reasons: Counter[str], callees: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None) -> None:
         super().__init__(entry.steps[0].frame, _not_loaded, code_fn.__globals__)
         self.chain = entry
         self._fn = code_fn
+        # How a step's code runs with the functions it calls traced (precompile_hook.callees_traced),
+        # for a chain that needs it (ChainEntry.calls); None: they run as the step's code runs.
+        self._callees = callees if entry.calls or entry.name is not None else None
+        if entry.calls and callees is None:
+            raise CorruptEntryError("a chain that calls compiled frames is served through torch.compile only")
+        self._skipped = [code_codec.decode(c) for c in entry.skipped]
+        self.called: list[tuple[Any, ChainReplay]] = []  # (function, its chain): set by the tier
         self._load_graph = load_graph
         self._backend = backend
         self._reasons = reasons
@@ -371,16 +291,26 @@ class ChainReplay(Replay):
 
     def _install(self) -> None:
         """Bind each step's globals in the frame's globals under names made here, and make
-        each step's function."""
+        each step's function.  With the callees traced, what the step's code calls that is
+        artcache's (graphs, resume steps) is marked for Dynamo never to trace, and a skipped
+        resume function runs as Dynamo left it: its frame not traced, its callees traced."""
         prefix = f"__artcache_chain_{id(self):x}"
+        mark = fc.disable if self._callees is not None else (lambda f: f)
+        skipped: list[Any] = []
+        for code in self._skipped:
+            precompile_hook.skip(code)
+            # One with free variables is reached through a factory, called with the cells.
+            skipped.append(mark(_SkippedFactory(code, self.f_globals)) if code.co_freevars
+                           else types.FunctionType(code, self.f_globals, code.co_name))
         for index, (step, out) in enumerate(zip(self.chain.steps, self._outs)):
             names = {}
             for number, (name, kind, arg) in enumerate(step.bindings):
                 if kind == "global":  # read from the user's globals, as Dynamo's code does
                     continue
                 names[name] = f"{prefix}_{index}_{number}"
-                value: Any = (self._graph_call(index) if kind == "graph" else ResumeStep(self, arg)
-                              if kind == "resume" else _Factory(self, arg) if kind == "closure" else vars(builtins)
+                value: Any = (mark(self._graph_call(index)) if kind == "graph" else mark(ResumeStep(self, arg))
+                              if kind == "resume" else mark(_Factory(self, arg)) if kind == "closure"
+                              else skipped[arg] if kind == "skipped" else vars(builtins)
                               if kind == "builtins" else getattr(builtins, name)
                               if kind == "builtin" else sys.modules.get(arg))
                 if value is None:
@@ -389,8 +319,11 @@ class ChainReplay(Replay):
             closure = self._fn.__closure__ if index == 0 else None
             self._outs[index] = code_codec.renamed(out, names)
             # A resume function with free variables is made at each call, with that call's cells.
-            self._functions.append(_no_function if index and out.co_freevars else types.FunctionType(
-                self._outs[index], self.f_globals, self._codes[index].co_name, None, closure))
+            self._functions.append(_no_function if index and out.co_freevars else self._runner(types.FunctionType(
+                self._outs[index], self.f_globals, self._codes[index].co_name, None, closure)))
+
+    def _runner(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return fn if self._callees is None else self._callees(fn)
 
     def _graph_call(self, index: int) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
@@ -451,7 +384,7 @@ class ChainReplay(Replay):
         if failed is None and self._graphs[index] is not None:
             if closure is None:
                 return self._functions[index](*args)
-            return types.FunctionType(self._outs[index], self.f_globals, code.co_name, None, closure)(*args)
+            return self._runner(types.FunctionType(self._outs[index], self.f_globals, code.co_name, None, closure))(*args)
         self._reasons["resume-guards" if failed is not None else "resume-graph"] += 1
         backend = self._backend
 
@@ -490,6 +423,20 @@ class _Factory:
         if type(closure) is not tuple or len(closure) != len(self._chain._codes[self._index].co_freevars):
             raise TypeError("a resume function's closure does not match its code")
         return lambda *args: self._chain.resume(self._index, args, closure)
+
+
+class _SkippedFactory:
+    """In place of Dynamo's factory of a resume function with free variables that Dynamo
+    left to run as it is: the function of its code with the frame's cells."""
+
+    def __init__(self, code: types.CodeType, f_globals: Any) -> None:
+        self._code = code
+        self._globals = f_globals
+
+    def __call__(self, closure: tuple[Any, ...]) -> Callable[..., Any]:
+        if type(closure) is not tuple or len(closure) != len(self._code.co_freevars):
+            raise TypeError("a resume function's closure does not match its code")
+        return types.FunctionType(self._code, self._globals, self._code.co_name, None, closure)
 
 
 def _no_function(*args: Any) -> Any:

@@ -47,27 +47,25 @@ wrapper here is one, ``torch.compile`` with precompile on is the other
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
-import sys
-import types
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from . import frame_resume, keys, pickler
+from . import chain_capture, code_records, frame_resume, keys, pickler
 from ._torch import code_codec, guard_tree
 from ._torch import frame_capture as fc
 from ._torch import settings as torch_settings
-from .code_digest import code_digest, code_shape_digest, installed_module, package_version
+from .code_digest import code_digest
 from .entries import EntryStore
 from .entry import BlobRole, NewBlob, SummaryKey
 from .errors import ArtcacheError, CorruptEntryError, NotPrecompilable, Uncacheable
 from .frame_entry import (
     CONSTANTS,
+    NO_GRAPH,
     FRAME_SCHEMA,
     FrameEntry,
     guard_text,
@@ -100,6 +98,10 @@ class FrameTier:
     # Which entries can be served: those recorded on torch's wrapper frame (True), on the
     # function's own frame (False), or both (None: the wrapper calls either frame itself).
     wrapped_frames: bool | None = None
+    # How a replayed step's code runs with the functions it calls traced (set by the way
+    # into the tier that has a Dynamo context to trace them with, :mod:`artcache.frame_hook`);
+    # None: chains with called frames are neither recorded nor served.
+    _callees: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
 
     def __init__(self, code_fn: Callable[..., Any], cache: EntryStore, backend: Any) -> None:
         self._code_fn = code_fn
@@ -144,17 +146,26 @@ class FrameTier:
             if self.wrapped_frames is not None and entry.wrapped != self.wrapped_frames:
                 self.cache.reject(key, "wrapped-frame")
                 return None, "wrapped-frame"
+            if chain is not None and chain.calls and self._callees is None:
+                self.cache.reject(key, "called-frames")
+                return None, "called-frames"
             replay = Replay(entry, _never_called, self._globals) if chain is None else frame_resume.ChainReplay(
-                chain, self._code_fn, self._load_graph, self._backend, self.reasons)
+                chain, self._code_fn, self._load_graph, self._backend, self.reasons, self._callees)
             failed, values = replay.check(frame)
             if failed is not None:
                 log.info("artcache: precompiled frame %s: guard failed: %s", key[:16], failed)
                 self.cache.reject(key, "guards")
                 return None, "guards"
             for module, qualname, digest in (chain or entry).traced:
-                if _traced_now(module, qualname, digest) != digest:
+                if code_records.traced_now(module, qualname, digest) != digest:
                     self.cache.reject(key, "traced-code")
                     return None, "traced-code"
+            if chain is not None and chain.called:
+                called = self._called_replays(chain)
+                if called is None:
+                    self.cache.reject(key, "called-code")
+                    return None, "called-code"
+                replay.called = called  # type: ignore[attr-defined]
             compiled = self._load_graph(entry, [values[at] for at in replay.inputs])
             if compiled is None:
                 self.cache.reject(key, "graph")
@@ -174,7 +185,23 @@ class FrameTier:
         self.cache.reject(key, "unloadable")
         return None, "unloadable"
 
+    def _called_replays(self, chain: frame_resume.ChainEntry) -> list[tuple[Any, frame_resume.ChainReplay]] | None:
+        """Each called frame's function, found by its name, with its chain's replay; None
+        when a function is not found or its code is not the recorded one."""
+        out = []
+        for called in chain.called:
+            assert called.name is not None  # validated: every called chain is named
+            fn = code_records.called_function(called.name)
+            if fn is None:
+                log.info("artcache: called frame %s is not the recorded one", ".".join(called.name[:2]))
+                return None
+            out.append((fn, frame_resume.ChainReplay(called, fn, self._load_graph, self._backend, self.reasons,
+                                                     self._callees)))
+        return out
+
     def _load_graph(self, entry: FrameEntry, inputs: list[Any]) -> Callable[..., Any] | None:
+        if entry.graph_key == NO_GRAPH:
+            return _never_called
         if not all(isinstance(t, torch.Tensor) or type(t) is int for t in inputs):
             return None
         found = self._lookup_graph(entry.graph_key, inputs)
@@ -236,8 +263,9 @@ class FrameTier:
 
     def _capture(self, out: Any, state: str, hooks_empty: bool) -> FrameEntry | frame_resume.ChainEntry:
         rec = self._recorder
-        if rec.graphs and frame_resume.needs_code(rec):
-            return frame_resume.capture(rec, self._code_fn, state, hooks_empty, self._step_entry)
+        if rec.graphs and chain_capture.needs_code(rec):
+            return chain_capture.capture(rec, self._code_fn, state, hooks_empty, self._chain_step,
+                                         code_records.called_name if self._callees is not None else None)
         if len(rec.graphs) != 1:
             raise NotPrecompilable("graph-count" if rec.graphs else "no-graph", f"{len(rec.graphs)} graphs")
         graph = rec.graphs[0]
@@ -255,6 +283,14 @@ class FrameTier:
             raise NotPrecompilable("global-module-hooks")
         return self._step_entry(graph, rec.guards, state, out, wrapped)
 
+    def _chain_step(self, graph: Any, guards: list[list[Any]], state: str, traced: list[Any]) -> FrameEntry:
+        """A chain step's frame entry: of its graph (:meth:`_step_entry`), or, for a frame
+        Dynamo converted without one, its guards, global state and the code it traced."""
+        if graph is not None:
+            return self._step_entry(graph, guards, state)
+        return FrameEntry(guards, state, [], ["c", None], NO_GRAPH, False, code_records.traced_records(traced, [], guards),
+                          False, [])
+
     def _step_entry(self, graph: Any, guards: list[list[Any]], state: str, out: Any = None,
                     wrapped: bool = False) -> FrameEntry:
         """The frame entry of one recorded graph with its frame's guards and global state
@@ -271,15 +307,7 @@ class FrameTier:
         if graph.outputs is None or len(graph.inputs) != len(graph.trace.input_paths):
             raise NotPrecompilable("graph-not-called")
         structure = output_structure(out, graph.outputs, graph.inputs) if out is not None else ["c", None]
-        # Code nested in the frame's or a traced function's code (a generator expression, a
-        # local function) is part of that code's digest (code_digest walks code constants).
-        nested = set().union(*(_nested_code(c) for c in [graph.trace.frame_code, *graph.trace.traced_code]))
-        # Code a ``code`` guard checks where the call finds it (a function reached through
-        # an object, not by a name: a registered closure) is pinned by that guard.
-        checked = {check[2] for check in guards if check[0] == "code"}
-        traced = [_traced_name(code) for code in graph.trace.traced_code
-                  if code not in nested and not (checked and code_shape_digest(code) in checked)]
-        records = list({tuple(t): t for t in traced if t is not None}.values())  # a package once
+        records = code_records.traced_records(graph.trace.traced_code, [graph.trace.frame_code], guards)
         return FrameEntry(guards, state, graph.trace.input_paths, structure, graph_key, bool(info["cpu_code"]),
                           records, wrapped, fc.storage_groups(graph.inputs))
 
@@ -416,89 +444,3 @@ def _arg_spec(name: str, value: Any) -> str:
     return f"{name}: {type(value).__module__}.{type(value).__qualname__}"
 
 
-def _traced_name(code: Any) -> list[str] | None:
-    """``[module, qualname, digest]`` of a user function Dynamo inlined; for installed
-    code, its package's record (:func:`_package_record`).  NotPrecompilable when the
-    function cannot be found again by its name."""
-    module = fc.module_of_code(code)
-    if module is None:
-        return _generated_name(code)
-    if code_digest_installed(module):
-        return _package_record(module)
-    if "<" in code.co_qualname:
-        raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
-    qualname = code.co_qualname
-    fn = fc.resolve_named([module, qualname])
-    if getattr(fn, "__code__", None) is not code:
-        # A decorated function: its name finds the wrapper (functools.wraps).
-        hops = fc.wrapped_hops(fn, lambda found: getattr(found, "__code__", None) is code)
-        if not hops:
-            raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
-        qualname += ".__wrapped__" * hops
-        fn = fc.resolve_named([module, qualname])
-    return [module, qualname, code_digest(fn)]
-
-
-def _generated_name(code: Any) -> list[str] | None:
-    """``_traced_name`` of code that no module's file holds: code made with ``exec``, as
-    a dataclass's ``__init__``.  Found through the function that holds it (the garbage
-    collector's referrers: this runs once, when a frame is recorded), named as the
-    function names itself (dataclasses name a method ``Class.__init__``)."""
-    functions = [f for f in gc.get_referrers(code) if type(f) is types.FunctionType and f.__code__ is code]
-    module = functions[0].__module__ if len(functions) == 1 else None
-    if not isinstance(module, str) or sys.modules.get(module) is None:
-        raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
-    if code_digest_installed(module):
-        return _package_record(module)
-    fn = functions[0]
-    if "<" in fn.__qualname__ or fc.resolve_named([module, fn.__qualname__]) is not fn:
-        raise NotPrecompilable("traced-code", f"{fn.__qualname__} cannot be found by name")
-    return [module, fn.__qualname__, code_digest(fn)]
-
-
-def _nested_code(code: Any) -> set[Any]:
-    out: set[Any] = set()
-    stack = [code]
-    while stack:
-        for const in stack.pop().co_consts:
-            if isinstance(const, type(code)) and const not in out:
-                out.add(const)
-                stack.append(const)
-    return out
-
-
-# The third field of a traced-code record of installed code: the package's version, where a
-# user function's record has its code digest.
-_PACKAGE = "package "
-
-
-def _package_record(module: str) -> list[str] | None:
-    """The traced-code record of installed code.  The Python and torch versions are
-    environment factors of every key, so the standard library and torch need none; any
-    other package is recorded by its version (``[top module, "", "package <version>"]``):
-    upgraded, its code may trace to another program, and the entry is refused.
-    NotPrecompilable for a package whose version cannot be read."""
-    top = module.split(".", 1)[0]
-    if top in sys.stdlib_module_names or top in ("torch", "builtins", "_operator"):
-        return None
-    version = package_version(top)
-    if not version:
-        raise NotPrecompilable("traced-code", f"package {top} has no version to pin its code")
-    return [top, "", _PACKAGE + version]
-
-
-def _traced_now(module: str, qualname: str, recorded: str) -> str | None:
-    """What a traced-code record would hold now (compared with the stored one)."""
-    if recorded.startswith(_PACKAGE):
-        version = package_version(module)
-        return _PACKAGE + version if version else None
-    return _traced_digest(module, qualname)
-
-
-def _traced_digest(module: str, qualname: str) -> str | None:
-    fn = fc.resolve_named([module, qualname])
-    return code_digest(fn) if getattr(fn, "__code__", None) is not None else None
-
-
-def code_digest_installed(module: str) -> bool:
-    return installed_module(module)

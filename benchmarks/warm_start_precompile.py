@@ -243,12 +243,17 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
               PC_COMPILE: f"file://{root}/store-pc-compile"}
     print(f"{model}: preparing (untimed)", flush=True)
     prepared = {}
+    users = {AC_WARM: {AC_WARM, PC_FALLBACK}, PRECOMPILE: {PRECOMPILE, PC_GUARDFAIL}, AOT: {AOT, AOT_FRESH}}
     for variant, prep in PREPARE.items():
+        if not users.get(variant, {variant}) & set(_chosen(args)):
+            prepared[variant] = False  # no chosen variant reads what it would prepare
+            continue
         env = {**_dirs(root, "aot" if variant == AOT else f"cold-{variant}"), "ARTCACHE_STORE": stores.get(variant, "")}
         prepared[variant] = spawn(args, model, prep, root, env) is not None
+    chosen = _chosen(args)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for repeat in range(args.repeats):
-        order = VARIANTS[repeat % len(VARIANTS):] + VARIANTS[:repeat % len(VARIANTS)]
+        order = chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]
         for variant in order:
             if (variant in (AOT, AOT_FRESH) and not prepared[AOT]) or (variant == PC_GUARDFAIL and model != FLAGGED):
                 continue
@@ -273,6 +278,15 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
     return runs
 
 
+def _chosen(args: argparse.Namespace) -> tuple[str, ...]:
+    """The variants to run, in the table's order (``--variants``; all by default)."""
+    names = {v.strip() for v in args.variants.split(",") if v.strip()}
+    unknown = names - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants: {', '.join(sorted(unknown))}")
+    return tuple(v for v in VARIANTS if not names or v in names)
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
@@ -283,14 +297,15 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str,
 
     lines = [f"# Warm start with the precompile tier ({args.device})", "",
              f"Run {started} UTC; `python benchmarks/warm_start_precompile.py --models {','.join(results)} "
-             f"--device {args.device} --repeats {args.repeats}`.",
+             f"--device {args.device} --repeats {args.repeats}"
+             + (f" --variants {args.variants}" if args.variants else "") + "`.",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; Python "
              f"{platform.python_version()}. Each number: median over repeats, each run a fresh process.", ""]
     lines += ["| model | variant | runs | first call (s) | vs floor | to first result (s) | steady step (ms) | notes |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, runs in results.items():
         floor = _median(runs[FLOOR], "first_call_s")
-        for variant in VARIANTS:
+        for variant in _chosen(args):
             mine = runs[variant]
             if not mine:
                 lines.append(f"| {model} | {variant} | 0 | - | - | - | - | not available or failed |")
@@ -334,6 +349,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="")
+    parser.add_argument("--variants", default="", help="comma-separated subset of the variants (default: all)")
     parser.add_argument("--steady", action="store_true", help="per-call time in one process (ARTCACHE_STORE filled)")
     parser.add_argument("--threads", type=int, default=0, help="--steady: torch threads (0: torch's default)")
     parser.add_argument("--fill", action="store_true", help="--steady: fill ARTCACHE_STORE for it, then exit")

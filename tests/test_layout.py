@@ -16,7 +16,8 @@ Every ``import`` counts, wherever it is: at the top, inside a function, or under
     4  pickler/                                   the safe serializer and its codecs
     5  _torch/                                    every reach into torch and Triton internals
     6  bundler, output_code, backend, frames,     the compile path; the precompile tier
-       frame_replay, frame_hook, frame_resume
+       frame_replay, frame_hook, frame_resume,
+       chain_capture, code_records
     7  cache, archive, catalog, explain,          the public facade and the tools
        summary_view, cli, testing/, __init__
 """
@@ -39,7 +40,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"entries", "single_flight"}),
     frozenset({"pickler"}),
     frozenset({"_torch"}),
-    frozenset({"bundler", "output_code", "backend", "frames", "frame_replay", "frame_hook", "frame_resume"}),
+    frozenset({"bundler", "output_code", "backend", "frames", "frame_replay", "frame_hook", "frame_resume",
+               "chain_capture", "code_records"}),
     frozenset({"cache", "archive", "catalog", "explain", "summary_view", "cli_io", "cli", "testing", "__init__"}),
 )
 # Private namespaces whose use marks a reach into torch's or Triton's internals.

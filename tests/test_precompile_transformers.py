@@ -84,3 +84,47 @@ def test_an_entry_that_inlined_a_package_is_refused_after_its_upgrade(tmp_path: 
     same = run_phase(UPGRADED, "warm", tmp_path, env)
     assert same["info"] == {"replayed": 1, "reasons": {}}, same["info"]
     assert all(torch.equal(a, b) for a, b in zip(cold["results"], same["results"], strict=True))
+
+
+TRAIN = r'''
+import json, sys, torch, artcache
+from transformers import GPT2Config, GPT2LMHeadModel
+from artcache import frame_hook
+from tests import _tripwire
+phase, out_path = sys.argv[1], sys.argv[2]
+_tripwire.armed_in(phase)
+
+torch.manual_seed(0)
+config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, use_cache=False)
+model = GPT2LMHeadModel(config).train()  # dropout on: compiled RNG, seeded per step
+ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+compiled = torch.compile(model, backend="artcache", options={"precompile": True})
+outs = []
+for _ in range(2):
+    torch.manual_seed(5)
+    loss = compiled(ids, labels=ids).loss
+    loss.backward()
+    outs.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+torch.save(outs, out_path)
+(hook,) = frame_hook.attached()
+print(json.dumps({"replayed": hook.replayed, "called": getattr(hook, "called_replayed", 0), "reasons": dict(hook.reasons),
+                  "refusals": hook.refusals}))
+'''
+
+
+@pytest.mark.slow
+def test_gpt2_training_replays_its_called_frames_without_tracing_bitwise(tmp_path: Path) -> None:
+    """GPT-2's training step is not one frame for Dynamo: the decorator's wrapper calls
+    ``forward`` at a graph break, ``forward`` goes on in plain Python after a break Dynamo
+    cannot resume from (a logger call inside the ``loss_function`` property), and the loss
+    function, the property and the output dataclass's ``__init__`` are frames of their own.
+    The entry holds them all (called frames, resume functions left as they are); a warm
+    process replays every one with Dynamo's tracer and every compiler tripwired, and its
+    loss and gradients are bitwise the cold process's."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
+    cold, warm = (run_phase(TRAIN, phase, tmp_path, env) for phase in ("cold", "warm"))
+    assert cold["info"]["reasons"] == {"absent": 1} and not cold["info"]["refusals"], cold["info"]
+    assert warm["info"] == {"replayed": 2, "called": 8, "reasons": {}, "refusals": {}}, warm["info"]
+    for a, b in zip(cold["results"], warm["results"], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

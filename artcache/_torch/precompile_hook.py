@@ -155,6 +155,49 @@ def disable(fn: Callable[..., Any]) -> Callable[..., Any]:
     return torch._dynamo.disable(fn, reason="artcache precompiled frame")
 
 
+def callees_traced(ctx: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]] | None:
+    """A function that makes ``fn`` (whose code artcache made: a replayed frame's
+    transformed code) run as Dynamo runs its own transformed code: ``fn``'s frame is not
+    traced (its code is marked skipped, ``eval_frame.skip_code``: that frame alone), and the
+    functions it calls are, through ``ctx``'s callback (``_callback_from_stance``, as
+    ``_TorchDynamoContext`` sets it on each call), so that a frame Dynamo compiled on its own
+    reaches its precompile entry or Dynamo.  None when this torch lacks either (checked on
+    torch 2.13 and 2.11)."""
+    from torch._dynamo import eval_frame
+
+    skip_code = getattr(eval_frame, "skip_code", None)
+    from_stance = getattr(eval_frame, "_callback_from_stance", None)
+    if skip_code is None or from_stance is None or not hasattr(ctx, "callback"):
+        return None
+
+    def traced_callees(fn: Callable[..., Any]) -> Callable[..., Any]:
+        skip_code(fn.__code__)
+        return functools.partial(call_traced, ctx, fn)
+
+    return traced_callees
+
+
+def call_traced(ctx: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with ``ctx``'s callback set, as the context's own compiled
+    function sets it (:func:`callees_traced`): Dynamo sees ``fn``'s frame."""
+    from torch._C._dynamo.eval_frame import set_eval_frame
+    from torch._dynamo import eval_frame
+
+    prior = set_eval_frame(eval_frame._callback_from_stance(ctx.callback))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        set_eval_frame(prior)
+
+
+def skip(code: types.CodeType) -> None:
+    """Mark ``code`` so that Dynamo never traces its frames (the functions they call still
+    go through the callback): code artcache made, run under a Dynamo callback."""
+    from torch._dynamo import eval_frame
+
+    eval_frame.skip_code(code)
+
+
 def replacement_code(code: types.CodeType, runner_name: str) -> types.CodeType:
     """``code`` with its body replaced by ``return <runner_name>()`` (a global): the same
     arguments, locals, cells and free variables, so that it can run in a frame of ``code``."""
