@@ -207,7 +207,9 @@ def steady_main(args: argparse.Namespace) -> None:
     wrapper = paths["artcache-precompile"]
     hooks = frame_hook.attached()
     print(f"wrapper: replayed {wrapper.replayed}, fallbacks {dict(wrapper.reasons) or 'none'}; torch.compile "
-          f"precompile: replayed {sum(h.replayed for h in hooks)}, fallbacks {[dict(h.reasons) for h in hooks]}; "
+          f"precompile: replayed {sum(h.replayed for h in hooks)}, called frames replayed "
+          f"{sum(h.called_replayed for h in hooks)}, guard trees {sum(h.trees for h in hooks)}, "
+          f"fallbacks {[dict(h.reasons) for h in hooks]}; "
           f"Dynamo traced {traced} frames in the first calls (the plain path's), "
           f"{torch._dynamo.utils.counters['frames']['total'] - traced} after")
 

@@ -27,7 +27,12 @@ import json, sys, torch, artcache
 from tests import _tripwire
 from tests.corpus import library_style
 phase, out_path = sys.argv[1], sys.argv[2]
-armed = _tripwire.armed_in(phase)
+_tripwire.armed_in(phase)
+if phase == "changed":
+    # Another getter, with other code and another value: torch 2.13 inlines the getter and
+    # the entry checks its code; torch 2.11 reads the value past __getattribute__ and the
+    # entry checks the value.  Either way the entry's check fails and Dynamo traces.
+    library_style.Settings.gain = property(lambda self: self.width / 4)
 
 torch.manual_seed(0)
 m, x = library_style.LibraryStyle(), torch.randn(3, 8)
@@ -37,30 +42,22 @@ for _ in range(2):
     out = pre(x, scale=0.5)
     assert type(out) is library_style.Output, type(out)
     outs += [out.hidden, out.logits]
-info = {"replayed": pre.replayed, "reasons": dict(pre.reasons)}
-if phase == "warm":
-    # Another getter of the same value, with other code: the check on the getter's code
-    # fails and Dynamo traces the frame (the tracer disarmed for it; its graph is the same
-    # and hits the store, so nothing compiles).
-    armed[0] = False
-    library_style.Settings.gain = property(lambda self: self.width / 8)
-    out = pre(x, scale=0.5)
-    info["after_change"] = {"replayed": pre.replayed, "traced": torch._dynamo.utils.counters["frames"]["total"],
-                            "same": bool(torch.equal(out.logits, outs[-1]))}
 torch.save(outs, out_path)
-print(json.dumps(info))
+print(json.dumps({"replayed": pre.replayed, "reasons": dict(pre.reasons)}))
 '''
 
 
 @pytest.mark.slow
 def test_a_library_style_model_replays_without_tracing_bitwise(tmp_path: Path) -> None:
     env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
-    cold, warm = (run_phase(PROGRAM, phase, tmp_path, env) for phase in ("cold", "warm"))
+    cold, warm, changed = (run_phase(PROGRAM, phase, tmp_path, env) for phase in ("cold", "warm", "changed"))
     assert cold["info"] == {"replayed": 0, "reasons": {"absent": 1}}, cold["info"]
-    after = warm["info"].pop("after_change")
     assert warm["info"] == {"replayed": 2, "reasons": {}}, warm["info"]
     assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(cold["results"], warm["results"], strict=True))
-    assert after == {"replayed": 2, "traced": 1, "same": True}, after
+    # The changed getter's program, not the entry's: the logits doubled, exactly.
+    assert changed["info"] == {"replayed": 0, "reasons": {"guards": 1}}, changed["info"]
+    assert torch.equal(changed["results"][1], cold["results"][1] * 2)
+    assert torch.equal(changed["results"][0], cold["results"][0])
 
 
 def _sources() -> Any:

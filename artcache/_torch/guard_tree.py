@@ -36,6 +36,7 @@ stay in use).  Checked on torch 2.13 (CPU).
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,8 @@ import torch
 
 from .. import shape_expr
 from . import frame_capture as fc
+
+log = logging.getLogger(__name__)
 
 _SCALARS = {"NoneType": type(None), "bool": bool, "int": int, "float": float, "str": str}
 
@@ -136,8 +139,10 @@ def build(code: types.CodeType | None, f_globals: Mapping[str, Any], nodes: Sequ
                 raise Unsupported("no-aliasing on a value that is not a tensor")
             names = [f"artcache_node_{at}" for at in no_aliasing]
             torch._C._dynamo.guards.install_no_tensor_aliasing_guard(tensors, names, ["artcache no aliasing"], None)
-    except (Unsupported, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
-        return None  # a check or accessor this torch's guard API does not take
+    except (Unsupported, TypeError, ValueError, RuntimeError, AttributeError, KeyError) as exc:
+        # A check or accessor this torch's guard API does not take: Python checks instead.
+        log.debug("artcache: no guard tree (%s: %s)", type(exc).__name__, exc)
+        return None
     state = fc.StateCheck()
     root.add_global_state_guard(torch._C._dynamo.guards.GlobalStateGuard(), ["artcache global state"], None)
     root.add_lambda_guard(lambda _: state.holds() and fc.global_hooks_empty(), ["artcache global state (rest)"], None)
