@@ -65,6 +65,8 @@ class _State(threading.local):
     active: Any = None  # the hook whose compiled function runs in this thread
     bypass: Any = None  # the hook whose next guard declines (a record's own call)
     pending: Any = None  # what the guard decided, for the code it let run
+    called: Any = None  # what a called frame's guard decided, for its code (CalledFrame)
+    declined: Any = None  # the called frame whose next guard declines (a call made again)
 
 
 _state = _State()
@@ -305,18 +307,16 @@ class CalledFrame:
         self._code = fn.__code__
         self._loaded: bool | None = None  # the graph: not tried yet, loaded, or unloadable
         self._tree_tried = False
-        self._declined = False  # the next call declines (a call made again through Dynamo)
         self._fn = fn
         name = f"__artcache_called_{id(self):x}"
         self._replacement = precompile_hook.replacement_code(self._code, name)
         fn.__globals__[name] = precompile_hook.disable(self._run)
         precompile_hook.install_entry(self._code, self._guard, self._replacement,
                                       f"artcache precompiled called frame {fn.__qualname__}")
-        self._pending: Any = None
 
     def _guard(self, f_locals: dict[str, Any]) -> bool:
-        if self._declined:
-            self._declined = False
+        if _state.declined is self:
+            _state.declined = None
             return False
         if _state.active is not self._hook or _state.bypass is self._hook or self._loaded is False:
             return False
@@ -341,14 +341,14 @@ class CalledFrame:
         if failed is not None:
             self._hook.reasons["called-guards"] += 1
             return False
-        self._pending = (frame, values)
+        _state.called = (self, frame, values)
         return True
 
     def _run(self) -> Any:
-        pending, self._pending = self._pending, None
-        if pending is None:
+        pending, _state.called = _state.called, None
+        if pending is None or pending[0] is not self:
             raise ArtcacheError("a precompiled called frame ran without its guard deciding")
-        frame, values = pending
+        _, frame, values = pending
         if values is None:  # the guard tree held: the inputs' aliasing is left to check
             ran, out = self._replay.run_checked(frame)
             if not ran:  # inputs alias as the record's did not: the frame again, through Dynamo
@@ -368,9 +368,9 @@ class CalledFrame:
         replay = self._replay
 
         def accept(f_locals: Any) -> bool:  # last, after every guard of the tree held
-            if _state.active is not self._hook or _state.bypass is self._hook or self._declined:
+            if _state.active is not self._hook or _state.bypass is self._hook or _state.declined is self:
                 return False
-            self._pending = (Frame(dict(f_locals), {}), None)
+            _state.called = (self, Frame(dict(f_locals), {}), None)
             return True
 
         built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept,
@@ -388,7 +388,7 @@ class CalledFrame:
         from .frame_resume import _call_args
 
         args, kwargs = _call_args(self._code, frame.direct)
-        self._declined = True
+        _state.declined = self
         return precompile_hook.call_traced(self._hook._ctx, self._fn, *args, **kwargs)
 
 
