@@ -143,6 +143,8 @@ class FrameTier:
             doc = pickler.loads(loaded.blob(BlobRole.OBJECT), {}, verify=True)
             chain = frame_resume.ChainEntry.from_plain(doc) if frame_resume.is_chain(doc) else None
             entry = chain.steps[0].frame if chain is not None else FrameEntry.from_plain(doc)
+            if chain is None and entry.graph_key == NO_GRAPH:
+                raise CorruptEntryError("a one-graph frame entry without a graph")
             if self.wrapped_frames is not None and entry.wrapped != self.wrapped_frames:
                 self.cache.reject(key, "wrapped-frame")
                 return None, "wrapped-frame"

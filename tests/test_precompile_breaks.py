@@ -108,6 +108,8 @@ MUTATIONS = {
     "signature": "doc['steps'][0]['out']['argcount'] = 5",
     # a resume function without free variables bound as if it had some
     "closure-kind": "[b.__setitem__(1, 'closure') for b in doc['steps'][0]['bindings'] if b[1] == 'resume']",
+    # a one-graph frame entry with no graph (only a chain step may have none)
+    "no-graph-frame": "doc = dict(doc['steps'][0]['frame'], graph_key='', inputs=[], storage=[])",
 }
 
 
@@ -543,3 +545,56 @@ def test_a_chain_longer_than_a_reader_accepts_is_not_recorded(tmp_path: Path) ->
     proc = run_python(CHAIN_LENGTH, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _last_json(proc.stdout)["reasons"] == {"absent": 1, "not-precompilable:chain-length": 1}, proc.stdout
+
+
+# -- chains that call frames of their own (schema 2) ---------------------------------------
+def _calls_doc() -> dict[str, Any]:
+    """A second-version chain: a first step without a graph whose code calls a resume
+    function Dynamo left as it is, and one called frame."""
+    from artcache._torch import code_codec
+    from artcache.frame_entry import FrameEntry
+
+    doc = _chain_doc()
+    code = code_codec.encode(_sample.__code__)
+    no_graph = FrameEntry([], "{}", [], ["c", None], "", False, [], False, []).plain()
+    top = {"code": None, "out": code, "frame": no_graph, "bindings": [["__resume_at_4_1", "skipped", 0]]}
+    called = {**doc, "chain": 2, "skipped": [], "called": [], "name": ["tests.test_precompile_breaks", "_sample",
+                                                                        "d" * 64, "e" * 64]}
+    return {"chain": 2, "steps": [top], "skipped": [code], "called": [called], "name": None}
+
+
+def test_a_chain_with_called_frames_round_trips_and_reads_back() -> None:
+    from artcache import pickler
+    from artcache.frame_resume import ChainEntry
+
+    entry = ChainEntry.from_plain(pickler.loads(pickler.dumps(_calls_doc()).data, {}))
+    assert entry.calls and entry.steps[0].frame.graph_key == "" and entry.called[0].name[1] == "_sample"
+    assert len(entry.called[0].steps) == 2 and not entry.called[0].called
+    assert ChainEntry.from_plain(entry.plain()) == entry
+    assert not ChainEntry.from_plain(_chain_doc()).calls  # a first-version document still reads
+
+
+@pytest.mark.parametrize("change", [
+    _set(["steps", 0, "bindings", 0], ["__resume_at_4_1", "skipped", 1]),  # no such skipped code
+    _set(["steps", 0, "bindings", 0], ["__resume_at_4_1", "skipped", -1]),
+    _set(["steps", 0, "bindings"], [["__compiled_fn_1_x", "graph", 0]]),  # a graph binding, no graph
+    _set(["steps", 0, "frame", "inputs"], [[["L", "x"]]]),  # inputs without a graph
+    _set(["skipped", 0, "code"], "ff00"),
+    _set(["skipped"], "x"),
+    _set(["name"], ["m", "f", "d", "e"]),  # the top chain is not named
+    _set(["called", 0, "name"], None),  # a called chain is
+    _set(["called", 0, "name"], ["os; import sys", "f", "d", "e"]),
+    _set(["called", 0, "name"], ["m", "f", "d"]),
+    _set(["called", 0, "called"], lambda doc: [dict(doc["called"][0])]),  # called frames of called frames
+    _set(["called", 0, "steps", 1, "bindings"], []),  # its graph step calls no graph
+    _set(["called"], lambda doc: [doc["called"][0]] * 65),
+])
+def test_malformed_called_frame_documents_are_refused(change: Any) -> None:
+    from artcache.errors import CorruptEntryError
+    from artcache.frame_resume import ChainEntry
+
+    doc = _calls_doc()
+    ChainEntry.from_plain(doc)
+    change(doc)
+    with pytest.raises(CorruptEntryError):
+        ChainEntry.from_plain(doc)
