@@ -56,6 +56,7 @@ from .entries import EntryStore
 from .errors import ArtcacheError, CorruptEntryError, Uncacheable
 from .frame_entry import CONSTANTS
 from .frame_replay import MISSING, Frame, Recorder
+from .frame_resume import call_args
 from .frames import FrameTier
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ class CalledFrame:
             return False
         if _state.active is not self._hook or _state.bypass is self._hook or self._loaded is False:
             return False
+        error: ArtcacheError | None = None
         try:
             frame = Frame(dict(f_locals), {})
             failed, values = self._replay.check(frame)
@@ -331,11 +333,16 @@ class CalledFrame:
                     self._hook.reasons["called-graph"] += 1
                     return False
         except ArtcacheError as exc:
-            self._hook.cache.degrade("precompile", exc)
-            return False
+            error = exc
         except Exception as exc:  # noqa: BLE001 - the guard boundary (CompileHook._guard)
             error = CorruptEntryError(f"precompiled called frame: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
+        if error is not None:
+            self._loaded = False  # this frame is Dynamo's from now on
+            self._hook.reasons["error"] += 1
+            if self._hook.cache.settings.strict:  # raised from the frame (a guard's error is a failed guard)
+                _state.called = (self, error, None)
+                return True
             self._hook.cache.degrade("precompile", error)
             return False
         if failed is not None:
@@ -349,6 +356,9 @@ class CalledFrame:
         if pending is None or pending[0] is not self:
             raise ArtcacheError("a precompiled called frame ran without its guard deciding")
         _, frame, values = pending
+        if isinstance(frame, ArtcacheError):
+            self._hook.cache.degrade("precompile", frame)  # raises: only strict mode gets here
+            raise frame
         if values is None:  # the guard tree held: the inputs' aliasing is left to check
             ran, out = self._replay.run_checked(frame)
             if not ran:  # inputs alias as the record's did not: the frame again, through Dynamo
@@ -385,9 +395,7 @@ class CalledFrame:
     def _through_dynamo(self, frame: Frame) -> Any:
         """The called frame's function again, as a frame Dynamo traces (its code's own
         entries declined once, as the hook's record does)."""
-        from .frame_resume import _call_args
-
-        args, kwargs = _call_args(self._code, frame.direct)
+        args, kwargs = call_args(self._code, frame.direct)
         _state.declined = self
         return precompile_hook.call_traced(self._hook._ctx, self._fn, *args, **kwargs)
 

@@ -237,7 +237,7 @@ def _signature(code: types.CodeType) -> tuple[Any, ...]:
             code.co_varnames[:count], code.co_freevars)
 
 
-def _call_args(code: types.CodeType, f_locals: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def call_args(code: types.CodeType, f_locals: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """The arguments that call ``code`` with the parameters in ``f_locals``."""
     names = code.co_varnames
     args = [f_locals[n] for n in names[:code.co_argcount]]
@@ -337,7 +337,7 @@ class ChainReplay(Replay):
         if not self._functions:
             self._install()
         self._graphs[0] = self.compiled
-        args, kwargs = _call_args(self._codes[0], frame.direct)
+        args, kwargs = call_args(self._codes[0], frame.direct)
         return self._functions[0](*args, **kwargs)
 
     def run_checked(self, frame: Frame) -> tuple[bool, Any]:
