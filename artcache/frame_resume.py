@@ -135,7 +135,9 @@ class ChainEntry:
                               "guards": [guard_text(g) for g in s.frame.guards],
                               "bindings": [f"{b[1]} {b[2]}" for b in s.bindings]} for s in self.steps[1:]],
             "skipped_resumes": [c["qualname"] for c in self.skipped],
-            "called_frames": [{"function": ".".join(c.name[:2]) if c.name else "", **c.summary()} for c in self.called],
+            "called_frames": [f"{'.'.join(c.name[:2]) if c.name else ''}: {len(c.steps)} steps, "
+                              f"{sum(len(s.frame.guards) for s in c.steps)} guards, graphs "
+                              f"{[s.frame.graph_key[:16] for s in c.steps if s.frame.graph_key]}" for c in self.called],
             "traced_code": [f"{m}.{q} {d[:16]}" for m, q, d in self.traced],
         }
 
