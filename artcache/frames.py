@@ -349,6 +349,7 @@ class Precompiled(FrameTier):
         self._cells = list(zip(code.co_freevars, self._code_fn.__closure__ or ())) if code is not None else []
         self._target = target
         self._dynamo: Callable[..., Any] | None = None
+        self._dynamo_recording: Callable[..., Any] | None = None
         self._dynamo_module: Callable[..., Any] | None = None
 
     # -- the call --------------------------------------------------------------------------
@@ -379,7 +380,7 @@ class Precompiled(FrameTier):
             self.reasons[reason] += 1
             if reason != "absent":
                 return self._through_dynamo(*args, **kwargs)
-            return self._record(key, factors, frame.direct, lambda: self._through_dynamo(*args, **kwargs))
+            return self._record(key, factors, frame.direct, lambda: self._recording_dynamo(*args, **kwargs))
         self._replays.append(replay)
         failed, values = replay.check(frame)
         if failed is not None:  # the global state changed since the check a moment ago
@@ -391,12 +392,21 @@ class Precompiled(FrameTier):
         self.replayed += 1
         return out
 
+    def _recording_dynamo(self, *args: Any, **kwargs: Any) -> Any:
+        """The fallback of a record: as :meth:`_through_dynamo`, with the recorder's guard
+        filter, which reads every guard Dynamo builds (torch then builds the frame's guards
+        twice: once for the filter, once kept), so only a record pays for it.  Both share
+        one backend, the recorder: Dynamo's cache entries of either serve the other."""
+        if self._dynamo_recording is None:
+            self._dynamo_recording = torch.compile(self._target, backend=self._recorder, dynamic=False,
+                                                   options={"guard_filter_fn": self._recorder.guard_filter})
+        return self._dynamo_recording(*args, **kwargs)
+
     def _through_dynamo(self, *args: Any, **kwargs: Any) -> Any:
         """The fallback: ``torch.compile`` with the recording artcache backend (built at the
         first fallback, so that a process served by replays never sets Dynamo up)."""
         if self._dynamo is None:
-            self._dynamo = torch.compile(self._target, backend=self._recorder, dynamic=False,
-                                         options={"guard_filter_fn": self._recorder.guard_filter})
+            self._dynamo = torch.compile(self._target, backend=self._recorder, dynamic=False)
         return self._dynamo(*args, **kwargs)
 
     def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Frame:
