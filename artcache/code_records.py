@@ -55,16 +55,25 @@ def called_name(code: Any) -> list[str]:
         module, qualname = functions[0].__module__, functions[0].__qualname__
     if "<" in qualname:
         raise NotPrecompilable("called-frame", f"{qualname} cannot be found by name")
+    qualname, fn = _function_of(code, module, qualname, "called-frame")
+    return [module, qualname, _code_pin(module, fn), code_shape_digest(code)]
+
+
+def _function_of(code: Any, module: str, qualname: str, reason: str) -> tuple[str, Any]:
+    """The name under which ``module`` holds the function whose code is ``code`` (a
+    property's getter through ``fget``, a decorated function through ``__wrapped__``), and
+    that function; NotPrecompilable with ``reason`` when the name finds another."""
     fn = fc.resolve_named([module, qualname])
     if isinstance(fn, property):
         qualname, fn = qualname + ".fget", fn.fget
     if getattr(fn, "__code__", None) is not code:
+        # A decorated function: its name finds the wrapper (functools.wraps).
         hops = fc.wrapped_hops(fn, lambda found: getattr(found, "__code__", None) is code)
         if not hops:
-            raise NotPrecompilable("called-frame", f"{module}.{qualname} names another function")
+            raise NotPrecompilable(reason, f"{module}.{qualname} names another function")
         qualname += ".__wrapped__" * hops
         fn = fc.resolve_named([module, qualname])
-    return [module, qualname, _code_pin(module, fn), code_shape_digest(code)]
+    return qualname, fn
 
 
 def _code_pin(module: str, fn: Any) -> str:
@@ -98,15 +107,7 @@ def _traced_name(code: Any) -> list[str] | None:
         return _package_record(module)
     if "<" in code.co_qualname:
         raise NotPrecompilable("traced-code", f"{code.co_qualname} cannot be found by name")
-    qualname = code.co_qualname
-    fn = fc.resolve_named([module, qualname])
-    if getattr(fn, "__code__", None) is not code:
-        # A decorated function: its name finds the wrapper (functools.wraps).
-        hops = fc.wrapped_hops(fn, lambda found: getattr(found, "__code__", None) is code)
-        if not hops:
-            raise NotPrecompilable("traced-code", f"{module}.{code.co_qualname} names another function")
-        qualname += ".__wrapped__" * hops
-        fn = fc.resolve_named([module, qualname])
+    qualname, fn = _function_of(code, module, code.co_qualname, "traced-code")
     return [module, qualname, code_digest(fn)]
 
 

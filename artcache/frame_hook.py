@@ -213,15 +213,9 @@ class CompileHook(FrameTier):
             _state.pending = ("checked", (replay, f_locals))
             return True
 
-        built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept,
-                                 replay.distinct_inputs)
-        if built is None:
-            return
-        manager, replay.tree_keep = built
-        replay.tree_aliasing = bool(replay.distinct_inputs)
-        precompile_hook.install_tree(self._code, manager, self._replacement)
-        self._trees.add(id(replay))
-        self.trees += 1
+        if _install_tree(self._code, replay, values, accept, self._replacement):
+            self._trees.add(id(replay))
+            self.trees += 1
 
     def _run(self) -> Any:
         """What the replacement code calls: the graph of the entry the guard chose, or a
@@ -383,14 +377,8 @@ class CalledFrame:
             _state.called = (self, Frame(dict(f_locals), {}), None)
             return True
 
-        built = guard_tree.build(self._code, replay.f_globals, replay.nodes, values, replay.checks, accept,
-                                 replay.distinct_inputs)
-        if built is None:
-            return
-        manager, replay.tree_keep = built
-        replay.tree_aliasing = bool(replay.distinct_inputs)
-        precompile_hook.install_tree(self._code, manager, self._replacement)
-        self._hook.trees += 1
+        if _install_tree(self._code, replay, values, accept, self._replacement):
+            self._hook.trees += 1
 
     def _through_dynamo(self, frame: Frame) -> Any:
         """The called frame's function again, as a frame Dynamo traces (its code's own
@@ -398,6 +386,20 @@ class CalledFrame:
         args, kwargs = call_args(self._code, frame.direct)
         _state.declined = self
         return precompile_hook.call_traced(self._hook._ctx, self._fn, *args, **kwargs)
+
+
+def _install_tree(code: Any, replay: Any, values: list[Any], accept: Callable[[Any], bool], replacement: Any) -> bool:
+    """Install ``replay``'s checks, as they held on ``values``, as a tree of torch's guards
+    on ``code`` (ending in ``accept``), ahead of the deciding guards; False when a check
+    cannot be expressed so (its Python checks go on)."""
+    built = guard_tree.build(code, replay.f_globals, replay.nodes, values, replay.checks, accept,
+                             replay.distinct_inputs)
+    if built is None:
+        return False
+    manager, replay.tree_keep = built
+    replay.tree_aliasing = bool(replay.distinct_inputs)
+    precompile_hook.install_tree(code, manager, replacement)
+    return True
 
 
 def _quick_spec(f_locals: Mapping[str, Any], wrapped: bool) -> tuple[Any, ...]:

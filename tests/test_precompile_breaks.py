@@ -251,10 +251,14 @@ def test_a_guarded_user_global_binding_is_accepted() -> None:
     _set(["steps", 0, "bindings", 3], ["k", "global", 1]),
 ])
 def test_malformed_chain_documents_are_refused(change: Any) -> None:
+    _assert_refused(_chain_doc(), change)
+
+
+def _assert_refused(doc: dict[str, Any], change: Any) -> None:
+    """``doc`` reads; changed by ``change``, it is refused as corrupt."""
     from artcache.errors import CorruptEntryError
     from artcache.frame_resume import ChainEntry
 
-    doc = _chain_doc()
     ChainEntry.from_plain(doc)
     change(doc)
     with pytest.raises(CorruptEntryError):
@@ -590,11 +594,4 @@ def test_a_chain_with_called_frames_round_trips_and_reads_back() -> None:
     _set(["called"], lambda doc: [doc["called"][0]] * 65),
 ])
 def test_malformed_called_frame_documents_are_refused(change: Any) -> None:
-    from artcache.errors import CorruptEntryError
-    from artcache.frame_resume import ChainEntry
-
-    doc = _calls_doc()
-    ChainEntry.from_plain(doc)
-    change(doc)
-    with pytest.raises(CorruptEntryError):
-        ChainEntry.from_plain(doc)
+    _assert_refused(_calls_doc(), change)
