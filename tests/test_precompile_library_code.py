@@ -168,3 +168,27 @@ def test_a_shared_object_check_runs_in_torchs_guard_tree(tmp_path: Path) -> None
     assert cold["info"]["replayed"] == 0
     assert warm["info"] == {"replayed": 2, "tree": True, "after_split": 2}, warm["info"]
     assert all(torch.equal(a, b) for a, b in zip(cold["results"], warm["results"], strict=True))
+
+
+class _WithProperty:
+    @property
+    def gain(self) -> float:
+        return 2.0
+
+
+def test_a_property_getter_is_named_through_fget_and_pinned_by_its_digest() -> None:
+    """A getter Dynamo inlined that no code check covers is recorded by the name that finds
+    it again (``Class.prop.fget``) and its code digest: another getter under that name
+    changes the digest the entry is checked against."""
+    from artcache import code_records
+
+    getter = _WithProperty.__dict__["gain"].fget
+    module, qualname, digest = code_records._traced_name(getter.__code__)
+    assert (module, qualname) == (__name__, "_WithProperty.gain.fget")
+    assert code_records.traced_now(module, qualname, digest) == digest
+    original = _WithProperty.gain
+    try:
+        _WithProperty.gain = property(lambda self: 3.0)  # type: ignore[method-assign,assignment]
+        assert code_records.traced_now(module, qualname, digest) != digest
+    finally:
+        _WithProperty.gain = original  # type: ignore[method-assign]
