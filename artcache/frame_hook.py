@@ -118,7 +118,6 @@ class CompileHook(FrameTier):
         self._frame_fn.__globals__[name] = precompile_hook.disable(self._run)
         precompile_hook.add_enter_hook(ctx, self._enter)
         self._rerun = ctx(self._frame_fn)
-        self._ctx = ctx
         self._callees = precompile_hook.callees_traced(ctx)
         precompile_hook.install_entry(self._code, self._guard, replacement,
                                       f"artcache precompiled frame {self._code_fn.__qualname__}")
@@ -317,7 +316,7 @@ class CalledFrame:
             return False
         error: ArtcacheError | None = None
         try:
-            frame = Frame(dict(f_locals), {})
+            frame = Frame(f_locals, {})
             failed, values = self._replay.check(frame)
             if failed is None and self._loaded is None:
                 inputs = [values[at] for at in self._replay.inputs]
@@ -374,7 +373,7 @@ class CalledFrame:
         def accept(f_locals: Any) -> bool:  # last, after every guard of the tree held
             if _state.active is not self._hook or _state.bypass is self._hook or _state.declined is self:
                 return False
-            _state.called = (self, Frame(dict(f_locals), {}), None)
+            _state.called = (self, Frame(f_locals, {}), None)
             return True
 
         if _install_tree(self._code, replay, values, accept, self._replacement):
@@ -385,7 +384,8 @@ class CalledFrame:
         entries declined once, as the hook's record does)."""
         args, kwargs = call_args(self._code, frame.direct)
         _state.declined = self
-        return precompile_hook.call_traced(self._hook._ctx, self._fn, *args, **kwargs)
+        assert self._hook._callees is not None  # a called frame is served only with it
+        return self._hook._callees(self._fn)(*args, **kwargs)
 
 
 def _install_tree(code: Any, replay: Any, values: list[Any], accept: Callable[[Any], bool], replacement: Any) -> bool:

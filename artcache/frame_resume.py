@@ -320,6 +320,8 @@ class ChainReplay(Replay):
                 self.f_globals[names[name]] = value  # type: ignore[index]
             closure = self._fn.__closure__ if index == 0 else None
             self._outs[index] = code_codec.renamed(out, names)
+            if self._callees is not None:  # the step's own frame is not traced, its callees are
+                precompile_hook.skip(self._outs[index])
             # A resume function with free variables is made at each call, with that call's cells.
             self._functions.append(_no_function if index and out.co_freevars else self._runner(types.FunctionType(
                 self._outs[index], self.f_globals, self._codes[index].co_name, None, closure)))

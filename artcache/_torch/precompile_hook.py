@@ -156,38 +156,31 @@ def disable(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def callees_traced(ctx: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]] | None:
-    """A function that makes ``fn`` (whose code artcache made: a replayed frame's
-    transformed code) run as Dynamo runs its own transformed code: ``fn``'s frame is not
-    traced (its code is marked skipped, ``eval_frame.skip_code``: that frame alone), and the
-    functions it calls are, through ``ctx``'s callback (``_callback_from_stance``, as
-    ``_TorchDynamoContext`` sets it on each call), so that a frame Dynamo compiled on its own
-    reaches its precompile entry or Dynamo.  None when this torch lacks either (checked on
-    torch 2.13 and 2.11)."""
-    from torch._dynamo import eval_frame
-
-    skip_code = getattr(eval_frame, "skip_code", None)
-    from_stance = getattr(eval_frame, "_callback_from_stance", None)
-    if skip_code is None or from_stance is None or not hasattr(ctx, "callback"):
-        return None
-
-    def traced_callees(fn: Callable[..., Any]) -> Callable[..., Any]:
-        skip_code(fn.__code__)
-        return functools.partial(call_traced, ctx, fn)
-
-    return traced_callees
-
-
-def call_traced(ctx: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` with ``ctx``'s callback set, as the context's own compiled
-    function sets it (:func:`callees_traced`): Dynamo sees ``fn``'s frame."""
+    """A function that makes ``fn`` run with the functions it calls seen by ``ctx``'s
+    callback (``_callback_from_stance``, as ``_TorchDynamoContext`` sets it on each call), so
+    that a frame Dynamo compiled on its own reaches its precompile entry or Dynamo.  For a
+    replayed frame's transformed code, as Dynamo runs its own: that code itself must be
+    marked skipped first (:func:`skip`, once per code object).  None when this torch lacks
+    either (checked on torch 2.13 and 2.11).  What is looked up here is looked up once: the
+    returned wrapper runs on every replayed call."""
     from torch._C._dynamo.eval_frame import set_eval_frame
     from torch._dynamo import eval_frame
 
-    prior = set_eval_frame(eval_frame._callback_from_stance(ctx.callback))
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        set_eval_frame(prior)
+    from_stance = getattr(eval_frame, "_callback_from_stance", None)
+    if getattr(eval_frame, "skip_code", None) is None or from_stance is None or not hasattr(ctx, "callback"):
+        return None
+
+    def traced_callees(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            prior = set_eval_frame(from_stance(ctx.callback))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                set_eval_frame(prior)
+
+        return call
+
+    return traced_callees
 
 
 def skip(code: types.CodeType) -> None:
