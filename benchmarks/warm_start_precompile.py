@@ -7,33 +7,39 @@ torch's own ``aot_compile`` + ``load_compiled_function``.
     ARTCACHE_STORE=<store> python benchmarks/warm_start_precompile.py --steady --fill [--threads 1]
     ARTCACHE_STORE=<store> python benchmarks/warm_start_precompile.py --steady [--threads 1] [--models mlp]
 
-=======================  ================================================================
-floor                    ``torch.compile(model, backend="eager")``: Dynamo tracing and an
-                         eager run, no compiler
-artcache-warm            ``backend=Cache().backend()`` on the store artcache's cold run
-                         filled, with new empty torch dirs (Dynamo traces, graphs hit)
-artcache-precompile      ``artcache.precompile(model)`` on the store its cold run filled,
-                         new empty torch dirs: a frame hit skips Dynamo's tracing too
-artcache-pc-fallback     ``artcache.precompile(model)`` on a copy of artcache-warm's store: no
-                         frame entry, so the tier looks its frame up, misses, lets Dynamo
-                         trace (the graphs hit) and records the frame: what the tier costs
-                         where it cannot serve, against artcache-warm
-artcache-pc-guardfail    (model ``mlp-flag`` only) ``artcache.precompile(model)`` on a copy of
-                         artcache-precompile's store, with the flag the model's forward reads
-                         flipped: the frame entry is found, its guards fail, Dynamo traces
-                         (the graphs hit; nothing is recorded): the fallback's cost, against
-                         artcache-warm
-artcache-pc-compile      ``torch.compile(model, backend=Cache().backend(options={"precompile":
-                         True}))`` on the store its cold run filled, new empty torch dirs:
-                         the same tier through torch's precompile-entry hook (a backend
-                         object, as artcache-warm: ``backend="artcache"`` by name makes
-                         torch import every backend module of its own at the first lookup,
-                         about 0.3 s here, whatever the backend does)
-torch-aot-load           ``torch.compiler.load_compiled_function`` of the file
-                         ``torch.compile(fullgraph=True).aot_compile`` saved, with the
-                         Inductor cache dir the save filled (where fullgraph works)
-torch-aot-load-fresh     the same with a new empty Inductor cache dir
-=======================  ================================================================
+==============================  ================================================================
+floor                           ``torch.compile(model, backend="eager")``: Dynamo tracing and an
+                                eager run, no compiler
+artcache-warm                   ``backend=Cache().backend()`` on the store artcache's cold run
+                                filled, with new empty torch dirs (Dynamo traces, graphs hit)
+artcache-precompile             ``artcache.precompile(model)`` on the store its cold run filled,
+                                new empty torch dirs: a frame hit skips Dynamo's tracing too
+artcache-pc-fallback            ``artcache.precompile(model)`` on a copy of artcache-warm's store: no
+                                frame entry, so the tier looks its frame up, misses, lets Dynamo
+                                trace (the graphs hit) and records the frame: what the tier costs
+                                where it cannot serve, against artcache-warm
+artcache-pc-guardfail           (model ``mlp-flag`` only) ``artcache.precompile(model)`` on a copy of
+                                artcache-precompile's store, with the flag the model's forward reads
+                                flipped: the frame entry is found, its guards fail, Dynamo traces
+                                (the graphs hit; nothing is recorded): the fallback's cost, against
+                                artcache-warm
+artcache-pc-compile             ``torch.compile(model, backend=Cache().backend(options={"precompile":
+                                True}))`` on the store its cold run filled, new empty torch dirs:
+                                the same tier through torch's precompile-entry hook (a backend
+                                object, as artcache-warm: ``backend="artcache"`` by name makes
+                                torch import every backend module of its own at the first lookup,
+                                about 0.3 s here, whatever the backend does)
+artcache-pc-compile-name        ``torch.compile(model, backend="artcache", options={"precompile":
+                                True})`` (the backend by name, through its entry point) on
+                                artcache-pc-compile's store
+artcache-pc-compile-guardfail   (model ``mlp-flag`` only) artcache-pc-compile on a copy of its store,
+                                the flag flipped: the frame entry's guards fail, Dynamo traces
+                                through the same ``torch.compile`` context (the graphs hit)
+torch-aot-load                  ``torch.compiler.load_compiled_function`` of the file
+                                ``torch.compile(fullgraph=True).aot_compile`` saved, with the
+                                Inductor cache dir the save filled (where fullgraph works)
+torch-aot-load-fresh            the same with a new empty Inductor cache dir
+==============================  ================================================================
 
 The cold runs that fill the stores and the file are untimed preparations (one per model).
 Each child reports: **first call** (from before ``torch.compile`` / ``precompile`` /
@@ -68,11 +74,15 @@ sys.path.insert(0, str(THIS.parent))
 from warm_start_models import BUILDERS  # noqa: E402
 from _bytecode import compile_checkout  # noqa: E402
 
-FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, PC_COMPILE, AOT, AOT_FRESH = (
+(FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, PC_COMPILE, PC_COMPILE_NAME, PC_COMPILE_GUARDFAIL, AOT,
+ AOT_FRESH) = (
     "floor", "artcache-warm", "artcache-precompile", "artcache-pc-fallback", "artcache-pc-guardfail",
-    "artcache-pc-compile", "torch-aot-load", "torch-aot-load-fresh")
-VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, PC_COMPILE, AOT, AOT_FRESH)
-FLAGGED = "mlp-flag"  # the model PC_GUARDFAIL runs on
+    "artcache-pc-compile", "artcache-pc-compile-name", "artcache-pc-compile-guardfail", "torch-aot-load",
+    "torch-aot-load-fresh")
+VARIANTS = (FLOOR, AC_WARM, PRECOMPILE, PC_FALLBACK, PC_GUARDFAIL, PC_COMPILE, PC_COMPILE_NAME, PC_COMPILE_GUARDFAIL,
+            AOT, AOT_FRESH)
+FLAGGED = "mlp-flag"  # the model the guard-failure variants run on
+GUARDFAILS = {PC_GUARDFAIL: PRECOMPILE, PC_COMPILE_GUARDFAIL: PC_COMPILE}  # each on a copy of that store
 PREPARE = {AC_WARM: "artcache-cold", PRECOMPILE: "artcache-precompile-cold", PC_COMPILE: "artcache-pc-compile-cold",
            AOT: "torch-aot-save"}
 
@@ -109,8 +119,12 @@ def child_main(args: argparse.Namespace) -> None:
         if args.variant == PC_GUARDFAIL:
             workload.model.flag = False  # recorded with True: the frame's guard on it fails
         fn = artcache.precompile(workload.model, cache=cache)
-    elif args.variant in (PC_COMPILE, "artcache-pc-compile-cold"):
+    elif args.variant in (PC_COMPILE, PC_COMPILE_GUARDFAIL, "artcache-pc-compile-cold"):
+        if args.variant == PC_COMPILE_GUARDFAIL:
+            workload.model.flag = False
         fn = torch.compile(workload.model, backend=cache.backend(options={"precompile": True}))  # type: ignore[union-attr]
+    elif args.variant == PC_COMPILE_NAME:
+        fn = torch.compile(workload.model, backend="artcache", options={"precompile": True})
     elif args.variant == "torch-aot-save":
         if example is None:
             raise SystemExit(f"no aot_compile example input for {args.model}")
@@ -265,7 +279,8 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
               PC_COMPILE: f"file://{root}/store-pc-compile"}
     print(f"{model}: preparing (untimed)", flush=True)
     prepared = {}
-    users = {AC_WARM: {AC_WARM, PC_FALLBACK}, PRECOMPILE: {PRECOMPILE, PC_GUARDFAIL}, AOT: {AOT, AOT_FRESH}}
+    users = {AC_WARM: {AC_WARM, PC_FALLBACK}, PRECOMPILE: {PRECOMPILE, PC_GUARDFAIL},
+             PC_COMPILE: {PC_COMPILE, PC_COMPILE_NAME, PC_COMPILE_GUARDFAIL}, AOT: {AOT, AOT_FRESH}}
     for variant, prep in PREPARE.items():
         if not users.get(variant, {variant}) & set(_chosen(args)):
             prepared[variant] = False  # no chosen variant reads what it would prepare
@@ -277,10 +292,14 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
     for repeat in range(args.repeats):
         order = chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]
         for variant in order:
-            if (variant in (AOT, AOT_FRESH) and not prepared[AOT]) or (variant == PC_GUARDFAIL and model != FLAGGED):
+            if (variant in (AOT, AOT_FRESH) and not prepared[AOT]) or (variant in GUARDFAILS and model != FLAGGED):
                 continue
             dirs = _dirs(root, "aot") if variant == AOT else _dirs(root, f"{variant}-{repeat}")
             env = {**dirs, "ARTCACHE_STORE": stores.get(variant, f"file://{root}/store-unused-{repeat}")}
+            if variant == PC_COMPILE_NAME:  # the same frame entry as artcache-pc-compile's
+                if not prepared[PC_COMPILE]:
+                    continue
+                env["ARTCACHE_STORE"] = stores[PC_COMPILE]
             if variant == PC_FALLBACK:
                 if not prepared[AC_WARM]:
                     continue
@@ -288,11 +307,12 @@ def run_model(args: argparse.Namespace, model: str, root: Path) -> dict[str, lis
                 copy = root / f"store-fallback-{model}-{repeat}"
                 shutil.copytree(root / "store-plain", copy, symlinks=True)
                 env["ARTCACHE_STORE"] = f"file://{copy}"
-            if variant == PC_GUARDFAIL:
-                if not prepared[PRECOMPILE]:
+            if variant in GUARDFAILS:
+                source = GUARDFAILS[variant]
+                if not prepared[source]:
                     continue
-                copy = root / f"store-guardfail-{model}-{repeat}"  # a fresh copy: nothing may change the next run's
-                shutil.copytree(root / "store-precompile", copy, symlinks=True)
+                copy = root / f"store-{variant}-{model}-{repeat}"  # a fresh copy: nothing may change the next run's
+                shutil.copytree(Path(stores[source].removeprefix("file://")), copy, symlinks=True)
                 env["ARTCACHE_STORE"] = f"file://{copy}"
             data = spawn(args, model, variant, root, env)
             if data is not None:
@@ -357,10 +377,11 @@ def render(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str,
         if fallback and warm:
             lines.append(f"- {model}: the tier where it cannot serve (artcache-pc-fallback) / artcache-warm, "
                          f"first call: {fallback / warm:.3f}x")
-        guardfail = _median(runs[PC_GUARDFAIL], "first_call_s")
-        if guardfail and warm:
-            lines.append(f"- {model}: a frame whose guards fail (artcache-pc-guardfail) / artcache-warm, "
-                         f"first call: {guardfail / warm:.3f}x")
+        for variant in GUARDFAILS:
+            guardfail = _median(runs[variant], "first_call_s")
+            if guardfail and warm:
+                lines.append(f"- {model}: a frame whose guards fail ({variant}) / artcache-warm, "
+                             f"first call: {guardfail / warm:.3f}x")
     return "\n".join(lines) + "\n"
 
 

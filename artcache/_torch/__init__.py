@@ -43,6 +43,9 @@ frame_paths        ``torch._dynamo.source`` classes (paths of guards and graph  
 precompile_hook    ``torch._dynamo.optimize`` (wrapped), ``enter_exit_hooks``,   2.13 (CPU, Python 3.11);
                    ``_load_precompile_entry``, ``GuardManagerWrapper`` lambda     absent internals: no
                    guards, ``trace_rules.check``, ``bytecode_transformation``    patch, Dynamo traces
+backend_debug      ``eval_frame.get_compiler_fn`` (replaced; the precompile     2.13 (CPU); 2.11: H200
+                   route gets a stand-in for ``WrapBackendDebug``),             (tests/test_backend_debug)
+                   ``lookup_backend``, ``WrapBackendDebug.__init__``
 guard_tree         ``GuardManagerWrapper`` accessors and leaf guards (tensor      2.13 (CPU); a guard the
                    match, type/id/equals, lengths, dict contains, global state)  API refuses: Python checks
 code_codec         ``convert_frame.register_bytecode_hook`` and                 2.13 (CPU, Python 3.11);

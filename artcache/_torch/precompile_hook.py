@@ -20,7 +20,8 @@ What is reached here:
   wrapper: :func:`install_compile_patch` wraps it once, so that a decision function sees
   the backend and the function being compiled before the first call (no backend gets the
   function before tracing otherwise).  The wrapper changes nothing unless the decision
-  returns an attach function.
+  returns an attach function; then the backend's debugging wrapper is made without its
+  import (:mod:`artcache._torch.backend_debug`).
 * ``_TorchDynamoContext.enter_exit_hooks`` (run on every call of the compiled function),
   the context's callback, ``GuardManagerWrapper``'s root ``add_lambda_guard``,
   ``_load_precompile_entry``, ``_reset_precompile_entries``, ``trace_rules.check`` and the
@@ -91,16 +92,25 @@ def install_compile_patch(decide: Callable[[dict[str, Any]], Callable[[Any, Any]
     ``None``.  False when this torch lacks the hook (nothing patched)."""
     import torch._dynamo
 
+    from . import backend_debug
+
     if getattr(torch._dynamo.optimize, _PATCHED, False):
         return True
     if not available():
         return False
     original = torch._dynamo.optimize
+    defers = backend_debug.install()
 
     @functools.wraps(original)
     def optimize(*args: Any, **kwargs: Any) -> Any:
         attach = decide(kwargs) if not args else None  # torch.compile passes keywords only
-        ctx = original(*args, **kwargs)
+        if attach is not None and defers:
+            # A hit compiles nothing: torch's debugging wrapper is imported at the first
+            # compile (a miss), not here (:mod:`artcache._torch.backend_debug`).
+            with backend_debug.deferred():
+                ctx = original(*args, **kwargs)
+        else:
+            ctx = original(*args, **kwargs)
         if attach is None or not isinstance(ctx, torch._dynamo.eval_frame._TorchDynamoContext):
             return ctx  # disabled (a null decorator), or not for artcache
         return _AttachOnCall(ctx, attach)
