@@ -364,7 +364,7 @@ def test_torch_compile_failed_resume_guard_is_a_fresh_compile_bitwise(compiled_r
 CLOSURE = r'''
 import json, sys, torch, artcache
 phase, out_path = sys.argv[1], sys.argv[2]
-if phase == "warm":
+if phase == "warm":  # "warm-traced": the same call, where the frame is not precompilable
     from tests import _tripwire
     _tripwire.install()
     _tripwire.arm_tracer(lambda: True)
@@ -400,6 +400,20 @@ print(json.dumps(served))
 '''
 
 
+def _torch_before(major: int, minor: int) -> bool:
+    import torch
+
+    return tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (major, minor)
+
+
+# torch 2.13 reaches a closure's resume function through a factory global Dynamo installs
+# (``chain_capture._factory_code``), which the chain binds as a step.  torch 2.11 does not
+# (seen on the H200: the resume function is recorded as a frame of its own, with free
+# variables): the frame is not precompilable, both ways name why, and every call goes
+# through Dynamo (its graphs hit), giving the same results.
+CLOSURE_REFUSED = {"wrapper": "not-precompilable:other-frames", "compile": "not-precompilable:called-closure"}
+
+
 @pytest.fixture(scope="module")
 def closure_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
@@ -407,13 +421,15 @@ def closure_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("precompile-breaks-closure")
     store = f"file://{tmp}/store"
     runs = {}
-    for phase in ("cold", "warm", "changed"):
+    replays = not _torch_before(2, 13)
+    for phase in ("cold", "warm" if replays else "warm-traced", "changed"):
         out = tmp / f"{phase}.pt"
         env = {"ARTCACHE_STORE": store, "ARTCACHE_STRICT": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"ind-{phase}")}
         proc = run_python(f"import sys; sys.argv = ['x', {phase!r}, {str(out)!r}]\n" + CLOSURE, env=env, timeout=900)
         assert proc.returncode == 0, f"{phase} failed:\n{proc.stderr[-6000:]}"
         assert proc.stderr.count("between the graphs 2") == 4 + 2 * (phase == "changed"), proc.stderr[-3000:]
-        runs[phase] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
+        runs[phase.split("-")[0]] = (torch.load(out, weights_only=True), _last_json(proc.stdout))
+    runs["replays"] = replays
     return runs
 
 
@@ -421,10 +437,16 @@ def closure_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_a_closure_with_a_graph_break_replays_without_tracing_bitwise(closure_runs: dict[str, Any]) -> None:
     """A closure (free variables in the frame and in its resume function), varargs,
     keyword-only arguments, ``**kwargs`` and a builtin called between the graphs: the
-    warm process (tripwires armed) replays both ways, bitwise equal to cold."""
+    warm process (tripwires armed) replays both ways, bitwise equal to cold.  Where this
+    torch's resume functions cannot be bound (above), each way names the reason and the
+    warm process, through Dynamo, equals the cold one bitwise."""
     (cold, cold_info), (warm, warm_info) = closure_runs["cold"], closure_runs["warm"]
-    assert cold_info == {"wrapper": [0, {"absent": 1}], "compile": [0, {"absent": 1}]}, cold_info
-    assert warm_info == {"wrapper": [2, {}], "compile": [2, {}]}, warm_info
+    if closure_runs["replays"]:
+        assert cold_info == {"wrapper": [0, {"absent": 1}], "compile": [0, {"absent": 1}]}, cold_info
+        assert warm_info == {"wrapper": [2, {}], "compile": [2, {}]}, warm_info
+    else:
+        refused = {way: [0, {"absent": 1, reason: 1}] for way, reason in CLOSURE_REFUSED.items()}
+        assert cold_info == refused and warm_info == refused, (cold_info, warm_info)
     for way in ("wrapper", "compile"):
         assert _bitwise(cold[way], warm[way]), way
 
@@ -433,9 +455,12 @@ def test_a_closure_with_a_graph_break_replays_without_tracing_bitwise(closure_ru
 def test_a_closures_failed_resume_guard_is_a_fresh_compile_bitwise(closure_runs: dict[str, Any]) -> None:
     """A tensor in ``**kwargs`` read only after the break has another dtype: the first graph
     replays, the resume function (with this call's cells) goes through Dynamo, equal to a
-    fresh compile."""
+    fresh compile (where the frame is not precompilable, above: all of it through Dynamo)."""
     results, info = closure_runs["changed"]
-    assert info == {"wrapper": [2, {"resume-guards": 2}], "compile": [2, {"resume-guards": 2}]}, info
+    if closure_runs["replays"]:
+        assert info == {"wrapper": [2, {"resume-guards": 2}], "compile": [2, {"resume-guards": 2}]}, info
+    else:
+        assert info == {way: [0, {"absent": 1, reason: 1}] for way, reason in CLOSURE_REFUSED.items()}, info
     for way in ("wrapper", "compile"):
         assert _bitwise(results[way], results[way + "-fresh"] * 2), way
 
