@@ -401,15 +401,29 @@ def _precompile_decision(kwargs: dict[str, Any]) -> Callable[[Any, Any], None] |
     else:
         return None
     recorder, attach = frame_hook.attach_function(backend.cache, backend)
-    user_filter = kwargs.get("guard_filter_fn")
-
-    def guard_filter(entries: Any) -> Any:
-        kept = recorder.guard_filter(entries)
-        return user_filter(entries) if user_filter is not None else kept
-
     kwargs["backend"] = recorder
-    kwargs["guard_filter_fn"] = guard_filter
+    kwargs["guard_filter_fn"] = _RecordingGuardFilter(recorder, kwargs.get("guard_filter_fn"))
     return attach
+
+
+class _RecordingGuardFilter:
+    """The guard filter Dynamo gets with precompile on: the recorder reads every guard of
+    a frame it records, and the user's filter (if any) decides what is kept.  Torch builds
+    a frame's guards twice whenever a filter is set (once to show them to it), testing the
+    filter's truth (torch 2.13: ``if guard_filter_fn:`` in ``CheckFunctionManager``):
+    this one is false while nothing is recorded and the user gave none, so a compile that
+    records nothing (a failed guard's fallback, a recompile) builds its guards once."""
+
+    def __init__(self, recorder: Any, user: Callable[[Any], Any] | None) -> None:
+        self._recorder = recorder
+        self._user = user
+
+    def __bool__(self) -> bool:
+        return self._user is not None or bool(self._recorder.recording)
+
+    def __call__(self, entries: Any) -> Any:
+        kept = self._recorder.guard_filter(entries)
+        return self._user(entries) if self._user is not None else kept
 
 
 # torch.compile imports this module (the entry point) before it calls Dynamo: from then on

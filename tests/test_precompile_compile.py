@@ -165,3 +165,58 @@ def test_cold_saved_frame_entries(runs: dict[str, str]) -> None:
     assert {"precompiled frame __main__.make.<locals>.fn", "precompiled frame __main__.MLP.forward",
             "precompiled frame __main__.other", "precompiled frame torch.nn.modules.container.Sequential.forward",
             } <= titles, titles
+
+
+GUARD_BUILDS = r'''
+import json, sys, torch, artcache
+from torch._dynamo.guards import CheckFunctionManager
+phase, out = sys.argv[1], sys.argv[2]
+builds = []
+build_guards = CheckFunctionManager.build_guards
+
+def counted(self, *args, **kwargs):  # torch's own, counted
+    builds.append(1)
+    return build_guards(self, *args, **kwargs)
+
+CheckFunctionManager.build_guards = counted
+
+class Flagged(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+        self.flag = True
+
+    def forward(self, x):
+        return self.fc(x).relu() if self.flag else self.fc(x).tanh()
+
+torch.manual_seed(0)
+model = Flagged()
+model.flag = phase != "flipped"  # recorded with True: the frame entry's guard on it fails
+compiled = torch.compile(model, backend=artcache.Cache().backend(options={"precompile": True}))
+x = torch.randn(3, 8)
+with torch.no_grad():
+    got = compiled(x)
+    want = model(x)
+torch.save([got, want], out)
+from artcache import frame_hook
+hook, = frame_hook.attached()
+print(json.dumps({"builds": len(builds), "replayed": hook.replayed, "reasons": dict(hook.reasons)}))
+'''
+
+
+@pytest.mark.slow
+def test_a_fallback_that_records_nothing_builds_its_guards_once(tmp_path: Path) -> None:
+    """torch builds a frame's guards twice when a guard filter is set; the recorder's filter
+    is set only while it records.  The cold process records (two builds, the frame entry
+    saved); a process whose frame entry's guard fails compiles through Dynamo without
+    recording: one build, and the result of the flipped flag's branch."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
+    cold = run_phase(GUARD_BUILDS, "cold", tmp_path, env, weights_only=True)
+    assert cold["info"] == {"builds": 2, "replayed": 0, "reasons": {"absent": 1}}, cold["info"]
+    flipped = run_phase(GUARD_BUILDS, "flipped", tmp_path, env, weights_only=True)
+    assert flipped["info"] == {"builds": 1, "replayed": 0, "reasons": {"guards": 1}}, flipped["info"]
+    got, want = flipped["results"]
+    torch.testing.assert_close(got, want)
+    warm = run_phase(GUARD_BUILDS, "warm", tmp_path, env, weights_only=True)
+    assert warm["info"] == {"builds": 0, "replayed": 1, "reasons": {}}, warm["info"]
+    assert torch.equal(warm["results"][0], cold["results"][0])

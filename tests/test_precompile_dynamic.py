@@ -9,7 +9,8 @@ replays it at the recorded sizes and at new sizes the guards accept.  Another pr
 checks the new sizes against a fresh Inductor compile (bitwise), and sizes that break a
 guard against eager (they go through Dynamo).  A stored shape guard that is malformed
 (an unknown operator, nesting past the bound, an int past the bound, text in place of a
-tree) is refused as a miss before anything is evaluated.
+tree) is refused as a miss before anything is evaluated.  A frame with a graph break and
+symbolic sizes is refused by name (chains hold static graphs) and goes through Dynamo.
 """
 
 from __future__ import annotations
@@ -223,3 +224,45 @@ def test_data_dependent_sizes_beside_symbolic_ones_replay(tmp_path: Path) -> Non
         for got, want in info["out"]:
             assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), info
     assert info["replayed"] == 3, info
+
+
+
+_BREAK_DYNAMIC = r'''
+import json, sys, torch, artcache
+phase, out = sys.argv[1], sys.argv[2]
+
+def broken(x):
+    y = torch.sin(x) * 2
+    print("between the graphs", file=sys.stderr)  # a graph break: the frame is a chain
+    return y.sum(0) + x.shape[0]
+
+c = torch.compile(broken, backend="artcache", options={"precompile": True}, dynamic=True)
+fresh = torch.compile(broken, backend="inductor", dynamic=True)
+got = []
+for rows in (5, 7, 9):
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(rows))
+    got += [c(x), fresh(x)]
+from artcache import frame_hook
+hook, = frame_hook.attached()
+torch.save(got, out)
+print(json.dumps({"replayed": hook.replayed, "refusals": sorted(hook.refusals)}))
+'''
+
+
+@pytest.mark.slow
+def test_a_chain_with_symbolic_shapes_is_not_precompilable_and_falls_back_correctly(tmp_path: Path) -> None:
+    """A frame with a graph break compiled with symbolic sizes (``dynamic=True``): a chain
+    holds graphs of static shapes only, so the frame is refused by name (``dynamic-shapes``;
+    later sizes, served by Dynamo's own symbolic entry, compile nothing to record:
+    ``no-graph``), no frame entry is saved, and in a second fresh process every call goes
+    through Dynamo, size by size equal to a fresh Inductor compile, bitwise."""
+    env = {"ARTCACHE_STORE": f"file://{tmp_path}/store", "ARTCACHE_STRICT": "1"}
+    for phase in ("first", "second"):
+        run = run_phase(_BREAK_DYNAMIC, phase, tmp_path, env, weights_only=True)
+        assert run["info"] == {"replayed": 0, "refusals": ["dynamic-shapes", "no-graph"]}, run["info"]
+        got = run["results"]
+        for served, fresh in zip(got[0::2], got[1::2], strict=True):
+            assert served.dtype == fresh.dtype and torch.equal(served, fresh), phase
+    proc = run_cli("ls", "--format", "json", env={"ARTCACHE_STORE": env["ARTCACHE_STORE"]})
+    assert proc.returncode == 0, proc.stderr
+    assert not [e for e in json.loads(proc.stdout)["entries"] if e["title"].startswith("precompiled frame")]
