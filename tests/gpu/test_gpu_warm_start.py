@@ -42,6 +42,8 @@ CASES = [
     "frozen_gpt2",
     # The precompile tier: a warm hit skips Dynamo's tracing too.
     "pc_infer", "pc_train", "pc_max_autotune", "pc_reduce_overhead",
+    # ... and through torch.compile, in the CUDA-graph modes.
+    "pcc_max_autotune", "pcc_reduce_overhead",
 ]
 
 
@@ -122,17 +124,18 @@ def test_warm_start(case: str, tmp_path: Path) -> None:
         assert warm["rblock_scaled"] == [], warm["rblock_scaled"]
         assert "torch._inductor.runtime.triton_heuristics.CachingAutotuner.autotune_to_one_config" in warm["tripwires"]
         assert any("'tuned'" in m for m in warm["log"]), warm["log"]
-    if case not in ("reduce_overhead", "max_autotune", "nonstatic", "pc_reduce_overhead", "pc_max_autotune"):
+    if case not in ("reduce_overhead", "max_autotune", "nonstatic", "pc_reduce_overhead", "pc_max_autotune",
+                    "pcc_reduce_overhead", "pcc_max_autotune"):
         # The hit imported none of Inductor's compiler (artcache/_lean_load.py).  Not
         # claimed for the CUDA-graph modes (reduce-overhead, max-autotune: torch's CUDA-graph
         # post-compile imports compile_fx itself) nor for kernels rebuilt through
         # triton.compile (loaded by torch's own path).
         assert warm["compiler_modules_imported"] == [], (warm["compiler_modules_imported"], warm["compiler_first_import"])
-    if case.startswith("pc_"):
+    if case.startswith(("pc_", "pcc_")):
         # The warm calls were replays (a trace would have tripped the tracer tripwire,
         # above), and nothing fell back.
         assert warm["replayed"] >= 1 and warm["precompile_reasons"] == {}, (cold, warm)
-    if case in ("reduce_overhead", "pc_reduce_overhead"):
+    if case in ("reduce_overhead", "pc_reduce_overhead", "pcc_reduce_overhead"):
         assert warm["cudagraph"]["tree_manager"], warm
         assert warm["cudagraph"]["root_nodes"] >= 1, warm
     if case.startswith("frozen_"):
